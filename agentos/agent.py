@@ -1,0 +1,96 @@
+"""Agents: a model, or your own async generator, streaming the reply."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from agentos.component import Component
+from agentos.context import RunContext
+from agentos.events import KINDS
+from agentos.models import Model
+
+__all__ = ["Agent"]
+
+AgentFn = Callable[..., AsyncIterator[Any]]
+
+_RESERVED_NAMES = frozenset(
+    name
+    for kind in KINDS.values()
+    for name in (kind.completed, kind.error, kind.cancelled, kind.started)
+)
+
+
+class Agent(Component):
+    """An agent streams ``RunStarted``, ``RunContent`` chunks and ends with ``RunCompleted``.
+
+    Give it a model::
+
+        agent = Agent(id="echo", model=EchoModel(delay=0.05))
+
+    or your own async generator function, called with the message (and the :class:`RunContext`
+    if it takes a second argument). It yields text chunks, or dicts with an ``event`` name for
+    other events such as tool calls::
+
+        async def answer(message):
+            yield {"event": "ToolCallStarted", "tool_name": "search", "tool_args": {"q": message}}
+            yield {"event": "ToolCallCompleted", "tool_name": "search", "result": "42"}
+            yield "The answer is 42."
+
+        agent = Agent(id="oracle", fn=answer)
+
+    An exception raised by the model or the function ends the run with ``RunError``.
+    """
+
+    kind = KINDS["agents"]
+
+    def __init__(
+        self,
+        id: str,
+        model: Model | None = None,
+        *,
+        fn: AgentFn | None = None,
+        name: str | None = None,
+        description: str = "",
+    ) -> None:
+        super().__init__(id, name=name, description=description)
+        if (model is None) == (fn is None):
+            raise ValueError("an Agent needs exactly one of model= or fn=")
+        if fn is not None and not inspect.isasyncgenfunction(fn):
+            raise TypeError("fn must be an async generator function (async def with yield)")
+        self.model = model
+        self.fn = fn
+
+    def _chunks(self, ctx: RunContext, message: str) -> AsyncIterator[Any]:
+        if self.model is not None:
+            return self.model.astream(message)
+        assert self.fn is not None
+        if len(inspect.signature(self.fn).parameters) >= 2:
+            return self.fn(message, ctx)
+        return self.fn(message)
+
+    async def execute(self, ctx: RunContext, message: str) -> str:
+        await ctx.emit(self.kind.started, input=message)
+        parts: list[str] = []
+        chunks = self._chunks(ctx, message)
+        try:
+            async for chunk in chunks:
+                if isinstance(chunk, str):
+                    parts.append(chunk)
+                    await ctx.emit(self.kind.content, content=chunk)
+                elif isinstance(chunk, dict) and isinstance(chunk.get("event"), str):
+                    name = chunk["event"]
+                    if name in _RESERVED_NAMES:
+                        raise ValueError(f"an agent may not emit {name!r} itself")
+                    await ctx.emit(name, **{k: v for k, v in chunk.items() if k != "event"})
+                else:
+                    raise TypeError(
+                        f"agent {self.id!r} yielded {type(chunk).__name__}; "
+                        "expected str or a dict with an 'event' name"
+                    )
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        return "".join(parts)

@@ -1,0 +1,465 @@
+"""The HTTP face of agentos: :class:`AgentOS` builds the Starlette app of PROTOCOL.md.
+
+Routes parse the request, call the run manager and shape the response; the manager never sees
+Starlette. Domain errors become ``{"detail", "code"}`` JSON responses in one place
+(``_error_response``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qsl
+
+import anyio
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import AppStatus
+from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from agentos.component import Component
+from agentos.errors import (
+    AgentOSError,
+    ComponentNotFound,
+    InvalidCursor,
+    InvalidRequest,
+    NotAuthenticated,
+    NotAuthorized,
+    RequestTooLarge,
+    ShuttingDown,
+)
+from agentos.events import KINDS, Event, RunStatus
+from agentos.runs import RunManager
+from agentos.settings import Settings
+from agentos.store import RunRecord, Store
+from agentos.streams import RunStream
+
+__all__ = ["AgentOS"]
+
+logger = logging.getLogger("agentos.app")
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+_SEP = "\n"
+
+
+class AgentOS:
+    """An agentos server: your agents, teams and workflows behind the HTTP API.
+
+    Example::
+
+        agent_os = AgentOS(agents=[Agent(id="echo", model=EchoModel())])
+        app = agent_os.app            # serve with `agentos serve module:app` or uvicorn
+
+    Used as an async context manager it starts the run manager without HTTP, for in-process use::
+
+        async with AgentOS(agents=[agent]) as agent_os:
+            run = await agent.arun("hello", background=True)
+    """
+
+    def __init__(
+        self,
+        agents: Sequence[Component] = (),
+        teams: Sequence[Component] = (),
+        workflows: Sequence[Component] = (),
+        *,
+        db_url: str | None = None,
+        settings: Settings | None = None,
+        store: Store | None = None,
+    ) -> None:
+        settings = settings if settings is not None else Settings.from_env()
+        if db_url is not None:
+            settings = settings.replace(db_url=db_url)
+        self.settings = settings
+        self.manager = RunManager(settings, store)
+        for kind, components in (("agents", agents), ("teams", teams), ("workflows", workflows)):
+            for component in components:
+                if component.kind.name != kind:
+                    raise TypeError(f"{component!r} is not one of the {kind}")
+                self.manager.register(component)
+        self._exit = anyio.Event()
+        self.app = self._build_app()
+
+    def get_app(self) -> Starlette:
+        return self.app
+
+    async def __aenter__(self) -> AgentOS:
+        await self.manager.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.manager.aclose()
+
+    # -- app -----------------------------------------------------------------------------------
+
+    def _build_app(self) -> Starlette:
+        routes = [
+            Route("/health", self.health, methods=["GET"]),
+            Route("/config", self.config, methods=["GET"]),
+            Route("/{kind}", self.list_components, methods=["GET"]),
+            Route("/{kind}/{id}/runs", self.create_run, methods=["POST"]),
+            Route("/{kind}/{id}/runs", self.list_runs, methods=["GET"]),
+            Route("/{kind}/{id}/runs/{run_id}", self.get_run, methods=["GET"]),
+            Route("/{kind}/{id}/runs/{run_id}/resume", self.resume, methods=["GET", "POST"]),
+            Route("/{kind}/{id}/runs/{run_id}/cancel", self.cancel, methods=["POST"]),
+        ]
+        app = Starlette(
+            routes=routes,
+            lifespan=self._lifespan,
+            exception_handlers={
+                AgentOSError: _error_response,
+                HTTPException: _http_error_response,
+                Exception: _internal_error_response,
+            },
+        )
+        app.add_middleware(_Guard, agent_os=self)
+        app.state.agent_os = self
+        return app
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self.manager.start()
+        watcher = asyncio.create_task(self._watch_exit(), name="agentos-exit-watcher")
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            await self.manager.aclose()
+
+    async def _watch_exit(self) -> None:
+        # uvicorn's SIGTERM reaches us through sse-starlette (AppStatus, or a stream's
+        # shutdown_event); start the run grace period as soon as it does, not only once every
+        # stream has closed and the lifespan ends.
+        while not (AppStatus.should_exit or self._exit.is_set()):
+            await asyncio.sleep(0.2)
+        self.manager.begin_shutdown()
+
+    def begin_shutdown(self) -> None:
+        """Start draining: new runs get 503, running ones get the grace period."""
+        self.manager.begin_shutdown()
+
+    # -- routes --------------------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        manager = self.manager
+        body = {
+            "status": "ok" if manager.accepting else "shutting_down",
+            "instance_id": self.settings.instance_id,
+            "active_runs": manager.active_runs,
+            "buffered_runs": len(manager.buffers),
+            "buffered_bytes": manager.buffers.total_bytes,
+        }
+        return JSONResponse(body, status_code=200 if manager.accepting else 503)
+
+    async def config(self, request: Request) -> Response:
+        body: dict[str, Any] = {
+            kind: [c.describe() for c in self.manager.list_components(kind)] for kind in KINDS
+        }
+        body["instance_id"] = self.settings.instance_id
+        body["security"] = self.settings.security_key is not None
+        return JSONResponse(body)
+
+    async def list_components(self, request: Request) -> Response:
+        kind = _kind(request)
+        return JSONResponse([c.describe() for c in self.manager.list_components(kind)])
+
+    async def create_run(self, request: Request) -> Response:
+        component = self._component(request)
+        fields = await _read_fields(request, self.settings.max_body_bytes)
+        message = fields.get("message")
+        if message is None:
+            raise InvalidRequest("message is required")
+        if not isinstance(message, str):
+            raise InvalidRequest("message must be a string")
+        stream = _flag(fields, "stream", True)
+        background = _flag(fields, "background", False)
+        record = await self.manager.start_run(
+            component,
+            message,
+            session_id=_text(fields, "session_id"),
+            user_id=_text(fields, "user_id"),
+            run_id=_client_run_id(request, fields),
+        )
+        headers = {
+            "X-Run-Id": record.run_id,
+            "X-Session-Id": record.session_id,
+            "Location": f"/{record.kind}/{record.component_id}/runs/{record.run_id}",
+        }
+        if stream:
+            run_stream = await self.manager.open_stream(record.run_id, -1, meta=False)
+            assert run_stream is not None
+            return self._sse(run_stream, headers, cancel_on_close=not background)
+        if background:
+            body = {"run_id": record.run_id, "session_id": record.session_id, "status": "PENDING"}
+            return JSONResponse(body, status_code=202, headers=headers)
+        final = await self.manager.wait(record.run_id)
+        return JSONResponse(final.to_dict(), headers=headers)
+
+    async def list_runs(self, request: Request) -> Response:
+        component = self._component(request)
+        params = request.query_params
+        status = params.get("status")
+        try:
+            status_filter = RunStatus(status.upper()) if status else None
+        except ValueError:
+            raise InvalidRequest(
+                f"status must be one of {', '.join(s.value for s in RunStatus)}"
+            ) from None
+        limit = _int(params.get("limit", "100"), "limit")
+        if not 1 <= limit <= 1000:
+            raise InvalidRequest("limit must be between 1 and 1000")
+        records = await self.manager.list_runs(
+            component.kind.name,
+            component.id,
+            session_id=params.get("session_id") or None,
+            user_id=params.get("user_id") or None,
+            status=status_filter,
+            limit=limit,
+        )
+        return JSONResponse([r.to_dict() for r in records])
+
+    async def get_run(self, request: Request) -> Response:
+        record = await self._run(request, request.query_params.get("session_id") or None)
+        return JSONResponse(record.to_dict())
+
+    async def cancel(self, request: Request) -> Response:
+        fields = await _read_fields(request, self.settings.max_body_bytes)
+        record = await self._run(request, _text(fields, "session_id"))
+        if not record.status.ended:
+            record = await self.manager.cancel(record.run_id)
+        return JSONResponse(record.to_dict())
+
+    async def resume(self, request: Request) -> Response:
+        component = self._component(request)
+        if request.method == "POST":
+            fields = await _read_fields(request, self.settings.max_body_bytes)
+        else:
+            fields = dict(request.query_params)
+        cursor = fields.get("last_event_index")
+        if cursor is None or cursor == "":
+            cursor = request.headers.get("last-event-id")
+        last_event_index = _cursor(cursor)
+        run_stream = await self.manager.open_stream(
+            request.path_params["run_id"],
+            last_event_index,
+            kind=component.kind.name,
+            component_id=component.id,
+            session_id=_text(fields, "session_id"),
+        )
+        if run_stream is None:
+            return Response(status_code=204)
+        return self._sse(run_stream, {"X-Run-Id": run_stream.run_id})
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _component(self, request: Request) -> Component:
+        return self.manager.component(_kind(request), request.path_params["id"])
+
+    async def _run(self, request: Request, session_id: str | None) -> RunRecord:
+        component = self._component(request)
+        return await self.manager.get_run(
+            request.path_params["run_id"],
+            kind=component.kind.name,
+            component_id=component.id,
+            session_id=session_id,
+        )
+
+    def _sse(
+        self, run_stream: RunStream, headers: Mapping[str, str], *, cancel_on_close: bool = False
+    ) -> EventSourceResponse:
+        async def frames() -> AsyncIterator[ServerSentEvent]:
+            yield ServerSentEvent(comment="ping", sep=_SEP)
+            async for item in run_stream.events(cancel_on_close=cancel_on_close):
+                if isinstance(item, Event):
+                    yield ServerSentEvent(item.data, event=item.name, id=str(item.index), sep=_SEP)
+                else:
+                    yield ServerSentEvent(item.data, event=item.name, sep=_SEP)
+
+        settings = self.settings
+        return EventSourceResponse(
+            frames(),
+            headers=dict(headers),
+            ping=settings.ping_interval,
+            sep=_SEP,
+            ping_message_factory=lambda: ServerSentEvent(comment="ping", sep=_SEP),
+            send_timeout=settings.send_timeout or None,
+            shutdown_event=self._exit,
+            shutdown_grace_period=settings.shutdown_grace + 5.0,
+        )
+
+
+class _Guard:
+    """Security key check (every route but /health) and draining state, before any route."""
+
+    def __init__(self, app: ASGIApp, agent_os: AgentOS) -> None:
+        self.app = app
+        self.agent_os = agent_os
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        key = self.agent_os.settings.security_key
+        if key is not None and scope["type"] in ("http", "websocket") and scope["path"] != "/health":
+            error = _check_key(Headers(scope=scope), key)
+            if error is not None:
+                if scope["type"] == "http":
+                    await _error_json(error)(scope, receive, send)
+                else:
+                    await send({"type": "websocket.close", "code": 1008, "reason": error.detail})
+                return
+        await self.app(scope, receive, send)
+
+
+def _check_key(headers: Headers, key: str) -> AgentOSError | None:
+    authorization = headers.get("authorization")
+    if not authorization:
+        return NotAuthenticated("this server needs Authorization: Bearer <security key>")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+        return NotAuthorized("the security key is not valid")
+    return None
+
+
+def _kind(request: Request) -> str:
+    kind: str = request.path_params["kind"]
+    if kind not in KINDS:
+        raise HTTPException(404, f"no route {request.url.path}")
+    return kind
+
+
+async def _read_fields(request: Request, limit: int) -> dict[str, Any]:
+    """The request's fields from a JSON object, a urlencoded or a multipart form body."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestTooLarge(f"the request body is over the limit of {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RequestTooLarge(f"the request body is over the limit of {limit} bytes")
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not body.strip():
+        return {}
+    if content_type in ("application/json", "") or content_type.endswith("+json"):
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise InvalidRequest("the body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise InvalidRequest("the JSON body must be an object")
+        return data
+    if content_type == "application/x-www-form-urlencoded":
+        try:
+            return dict(parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=False))
+        except UnicodeDecodeError:
+            raise InvalidRequest("the form body is not UTF-8") from None
+    if content_type == "multipart/form-data":
+        return await _multipart(request, bytes(body))
+    raise InvalidRequest(f"unsupported content type {content_type!r}; send JSON or a form")
+
+
+async def _multipart(request: Request, body: bytes) -> dict[str, Any]:
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, receive).form()
+    except Exception as exc:  # python-multipart's parse errors
+        raise InvalidRequest("the multipart body could not be parsed") from exc
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def _flag(fields: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = fields.get(name)
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+        return value.lower() in _TRUE
+    raise InvalidRequest(f"{name} must be true or false")
+
+
+def _text(fields: Mapping[str, Any], name: str) -> str | None:
+    value = fields.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{name} must be a string")
+    return value
+
+
+def _client_run_id(request: Request, fields: Mapping[str, Any]) -> str | None:
+    """The client-chosen run id: body field, ``run_id`` query parameter or ``X-Run-Id`` header."""
+    given = {
+        v
+        for v in (
+            _text(fields, "run_id"),
+            request.query_params.get("run_id") or None,
+            request.headers.get("x-run-id") or None,
+        )
+        if v is not None
+    }
+    if len(given) > 1:
+        raise InvalidRequest("run_id is given twice with different values")
+    return given.pop() if given else None
+
+
+def _int(value: str, name: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an integer") from None
+
+
+def _cursor(value: Any) -> int:
+    if value is None or value == "":
+        return -1
+    if isinstance(value, bool):
+        raise InvalidCursor("last_event_index must be an integer")
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise InvalidCursor("last_event_index must be an integer") from None
+
+
+def _error_json(exc: AgentOSError) -> JSONResponse:
+    return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.status)
+
+
+async def _error_response(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, AgentOSError)
+    if isinstance(exc, ComponentNotFound | ShuttingDown):
+        logger.debug("%s %s: %s", request.method, request.url.path, exc.detail)
+    return _error_json(exc)
+
+
+async def _http_error_response(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    return JSONResponse(
+        {"detail": exc.detail, "code": codes.get(exc.status_code, "http_error")},
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
+
+
+async def _internal_error_response(request: Request, exc: Exception) -> Response:
+    logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": "internal server error", "code": "internal_error"}, status_code=500)

@@ -1,0 +1,161 @@
+"""Group commit: events become visible only after the transaction that holds them commits.
+
+Runs hand their events to the :class:`GroupCommitter`; one background task writes whatever has
+gathered in one transaction, then publishes those events to the buffer (and so to subscribers),
+then wakes anyone waiting for a flush. While one group commits, the next one gathers::
+
+    run tasks ──put()──▶ pending ──┐                ┌──▶ EventBuffer.publish ──▶ subscribers
+                                    ├─ store.commit ─┤
+    run tasks ─update()─▶ updates ─┘  (one txn)      └──▶ flush() waiters resolved
+
+Pending events are bounded by ``max_pending_events``: a run that emits faster than the database
+commits waits in :meth:`GroupCommitter.wait_for_space` (backpressure), it never grows memory.
+A failed commit is retried with backoff; nothing is published before it succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from agentos.buffer import EventBuffer
+from agentos.events import Event
+from agentos.settings import Settings
+from agentos.store import RunUpdate, Store
+
+__all__ = ["GroupCommitter"]
+
+logger = logging.getLogger("agentos.committer")
+
+
+class GroupCommitter:
+    """Writes events and run updates in groups and publishes them once durable."""
+
+    def __init__(
+        self,
+        store: Store,
+        buffers: EventBuffer,
+        settings: Settings,
+        on_commit: Callable[[list[tuple[str, Event]], list[RunUpdate]], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._buffers = buffers
+        self._settings = settings
+        self._on_commit = on_commit
+        self._pending: list[tuple[str, Event]] = []
+        self._updates: dict[str, RunUpdate] = {}
+        self._waiters: list[asyncio.Future[None]] = []
+        self._wake = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        #: Counters for benchmarks and health: transactions and events written.
+        self.commits = 0
+        self.events_written = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="agentos-group-commit")
+
+    async def wait_for_space(self) -> None:
+        """Wait while too many events are waiting for their commit."""
+        while len(self._pending) >= self._settings.max_pending_events:
+            self._space.clear()
+            await self._space.wait()
+
+    def put(self, run_id: str, event: Event) -> None:
+        """Queue an event; callers keep a run's events in index order."""
+        self._pending.append((run_id, event))
+        self._wake.set()
+
+    def update(self, update: RunUpdate) -> None:
+        """Queue a run update; it commits with (or after) every event queued before it."""
+        previous = self._updates.get(update.run_id)
+        self._updates[update.run_id] = update if previous is None else previous.merge(update)
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed and published."""
+        if self._task is None or self._task.done():
+            raise RuntimeError("the group committer is not running")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        self._wake.set()
+        await future
+
+    async def aclose(self, timeout: float = 10.0) -> None:
+        """Commit what is pending, then stop."""
+        if self._task is None:
+            return
+        self._closing = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        except asyncio.TimeoutError:
+            logger.error("group commit did not drain in %.1fs; %d events lost", timeout, self.pending)
+            self._task.cancel()
+        self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending or self._updates or self._waiters:
+                await self._commit_one_group()
+            if self._closing:
+                return
+
+    async def _commit_one_group(self) -> None:
+        limit = self._settings.max_batch_events
+        events = self._pending[:limit]
+        del self._pending[:limit]
+        drained = not self._pending
+        # Updates and flush waiters ride with the group that empties the queue, so a status
+        # never commits before an event queued ahead of it.
+        updates = list(self._updates.values()) if drained else []
+        waiters = self._waiters if drained else []
+        if drained:
+            self._updates = {}
+            self._waiters = []
+        await self._write(events, updates)
+        self.commits += 1
+        self.events_written += len(events)
+        self._publish(events, updates)
+        if len(self._pending) < self._settings.max_pending_events:
+            self._space.set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _write(self, events: list[tuple[str, Event]], updates: list[RunUpdate]) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self._store.commit(events, updates)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                if self._closing and delay > 2:
+                    raise
+                logger.exception("group commit of %d events failed; retrying", len(events))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _publish(self, events: list[tuple[str, Event]], updates: list[RunUpdate]) -> None:
+        by_run: dict[str, list[Event]] = {}
+        for run_id, event in events:
+            by_run.setdefault(run_id, []).append(event)
+        for run_id, run_events in by_run.items():
+            self._buffers.publish(run_id, run_events)
+        for update in updates:
+            if update.status is not None:
+                self._buffers.set_status(update.run_id, update.status)
+        if self._on_commit is not None:
+            self._on_commit(events, updates)

@@ -1,0 +1,114 @@
+"""The server's errors, one hierarchy.
+
+    AgentOSError
+     ├── ComponentNotFound      unknown agent, team or workflow      404
+     ├── RunNotFound            unknown run (or wrong session_id)    404
+     ├── RunAlreadyExists       client-chosen run_id taken           409
+     ├── InvalidRequest         a field is missing or invalid        422
+     │    └── InvalidCursor     last_event_index out of range        422
+     ├── RequestTooLarge        body over max_body_bytes             413
+     ├── NotAuthenticated       security key missing                 401
+     ├── NotAuthorized          security key wrong                   403
+     ├── ShuttingDown           the server is draining               503
+     └── EventsUnavailable      a stream can no longer be served (events removed)
+
+Each error has a machine-readable ``code`` and an HTTP ``status``; the HTTP layer turns them into
+``{"detail": ..., "code": ...}`` in one place. Errors carry their context (``run_id``) as attributes.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentOSError",
+    "ComponentNotFound",
+    "EventsUnavailable",
+    "InvalidCursor",
+    "InvalidRequest",
+    "NotAuthenticated",
+    "NotAuthorized",
+    "RequestTooLarge",
+    "RunAlreadyExists",
+    "RunNotFound",
+    "ShuttingDown",
+]
+
+
+class AgentOSError(Exception):
+    """Base class of every error the server raises on purpose."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class ComponentNotFound(AgentOSError):
+    status = 404
+    code = "component_not_found"
+
+    def __init__(self, kind: str, component_id: str) -> None:
+        super().__init__(f"no {kind.rstrip('s')} with id {component_id!r}")
+        self.kind = kind
+        self.component_id = component_id
+
+
+class RunNotFound(AgentOSError):
+    status = 404
+    code = "run_not_found"
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no run with id {run_id!r}")
+        self.run_id = run_id
+
+
+class RunAlreadyExists(AgentOSError):
+    status = 409
+    code = "run_exists"
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run id {run_id!r} is already taken")
+        self.run_id = run_id
+
+
+class InvalidRequest(AgentOSError):
+    status = 422
+    code = "invalid_request"
+
+
+class InvalidCursor(InvalidRequest):
+    code = "invalid_cursor"
+
+    def __init__(self, detail: str, run_id: str | None = None) -> None:
+        super().__init__(detail)
+        self.run_id = run_id
+
+
+class RequestTooLarge(AgentOSError):
+    status = 413
+    code = "body_too_large"
+
+
+class NotAuthenticated(AgentOSError):
+    status = 401
+    code = "not_authenticated"
+
+
+class NotAuthorized(AgentOSError):
+    status = 403
+    code = "not_authorized"
+
+
+class ShuttingDown(AgentOSError):
+    status = 503
+    code = "shutting_down"
+
+
+class EventsUnavailable(AgentOSError):
+    status = 410
+    code = "events_unavailable"
+
+    def __init__(self, detail: str, run_id: str) -> None:
+        super().__init__(detail)
+        self.run_id = run_id

@@ -1,0 +1,116 @@
+"""Events, run status and the names each kind of component uses.
+
+An :class:`Event` is immutable and carries its JSON text, built once when the event is emitted.
+That same text is written to the database, kept in the buffer and sent as the SSE ``data:`` line,
+so a replay from the database is byte-for-byte the live stream.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+__all__ = ["KINDS", "Event", "Kind", "Meta", "RunStatus", "dumps"]
+
+
+class RunStatus(str, Enum):
+    """Where a run is in its life. Values are upper case on the wire."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    ERROR = "ERROR"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def ended(self) -> bool:
+        return self not in (RunStatus.PENDING, RunStatus.RUNNING)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """The event names and id field of one kind of component (agents, teams, workflows)."""
+
+    name: str
+    id_field: str
+    started: str
+    content: str
+    completed: str
+    error: str
+    cancelled: str
+
+    def terminal_name(self, status: RunStatus) -> str:
+        if status is RunStatus.COMPLETED:
+            return self.completed
+        if status is RunStatus.CANCELLED:
+            return self.cancelled
+        return self.error
+
+    def status_of(self, terminal_name: str) -> RunStatus:
+        if terminal_name == self.completed:
+            return RunStatus.COMPLETED
+        if terminal_name == self.cancelled:
+            return RunStatus.CANCELLED
+        return RunStatus.ERROR
+
+
+KINDS: dict[str, Kind] = {
+    "agents": Kind(
+        "agents", "agent_id", "RunStarted", "RunContent", "RunCompleted", "RunError", "RunCancelled"
+    ),
+    "teams": Kind(
+        "teams",
+        "team_id",
+        "TeamRunStarted",
+        "TeamRunContent",
+        "TeamRunCompleted",
+        "TeamRunError",
+        "TeamRunCancelled",
+    ),
+    "workflows": Kind(
+        "workflows",
+        "workflow_id",
+        "WorkflowStarted",
+        "WorkflowContent",
+        "WorkflowCompleted",
+        "WorkflowError",
+        "WorkflowCancelled",
+    ),
+}
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON as it goes on the wire; values JSON cannot hold become strings."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One committed event of a run: its index, name, JSON text and whether it ends the run."""
+
+    index: int
+    name: str
+    data: str
+    terminal: bool = False
+
+    def payload(self) -> dict[str, Any]:
+        """The event as a dict (parsed from its JSON text)."""
+        result: dict[str, Any] = json.loads(self.data)
+        return result
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """A meta event of a resumed stream (catch_up, subscribed, replay, error); it has no index."""
+
+    name: str
+    fields: dict[str, Any]
+
+    @property
+    def data(self) -> str:
+        return dumps({"event": self.name, **self.fields})
+
+    def payload(self) -> dict[str, Any]:
+        return {"event": self.name, **self.fields}

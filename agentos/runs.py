@@ -1,0 +1,396 @@
+"""The run manager: starts runs in detached tasks, numbers their events, ends each exactly once.
+
+    start_run ──▶ store.create_run (PENDING) ──▶ asyncio task ─▶ _drive
+                                                               │
+          component.execute(ctx) ── ctx.emit ──▶ _emit ──▶ GroupCommitter ──▶ store + buffer
+                                                               │
+          completed / raised / cancelled / timed out ──▶ _finish (shielded):
+                 terminal event + final status in one group commit
+
+Every detached task is held in ``_tasks`` until its done-callback releases it. ``_finish`` is the
+only place that writes a terminal event, and it runs once per run whatever happened, including
+shutdown (runs get ``shutdown_grace`` seconds, then are cancelled). At start-up, runs this instance
+left PENDING or RUNNING (a crash) get the terminal error ``"interrupted"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from agentos.buffer import EventBuffer
+from agentos.committer import GroupCommitter
+from agentos.component import Component, describe_error
+from agentos.context import RunContext
+from agentos.errors import (
+    ComponentNotFound,
+    InvalidCursor,
+    InvalidRequest,
+    RunNotFound,
+    ShuttingDown,
+)
+from agentos.events import KINDS, Event, RunStatus, dumps
+from agentos.settings import Settings
+from agentos.store import RunRecord, RunUpdate, Store, open_store
+from agentos.streams import RunStream
+
+__all__ = ["RunManager"]
+
+logger = logging.getLogger("agentos.runs")
+
+_MAX_INPUT_ID = 200
+
+
+@dataclass
+class _ActiveRun:
+    record: RunRecord
+    component: Component
+    next_index: int = 0
+    ended: bool = False
+    cancel_reason: str | None = None
+    task: asyncio.Task[None] | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class RunManager:
+    """Owns the runs of one server instance: their tasks, buffer, store and committer."""
+
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+        self.settings = settings
+        self.store = store if store is not None else open_store(settings.db_url)
+        self.buffers = EventBuffer(settings)
+        self.committer = GroupCommitter(self.store, self.buffers, settings)
+        self.components: dict[tuple[str, str], Component] = {}
+        self._active: dict[str, _ActiveRun] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._started = False
+        self._closing = False
+        self._closed = asyncio.Event()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._grace_timer: asyncio.TimerHandle | None = None
+
+    # -- registry ------------------------------------------------------------------------------
+
+    def register(self, component: Component) -> None:
+        key = (component.kind.name, component.id)
+        if self.components.get(key, component) is not component:
+            raise ValueError(f"two {component.kind.name} share the id {component.id!r}")
+        self.components[key] = component
+        component._manager = self
+
+    def component(self, kind: str, component_id: str) -> Component:
+        found = self.components.get((kind, component_id))
+        if found is None:
+            raise ComponentNotFound(kind, component_id)
+        return found
+
+    def list_components(self, kind: str) -> list[Component]:
+        return [c for (k, _), c in self.components.items() if k == kind]
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        return self._started and not self._closing
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    @property
+    def active_runs(self) -> int:
+        return len(self._tasks)
+
+    async def start(self) -> None:
+        """Open the store, end runs a previous life of this instance left behind, start writing."""
+        if self._started:
+            return
+        await self.store.open()
+        await self._recover()
+        self.committer.start()
+        self._sweeper = asyncio.create_task(self._sweep(), name="agentos-buffer-sweeper")
+        self._started = True
+
+    def begin_shutdown(self) -> None:
+        """Refuse new runs; cancel the running ones after ``shutdown_grace`` seconds."""
+        if self._closing:
+            return
+        self._closing = True
+        logger.info("shutting down: %d runs get %.1fs", len(self._tasks), self.settings.shutdown_grace)
+        loop = asyncio.get_running_loop()
+        self._grace_timer = loop.call_later(self.settings.shutdown_grace, self._cancel_all)
+
+    async def aclose(self) -> None:
+        """Shut down: grace period, cancel what still runs, flush events, close the store."""
+        if not self._started or self._closed.is_set():
+            return
+        self.begin_shutdown()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=self.settings.shutdown_grace)
+        self._cancel_all()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=10.0)
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.committer.aclose()
+        await self.store.close()
+        self._closed.set()
+
+    def _cancel_all(self) -> None:
+        for active in list(self._active.values()):
+            self._request_cancel(active, "shutdown")
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.buffer_sweep_interval)
+            self.buffers.sweep()
+
+    async def _recover(self) -> None:
+        """Give every run this instance left unfinished its terminal event."""
+        for record in await self.store.unfinished_runs(self.settings.instance_id):
+            kind = KINDS[record.kind]
+            last = await self.store.last_event(record.run_id)
+            if last is not None and last.terminal:
+                status = kind.status_of(last.name)
+                await self.store.commit(
+                    [], [RunUpdate(record.run_id, status=status, event_count=last.index + 1)]
+                )
+                continue
+            index = 0 if last is None else last.index + 1
+            event = _make_event(record, index, kind.error, {"error": "interrupted"}, True)
+            await self.store.commit(
+                [(record.run_id, event)],
+                [
+                    RunUpdate(
+                        record.run_id, status=RunStatus.ERROR, error="interrupted", event_count=index + 1
+                    )
+                ],
+            )
+            logger.warning("run %s was interrupted by a restart; marked ERROR", record.run_id)
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    async def start_run(
+        self,
+        component: Component,
+        message: str,
+        *,
+        session_id: str | None = None,
+        user_id: str | None = None,
+        run_id: str | None = None,
+    ) -> RunRecord:
+        """Persist a PENDING run and start it in a detached task."""
+        if not self.accepting:
+            raise ShuttingDown("the server is shutting down; try another instance")
+        if not isinstance(message, str) or not message.strip():
+            raise InvalidRequest("message must be a non-empty string")
+        for name, value in (("run_id", run_id), ("session_id", session_id), ("user_id", user_id)):
+            if value is not None and (not isinstance(value, str) or not 0 < len(value) <= _MAX_INPUT_ID):
+                raise InvalidRequest(f"{name} must be a string of 1 to {_MAX_INPUT_ID} characters")
+        now = time.time()
+        record = RunRecord(
+            run_id=run_id or str(uuid.uuid4()),
+            kind=component.kind.name,
+            component_id=component.id,
+            session_id=session_id or str(uuid.uuid4()),
+            user_id=user_id,
+            status=RunStatus.PENDING,
+            input=message,
+            created_at=now,
+            updated_at=now,
+            instance_id=self.settings.instance_id,
+            lease_until=now + self.settings.lease_ttl,
+        )
+        await self.store.create_run(record)
+        active = _ActiveRun(record, component)
+        self._active[record.run_id] = active
+        self.buffers.open(record.run_id)
+        task = asyncio.create_task(self._drive(active), name=f"agentos-run-{record.run_id}")
+        active.task = task
+        self._tasks[record.run_id] = task
+        task.add_done_callback(lambda _: self._release(record.run_id))
+        return record
+
+    def _release(self, run_id: str) -> None:
+        self._tasks.pop(run_id, None)
+        active = self._active.pop(run_id, None)
+        if active is not None:
+            active.done.set()
+
+    async def _drive(self, active: _ActiveRun) -> None:
+        record = active.record
+        kind = active.component.kind
+        ctx = RunContext(
+            lambda name, fields: self._emit(active, name, fields),
+            run_id=record.run_id,
+            session_id=record.session_id,
+            user_id=record.user_id,
+        )
+        status, fields = RunStatus.ERROR, {"error": "internal error"}
+        try:
+            active.record = replace(record, status=RunStatus.RUNNING)
+            self.committer.update(RunUpdate(record.run_id, status=RunStatus.RUNNING))
+            timeout = self.settings.run_timeout or None
+            async with asyncio.timeout(timeout):
+                content = await active.component.execute(ctx, record.input)
+            if active.cancel_reason is not None:
+                status, fields = RunStatus.CANCELLED, {"reason": active.cancel_reason}
+            else:
+                status, fields = RunStatus.COMPLETED, {"content": content}
+        except asyncio.CancelledError:
+            status, fields = RunStatus.CANCELLED, {"reason": active.cancel_reason or "cancelled"}
+        except TimeoutError:
+            status, fields = RunStatus.ERROR, {"error": "timeout"}
+        except Exception as exc:
+            logger.info("run %s failed", record.run_id, exc_info=True)
+            status, fields = RunStatus.ERROR, {"error": describe_error(exc)}
+        finally:
+            # Shielded: a second cancel (shutdown) must not stop the terminal write.
+            await asyncio.shield(self._finish(active, status, fields))
+
+    async def _finish(self, active: _ActiveRun, status: RunStatus, fields: dict[str, Any]) -> None:
+        if active.ended:
+            return
+        kind = active.component.kind
+        await self._emit(active, kind.terminal_name(status), fields, terminal=True)
+        update = RunUpdate(
+            active.record.run_id,
+            status=status,
+            content=fields.get("content"),
+            error=fields.get("error"),
+            event_count=active.next_index,
+        )
+        active.record = active.record.updated(update)
+        self.committer.update(update)
+        await self.committer.flush()
+
+    async def _emit(
+        self, active: _ActiveRun, name: str, fields: dict[str, Any], terminal: bool = False
+    ) -> None:
+        if active.ended:
+            raise RuntimeError(f"run {active.record.run_id} has ended; no more events")
+        await self.committer.wait_for_space()
+        if active.ended:
+            raise RuntimeError(f"run {active.record.run_id} has ended; no more events")
+        # No await between numbering and queueing: concurrent emitters (parallel team members)
+        # queue their events in index order.
+        event = _make_event(active.record, active.next_index, name, fields, terminal)
+        active.next_index += 1
+        if terminal:
+            active.ended = True
+        self.committer.put(active.record.run_id, event)
+
+    def _request_cancel(self, active: _ActiveRun, reason: str) -> None:
+        if active.cancel_reason is None and not active.ended:
+            active.cancel_reason = reason
+            if active.task is not None:
+                active.task.cancel()
+
+    async def cancel(self, run_id: str, *, wait: float = 5.0) -> RunRecord:
+        """Cancel a run (idempotent) and wait up to ``wait`` seconds for it to end."""
+        active = self._active.get(run_id)
+        if active is not None:
+            self._request_cancel(active, "cancelled")
+            try:
+                await asyncio.wait_for(asyncio.shield(active.done.wait()), wait)
+            except asyncio.TimeoutError:
+                pass
+        return await self.get_run(run_id)
+
+    def cancel_nowait(self, run_id: str, reason: str = "cancelled") -> None:
+        active = self._active.get(run_id)
+        if active is not None:
+            self._request_cancel(active, reason)
+
+    async def wait(self, run_id: str, timeout: float | None = None) -> RunRecord:
+        """Wait for a run of this instance to end; returns the final run."""
+        active = self._active.get(run_id)
+        if active is not None:
+            await asyncio.wait_for(asyncio.shield(active.done.wait()), timeout)
+        return await self.get_run(run_id)
+
+    async def get_run(
+        self, run_id: str, *, kind: str | None = None, component_id: str | None = None,
+        session_id: str | None = None,
+    ) -> RunRecord:
+        """The run object; RunNotFound when unknown or not of that component or session."""
+        active = self._active.get(run_id)
+        if active is not None:
+            record = active.record
+            buf = self.buffers.get(run_id)
+            if buf is not None:
+                record = replace(record, event_count=buf.next_index)
+        else:
+            found = await self.store.get_run(run_id)
+            if found is None:
+                raise RunNotFound(run_id)
+            record = found
+        if (
+            (kind is not None and record.kind != kind)
+            or (component_id is not None and record.component_id != component_id)
+            or (session_id is not None and record.session_id != session_id)
+        ):
+            raise RunNotFound(run_id)
+        return record
+
+    async def list_runs(self, kind: str, component_id: str, **filters: Any) -> list[RunRecord]:
+        records = await self.store.list_runs(kind, component_id, **filters)
+        return [self._active[r.run_id].record if r.run_id in self._active else r for r in records]
+
+    async def open_stream(
+        self,
+        run_id: str,
+        last_event_index: int = -1,
+        *,
+        kind: str | None = None,
+        component_id: str | None = None,
+        session_id: str | None = None,
+        meta: bool = True,
+    ) -> RunStream | None:
+        """Check a resume request and prepare its stream; None when nothing is left to send.
+
+        Raises RunNotFound (unknown run, other component or session) and InvalidCursor.
+        """
+        record = await self.get_run(
+            run_id, kind=kind, component_id=component_id, session_id=session_id
+        )
+        buf = self.buffers.get(run_id)
+        count = buf.next_index if buf is not None else record.event_count
+        ended = buf.done if buf is not None else record.status.ended
+        if buf is not None and buf.done:
+            record = replace(record, status=buf.status)
+        if last_event_index < -1:
+            raise InvalidCursor("last_event_index must be -1 or more", run_id)
+        if last_event_index > count - 1:
+            raise InvalidCursor(
+                f"last_event_index {last_event_index} is beyond the last event ({count - 1})", run_id
+            )
+        if ended and last_event_index == count - 1:
+            return None
+        return RunStream(self, record, last_event_index, count, ended=ended, meta=meta)
+
+    def is_local(self, run_id: str) -> bool:
+        return run_id in self._active
+
+
+def _make_event(
+    record: RunRecord, index: int, name: str, fields: dict[str, Any], terminal: bool
+) -> Event:
+    payload: dict[str, Any] = {
+        "event": name,
+        "event_index": index,
+        "run_id": record.run_id,
+        "session_id": record.session_id,
+        KINDS[record.kind].id_field: record.component_id,
+        "created_at": round(time.time(), 3),
+    }
+    for key, value in fields.items():
+        payload.setdefault(key, value)
+    return Event(index, name, dumps(payload), terminal)
+

@@ -1,0 +1,111 @@
+"""One frozen settings object, read once at start-up from ``AGENTOS_*`` variables.
+
+Every limit and timing of the server is a field here, with its default. Nothing in the package
+reads the environment anywhere else::
+
+    settings = Settings.from_env()                 # AGENTOS_BUFFER_TTL=60 ...
+    settings = Settings(buffer_ttl=60.0)           # or explicitly, in code and tests
+    settings = settings.replace(db_url="sqlite+aiosqlite:///runs.db")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+__all__ = ["Settings"]
+
+_PREFIX = "AGENTOS_"
+
+
+def _default_instance_id() -> str:
+    return socket.gethostname() or "agentos"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Server settings. Each field maps to the environment variable ``AGENTOS_<FIELD>``."""
+
+    #: SQLAlchemy async URL of the run store (SQLite through aiosqlite by default).
+    db_url: str = "sqlite+aiosqlite:///agentos.db"
+    #: This instance's name; runs it owns are recovered by it after a restart.
+    instance_id: str = field(default_factory=_default_instance_id)
+    #: When set, every route but /health needs ``Authorization: Bearer <key>``.
+    security_key: str | None = None
+
+    #: Seconds an ended run's events stay in the in-process buffer.
+    buffer_ttl: float = 1800.0
+    #: Events kept in memory per run; older ones are served from the database.
+    buffer_max_events_per_run: int = 10_000
+    #: Payload bytes kept in memory per run; older events are served from the database.
+    buffer_max_bytes_per_run: int = 8 * 1024 * 1024
+    #: Payload bytes kept in memory over all runs; ended runs go first, then the oldest events.
+    buffer_max_bytes_total: int = 256 * 1024 * 1024
+    #: Seconds between sweeps that drop expired buffers.
+    buffer_sweep_interval: float = 30.0
+
+    #: Events waiting for their group commit before a run's next event waits (backpressure).
+    max_pending_events: int = 10_000
+    #: Most events written in one transaction.
+    max_batch_events: int = 2_000
+    #: Events read from the database per page when replaying.
+    replay_page_size: int = 1_000
+    #: Seconds between database polls when tailing a run that another instance owns.
+    tail_poll_interval: float = 0.5
+
+    #: Seconds between SSE keep-alive comments on an idle stream.
+    ping_interval: float = 15.0
+    #: Seconds a single SSE send may block before the stream is dropped.
+    send_timeout: float = 30.0
+    #: Largest accepted request body in bytes (413 beyond).
+    max_body_bytes: int = 10 * 1024 * 1024
+    #: Seconds a run may take before it ends with an error ("timeout"); 0 disables.
+    run_timeout: float = 0.0
+
+    #: Seconds running runs get on shutdown before they are cancelled.
+    shutdown_grace: float = 10.0
+    #: Seconds an instance's lease on a running run lasts without renewal.
+    lease_ttl: float = 30.0
+
+    #: Delay in seconds between words of the demo echo model.
+    demo_delay: float = 0.02
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``AGENTOS_*`` variables; keyword overrides win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(_PREFIX + f.name.upper())
+            if raw is None or f.name in overrides:
+                continue
+            values[f.name] = _parse(f.name, str(f.type), raw)
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+                raise ValueError(f"setting {f.name} must not be negative, got {value!r}")
+        if self.security_key == "":
+            object.__setattr__(self, "security_key", None)
+
+
+def _parse(name: str, type_name: str, raw: str) -> Any:
+    try:
+        if type_name.startswith("int"):
+            return int(raw)
+        if type_name.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{_PREFIX}{name.upper()} must be a number, got {raw!r}") from None
+    return raw
