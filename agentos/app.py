@@ -377,10 +377,10 @@ async def _multipart(request: Request, body: bytes) -> dict[str, Any]:
         return {"type": "http.request", "body": body, "more_body": False}
 
     try:
-        form = await Request(request.scope, receive).form()
-    except Exception as exc:  # python-multipart's parse errors
+        async with Request(request.scope, receive).form() as form:
+            return {k: v for k, v in form.items() if isinstance(v, str)}
+    except HTTPException as exc:  # starlette's multipart parse errors
         raise InvalidRequest("the multipart body could not be parsed") from exc
-    return {k: v for k, v in form.items() if isinstance(v, str)}
 
 
 def _flag(fields: Mapping[str, Any], name: str, default: bool) -> bool:

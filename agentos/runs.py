@@ -266,9 +266,9 @@ class RunManager:
             error=fields.get("error"),
             event_count=active.next_index,
         )
-        active.record = active.record.updated(update)
         self.committer.update(update)
         await self.committer.flush()
+        active.record = active.record.updated(update)
 
     async def _emit(
         self, active: _ActiveRun, name: str, fields: dict[str, Any], terminal: bool = False

@@ -1,0 +1,84 @@
+"""Components and apps the tests serve (in-process and in subprocesses)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from agentos import Agent, AgentOS, EchoModel, Settings, Team, Workflow
+
+WORDS = " ".join(f"w{i}" for i in range(20))
+
+
+async def _fails_midway(message: str) -> AsyncIterator[str]:
+    for word in message.split()[:3]:
+        await asyncio.sleep(0.01)
+        yield word + " "
+    raise RuntimeError("the tool broke")
+
+
+async def _tools(message: str) -> AsyncIterator[object]:
+    yield {"event": "ToolCallStarted", "tool_name": "upper", "tool_args": {"text": message}}
+    yield {"event": "ToolCallCompleted", "tool_name": "upper", "result": message.upper()}
+    yield message.upper()
+
+
+async def _shout(text: str) -> str:
+    await asyncio.sleep(0.01)
+    return text.upper()
+
+
+def components(delay: float) -> dict[str, list[object]]:
+    return {
+        "agents": [
+            Agent(id="echo", model=EchoModel(delay)),
+            Agent(id="fails", fn=_fails_midway),
+            Agent(id="tools", fn=_tools),
+        ],
+        "teams": [
+            Team(
+                id="team",
+                members=[
+                    Agent(id="m1", model=EchoModel(delay, prefix="one: ")),
+                    Agent(id="m2", model=EchoModel(delay, prefix="two: ")),
+                ],
+            ),
+            Team(
+                id="parallel-team",
+                mode="parallel",
+                members=[
+                    Agent(id="p1", model=EchoModel(delay)),
+                    Agent(id="p2", model=EchoModel(delay)),
+                ],
+            ),
+        ],
+        "workflows": [
+            Workflow(
+                id="flow",
+                steps=[Agent(id="draft", model=EchoModel(delay)), _shout],
+            )
+        ],
+    }
+
+
+def build(settings: Settings) -> AgentOS:
+    parts = components(settings.demo_delay)
+    return AgentOS(
+        agents=parts["agents"],  # type: ignore[arg-type]
+        teams=parts["teams"],  # type: ignore[arg-type]
+        workflows=parts["workflows"],  # type: ignore[arg-type]
+        settings=settings,
+    )
+
+
+def agent_os() -> AgentOS:
+    """For subprocess servers: ``agentos serve tests.apps:served`` reads AGENTOS_* variables."""
+    return build(Settings.from_env())
+
+
+
+def __getattr__(name: str) -> object:
+    # Built lazily so importing this module in tests does not read the environment.
+    if name == "served":
+        return agent_os()
+    raise AttributeError(name)

@@ -1,0 +1,111 @@
+"""Restart, crash recovery and graceful shutdown, with the server in a real subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import httpx
+
+from agentos import AgentOS, Settings
+from tests import apps
+from tests.conftest import ProcessServer, ThreadServer
+from tests.sse import Frame, collect, events_only, frames
+
+
+async def _resume(url: str, path: str, cursor: int = -1) -> list[Frame]:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        async with client.stream("GET", path, params={"last_event_index": cursor}) as r:
+            assert r.status_code == 200
+            return await collect(r)
+
+
+async def test_replay_after_restart_is_identical(process_server: Callable[..., ProcessServer]) -> None:
+    server = process_server(AGENTOS_DEMO_DELAY="0")
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        async with client.stream("POST", "/workflows/flow/runs", data={"message": apps.WORDS, "background": "true"}) as r:
+            run_id = r.headers["x-run-id"]
+            live = await collect(r)
+    assert server.terminate()
+    server.start()
+    got = await _resume(server.url, f"/workflows/flow/runs/{run_id}/resume")
+    assert got[0].event == "replay"
+    assert got[0].payload["source"] == "database"
+    assert got[0].payload["total_events"] == len(live)
+    assert [(f.id, f.event, f.data) for f in got[1:]] == [(f.id, f.event, f.data) for f in live]
+    middle = await _resume(server.url, f"/workflows/flow/runs/{run_id}/resume", 7)
+    assert [f.data for f in middle[1:]] == [f.data for f in live[8:]]
+
+
+async def test_crash_mid_run_ends_with_interrupted_after_restart(process_server: Callable[..., ProcessServer]) -> None:
+    server = process_server(AGENTOS_DEMO_DELAY="0.05")
+    seen: list[Frame] = []
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        async with client.stream("POST", "/agents/echo/runs", data={"message": apps.WORDS, "background": "true"}) as r:
+            run_id = r.headers["x-run-id"]
+            async for frame in frames(r):
+                seen.append(frame)
+                if len(seen) == 5:
+                    break
+    server.kill()  # kill -9: no shutdown code runs
+    server.start()
+    cursor = int(seen[-1].id)
+    got = await _resume(server.url, f"/agents/echo/runs/{run_id}/resume", cursor)
+    assert got[0].event == "replay" and got[0].payload["status"] == "ERROR"
+    events = events_only(got)
+    assert [int(f.id) for f in events] == list(range(cursor + 1, cursor + 1 + len(events)))
+    assert events[-1].event == "RunError"
+    assert events[-1].payload["error"] == "interrupted"
+    assert sum(f.event == "RunError" for f in events) == 1
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        run = (await client.get(f"/agents/echo/runs/{run_id}")).json()
+    assert run["status"] == "ERROR" and run["error"] == "interrupted"
+    assert run["event_count"] == int(events[-1].id) + 1
+    # every cursor the client held before the crash is still valid and yields the same events
+    again = await _resume(server.url, f"/agents/echo/runs/{run_id}/resume", 2)
+    assert [f.data for f in events_only(again)][: len(seen) - 3] == [f.data for f in seen[3:]]
+
+
+async def test_sigterm_gives_grace_then_cancels_with_terminal_event(process_server: Callable[..., ProcessServer]) -> None:
+    server = process_server(AGENTOS_DEMO_DELAY="0.5", AGENTOS_SHUTDOWN_GRACE="1.5")
+    got: list[Frame] = []
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        short = await client.post("/agents/echo/runs", data={"message": "a b", "background": "true", "stream": "false"})
+        async with client.stream("POST", "/agents/echo/runs", data={"message": apps.WORDS, "background": "true"}) as r:
+            run_id = r.headers["x-run-id"]
+            started = time.monotonic()
+            async for frame in frames(r):
+                got.append(frame)
+                if len(got) == 2:
+                    assert server.proc is not None
+                    server.proc.send_signal(15)
+        elapsed = time.monotonic() - started
+    assert got[-1].event == "RunCancelled"
+    assert got[-1].payload["reason"] == "shutdown"
+    assert [int(f.id) for f in got] == list(range(len(got)))
+    assert elapsed < 8
+    assert server.proc is not None and server.proc.wait(timeout=20) in (0, -15)
+    server.start()
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        run = (await client.get(f"/agents/echo/runs/{run_id}")).json()
+        assert run["status"] == "CANCELLED"
+        # the short run finished within the grace period
+        assert (await client.get(f"/agents/echo/runs/{short.json()['run_id']}")).json()["status"] == "COMPLETED"
+    replay = await _resume(server.url, f"/agents/echo/runs/{run_id}/resume")
+    assert [f.data for f in replay[1:]] == [f.data for f in got]
+
+
+async def test_draining_server_refuses_new_runs(serve_thread: Callable[[AgentOS], ThreadServer], settings: Settings) -> None:
+    agent_os = apps.build(settings.replace(demo_delay=0.05, shutdown_grace=5))
+    server = serve_thread(agent_os)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        async with client.stream("POST", "/agents/echo/runs", data={"message": "a b c d", "background": "true"}) as r:
+            server.call(agent_os.begin_shutdown)
+            await asyncio.sleep(0.1)
+            refused = await client.post("/agents/echo/runs", data={"message": "x"})
+            assert refused.status_code == 503
+            assert refused.json()["code"] == "shutting_down"
+            assert (await client.get("/health")).status_code == 503
+            got = await collect(r)
+    assert got[-1].event == "RunCompleted"  # within the grace period the run finishes normally
