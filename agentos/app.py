@@ -307,7 +307,11 @@ class _Guard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         key = self.agent_os.settings.security_key
-        if key is not None and scope["type"] in ("http", "websocket") and scope["path"] != "/health":
+        if (
+            key is not None
+            and scope["type"] in ("http", "websocket")
+            and scope["path"] != "/health"
+        ):
             error = _check_key(Headers(scope=scope), key)
             if error is not None:
                 if scope["type"] == "http":
@@ -462,4 +466,6 @@ async def _http_error_response(request: Request, exc: Exception) -> Response:
 
 async def _internal_error_response(request: Request, exc: Exception) -> Response:
     logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-    return JSONResponse({"detail": "internal server error", "code": "internal_error"}, status_code=500)
+    return JSONResponse(
+        {"detail": "internal server error", "code": "internal_error"}, status_code=500
+    )

@@ -63,7 +63,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         from agentos.demo import demo_os
 
         target = demo_os(Settings.from_env())
-    agent_os = target if isinstance(target, AgentOS) else getattr(target.state, "agent_os", None) if hasattr(target, "state") else None
+    agent_os = (
+        target
+        if isinstance(target, AgentOS)
+        else getattr(target.state, "agent_os", None)
+        if hasattr(target, "state")
+        else None
+    )
     app = target.app if isinstance(target, AgentOS) else target
     grace = agent_os.settings.shutdown_grace if agent_os is not None else 10.0
     config = uvicorn.Config(

@@ -97,8 +97,10 @@ class GroupCommitter:
         self._wake.set()
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout)
-        except asyncio.TimeoutError:
-            logger.error("group commit did not drain in %.1fs; %d events lost", timeout, self.pending)
+        except TimeoutError:
+            logger.error(
+                "group commit did not drain in %.1fs; %d events lost", timeout, self.pending
+            )
             self._task.cancel()
         self._task = None
 

@@ -3,7 +3,8 @@
 Every component can run on its own (``await agent.arun("hi")``) with the same four modes as the
 HTTP API. A component registered with an :class:`~agentos.AgentOS` runs on that server's run
 manager and database; one used on its own gets a private run manager on an in-memory SQLite
-database the first time it runs.
+database the first time it runs (close it with ``await component.aclose()`` or
+``async with component:``).
 """
 
 from __future__ import annotations
@@ -84,6 +85,23 @@ class Component(abc.ABC):
             self._own_manager = (loop, manager)
         return self._own_manager[1]
 
+    async def aclose(self) -> None:
+        """Finish and close the private run manager of a component used on its own.
+
+        ``async with Agent(...) as agent:`` does it on exit. Components registered with an
+        AgentOS are closed with it instead.
+        """
+        if self._own_manager is not None:
+            _, manager = self._own_manager
+            self._own_manager = None
+            await manager.aclose()
+
+    async def __aenter__(self) -> Component:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
     async def arun(
         self,
         message: str,
@@ -156,4 +174,3 @@ def describe_error(exc: BaseException) -> str:
     """The error text of a failed run: the exception's type and message."""
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-

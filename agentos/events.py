@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 __all__ = ["KINDS", "Event", "Kind", "Meta", "RunStatus", "dumps"]
 
 
-class RunStatus(str, Enum):
+class RunStatus(StrEnum):
     """Where a run is in its life. Values are upper case on the wire."""
 
     PENDING = "PENDING"

@@ -120,7 +120,9 @@ class RunManager:
         if self._closing:
             return
         self._closing = True
-        logger.info("shutting down: %d runs get %.1fs", len(self._tasks), self.settings.shutdown_grace)
+        logger.info(
+            "shutting down: %d runs get %.1fs", len(self._tasks), self.settings.shutdown_grace
+        )
         loop = asyncio.get_running_loop()
         self._grace_timer = loop.call_later(self.settings.shutdown_grace, self._cancel_all)
 
@@ -168,7 +170,10 @@ class RunManager:
                 [(record.run_id, event)],
                 [
                     RunUpdate(
-                        record.run_id, status=RunStatus.ERROR, error="interrupted", event_count=index + 1
+                        record.run_id,
+                        status=RunStatus.ERROR,
+                        error="interrupted",
+                        event_count=index + 1,
                     )
                 ],
             )
@@ -191,7 +196,9 @@ class RunManager:
         if not isinstance(message, str) or not message.strip():
             raise InvalidRequest("message must be a non-empty string")
         for name, value in (("run_id", run_id), ("session_id", session_id), ("user_id", user_id)):
-            if value is not None and (not isinstance(value, str) or not 0 < len(value) <= _MAX_INPUT_ID):
+            if value is not None and (
+                not isinstance(value, str) or not 0 < len(value) <= _MAX_INPUT_ID
+            ):
                 raise InvalidRequest(f"{name} must be a string of 1 to {_MAX_INPUT_ID} characters")
         now = time.time()
         record = RunRecord(
@@ -225,7 +232,6 @@ class RunManager:
 
     async def _drive(self, active: _ActiveRun) -> None:
         record = active.record
-        kind = active.component.kind
         ctx = RunContext(
             lambda name, fields: self._emit(active, name, fields),
             run_id=record.run_id,
@@ -299,7 +305,7 @@ class RunManager:
             self._request_cancel(active, "cancelled")
             try:
                 await asyncio.wait_for(asyncio.shield(active.done.wait()), wait)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         return await self.get_run(run_id)
 
@@ -316,7 +322,11 @@ class RunManager:
         return await self.get_run(run_id)
 
     async def get_run(
-        self, run_id: str, *, kind: str | None = None, component_id: str | None = None,
+        self,
+        run_id: str,
+        *,
+        kind: str | None = None,
+        component_id: str | None = None,
         session_id: str | None = None,
     ) -> RunRecord:
         """The run object; RunNotFound when unknown or not of that component or session."""
@@ -369,7 +379,8 @@ class RunManager:
             raise InvalidCursor("last_event_index must be -1 or more", run_id)
         if last_event_index > count - 1:
             raise InvalidCursor(
-                f"last_event_index {last_event_index} is beyond the last event ({count - 1})", run_id
+                f"last_event_index {last_event_index} is beyond the last event ({count - 1})",
+                run_id,
             )
         if ended and last_event_index == count - 1:
             return None
@@ -393,4 +404,3 @@ def _make_event(
     for key, value in fields.items():
         payload.setdefault(key, value)
     return Event(index, name, dumps(payload), terminal)
-

@@ -247,9 +247,7 @@ class SQLStore(Store):
             record = _record(row)
             if not record.status.ended:
                 count = await conn.scalar(
-                    sa.select(sa.func.max(_events.c.event_index)).where(
-                        _events.c.run_id == run_id
-                    )
+                    sa.select(sa.func.max(_events.c.event_index)).where(_events.c.run_id == run_id)
                 )
                 record = replace(record, event_count=0 if count is None else count + 1)
         return record

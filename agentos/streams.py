@@ -122,7 +122,9 @@ class RunStream:
                         continue  # the run's buffer appeared meanwhile: read from it
                     record = await manager.store.get_run(self.run_id)
                     if record is None or (record.status.ended and record.event_count <= cursor + 1):
-                        yield self._error("the run's events are no longer available", "events_unavailable")
+                        yield self._error(
+                            "the run's events are no longer available", "events_unavailable"
+                        )
                         return
                     if manager.closing:
                         return  # a draining instance stops tailing; the client resumes elsewhere

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Union
+from typing import Any
 
 from agentos.component import Component
 from agentos.context import RunContext
@@ -25,7 +25,7 @@ class Step:
         self.runner = runner
 
 
-StepLike = Union[Step, Component, StepFn]
+StepLike = Step | Component | StepFn
 
 
 def _as_step(step: StepLike) -> Step:

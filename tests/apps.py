@@ -76,7 +76,6 @@ def agent_os() -> AgentOS:
     return build(Settings.from_env())
 
 
-
 def __getattr__(name: str) -> object:
     # Built lazily so importing this module in tests does not read the environment.
     if name == "served":

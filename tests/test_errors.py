@@ -23,31 +23,171 @@ def bad_requests(run: dict) -> list[tuple[str, str, str, dict, int, str]]:
     rid, sid = run["run_id"], run["session_id"]
     last = run["event_count"] - 1
     return [
-        ("unknown agent", "POST", "/agents/nope/runs", {"data": {"message": "x"}}, 404, "component_not_found"),
+        (
+            "unknown agent",
+            "POST",
+            "/agents/nope/runs",
+            {"data": {"message": "x"}},
+            404,
+            "component_not_found",
+        ),
         ("unknown kind", "POST", "/robots/echo/runs", {"data": {"message": "x"}}, 404, "not_found"),
         ("unknown run", "GET", "/agents/echo/runs/nope", {}, 404, "run_not_found"),
         ("unknown run resume", "GET", "/agents/echo/runs/nope/resume", {}, 404, "run_not_found"),
         ("run of another agent", "GET", f"/agents/tools/runs/{rid}", {}, 404, "run_not_found"),
         ("run of another kind", "GET", f"/teams/team/runs/{rid}/resume", {}, 404, "run_not_found"),
-        ("cursor text", "GET", f"/agents/echo/runs/{rid}/resume", {"params": {"last_event_index": "abc"}}, 422, "invalid_cursor"),
-        ("cursor -5", "GET", f"/agents/echo/runs/{rid}/resume", {"params": {"last_event_index": "-5"}}, 422, "invalid_cursor"),
-        ("cursor beyond end", "GET", f"/agents/echo/runs/{rid}/resume", {"params": {"last_event_index": str(last + 1)}}, 422, "invalid_cursor"),
-        ("header cursor text", "GET", f"/agents/echo/runs/{rid}/resume", {"headers": {"Last-Event-ID": "x1"}}, 422, "invalid_cursor"),
-        ("post cursor beyond end", "POST", f"/agents/echo/runs/{rid}/resume", {"json": {"last_event_index": 99}}, 422, "invalid_cursor"),
-        ("wrong session_id", "GET", f"/agents/echo/runs/{rid}/resume", {"params": {"session_id": sid + "x"}}, 404, "run_not_found"),
-        ("wrong session_id post", "POST", f"/agents/echo/runs/{rid}/resume", {"data": {"session_id": "other"}}, 404, "run_not_found"),
-        ("missing message", "POST", "/agents/echo/runs", {"data": {"stream": "false"}}, 422, "invalid_request"),
-        ("empty message", "POST", "/agents/echo/runs", {"json": {"message": "  "}}, 422, "invalid_request"),
-        ("message not a string", "POST", "/agents/echo/runs", {"json": {"message": 5}}, 422, "invalid_request"),
-        ("malformed JSON", "POST", "/agents/echo/runs", {"content": b'{"message": ', "headers": {"content-type": "application/json"}}, 422, "invalid_request"),
-        ("JSON not an object", "POST", "/agents/echo/runs", {"json": ["message"]}, 422, "invalid_request"),
-        ("bad stream flag", "POST", "/agents/echo/runs", {"data": {"message": "x", "stream": "maybe"}}, 422, "invalid_request"),
-        ("unsupported content type", "POST", "/agents/echo/runs", {"content": b"message=x", "headers": {"content-type": "text/plain"}}, 422, "invalid_request"),
-        ("oversized body", "POST", "/agents/echo/runs", {"json": {"message": "x" * (11 * 1024 * 1024)}}, 413, "body_too_large"),
-        ("run_id reuse", "POST", "/agents/echo/runs", {"data": {"message": "x", "run_id": rid}}, 409, "run_exists"),
-        ("run_id twice", "POST", "/agents/echo/runs?run_id=a1", {"data": {"message": "x", "run_id": "b2"}}, 422, "invalid_request"),
-        ("bad list status", "GET", "/agents/echo/runs", {"params": {"status": "DONE"}}, 422, "invalid_request"),
-        ("bad list limit", "GET", "/agents/echo/runs", {"params": {"limit": "0"}}, 422, "invalid_request"),
+        (
+            "cursor text",
+            "GET",
+            f"/agents/echo/runs/{rid}/resume",
+            {"params": {"last_event_index": "abc"}},
+            422,
+            "invalid_cursor",
+        ),
+        (
+            "cursor -5",
+            "GET",
+            f"/agents/echo/runs/{rid}/resume",
+            {"params": {"last_event_index": "-5"}},
+            422,
+            "invalid_cursor",
+        ),
+        (
+            "cursor beyond end",
+            "GET",
+            f"/agents/echo/runs/{rid}/resume",
+            {"params": {"last_event_index": str(last + 1)}},
+            422,
+            "invalid_cursor",
+        ),
+        (
+            "header cursor text",
+            "GET",
+            f"/agents/echo/runs/{rid}/resume",
+            {"headers": {"Last-Event-ID": "x1"}},
+            422,
+            "invalid_cursor",
+        ),
+        (
+            "post cursor beyond end",
+            "POST",
+            f"/agents/echo/runs/{rid}/resume",
+            {"json": {"last_event_index": 99}},
+            422,
+            "invalid_cursor",
+        ),
+        (
+            "wrong session_id",
+            "GET",
+            f"/agents/echo/runs/{rid}/resume",
+            {"params": {"session_id": sid + "x"}},
+            404,
+            "run_not_found",
+        ),
+        (
+            "wrong session_id post",
+            "POST",
+            f"/agents/echo/runs/{rid}/resume",
+            {"data": {"session_id": "other"}},
+            404,
+            "run_not_found",
+        ),
+        (
+            "missing message",
+            "POST",
+            "/agents/echo/runs",
+            {"data": {"stream": "false"}},
+            422,
+            "invalid_request",
+        ),
+        (
+            "empty message",
+            "POST",
+            "/agents/echo/runs",
+            {"json": {"message": "  "}},
+            422,
+            "invalid_request",
+        ),
+        (
+            "message not a string",
+            "POST",
+            "/agents/echo/runs",
+            {"json": {"message": 5}},
+            422,
+            "invalid_request",
+        ),
+        (
+            "malformed JSON",
+            "POST",
+            "/agents/echo/runs",
+            {"content": b'{"message": ', "headers": {"content-type": "application/json"}},
+            422,
+            "invalid_request",
+        ),
+        (
+            "JSON not an object",
+            "POST",
+            "/agents/echo/runs",
+            {"json": ["message"]},
+            422,
+            "invalid_request",
+        ),
+        (
+            "bad stream flag",
+            "POST",
+            "/agents/echo/runs",
+            {"data": {"message": "x", "stream": "maybe"}},
+            422,
+            "invalid_request",
+        ),
+        (
+            "unsupported content type",
+            "POST",
+            "/agents/echo/runs",
+            {"content": b"message=x", "headers": {"content-type": "text/plain"}},
+            422,
+            "invalid_request",
+        ),
+        (
+            "oversized body",
+            "POST",
+            "/agents/echo/runs",
+            {"json": {"message": "x" * (11 * 1024 * 1024)}},
+            413,
+            "body_too_large",
+        ),
+        (
+            "run_id reuse",
+            "POST",
+            "/agents/echo/runs",
+            {"data": {"message": "x", "run_id": rid}},
+            409,
+            "run_exists",
+        ),
+        (
+            "run_id twice",
+            "POST",
+            "/agents/echo/runs?run_id=a1",
+            {"data": {"message": "x", "run_id": "b2"}},
+            422,
+            "invalid_request",
+        ),
+        (
+            "bad list status",
+            "GET",
+            "/agents/echo/runs",
+            {"params": {"status": "DONE"}},
+            422,
+            "invalid_request",
+        ),
+        (
+            "bad list limit",
+            "GET",
+            "/agents/echo/runs",
+            {"params": {"limit": "0"}},
+            422,
+            "invalid_request",
+        ),
         ("unknown run cancel", "POST", "/agents/echo/runs/nope/cancel", {}, 404, "run_not_found"),
         ("wrong method", "DELETE", "/agents/echo/runs", {}, 405, "method_not_allowed"),
     ]
@@ -71,14 +211,18 @@ async def test_chunked_oversized_body_without_content_length(client: httpx.Async
         for _ in range(11):
             yield b"x" * (1024 * 1024)
 
-    response = await client.post("/agents/echo/runs", content=body(), headers={"content-type": "application/json"})
+    response = await client.post(
+        "/agents/echo/runs", content=body(), headers={"content-type": "application/json"}
+    )
     assert response.status_code == 413
     assert response.json()["code"] == "body_too_large"
 
 
 async def test_multipart_form_is_accepted(client: httpx.AsyncClient) -> None:
     response = await client.post(
-        "/agents/echo/runs", data={"message": "multi part", "stream": "false"}, files={"unused": b"x"}
+        "/agents/echo/runs",
+        data={"message": "multi part", "stream": "false"},
+        files={"unused": b"x"},
     )
     assert response.status_code == 200
     assert response.json()["content"] == "multi part"
@@ -87,7 +231,9 @@ async def test_multipart_form_is_accepted(client: httpx.AsyncClient) -> None:
 async def test_client_run_id_from_query_and_header(client: httpx.AsyncClient) -> None:
     r1 = await client.post("/agents/echo/runs?run_id=q-1", data={"message": "x", "stream": "false"})
     assert r1.json()["run_id"] == "q-1"
-    r2 = await client.post("/agents/echo/runs", data={"message": "x", "stream": "false"}, headers={"X-Run-Id": "h-1"})
+    r2 = await client.post(
+        "/agents/echo/runs", data={"message": "x", "stream": "false"}, headers={"X-Run-Id": "h-1"}
+    )
     assert r2.json()["run_id"] == "h-1"
     assert r2.headers["location"] == "/agents/echo/runs/h-1"
 
@@ -111,7 +257,9 @@ async def test_inline_stream_disconnect_cancels_the_run(client: httpx.AsyncClien
 
 
 async def test_background_stream_disconnect_does_not_cancel(client: httpx.AsyncClient) -> None:
-    async with client.stream("POST", "/agents/echo/runs", data={"message": apps.WORDS, "background": "true"}) as r:
+    async with client.stream(
+        "POST", "/agents/echo/runs", data={"message": apps.WORDS, "background": "true"}
+    ) as r:
         run_id = r.headers["x-run-id"]
         async for frame in frames(r):
             if frame.event == "RunContent":
@@ -125,7 +273,9 @@ async def test_background_stream_disconnect_does_not_cancel(client: httpx.AsyncC
 
 
 async def test_cancel_background_run(client: httpx.AsyncClient) -> None:
-    r = await client.post("/agents/echo/runs", data={"message": apps.WORDS, "background": "true", "stream": "false"})
+    r = await client.post(
+        "/agents/echo/runs", data={"message": apps.WORDS, "background": "true", "stream": "false"}
+    )
     run_id = r.json()["run_id"]
     async with client.stream("GET", f"/agents/echo/runs/{run_id}/resume") as stream:
         follow = asyncio.create_task(collect(stream))
@@ -153,6 +303,10 @@ async def test_security_key(serve: Callable[[AgentOS], str], settings: Settings)
         assert wrong.status_code == 403 and wrong.json()["code"] == "not_authorized"
         auth = {"Authorization": "Bearer s3cret"}
         assert (await client.get("/agents", headers=auth)).status_code == 200
-        r = await client.post("/agents/echo/runs", data={"message": "x", "stream": "false"}, headers=auth)
+        r = await client.post(
+            "/agents/echo/runs", data={"message": "x", "stream": "false"}, headers=auth
+        )
         assert r.status_code == 200
-        assert (await client.get(f"/agents/echo/runs/{r.json()['run_id']}/resume")).status_code == 401
+        assert (
+            await client.get(f"/agents/echo/runs/{r.json()['run_id']}/resume")
+        ).status_code == 401

@@ -21,10 +21,14 @@ async def _resume(url: str, path: str, cursor: int = -1) -> list[Frame]:
             return await collect(r)
 
 
-async def test_replay_after_restart_is_identical(process_server: Callable[..., ProcessServer]) -> None:
+async def test_replay_after_restart_is_identical(
+    process_server: Callable[..., ProcessServer],
+) -> None:
     server = process_server(AGENTOS_DEMO_DELAY="0")
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-        async with client.stream("POST", "/workflows/flow/runs", data={"message": apps.WORDS, "background": "true"}) as r:
+        async with client.stream(
+            "POST", "/workflows/flow/runs", data={"message": apps.WORDS, "background": "true"}
+        ) as r:
             run_id = r.headers["x-run-id"]
             live = await collect(r)
     assert server.terminate()
@@ -38,11 +42,15 @@ async def test_replay_after_restart_is_identical(process_server: Callable[..., P
     assert [f.data for f in middle[1:]] == [f.data for f in live[8:]]
 
 
-async def test_crash_mid_run_ends_with_interrupted_after_restart(process_server: Callable[..., ProcessServer]) -> None:
+async def test_crash_mid_run_ends_with_interrupted_after_restart(
+    process_server: Callable[..., ProcessServer],
+) -> None:
     server = process_server(AGENTOS_DEMO_DELAY="0.05")
     seen: list[Frame] = []
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-        async with client.stream("POST", "/agents/echo/runs", data={"message": apps.WORDS, "background": "true"}) as r:
+        async with client.stream(
+            "POST", "/agents/echo/runs", data={"message": apps.WORDS, "background": "true"}
+        ) as r:
             run_id = r.headers["x-run-id"]
             async for frame in frames(r):
                 seen.append(frame)
@@ -67,12 +75,18 @@ async def test_crash_mid_run_ends_with_interrupted_after_restart(process_server:
     assert [f.data for f in events_only(again)][: len(seen) - 3] == [f.data for f in seen[3:]]
 
 
-async def test_sigterm_gives_grace_then_cancels_with_terminal_event(process_server: Callable[..., ProcessServer]) -> None:
+async def test_sigterm_gives_grace_then_cancels_with_terminal_event(
+    process_server: Callable[..., ProcessServer],
+) -> None:
     server = process_server(AGENTOS_DEMO_DELAY="0.5", AGENTOS_SHUTDOWN_GRACE="1.5")
     got: list[Frame] = []
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-        short = await client.post("/agents/echo/runs", data={"message": "a b", "background": "true", "stream": "false"})
-        async with client.stream("POST", "/agents/echo/runs", data={"message": apps.WORDS, "background": "true"}) as r:
+        short = await client.post(
+            "/agents/echo/runs", data={"message": "a b", "background": "true", "stream": "false"}
+        )
+        async with client.stream(
+            "POST", "/agents/echo/runs", data={"message": apps.WORDS, "background": "true"}
+        ) as r:
             run_id = r.headers["x-run-id"]
             started = time.monotonic()
             async for frame in frames(r):
@@ -91,16 +105,22 @@ async def test_sigterm_gives_grace_then_cancels_with_terminal_event(process_serv
         run = (await client.get(f"/agents/echo/runs/{run_id}")).json()
         assert run["status"] == "CANCELLED"
         # the short run finished within the grace period
-        assert (await client.get(f"/agents/echo/runs/{short.json()['run_id']}")).json()["status"] == "COMPLETED"
+        assert (await client.get(f"/agents/echo/runs/{short.json()['run_id']}")).json()[
+            "status"
+        ] == "COMPLETED"
     replay = await _resume(server.url, f"/agents/echo/runs/{run_id}/resume")
     assert [f.data for f in replay[1:]] == [f.data for f in got]
 
 
-async def test_draining_server_refuses_new_runs(serve_thread: Callable[[AgentOS], ThreadServer], settings: Settings) -> None:
+async def test_draining_server_refuses_new_runs(
+    serve_thread: Callable[[AgentOS], ThreadServer], settings: Settings
+) -> None:
     agent_os = apps.build(settings.replace(demo_delay=0.05, shutdown_grace=5))
     server = serve_thread(agent_os)
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-        async with client.stream("POST", "/agents/echo/runs", data={"message": "a b c d", "background": "true"}) as r:
+        async with client.stream(
+            "POST", "/agents/echo/runs", data={"message": "a b c d", "background": "true"}
+        ) as r:
             server.call(agent_os.begin_shutdown)
             await asyncio.sleep(0.1)
             refused = await client.post("/agents/echo/runs", data={"message": "x"})

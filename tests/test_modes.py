@@ -22,7 +22,9 @@ def check_sequence(frames: list, first: str, last: str) -> None:
 
 
 @pytest.mark.parametrize(("kind", "cid", "first", "last"), COMPONENTS)
-async def test_stream_inline(client: httpx.AsyncClient, kind: str, cid: str, first: str, last: str) -> None:
+async def test_stream_inline(
+    client: httpx.AsyncClient, kind: str, cid: str, first: str, last: str
+) -> None:
     async with client.stream("POST", f"/{kind}/{cid}/runs", data={"message": "a b c"}) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -40,7 +42,9 @@ async def test_stream_inline(client: httpx.AsyncClient, kind: str, cid: str, fir
 
 
 @pytest.mark.parametrize(("kind", "cid", "first", "last"), COMPONENTS)
-async def test_stream_background(client: httpx.AsyncClient, kind: str, cid: str, first: str, last: str) -> None:
+async def test_stream_background(
+    client: httpx.AsyncClient, kind: str, cid: str, first: str, last: str
+) -> None:
     body = {"message": "a b c", "background": True, "stream": True, "session_id": "s-1"}
     async with client.stream("POST", f"/{kind}/{cid}/runs", json=body) as response:
         assert response.status_code == 200
@@ -51,8 +55,12 @@ async def test_stream_background(client: httpx.AsyncClient, kind: str, cid: str,
 
 
 @pytest.mark.parametrize(("kind", "cid", "first", "last"), COMPONENTS)
-async def test_json_sync(client: httpx.AsyncClient, kind: str, cid: str, first: str, last: str) -> None:
-    response = await client.post(f"/{kind}/{cid}/runs", data={"message": "a b c", "stream": "false"})
+async def test_json_sync(
+    client: httpx.AsyncClient, kind: str, cid: str, first: str, last: str
+) -> None:
+    response = await client.post(
+        f"/{kind}/{cid}/runs", data={"message": "a b c", "stream": "false"}
+    )
     assert response.status_code == 200
     run = response.json()
     assert run["status"] == "COMPLETED"
@@ -64,7 +72,9 @@ async def test_json_sync(client: httpx.AsyncClient, kind: str, cid: str, first: 
 
 
 @pytest.mark.parametrize(("kind", "cid", "first", "last"), COMPONENTS)
-async def test_background_json_then_poll(client: httpx.AsyncClient, kind: str, cid: str, first: str, last: str) -> None:
+async def test_background_json_then_poll(
+    client: httpx.AsyncClient, kind: str, cid: str, first: str, last: str
+) -> None:
     response = await client.post(
         f"/{kind}/{cid}/runs", data={"message": "a b c", "stream": "false", "background": "true"}
     )
@@ -103,7 +113,9 @@ async def test_team_members_carry_member_fields(client: httpx.AsyncClient) -> No
 
 
 async def test_parallel_team_indices_stay_contiguous(client: httpx.AsyncClient) -> None:
-    async with client.stream("POST", "/teams/parallel-team/runs", data={"message": "a b c d e f"}) as response:
+    async with client.stream(
+        "POST", "/teams/parallel-team/runs", data={"message": "a b c d e f"}
+    ) as response:
         frames = await collect(response)
     check_sequence(frames, "TeamRunStarted", "TeamRunCompleted")
     order = [f.payload.get("member_id") for f in frames if f.event == "RunContent"]
@@ -111,12 +123,16 @@ async def test_parallel_team_indices_stay_contiguous(client: httpx.AsyncClient) 
 
 
 async def test_workflow_steps(client: httpx.AsyncClient) -> None:
-    async with client.stream("POST", "/workflows/flow/runs", data={"message": "hi you"}) as response:
+    async with client.stream(
+        "POST", "/workflows/flow/runs", data={"message": "hi you"}
+    ) as response:
         frames = await collect(response)
     steps = [(f.event, f.payload["step_id"]) for f in frames if f.event.startswith("Step")]
     assert steps == [
-        ("StepStarted", "draft"), ("StepCompleted", "draft"),
-        ("StepStarted", "_shout"), ("StepCompleted", "_shout"),
+        ("StepStarted", "draft"),
+        ("StepCompleted", "draft"),
+        ("StepStarted", "_shout"),
+        ("StepCompleted", "_shout"),
     ]
     assert frames[-1].payload["content"] == "HI YOU"
 
@@ -125,7 +141,11 @@ async def test_tool_call_events(client: httpx.AsyncClient) -> None:
     async with client.stream("POST", "/agents/tools/runs", data={"message": "hey"}) as response:
         frames = await collect(response)
     assert [f.event for f in frames] == [
-        "RunStarted", "ToolCallStarted", "ToolCallCompleted", "RunContent", "RunCompleted"
+        "RunStarted",
+        "ToolCallStarted",
+        "ToolCallCompleted",
+        "RunContent",
+        "RunCompleted",
     ]
     assert frames[2].payload["result"] == "HEY"
 
@@ -146,7 +166,9 @@ async def test_user_code_exception_ends_with_run_error(client: httpx.AsyncClient
 async def test_list_runs_newest_first_with_filters(client: httpx.AsyncClient) -> None:
     ids = []
     for i in range(3):
-        r = await client.post("/agents/echo/runs", data={"message": "x", "stream": "false", "session_id": f"s{i % 2}"})
+        r = await client.post(
+            "/agents/echo/runs", data={"message": "x", "stream": "false", "session_id": f"s{i % 2}"}
+        )
         ids.append(r.json()["run_id"])
     runs = (await client.get("/agents/echo/runs")).json()
     assert [r["run_id"] for r in runs] == ids[::-1]

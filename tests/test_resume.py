@@ -16,15 +16,28 @@ from tests.sse import Frame, collect, events_only, frames
 COMPONENTS = [("agents", "echo"), ("teams", "team"), ("workflows", "flow")]
 
 
-async def start_background(client: httpx.AsyncClient, kind: str, cid: str, message: str = apps.WORDS) -> str:
-    r = await client.post(f"/{kind}/{cid}/runs", data={"message": message, "background": "true", "stream": "false"})
+async def start_background(
+    client: httpx.AsyncClient, kind: str, cid: str, message: str = apps.WORDS
+) -> str:
+    r = await client.post(
+        f"/{kind}/{cid}/runs", data={"message": message, "background": "true", "stream": "false"}
+    )
     assert r.status_code == 202
     return str(r.json()["run_id"])
 
 
-async def resume(client: httpx.AsyncClient, kind: str, cid: str, run_id: str, cursor: int | None = None, **kw: object) -> list[Frame]:
+async def resume(
+    client: httpx.AsyncClient,
+    kind: str,
+    cid: str,
+    run_id: str,
+    cursor: int | None = None,
+    **kw: object,
+) -> list[Frame]:
     params = {} if cursor is None else {"last_event_index": cursor}
-    async with client.stream("GET", f"/{kind}/{cid}/runs/{run_id}/resume", params=params, **kw) as response:  # type: ignore[arg-type]
+    async with client.stream(
+        "GET", f"/{kind}/{cid}/runs/{run_id}/resume", params=params, **kw
+    ) as response:  # type: ignore[arg-type]
         assert response.status_code == 200, response.status_code
         return await collect(response)
 
@@ -62,8 +75,11 @@ async def test_resume_ended_run_replays_from_buffer(client: httpx.AsyncClient) -
     got = await resume(client, "agents", "echo", run_id, 2)
     assert got[0].event == "replay"
     assert got[0].payload == {
-        "event": "replay", "run_id": run_id, "status": "COMPLETED",
-        "total_events": run["event_count"], "source": "buffer",
+        "event": "replay",
+        "run_id": run_id,
+        "status": "COMPLETED",
+        "total_events": run["event_count"],
+        "source": "buffer",
     }
     assert [int(f.id) for f in got[1:]] == list(range(3, run["event_count"]))
 
@@ -75,7 +91,9 @@ async def test_last_event_id_header_and_explicit_cursor_wins(client: httpx.Async
     assert [int(f.id) for f in events_only(by_header)] == [4]
     both = await resume(client, "agents", "echo", run_id, 1, headers={"Last-Event-ID": "3"})
     assert [int(f.id) for f in events_only(both)] == [2, 3, 4]
-    async with client.stream("POST", f"/agents/echo/runs/{run_id}/resume", data={"last_event_index": "2"}) as r:
+    async with client.stream(
+        "POST", f"/agents/echo/runs/{run_id}/resume", data={"last_event_index": "2"}
+    ) as r:
         assert [int(f.id) for f in events_only(await collect(r))] == [3, 4]
 
 
@@ -83,11 +101,19 @@ async def test_cursor_at_the_end_of_an_ended_run_is_204(client: httpx.AsyncClien
     run_id = await start_background(client, "agents", "echo", "a b c")
     run = await wait_ended(client, "agents", "echo", run_id)
     last = run["event_count"] - 1
-    assert (await client.get(f"/agents/echo/runs/{run_id}/resume", params={"last_event_index": last})).status_code == 204
-    assert (await client.post(f"/agents/echo/runs/{run_id}/resume", data={"last_event_index": str(last)})).status_code == 204
+    assert (
+        await client.get(f"/agents/echo/runs/{run_id}/resume", params={"last_event_index": last})
+    ).status_code == 204
+    assert (
+        await client.post(
+            f"/agents/echo/runs/{run_id}/resume", data={"last_event_index": str(last)}
+        )
+    ).status_code == 204
 
 
-async def test_replay_from_database_after_buffer_expired(serve: Callable[[AgentOS], str], settings: Settings) -> None:
+async def test_replay_from_database_after_buffer_expired(
+    serve: Callable[[AgentOS], str], settings: Settings
+) -> None:
     agent_os = apps.build(settings.replace(buffer_ttl=0.3))
     url = serve(agent_os)
     async with httpx.AsyncClient(base_url=url) as client:
@@ -99,16 +125,22 @@ async def test_replay_from_database_after_buffer_expired(serve: Callable[[AgentO
         assert agent_os.manager.buffers.get(run_id) is None
         from_db = await resume(client, "teams", "team", run_id)
         assert from_db[0].payload["source"] == "database"
-        assert [(f.id, f.event, f.data) for f in from_db[1:]] == [(f.id, f.event, f.data) for f in from_buffer[1:]]
+        assert [(f.id, f.event, f.data) for f in from_db[1:]] == [
+            (f.id, f.event, f.data) for f in from_buffer[1:]
+        ]
         partial = await resume(client, "teams", "team", run_id, 4)
         assert [f.data for f in partial[1:]] == [f.data for f in from_buffer[6:]]
 
 
-async def test_cursor_below_buffer_window_is_filled_from_database(serve: Callable[[AgentOS], str], settings: Settings) -> None:
+async def test_cursor_below_buffer_window_is_filled_from_database(
+    serve: Callable[[AgentOS], str], settings: Settings
+) -> None:
     agent_os = apps.build(settings.replace(buffer_max_events_per_run=4))
     url = serve(agent_os)
     async with httpx.AsyncClient(base_url=url) as client:
-        async with client.stream("POST", "/agents/echo/runs", data={"message": apps.WORDS, "background": "true"}) as r:
+        async with client.stream(
+            "POST", "/agents/echo/runs", data={"message": apps.WORDS, "background": "true"}
+        ) as r:
             run_id = r.headers["x-run-id"]
             live = await collect(r)
         buf = agent_os.manager.buffers.get(run_id)
@@ -129,7 +161,9 @@ async def test_cursor_below_buffer_window_is_filled_from_database(serve: Callabl
 
 
 @pytest.mark.parametrize(("kind", "cid"), COMPONENTS)
-async def test_random_disconnects_reassemble_the_exact_run(client: httpx.AsyncClient, kind: str, cid: str) -> None:
+async def test_random_disconnects_reassemble_the_exact_run(
+    client: httpx.AsyncClient, kind: str, cid: str
+) -> None:
     rng = random.Random(f"{kind}-disconnects")
     reference = await _uninterrupted(client, kind, cid)
     for _ in range(8):
@@ -147,13 +181,21 @@ async def _uninterrupted(client: httpx.AsyncClient, kind: str, cid: str) -> list
 
 
 def _normalise(frame: Frame) -> tuple:
-    payload = {k: v for k, v in frame.payload.items() if k not in ("run_id", "session_id", "created_at", "member_run_id")}
+    payload = {
+        k: v
+        for k, v in frame.payload.items()
+        if k not in ("run_id", "session_id", "created_at", "member_run_id")
+    }
     return frame.id, frame.event, sorted(payload.items(), key=lambda kv: kv[0]).__repr__()
 
 
-async def _follow_with_drops(client: httpx.AsyncClient, kind: str, cid: str, rng: random.Random) -> list[Frame]:
+async def _follow_with_drops(
+    client: httpx.AsyncClient, kind: str, cid: str, rng: random.Random
+) -> list[Frame]:
     seen: list[Frame] = []
-    async with client.stream("POST", f"/{kind}/{cid}/runs", data={"message": apps.WORDS, "background": "true"}) as r:
+    async with client.stream(
+        "POST", f"/{kind}/{cid}/runs", data={"message": apps.WORDS, "background": "true"}
+    ) as r:
         run_id = r.headers["x-run-id"]
         budget = rng.randint(0, 12)
         async for frame in frames(r):
@@ -162,7 +204,12 @@ async def _follow_with_drops(client: httpx.AsyncClient, kind: str, cid: str, rng
             if budget < 0:
                 break
     for _ in range(100):
-        if seen and seen[-1].event.endswith(("Completed", "Error", "Cancelled")) and seen[-1].payload.get("member_id") is None and "step_id" not in seen[-1].payload:
+        if (
+            seen
+            and seen[-1].event.endswith(("Completed", "Error", "Cancelled"))
+            and seen[-1].payload.get("member_id") is None
+            and "step_id" not in seen[-1].payload
+        ):
             break
         cursor = int(seen[-1].id) if seen else -1
         url = f"/{kind}/{cid}/runs/{run_id}/resume"
@@ -187,9 +234,9 @@ async def test_two_hundred_concurrent_streams_with_random_drops(client: httpx.As
 
     limits = httpx.Limits(max_connections=300)
     async with httpx.AsyncClient(base_url=str(client.base_url), timeout=60, limits=limits) as many:
-        results = await asyncio.gather(*(
-            _one_client(many, random.Random(rng.random())) for _ in range(200)
-        ))
+        results = await asyncio.gather(
+            *(_one_client(many, random.Random(rng.random())) for _ in range(200))
+        )
     assert len({run_id for run_id, _ in results}) == 200
     for run_id, seen in results:
         assert [int(f.id) for f in seen] == list(range(len(seen))), run_id
