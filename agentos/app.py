@@ -158,6 +158,8 @@ class AgentOS:
             "active_runs": manager.active_runs,
             "buffered_runs": len(manager.buffers),
             "buffered_bytes": manager.buffers.total_bytes,
+            "commits": manager.committer.commits,
+            "events_written": manager.committer.events_written,
         }
         return JSONResponse(body, status_code=200 if manager.accepting else 503)
 

@@ -63,7 +63,9 @@ class RunManager:
         self.settings = settings
         self.store = store if store is not None else open_store(settings.db_url)
         self.buffers = EventBuffer(settings)
-        self.committer = GroupCommitter(self.store, self.buffers, settings)
+        self.committer = GroupCommitter(
+            self.store, self.buffers, settings, on_commit=self._committed
+        )
         self.components: dict[tuple[str, str], Component] = {}
         self._active: dict[str, _ActiveRun] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -240,7 +242,6 @@ class RunManager:
         )
         status, fields = RunStatus.ERROR, {"error": "internal error"}
         try:
-            active.record = replace(record, status=RunStatus.RUNNING)
             self.committer.update(RunUpdate(record.run_id, status=RunStatus.RUNNING))
             timeout = self.settings.run_timeout or None
             async with asyncio.timeout(timeout):
@@ -274,7 +275,6 @@ class RunManager:
         )
         self.committer.update(update)
         await self.committer.flush()
-        active.record = active.record.updated(update)
 
     async def _emit(
         self, active: _ActiveRun, name: str, fields: dict[str, Any], terminal: bool = False
@@ -291,6 +291,13 @@ class RunManager:
         if terminal:
             active.ended = True
         self.committer.put(active.record.run_id, event)
+
+    def _committed(self, events: object, updates: list[RunUpdate]) -> None:
+        # A run's status changes when its update commits, together with the events before it.
+        for update in updates:
+            active = self._active.get(update.run_id)
+            if active is not None:
+                active.record = active.record.updated(update)
 
     def _request_cancel(self, active: _ActiveRun, reason: str) -> None:
         if active.cancel_reason is None and not active.ended:
