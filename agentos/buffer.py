@@ -158,6 +158,10 @@ class EventBuffer:
             buf.ended_at = self._clock()
         buf._notify()
 
+    def discard(self, run_id: str) -> None:
+        """Forget a run's buffer; its followers continue from the database."""
+        self._drop(run_id)
+
     def sweep(self) -> int:
         """Drop expired buffers; returns how many were dropped."""
         now = self._clock()

@@ -10,7 +10,8 @@ then wakes anyone waiting for a flush. While one group commits, the next one gat
 
 Pending events are bounded by ``max_pending_events``: a run that emits faster than the database
 commits waits in :meth:`GroupCommitter.wait_for_space` (backpressure), it never grows memory.
-A failed commit is retried with backoff; nothing is published before it succeeds.
+A failed commit is retried with backoff; nothing is published before it succeeds. A run whose
+events conflict with another writer's is dropped from the group (see ``_write``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+
+from sqlalchemy.exc import IntegrityError
 
 from agentos.buffer import EventBuffer
 from agentos.events import Event
@@ -38,11 +41,13 @@ class GroupCommitter:
         buffers: EventBuffer,
         settings: Settings,
         on_commit: Callable[[list[tuple[str, Event]], list[RunUpdate]], None] | None = None,
+        on_conflict: Callable[[str], None] | None = None,
     ) -> None:
         self._store = store
         self._buffers = buffers
         self._settings = settings
         self._on_commit = on_commit
+        self._on_conflict = on_conflict
         self._pending: list[tuple[str, Event]] = []
         self._updates: dict[str, RunUpdate] = {}
         self._waiters: list[asyncio.Future[None]] = []
@@ -105,13 +110,20 @@ class GroupCommitter:
         self._task = None
 
     async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending or self._updates or self._waiters:
-                await self._commit_one_group()
-            if self._closing:
-                return
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._pending or self._updates or self._waiters:
+                    await self._commit_one_group()
+                if self._closing:
+                    return
+        finally:
+            # Never leave a flush() waiting on a committer that has stopped.
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_exception(RuntimeError("the group committer stopped"))
+            self._waiters = []
 
     async def _commit_one_group(self) -> None:
         limit = self._settings.max_batch_events
@@ -125,8 +137,13 @@ class GroupCommitter:
         if drained:
             self._updates = {}
             self._waiters = []
-        await self._write(events, updates)
-        self.commits += 1
+        try:
+            events, updates = await self._write(events, updates)
+        except BaseException:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(RuntimeError("events could not be committed"))
+            raise
         self.events_written += len(events)
         self._publish(events, updates)
         if len(self._pending) < self._settings.max_pending_events:
@@ -135,12 +152,24 @@ class GroupCommitter:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def _write(self, events: list[tuple[str, Event]], updates: list[RunUpdate]) -> None:
+    async def _write(
+        self, events: list[tuple[str, Event]], updates: list[RunUpdate]
+    ) -> tuple[list[tuple[str, Event]], list[RunUpdate]]:
+        """Commit a group; returns what was committed.
+
+        Passing errors (a lost connection, a locked database) are retried with backoff while runs
+        wait behind the bound on pending events. A conflict (another writer already holds one of
+        the indices, e.g. an instance that declared the run lost) cannot succeed on retry: the
+        group is then committed run by run and the conflicting runs are handed to ``on_conflict``.
+        """
         delay = 0.05
         while True:
             try:
                 await self._store.commit(events, updates)
-                return
+                self.commits += 1
+                return events, updates
+            except IntegrityError:
+                return await self._write_each_run(events, updates)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -149,6 +178,30 @@ class GroupCommitter:
                 logger.exception("group commit of %d events failed; retrying", len(events))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _write_each_run(
+        self, events: list[tuple[str, Event]], updates: list[RunUpdate]
+    ) -> tuple[list[tuple[str, Event]], list[RunUpdate]]:
+        by_run: dict[str, list[tuple[str, Event]]] = {}
+        for item in events:
+            by_run.setdefault(item[0], []).append(item)
+        for update in updates:
+            by_run.setdefault(update.run_id, [])
+        kept_events: list[tuple[str, Event]] = []
+        kept_updates: list[RunUpdate] = []
+        for run_id, run_events in by_run.items():
+            run_updates = [u for u in updates if u.run_id == run_id]
+            try:
+                await self._store.commit(run_events, run_updates)
+            except IntegrityError:
+                logger.error("run %s: events conflict with another writer; dropped", run_id)
+                if self._on_conflict is not None:
+                    self._on_conflict(run_id)
+                continue
+            self.commits += 1
+            kept_events += run_events
+            kept_updates += run_updates
+        return kept_events, kept_updates
 
     def _publish(self, events: list[tuple[str, Event]], updates: list[RunUpdate]) -> None:
         by_run: dict[str, list[Event]] = {}

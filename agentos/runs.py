@@ -64,7 +64,11 @@ class RunManager:
         self.store = store if store is not None else open_store(settings.db_url)
         self.buffers = EventBuffer(settings)
         self.committer = GroupCommitter(
-            self.store, self.buffers, settings, on_commit=self._committed
+            self.store,
+            self.buffers,
+            settings,
+            on_commit=self._committed,
+            on_conflict=self._conflicted,
         )
         self.components: dict[tuple[str, str], Component] = {}
         self._active: dict[str, _ActiveRun] = {}
@@ -274,7 +278,10 @@ class RunManager:
             event_count=active.next_index,
         )
         self.committer.update(update)
-        await self.committer.flush()
+        try:
+            await self.committer.flush()
+        except RuntimeError:
+            logger.error("run %s: its terminal event could not be committed", active.record.run_id)
 
     async def _emit(
         self, active: _ActiveRun, name: str, fields: dict[str, Any], terminal: bool = False
@@ -298,6 +305,18 @@ class RunManager:
             active = self._active.get(update.run_id)
             if active is not None:
                 active.record = active.record.updated(update)
+
+    def _conflicted(self, run_id: str) -> None:
+        # Another writer (an instance that declared this run lost) already ended it in the
+        # database: stop the run here without a terminal event of ours, and let followers
+        # read the run's end from the database.
+        active = self._active.get(run_id)
+        if active is not None:
+            active.ended = True
+            active.cancel_reason = active.cancel_reason or "conflict"
+            if active.task is not None:
+                active.task.cancel()
+        self.buffers.discard(run_id)
 
     def _request_cancel(self, active: _ActiveRun, reason: str) -> None:
         if active.cancel_reason is None and not active.ended:

@@ -1,0 +1,116 @@
+"""Group commit: nothing is visible before it is durable; failures and conflicts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+from agentos import Event, RunStatus, Settings
+from agentos.buffer import EventBuffer
+from agentos.committer import GroupCommitter
+from agentos.store import RunRecord, RunUpdate, SQLStore
+
+
+def record(run_id: str) -> RunRecord:
+    return RunRecord(
+        run_id=run_id,
+        kind="agents",
+        component_id="a",
+        session_id="s",
+        status=RunStatus.RUNNING,
+        input="x",
+    )
+
+
+class FlakyStore(SQLStore):
+    """Fails the first ``failures`` commits, records when commits succeed."""
+
+    def __init__(self, url: str, failures: int) -> None:
+        super().__init__(url)
+        self.failures = failures
+        self.batches: list[int] = []
+
+    async def commit(
+        self, events: Sequence[tuple[str, Event]], updates: Sequence[RunUpdate]
+    ) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("database went away")
+        await super().commit(events, updates)
+        self.batches.append(len(events))
+
+
+async def test_events_are_published_only_after_commit_and_in_groups(tmp_path: Path) -> None:
+    store = FlakyStore(f"sqlite+aiosqlite:///{tmp_path}/c.db", failures=2)
+    await store.open()
+    await store.create_run(record("r"))
+    buffers = EventBuffer(Settings())
+    buf = buffers.open("r")
+    committer = GroupCommitter(store, buffers, Settings())
+    committer.start()
+    for i in range(500):
+        committer.put("r", Event(i, "RunContent", f'{{"i":{i}}}'))
+    committer.update(RunUpdate("r", status=RunStatus.COMPLETED, event_count=500))
+    await asyncio.sleep(0.02)
+    assert buf.next_index == 0  # the first commits failed: nothing visible yet
+    await asyncio.wait_for(committer.flush(), 10)
+    assert buf.next_index == 500 and buf.status is RunStatus.COMPLETED
+    assert sum(store.batches) == 500 and len(store.batches) < 10  # grouped, not one per event
+    assert len(await store.read_events("r", 0, 1000)) == 500
+    assert (await store.get_run("r")).status is RunStatus.COMPLETED  # type: ignore[union-attr]
+    await committer.aclose()
+    await store.close()
+
+
+async def test_a_conflicting_run_is_dropped_and_others_commit(tmp_path: Path) -> None:
+    store = SQLStore(f"sqlite+aiosqlite:///{tmp_path}/c.db")
+    await store.open()
+    for run_id in ("ok", "taken"):
+        await store.create_run(record(run_id))
+    await store.commit([("taken", Event(0, "RunError", '{"error":"instance_lost"}', True))], [])
+    buffers = EventBuffer(Settings())
+    ok, taken = buffers.open("ok"), buffers.open("taken")
+    conflicts: list[str] = []
+    committer = GroupCommitter(store, buffers, Settings(), on_conflict=conflicts.append)
+    committer.start()
+    committer.put("ok", Event(0, "RunStarted", "{}"))
+    committer.put("taken", Event(0, "RunStarted", "{}"))
+    committer.put("ok", Event(1, "RunContent", "{}"))
+    await asyncio.wait_for(committer.flush(), 10)
+    assert conflicts == ["taken"]
+    assert ok.next_index == 2 and taken.next_index == 0
+    assert [e.name for e in await store.read_events("taken", 0, 10)] == ["RunError"]
+    # the committer keeps working for everyone else
+    committer.put("ok", Event(2, "RunContent", "{}"))
+    await asyncio.wait_for(committer.flush(), 10)
+    assert ok.next_index == 3
+    await committer.aclose()
+    await store.close()
+
+
+async def test_backpressure_bounds_pending_events(tmp_path: Path) -> None:
+    store = SQLStore(f"sqlite+aiosqlite:///{tmp_path}/c.db")
+    await store.open()
+    await store.create_run(record("r"))
+    settings = Settings(max_pending_events=10)
+    buffers = EventBuffer(settings)
+    buffers.open("r")
+    committer = GroupCommitter(store, buffers, settings)
+    peak = 0
+    for i in range(10):
+        committer.put("r", Event(i, "RunContent", "{}"))
+    waiting = asyncio.create_task(committer.wait_for_space())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # full: the producer waits (the committer is not started yet)
+    committer.start()
+    await asyncio.wait_for(waiting, 5)
+    for i in range(10, 200):
+        await committer.wait_for_space()
+        committer.put("r", Event(i, "RunContent", "{}"))
+        peak = max(peak, committer.pending)
+    await committer.flush()
+    assert peak <= 10
+    assert len(await store.read_events("r", 0, 1000)) == 200
+    await committer.aclose()
+    await store.close()
