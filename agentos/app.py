@@ -156,6 +156,7 @@ class AgentOS:
             "status": "ok" if manager.accepting else "shutting_down",
             "instance_id": self.settings.instance_id,
             "active_runs": manager.active_runs,
+            "open_streams": manager.open_streams,
             "buffered_runs": len(manager.buffers),
             "buffered_bytes": manager.buffers.total_bytes,
             "commits": manager.committer.commits,

@@ -10,6 +10,7 @@
      ├── NotAuthenticated       security key missing                 401
      ├── NotAuthorized          security key wrong                   403
      ├── ShuttingDown           the server is draining               503
+     ├── Overloaded             max_active_runs / max_streams hit    503
      └── EventsUnavailable      a stream can no longer be served (events removed)
 
 Each error has a machine-readable ``code`` and an HTTP ``status``; the HTTP layer turns them into
@@ -26,6 +27,7 @@ __all__ = [
     "InvalidRequest",
     "NotAuthenticated",
     "NotAuthorized",
+    "Overloaded",
     "RequestTooLarge",
     "RunAlreadyExists",
     "RunNotFound",
@@ -103,6 +105,11 @@ class NotAuthorized(AgentOSError):
 class ShuttingDown(AgentOSError):
     status = 503
     code = "shutting_down"
+
+
+class Overloaded(AgentOSError):
+    status = 503
+    code = "overloaded"
 
 
 class EventsUnavailable(AgentOSError):

@@ -30,6 +30,7 @@ from agentos.errors import (
     ComponentNotFound,
     InvalidCursor,
     InvalidRequest,
+    Overloaded,
     RunNotFound,
     ShuttingDown,
 )
@@ -73,6 +74,8 @@ class RunManager:
         self.components: dict[tuple[str, str], Component] = {}
         self._active: dict[str, _ActiveRun] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: Streams being followed right now (RunStream.events counts itself in and out).
+        self.open_streams = 0
         self._started = False
         self._closing = False
         self._closed = asyncio.Event()
@@ -199,6 +202,8 @@ class RunManager:
         """Persist a PENDING run and start it in a detached task."""
         if not self.accepting:
             raise ShuttingDown("the server is shutting down; try another instance")
+        if len(self._tasks) >= self.settings.max_active_runs:
+            raise Overloaded(f"this instance already runs {len(self._tasks)} runs; try again later")
         if not isinstance(message, str) or not message.strip():
             raise InvalidRequest("message must be a non-empty string")
         for name, value in (("run_id", run_id), ("session_id", session_id), ("user_id", user_id)):
@@ -396,6 +401,8 @@ class RunManager:
         record = await self.get_run(
             run_id, kind=kind, component_id=component_id, session_id=session_id
         )
+        if self.open_streams >= self.settings.max_streams:
+            raise Overloaded(f"this instance already serves {self.open_streams} streams")
         buf = self.buffers.get(run_id)
         count = buf.next_index if buf is not None else record.event_count
         ended = buf.done if buf is not None else record.status.ended

@@ -54,6 +54,10 @@ class Settings:
     max_batch_events: int = 2_000
     #: Events read from the database per page when replaying.
     replay_page_size: int = 1_000
+    #: Runs executing at once in this process; more get 503 ``overloaded``.
+    max_active_runs: int = 10_000
+    #: Open event streams (SSE followers) in this process; more get 503 ``overloaded``.
+    max_streams: int = 20_000
     #: Seconds between database polls when tailing a run that another instance owns.
     tail_poll_interval: float = 0.5
 

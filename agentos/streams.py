@@ -81,6 +81,7 @@ class RunStream:
         With ``cancel_on_close``, closing the iterator before the terminal event cancels the run
         (the inline streaming mode).
         """
+        self._manager.open_streams += 1
         try:
             if self.meta:
                 yield self.first_meta()
@@ -91,6 +92,7 @@ class RunStream:
                     continue
                 yield item
         finally:
+            self._manager.open_streams -= 1
             if cancel_on_close and not self.terminal_sent:
                 self._manager.cancel_nowait(self.run_id)
 

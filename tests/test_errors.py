@@ -310,3 +310,25 @@ async def test_security_key(serve: Callable[[AgentOS], str], settings: Settings)
         assert (
             await client.get(f"/agents/echo/runs/{r.json()['run_id']}/resume")
         ).status_code == 401
+
+
+async def test_limits_on_runs_and_streams_are_503(
+    serve: Callable[[AgentOS], str], settings: Settings
+) -> None:
+    url = serve(apps.build(settings.replace(max_active_runs=2, max_streams=1, demo_delay=0.2)))
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        form = {"message": "a b c", "background": "true", "stream": "false"}
+        ids = [
+            (await client.post("/agents/echo/runs", data=form)).json()["run_id"] for _ in range(2)
+        ]
+        third = await client.post("/agents/echo/runs", data=form)
+        assert third.status_code == 503 and third.json()["code"] == "overloaded"
+        async with client.stream("GET", f"/agents/echo/runs/{ids[0]}/resume") as first:
+            await anext(frames(first))
+            second = await client.get(f"/agents/echo/runs/{ids[1]}/resume")
+            assert second.status_code == 503 and second.json()["code"] == "overloaded"
+        for _ in range(250):  # the server notices the disconnect shortly after
+            if (await client.get("/health")).json()["open_streams"] == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert (await client.get("/health")).json()["open_streams"] == 0
