@@ -20,6 +20,7 @@ import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -288,9 +289,16 @@ class AgentOS:
                 else:
                     yield ServerSentEvent(item.data, event=item.name, sep=_SEP)
 
+        def after_response() -> None:
+            # Inline mode: a client gone before the terminal event cancels the run, even when
+            # it left before the first frame (so the generator never started).
+            if cancel_on_close and not run_stream.terminal_sent:
+                self.manager.cancel_nowait(run_stream.run_id)
+
         settings = self.settings
         return EventSourceResponse(
             frames(),
+            background=BackgroundTask(after_response),
             headers=dict(headers),
             ping=settings.ping_interval,
             sep=_SEP,
