@@ -28,7 +28,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from starlette.types import Message
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from agentos.errors import AgentOSError, EventsUnavailable, InvalidCursor, InvalidRequest
@@ -57,7 +57,7 @@ class _FrameError(Exception):
 
 
 class WorkflowSockets:
-    """The ``/workflows/ws`` endpoint on a run manager; one instance serves every socket.
+    """The ``/workflows/ws`` endpoint (an ASGI app) on a run manager; it serves every socket.
 
     Example: ``WebSocketRoute("/workflows/ws", WorkflowSockets(manager))``.
     """
@@ -65,8 +65,8 @@ class WorkflowSockets:
     def __init__(self, manager: RunManager) -> None:
         self.manager = manager
 
-    async def __call__(self, websocket: WebSocket) -> None:
-        await _Connection(self.manager, websocket).serve()
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _Connection(self.manager, WebSocket(scope, receive, send)).serve()
 
 
 class _Connection:
