@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -59,7 +59,9 @@ def _build(tmp_path: Path, **overrides: Any) -> AgentOS:
             Agent(id="review", model=EchoModel(delay, prefix="Reviewed: ")),
         ],
     )
-    return AgentOS(agents=[Agent(id="echo", model=EchoModel())], workflows=[workflow], settings=settings)
+    return AgentOS(
+        agents=[Agent(id="echo", model=EchoModel())], workflows=[workflow], settings=settings
+    )
 
 
 @contextlib.contextmanager
@@ -104,15 +106,15 @@ def server(make_server: Callable[..., Server]) -> Server:
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-async def recv(ws: ClientConnection, timeout: float = 10.0) -> dict[str, Any]:
-    frame = await asyncio.wait_for(ws.recv(), timeout)
+async def recv(ws: ClientConnection, within: float = 10.0) -> dict[str, Any]:
+    frame = await asyncio.wait_for(ws.recv(), within)
     assert isinstance(frame, str)
     data: dict[str, Any] = json.loads(frame)
     return data
 
 
-async def recv_text(ws: ClientConnection, timeout: float = 10.0) -> str:
-    frame = await asyncio.wait_for(ws.recv(), timeout)
+async def recv_text(ws: ClientConnection, within: float = 10.0) -> str:
+    frame = await asyncio.wait_for(ws.recv(), within)
     assert isinstance(frame, str)
     return frame
 
@@ -128,7 +130,9 @@ async def opened(server: Server, **kwargs: Any) -> AsyncIterator[ClientConnectio
 
 async def start(ws: ClientConnection, message: str = MESSAGE, **fields: Any) -> dict[str, Any]:
     """Start a run; returns its first frame (WorkflowStarted)."""
-    await ws.send(json.dumps({"action": "start-workflow", "workflow_id": "wf", "message": message, **fields}))
+    await ws.send(
+        json.dumps({"action": "start-workflow", "workflow_id": "wf", "message": message, **fields})
+    )
     first = await recv(ws)
     assert first["event"] == "WorkflowStarted", first
     assert first["event_index"] == 0
@@ -181,7 +185,9 @@ def reference(server: Server, run_id: str) -> list[str]:
 def wait_ended(server: Server, run_id: str, timeout: float = 20.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        body: dict[str, Any] = httpx.get(f"{server.base}/workflows/wf/runs/{run_id}", timeout=10).json()
+        body: dict[str, Any] = httpx.get(
+            f"{server.base}/workflows/wf/runs/{run_id}", timeout=10
+        ).json()
         if body["status"] not in ("PENDING", "RUNNING"):
             return body
         assert time.monotonic() < deadline, body
@@ -209,7 +215,9 @@ def test_greeting_and_ping(server: Server) -> None:
 def test_start_workflow_streams_the_same_frames_as_sse(server: Server) -> None:
     async def main() -> tuple[str, list[str]]:
         async with opened(server) as ws:
-            await ws.send(json.dumps({"action": "start-workflow", "workflow_id": "wf", "message": MESSAGE}))
+            await ws.send(
+                json.dumps({"action": "start-workflow", "workflow_id": "wf", "message": MESSAGE})
+            )
             frames = await until_terminal(ws)
             return json.loads(frames[0])["run_id"], frames
 
@@ -240,7 +248,9 @@ def test_drop_at_random_points_and_reconnect_on_new_sockets(server: Server) -> N
         for drop in range(3):
             async with opened(server) as ws:
                 last = index_of(seen[-1])
-                await ws.send(json.dumps({"action": "reconnect", "run_id": run_id, "last_event_index": last}))
+                await ws.send(
+                    json.dumps({"action": "reconnect", "run_id": run_id, "last_event_index": last})
+                )
                 meta = await recv(ws)
                 metas.append(meta["event"])
                 assert meta["run_id"] == run_id
@@ -280,8 +290,17 @@ def test_reconnect_to_an_ended_run_replays_from_the_buffer(server: Server) -> No
             run_id = first["run_id"]
             answers, replays = [], {}
             for cursor in (-1, 4):
-                await ws.send(json.dumps({"action": "reconnect", "run_id": run_id, "workflow_id": "wf",
-                                          "session_id": first["session_id"], "last_event_index": cursor}))
+                await ws.send(
+                    json.dumps(
+                        {
+                            "action": "reconnect",
+                            "run_id": run_id,
+                            "workflow_id": "wf",
+                            "session_id": first["session_id"],
+                            "last_event_index": cursor,
+                        }
+                    )
+                )
                 answers.append(await recv(ws))
                 replays[cursor] = await until_terminal(ws)
             return run_id, replays, answers
@@ -291,8 +310,13 @@ def test_reconnect_to_an_ended_run_replays_from_the_buffer(server: Server) -> No
     assert replays[-1] == full
     assert replays[4] == full[5:]
     for answer in answers:
-        assert answer == {"event": "replay", "run_id": run_id, "status": "COMPLETED",
-                          "total_events": len(full), "source": "buffer"}
+        assert answer == {
+            "event": "replay",
+            "run_id": run_id,
+            "status": "COMPLETED",
+            "total_events": len(full),
+            "source": "buffer",
+        }
 
 
 def test_reconnect_at_the_terminal_event_sends_only_replay(server: Server) -> None:
@@ -300,10 +324,15 @@ def test_reconnect_at_the_terminal_event_sends_only_replay(server: Server) -> No
         async with opened(server) as ws:
             run_id = (await start(ws))["run_id"]
             last = index_of((await until_terminal(ws))[-1])
-            await ws.send(json.dumps({"action": "reconnect", "run_id": run_id, "last_event_index": last}))
+            await ws.send(
+                json.dumps({"action": "reconnect", "run_id": run_id, "last_event_index": last})
+            )
             assert await recv(ws) == {
-                "event": "replay", "run_id": run_id, "status": "COMPLETED",
-                "total_events": last + 1, "source": "buffer",
+                "event": "replay",
+                "run_id": run_id,
+                "status": "COMPLETED",
+                "total_events": last + 1,
+                "source": "buffer",
             }
             await ws.send(json.dumps({"action": "ping"}))
             assert await recv(ws) == {"event": "pong"}  # nothing came in between
@@ -311,7 +340,9 @@ def test_reconnect_at_the_terminal_event_sends_only_replay(server: Server) -> No
     run(main())
 
 
-def test_reconnect_after_the_buffer_expired_reads_the_database(make_server: Callable[..., Server]) -> None:
+def test_reconnect_after_the_buffer_expired_reads_the_database(
+    make_server: Callable[..., Server],
+) -> None:
     server = make_server(buffer_ttl=0.2)
 
     async def main() -> tuple[str, list[str], dict[str, Any]]:
@@ -320,7 +351,9 @@ def test_reconnect_after_the_buffer_expired_reads_the_database(make_server: Call
             await until_terminal(ws)
         await asyncio.sleep(0.5)
         async with opened(server) as ws:
-            await ws.send(json.dumps({"action": "reconnect", "run_id": run_id, "last_event_index": -1}))
+            await ws.send(
+                json.dumps({"action": "reconnect", "run_id": run_id, "last_event_index": -1})
+            )
             meta = await recv(ws)
             return run_id, await until_terminal(ws), meta
 
@@ -354,7 +387,9 @@ def test_sse_resumes_a_run_started_over_websocket(server: Server) -> None:
 def test_websocket_resumes_a_run_started_over_sse(server: Server) -> None:
     url = f"{server.base}/workflows/wf/runs"
     seen: list[str] = []
-    with httpx.stream("POST", url, json={"message": MESSAGE, "background": True}, timeout=20) as response:
+    with httpx.stream(
+        "POST", url, json={"message": MESSAGE, "background": True}, timeout=20
+    ) as response:
         assert response.status_code == 200
         run_id = response.headers["x-run-id"]
         for line in response.iter_lines():
@@ -365,8 +400,16 @@ def test_websocket_resumes_a_run_started_over_sse(server: Server) -> None:
 
     async def main() -> tuple[dict[str, Any], list[str]]:
         async with opened(server) as ws:
-            await ws.send(json.dumps({"action": "reconnect", "run_id": run_id, "workflow_id": "wf",
-                                      "last_event_index": index_of(seen[-1])}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "action": "reconnect",
+                        "run_id": run_id,
+                        "workflow_id": "wf",
+                        "last_event_index": index_of(seen[-1]),
+                    }
+                )
+            )
             meta = await recv(ws)
             frames = [t for t in await until_terminal(ws) if "event_index" in json.loads(t)]
             return meta, frames
@@ -400,8 +443,15 @@ def test_one_socket_follows_several_runs(server: Server) -> None:
         runs: dict[str, list[str]] = {}
         async with opened(server) as ws:
             for n in range(3):
-                await ws.send(json.dumps({"action": "start-workflow", "workflow_id": "wf",
-                                          "message": f"run {n} {MESSAGE}"}))
+                await ws.send(
+                    json.dumps(
+                        {
+                            "action": "start-workflow",
+                            "workflow_id": "wf",
+                            "message": f"run {n} {MESSAGE}",
+                        }
+                    )
+                )
             ended = 0
             while ended < 3:
                 text = await recv_text(ws)
@@ -434,7 +484,9 @@ def test_a_socket_that_does_not_read_blocks_neither_the_run_nor_other_sockets(
 
     async def main() -> tuple[str, float, list[str]]:
         async with connect(server.ws_url, max_queue=1) as idle, opened(server) as reader:
-            await idle.send(json.dumps({"action": "start-workflow", "workflow_id": "wf", "message": big}))
+            await idle.send(
+                json.dumps({"action": "start-workflow", "workflow_id": "wf", "message": big})
+            )
             run_id = ""
             async with httpx.AsyncClient(base_url=server.base) as http:
                 for _ in range(100):  # the reader finds the run through the list of runs
@@ -468,24 +520,60 @@ BAD_FRAMES: list[tuple[str, str | bytes, str]] = [
     ("unknown action", '{"action": "fly"}', "unknown_action"),
     ("action not a string", '{"action": 5}', "unknown_action"),
     ("start: no workflow_id", '{"action": "start-workflow", "message": "hi"}', "invalid_request"),
-    ("start: workflow_id a number", '{"action": "start-workflow", "workflow_id": 1, "message": "hi"}', "invalid_request"),
+    (
+        "start: workflow_id a number",
+        '{"action": "start-workflow", "workflow_id": 1, "message": "hi"}',
+        "invalid_request",
+    ),
     ("start: no message", '{"action": "start-workflow", "workflow_id": "wf"}', "invalid_request"),
-    ("start: message a number", '{"action": "start-workflow", "workflow_id": "wf", "message": 3}', "invalid_request"),
-    ("start: message blank", '{"action": "start-workflow", "workflow_id": "wf", "message": "  "}', "invalid_request"),
-    ("start: session_id a list", '{"action": "start-workflow", "workflow_id": "wf", "message": "hi", "session_id": []}', "invalid_request"),
-    ("start: unknown workflow", '{"action": "start-workflow", "workflow_id": "nope", "message": "hi"}', "component_not_found"),
-    ("start: an agent's id", '{"action": "start-workflow", "workflow_id": "echo", "message": "hi"}', "component_not_found"),
+    (
+        "start: message a number",
+        '{"action": "start-workflow", "workflow_id": "wf", "message": 3}',
+        "invalid_request",
+    ),
+    (
+        "start: message blank",
+        '{"action": "start-workflow", "workflow_id": "wf", "message": "  "}',
+        "invalid_request",
+    ),
+    (
+        "start: session_id a list",
+        '{"action": "start-workflow", "workflow_id": "wf", "message": "hi", "session_id": []}',
+        "invalid_request",
+    ),
+    (
+        "start: unknown workflow",
+        '{"action": "start-workflow", "workflow_id": "nope", "message": "hi"}',
+        "component_not_found",
+    ),
+    (
+        "start: an agent's id",
+        '{"action": "start-workflow", "workflow_id": "echo", "message": "hi"}',
+        "component_not_found",
+    ),
     ("reconnect: no run_id", '{"action": "reconnect"}', "invalid_request"),
     ("reconnect: run_id a number", '{"action": "reconnect", "run_id": 7}', "invalid_request"),
     ("reconnect: unknown run", '{"action": "reconnect", "run_id": "nope"}', "run_not_found"),
-    ("reconnect: cursor a string", '{"action": "reconnect", "run_id": "nope", "last_event_index": "3"}', "invalid_cursor"),
-    ("reconnect: cursor a bool", '{"action": "reconnect", "run_id": "nope", "last_event_index": true}', "invalid_cursor"),
+    (
+        "reconnect: cursor a string",
+        '{"action": "reconnect", "run_id": "nope", "last_event_index": "3"}',
+        "invalid_cursor",
+    ),
+    (
+        "reconnect: cursor a bool",
+        '{"action": "reconnect", "run_id": "nope", "last_event_index": true}',
+        "invalid_cursor",
+    ),
     ("oversized", json.dumps({"action": "ping", "pad": "x" * 70_000}), "frame_too_large"),
 ]
 
 
-@pytest.mark.parametrize(("frame", "code"), [(f, c) for _, f, c in BAD_FRAMES], ids=[n for n, _, _ in BAD_FRAMES])
-def test_bad_frames_get_an_error_and_the_socket_stays_usable(server: Server, frame: str | bytes, code: str) -> None:
+@pytest.mark.parametrize(
+    ("frame", "code"), [(f, c) for _, f, c in BAD_FRAMES], ids=[n for n, _, _ in BAD_FRAMES]
+)
+def test_bad_frames_get_an_error_and_the_socket_stays_usable(
+    server: Server, frame: str | bytes, code: str
+) -> None:
     async def main() -> None:
         async with opened(server) as ws:
             for _ in range(2):  # twice: the first bad frame changed nothing
@@ -501,7 +589,9 @@ def test_bad_frames_get_an_error_and_the_socket_stays_usable(server: Server, fra
 
 
 def test_bad_runs_and_cursors_of_real_runs(server: Server) -> None:
-    agent_run = httpx.post(f"{server.base}/agents/echo/runs", json={"message": "hi", "stream": False}, timeout=20)
+    agent_run = httpx.post(
+        f"{server.base}/agents/echo/runs", json={"message": "hi", "stream": False}, timeout=20
+    )
     agent_run_id = agent_run.json()["run_id"]
 
     async def main() -> None:
@@ -519,9 +609,22 @@ def test_bad_runs_and_cursors_of_real_runs(server: Server) -> None:
             for fields, code in cases:
                 await ws.send(json.dumps({"action": "reconnect", **fields}))
                 error = await recv(ws)
-                assert (error["event"], error["code"], error["action"]) == ("error", code, "reconnect"), fields
+                assert (error["event"], error["code"], error["action"]) == (
+                    "error",
+                    code,
+                    "reconnect",
+                ), fields
                 assert error["run_id"] == fields["run_id"]
-            await ws.send(json.dumps({"action": "start-workflow", "workflow_id": "wf", "message": "hi", "run_id": run_id}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "action": "start-workflow",
+                        "workflow_id": "wf",
+                        "message": "hi",
+                        "run_id": run_id,
+                    }
+                )
+            )
             error = await recv(ws)
             assert (error["code"], error["run_id"]) == ("run_exists", run_id)
 
@@ -538,7 +641,9 @@ def test_limits_on_runs_per_socket(make_server: Callable[..., Server]) -> None:
             await ws.send(json.dumps({"action": "reconnect", "run_id": run_id}))
             error = await next_control(ws, events)
             assert error["code"] == "already_following", error
-            await ws.send(json.dumps({"action": "start-workflow", "workflow_id": "wf", "message": "hi"}))
+            await ws.send(
+                json.dumps({"action": "start-workflow", "workflow_id": "wf", "message": "hi"})
+            )
             error = await next_control(ws, events)
             assert error["code"] == "too_many_runs", error
             if not any(json.loads(t)["event"] in TERMINAL for t in events):
@@ -605,7 +710,9 @@ def test_authentication_by_header(make_server: Callable[..., Server]) -> None:
     server = make_server(security_key=KEY)
 
     async def main() -> None:
-        async with connect(server.ws_url, additional_headers={"Authorization": f"Bearer {KEY}"}) as ws:
+        async with connect(
+            server.ws_url, additional_headers={"Authorization": f"Bearer {KEY}"}
+        ) as ws:
             assert await recv(ws) == {"event": "connected", "requires_auth": False}
             await start(ws)
         with pytest.raises(websockets.InvalidStatus) as refused:
@@ -616,14 +723,195 @@ def test_authentication_by_header(make_server: Callable[..., Server]) -> None:
     run(main())
 
 
-def test_unauthenticated_sockets_are_closed_after_the_auth_timeout(make_server: Callable[..., Server]) -> None:
+def test_unauthenticated_sockets_are_closed_after_the_auth_timeout(
+    make_server: Callable[..., Server],
+) -> None:
     server = make_server(security_key=KEY, ws_auth_timeout=0.5)
 
     async def main() -> None:
         async with connect(server.ws_url) as ws:
             assert (await recv(ws))["requires_auth"] is True
             with pytest.raises(websockets.ConnectionClosed) as closed:
-                await recv(ws, timeout=5)
+                await recv(ws, within=5)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+    run(main())
+
+
+# -- a socket that stops reading (unit level: loopback TCP buffers are too big to fill cheaply) ------
+
+
+class _StuckSocket:
+    """A WebSocket whose sends never complete, as when the client stops reading."""
+
+    headers: dict[str, str] = {}
+
+    def __init__(self) -> None:
+        self.closed_with: tuple[int, str] | None = None
+
+    async def accept(self) -> None:
+        pass
+
+    async def send_text(self, text: str) -> None:
+        await asyncio.Event().wait()
+
+    async def receive(self) -> dict[str, Any]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed_with = (code, reason)
+
+
+def test_a_send_that_blocks_past_the_send_timeout_closes_the_socket() -> None:
+    from agentos.ws import _Connection
+
+    class _Manager:
+        settings = Settings(ws_send_timeout=0.2)
+
+    async def main() -> tuple[int, str] | None:
+        socket = _StuckSocket()
+        connection = _Connection(_Manager(), socket)  # type: ignore[arg-type]
+        await asyncio.wait_for(connection.serve(), 5)
+        return socket.closed_with
+
+    closed_with = run(main())
+    assert closed_with is not None and closed_with[0] == 1008
+
+
+# -- the Python client helper ----------------------------------------------------------------------
+
+
+def _client(server: Server, **kwargs: Any) -> Any:
+    from agentos_client._ws import WorkflowSocket
+
+    return WorkflowSocket(server.base, backoff=0.05, **kwargs)
+
+
+def test_client_starts_and_follows(server: Server) -> None:
+    async def main() -> tuple[str, list[dict[str, Any]]]:
+        async with _client(server) as ws:
+            await ws.ping()
+            started = await ws.start_workflow("wf", MESSAGE)
+            return started.run_id, [event async for event in ws.follow(started.run_id)]
+
+    run_id, events = run(main())
+    assert [json.loads(t) for t in reference(server, run_id)] == events
+
+
+def test_client_resumes_after_drops_at_random_points(server: Server) -> None:
+    seed = random.randrange(1_000_000)
+    rng = random.Random(seed)
+
+    async def main() -> tuple[str, list[dict[str, Any]], int]:
+        async with _client(server) as ws:
+            started = await ws.start_workflow("wf", MESSAGE)
+            drops = sorted(rng.sample(range(1, 25), 3))
+            events, generations = [], set()
+            async for event in ws.follow(started.run_id):
+                events.append(event)
+                generations.add(ws._generation)
+                if drops and len(events) == drops[0]:
+                    drops.pop(0)
+                    ws._conn.transport.abort()  # the network fails under the client
+            return started.run_id, events, len(generations)
+
+    run_id, events, sockets = run(main())
+    assert [json.loads(t) for t in reference(server, run_id)] == events, f"seed {seed}"
+    assert sockets == 4, f"seed {seed}: three drops, four sockets"
+
+
+def test_client_follows_two_runs_on_one_socket(server: Server) -> None:
+    async def main() -> dict[str, list[dict[str, Any]]]:
+        async with _client(server) as ws:
+            runs = [await ws.start_workflow("wf", f"{n} {MESSAGE}") for n in range(2)]
+
+            async def collect(run_id: str) -> list[dict[str, Any]]:
+                return [event async for event in ws.follow(run_id)]
+
+            results = await asyncio.gather(*(collect(r.run_id) for r in runs))
+            ws._conn.transport.abort()
+            return {r.run_id: events for r, events in zip(runs, results, strict=True)}
+
+    for run_id, events in run(main()).items():
+        assert [json.loads(t) for t in reference(server, run_id)] == events
+
+
+@pytest.mark.parametrize("server_saw_it", [False, True])
+def test_client_start_survives_a_drop_before_the_first_event(
+    server: Server, server_saw_it: bool
+) -> None:
+    from agentos_client._ws import WorkflowSocket
+
+    class Flaky(WorkflowSocket):
+        dropped = False
+
+        async def _send(self, frame: dict[str, Any]) -> bool:
+            if frame.get("action") == "start-workflow" and not self.dropped:
+                self.dropped = True
+                if server_saw_it:
+                    await super()._send(frame)
+                assert self._conn is not None
+                self._conn.transport.abort()
+                return True
+            return await super()._send(frame)
+
+    async def main() -> tuple[str, list[dict[str, Any]]]:
+        async with Flaky(server.base, backoff=0.05) as ws:
+            started = await ws.start_workflow("wf", MESSAGE)
+            assert ws.dropped
+            return started.run_id, [event async for event in ws.follow(started.run_id)]
+
+    run_id, events = run(main())
+    assert [json.loads(t) for t in reference(server, run_id)] == events
+    runs = httpx.get(f"{server.base}/workflows/wf/runs", timeout=10).json()
+    assert len(runs) == 1, "the run was started once"
+
+
+def test_client_follows_from_a_cursor_and_ends_at_an_ended_run(server: Server) -> None:
+    async def main() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        async with _client(server) as ws:
+            started = await ws.start_workflow("wf", MESSAGE)
+            full = [event async for event in ws.follow(started.run_id)]
+            tail = [event async for event in ws.follow(started.run_id, 5)]
+            nothing = [event async for event in ws.follow(started.run_id, len(full) - 1)]
+            assert nothing == []
+            return full, tail
+
+    full, tail = run(main())
+    assert tail == full[6:]
+
+
+def test_client_errors(make_server: Callable[..., Server]) -> None:
+    from agentos_client._ws import WorkflowSocketError
+
+    server = make_server(security_key=KEY)
+
+    async def main() -> None:
+        async with _client(server, security_key=KEY) as ws:
+            with pytest.raises(WorkflowSocketError) as refused:
+                await ws.start_workflow("nope", "hi")
+            assert refused.value.code == "component_not_found"
+            with pytest.raises(WorkflowSocketError) as unknown:
+                async for _ in ws.follow("no-such-run"):
+                    pass
+            assert unknown.value.code == "run_not_found"
+            started = await ws.start_workflow("wf", "hi")
+            assert [e async for e in ws.follow(started.run_id)][-1]["event"] == "WorkflowCompleted"
+        for key in ("wrong", None):
+            with pytest.raises(WorkflowSocketError) as wrong:
+                async with _client(server, security_key=key):
+                    pass
+            assert wrong.value.code == "auth_error"
+        free = socket.socket()
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+        free.close()
+        from agentos_client._ws import WorkflowSocket
+
+        with pytest.raises(WorkflowSocketError) as lost:
+            async with WorkflowSocket(f"http://127.0.0.1:{port}", max_attempts=2, backoff=0.01):
+                pass
+        assert lost.value.code == "connection_lost"
 
     run(main())
