@@ -7,22 +7,20 @@ import contextlib
 import json
 import random
 import socket
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
-import uvicorn
 import websockets
-from sse_starlette.sse import AppStatus
 from websockets.asyncio.client import ClientConnection, connect
 
 from agentos import Agent, AgentOS, EchoModel, Settings, Workflow
+from tests.conftest import ThreadServer
 
 T = TypeVar("T")
 
@@ -45,13 +43,7 @@ class Server:
         return self.base.replace("http://", "ws://") + "/workflows/ws"
 
 
-def _build(tmp_path: Path, **overrides: Any) -> AgentOS:
-    delay = overrides.pop("delay", 0.03)
-    settings = Settings(
-        db_url=f"sqlite+aiosqlite:///{tmp_path / f'runs-{uuid.uuid4().hex[:8]}.db'}",
-        instance_id=f"test-{uuid.uuid4().hex[:8]}",
-        **overrides,
-    )
+def _build(settings: Settings, delay: float) -> AgentOS:
     workflow = Workflow(
         id="wf",
         steps=[
@@ -59,43 +51,22 @@ def _build(tmp_path: Path, **overrides: Any) -> AgentOS:
             Agent(id="review", model=EchoModel(delay, prefix="Reviewed: ")),
         ],
     )
-    return AgentOS(
-        agents=[Agent(id="echo", model=EchoModel())], workflows=[workflow], settings=settings
-    )
-
-
-@contextlib.contextmanager
-def _serve(agent_os: AgentOS) -> Iterator[Server]:
-    AppStatus.should_exit = False
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(agent_os.app, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield Server(f"http://127.0.0.1:{port}", agent_os)
-    finally:
-        server.should_exit = True
-        thread.join(20)
-        sock.close()
-        assert not thread.is_alive(), "uvicorn did not stop"
+    echo = Agent(id="echo", model=EchoModel())
+    return AgentOS(agents=[echo], workflows=[workflow], settings=settings)
 
 
 @pytest.fixture
-def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    """Start a server with some settings changed; every one started is stopped at the end."""
-    with contextlib.ExitStack() as stack:
+def make_server(
+    serve_thread: Callable[[AgentOS], ThreadServer], settings: Settings, tmp_path: Path
+) -> Callable[..., Server]:
+    """Serve the test workflow (about 1 s a run) with some settings changed; stopped after the test."""
 
-        def make(**overrides: Any) -> Server:
-            return stack.enter_context(_serve(_build(tmp_path, **overrides)))
+    def make(delay: float = 0.03, **overrides: Any) -> Server:
+        db = tmp_path / f"ws-{uuid.uuid4().hex[:8]}.db"
+        agent_os = _build(settings.replace(db_url=f"sqlite+aiosqlite:///{db}", **overrides), delay)
+        return Server(serve_thread(agent_os).url, agent_os)
 
-        yield make
+    return make
 
 
 @pytest.fixture
