@@ -27,7 +27,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -111,7 +111,7 @@ class WorkflowSocket:
         self._lock = asyncio.Lock()
         self._closed = False
 
-    async def __aenter__(self) -> WorkflowSocket:
+    async def __aenter__(self) -> Self:
         await self._ensure_connected()
         return self
 
