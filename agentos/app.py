@@ -25,7 +25,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agentos.component import Component
@@ -44,6 +44,7 @@ from agentos.runs import RunManager
 from agentos.settings import Settings
 from agentos.store import RunRecord, Store
 from agentos.streams import RunStream
+from agentos.ws import WorkflowSockets
 
 __all__ = ["AgentOS"]
 
@@ -107,6 +108,7 @@ class AgentOS:
         routes = [
             Route("/health", self.health, methods=["GET"]),
             Route("/config", self.config, methods=["GET"]),
+            WebSocketRoute("/workflows/ws", WorkflowSockets(self.manager)),
             Route("/{kind}", self.list_components, methods=["GET"]),
             Route("/{kind}/{id}/runs", self.create_run, methods=["POST"]),
             Route("/{kind}/{id}/runs", self.list_runs, methods=["GET"]),
@@ -323,7 +325,16 @@ class _Guard:
             and scope["type"] in ("http", "websocket")
             and scope["path"] != "/health"
         ):
-            error = _check_key(Headers(scope=scope), key)
+            headers = Headers(scope=scope)
+            if (
+                scope["type"] == "websocket"
+                and scope["path"] == "/workflows/ws"
+                and "authorization" not in headers
+            ):
+                # Browsers cannot set headers on a WebSocket: it authenticates in-band (ws.py).
+                await self.app(scope, receive, send)
+                return
+            error = _check_key(headers, key)
             if error is not None:
                 if scope["type"] == "http":
                     await _error_json(error)(scope, receive, send)

@@ -70,6 +70,21 @@ class Settings:
     #: Seconds a run may take before it ends with an error ("timeout"); 0 disables.
     run_timeout: float = 0.0
 
+    #: Largest WebSocket frame served, in bytes; a larger one gets an error frame. (uvicorn's
+    #: ``--ws-max-size``, 16 MiB by default, closes the socket on frames beyond that.)
+    ws_max_frame_bytes: int = 64 * 1024
+    #: Runs one WebSocket may follow at the same time.
+    ws_max_runs_per_socket: int = 100
+    #: Frames a WebSocket may send per second, and as a burst; past it frames get a
+    #: ``rate_limited`` error, and a second's worth more closes the socket (1008). 0 disables.
+    ws_max_frames_per_second: float = 50.0
+    #: Frames waiting to be sent on one WebSocket before its runs' followers wait for room.
+    ws_max_queued_frames: int = 256
+    #: Seconds a single WebSocket send may block before the socket is closed (1008); 0 disables.
+    ws_send_timeout: float = 30.0
+    #: Seconds a WebSocket has to authenticate when a security key is set (then closed, 1008).
+    ws_auth_timeout: float = 30.0
+
     #: Seconds running runs get on shutdown before they are cancelled.
     shutdown_grace: float = 10.0
     #: Seconds an instance's lease on a running run lasts without renewal.

@@ -1,0 +1,315 @@
+"""``/workflows/ws``: start and follow workflow runs over one WebSocket.
+
+A socket is served by three kinds of task around one bounded outgoing queue::
+
+    client ──frames──▶ receiver ──(pong, errors)──────────────┐
+                          │ start-workflow / reconnect          ▼
+                          └──▶ follower per run ──frames──▶ outgoing queue ──▶ sender ──▶ client
+                                 (RunStream.events)         (ws_max_queued_frames)  (ws_send_timeout)
+
+Followers read their run by cursor, like an SSE stream (see :mod:`agentos.streams`), so a run never
+waits for a socket: a slow socket only makes its own followers wait for room in its own queue. A
+send that takes longer than ``ws_send_timeout`` closes the socket; the client reconnects and
+resumes with its last ``event_index``. Closing a socket cancels its followers, never its runs.
+
+Incoming frames are bounded in size (``ws_max_frame_bytes``) and rate (a token bucket of
+``ws_max_frames_per_second``); every frame that cannot be served gets an ``error`` frame and the
+socket stays usable, except a flood that goes on for a second's worth of frames past the limit,
+which is closed with 1008. See docs/PROTOCOL-ws.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from starlette.types import Message, Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
+
+from agentos.errors import AgentOSError, EventsUnavailable, InvalidCursor, InvalidRequest
+from agentos.events import dumps
+from agentos.streams import RunStream
+
+if TYPE_CHECKING:
+    from agentos.runs import RunManager
+
+__all__ = ["WorkflowSockets"]
+
+logger = logging.getLogger("agentos.ws")
+
+_KIND = "workflows"
+#: Close codes: 1000 normal, 1008 policy violation (flood, no authentication in time, too slow).
+_POLICY = 1008
+
+
+class _FrameError(Exception):
+    """A client frame that cannot be served; becomes an ``error`` frame."""
+
+    def __init__(self, detail: str, code: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.code = code
+
+
+class WorkflowSockets:
+    """The ``/workflows/ws`` endpoint (an ASGI app) on a run manager; it serves every socket.
+
+    Example: ``WebSocketRoute("/workflows/ws", WorkflowSockets(manager))``.
+    """
+
+    def __init__(self, manager: RunManager) -> None:
+        self.manager = manager
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _Connection(self.manager, WebSocket(scope, receive, send)).serve()
+
+
+class _Connection:
+    """One socket: its authentication state, rate limit, followed runs and outgoing queue."""
+
+    def __init__(self, manager: RunManager, websocket: WebSocket) -> None:
+        self.manager = manager
+        self.settings = manager.settings
+        self.websocket = websocket
+        self.outgoing: asyncio.Queue[str] = asyncio.Queue(
+            max(1, self.settings.ws_max_queued_frames)
+        )
+        self.followers: dict[str, asyncio.Task[None]] = {}
+        self.close_code = 1000
+        self.close_reason = ""
+        key = self.settings.security_key
+        self.authenticated = key is None or _bearer_ok(websocket.headers.get("authorization"), key)
+        rate = self.settings.ws_max_frames_per_second
+        self._tokens = rate
+        self._refilled = time.monotonic()
+        self._rejected = 0
+
+    async def serve(self) -> None:
+        await self.websocket.accept()
+        await self.outgoing.put(
+            dumps({"event": "connected", "requires_auth": not self.authenticated})
+        )
+        sender = asyncio.create_task(self._send_loop(), name="agentos-ws-sender")
+        receiver = asyncio.create_task(self._receive_loop(), name="agentos-ws-receiver")
+        try:
+            await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            tasks = [sender, receiver, *self.followers.values()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(
+                WebSocketDisconnect, WebSocketDisconnected, RuntimeError, OSError
+            ):
+                await self.websocket.close(self.close_code, self.close_reason)
+
+    # -- outgoing ------------------------------------------------------------------------------
+
+    async def _send_loop(self) -> None:
+        timeout = self.settings.ws_send_timeout or None
+        while True:
+            text = await self.outgoing.get()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.websocket.send_text(text)
+            except TimeoutError:
+                self._close(_POLICY, "the client reads too slowly")
+                return
+            except (WebSocketDisconnect, WebSocketDisconnected, RuntimeError, OSError):
+                return
+
+    def _close(self, code: int, reason: str) -> None:
+        self.close_code, self.close_reason = code, reason
+
+    async def _error(self, detail: str, code: str, frame: Any = None, **extra: Any) -> None:
+        body: dict[str, Any] = {"event": "error", "error": detail, "code": code}
+        if isinstance(frame, dict):
+            for name in ("action", "run_id"):
+                if isinstance(frame.get(name), str):
+                    body[name] = frame[name]
+        body.update(extra)
+        await self.outgoing.put(dumps(body))
+
+    # -- incoming ------------------------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        deadline = asyncio.get_running_loop().time() + self.settings.ws_auth_timeout
+        while True:
+            try:
+                async with asyncio.timeout_at(None if self.authenticated else deadline):
+                    message = await self.websocket.receive()
+            except TimeoutError:
+                self._close(_POLICY, "not authenticated in time")
+                return
+            if message["type"] == "websocket.disconnect":
+                return
+            if not self._take_token():
+                if self._rejected > self.settings.ws_max_frames_per_second:
+                    self._close(_POLICY, "too many frames")
+                    return
+                await self._error("too many frames; slow down", "rate_limited")
+                continue
+            try:
+                await self._handle(message)
+            except _FrameError as exc:
+                await self._error(exc.detail, exc.code)
+
+    def _take_token(self) -> bool:
+        """Token bucket: ``ws_max_frames_per_second`` per second, as big a burst."""
+        rate = self.settings.ws_max_frames_per_second
+        if not rate:
+            return True
+        now = time.monotonic()
+        self._tokens = min(rate, self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            self._rejected = 0
+            return True
+        self._rejected += 1
+        return False
+
+    async def _handle(self, message: Message) -> None:
+        text = message.get("text")
+        if text is None:
+            raise _FrameError("send JSON text frames, not binary ones", "invalid_frame")
+        limit = self.settings.ws_max_frame_bytes
+        if len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit:
+            raise _FrameError(f"the frame is over the limit of {limit} bytes", "frame_too_large")
+        try:
+            frame = json.loads(text)
+        except ValueError:
+            raise _FrameError("the frame is not valid JSON", "invalid_json") from None
+        if not isinstance(frame, dict):
+            raise _FrameError("the frame must be a JSON object", "invalid_frame")
+        action = frame.get("action")
+        if action == "authenticate":
+            await self._authenticate(frame)
+        elif action == "ping":
+            await self.outgoing.put(dumps({"event": "pong"}))
+        elif not isinstance(action, str) or action not in ("start-workflow", "reconnect"):
+            await self._error(f"unknown action {action!r}", "unknown_action", frame)
+        elif not self.authenticated:
+            await self.outgoing.put(
+                dumps({"event": "auth_error", "error": "authenticate first", "action": action})
+            )
+        else:
+            try:
+                if action == "start-workflow":
+                    await self._start(frame)
+                else:
+                    await self._reconnect(frame)
+            except (AgentOSError, _FrameError) as exc:
+                await self._error(exc.detail, exc.code, frame)
+
+    async def _authenticate(self, frame: dict[str, Any]) -> None:
+        key = self.settings.security_key
+        token = frame.get("token")
+        if (
+            key is None
+            or self.authenticated
+            or (isinstance(token, str) and hmac.compare_digest(token.encode(), key.encode()))
+        ):
+            self.authenticated = True
+            await self.outgoing.put(dumps({"event": "authenticated"}))
+        else:
+            await self.outgoing.put(
+                dumps({"event": "auth_error", "error": "the security key is not valid"})
+            )
+
+    async def _start(self, frame: dict[str, Any]) -> None:
+        workflow_id = _field(frame, "workflow_id", required=True)
+        message = frame.get("message")
+        if message is None:
+            raise InvalidRequest("message is required")
+        if not isinstance(message, str):
+            raise InvalidRequest("message must be a string")
+        session_id = _field(frame, "session_id")
+        user_id = _field(frame, "user_id")
+        run_id = _field(frame, "run_id")
+        component = self.manager.component(_KIND, workflow_id)
+        self._check_room(run_id)
+        record = await self.manager.start_run(
+            component, message, session_id=session_id, user_id=user_id, run_id=run_id
+        )
+        stream = await self.manager.open_stream(record.run_id, -1, meta=False)
+        assert stream is not None  # a new run has not ended
+        self._follow(stream)
+
+    async def _reconnect(self, frame: dict[str, Any]) -> None:
+        run_id = _field(frame, "run_id", required=True)
+        workflow_id = _field(frame, "workflow_id")
+        session_id = _field(frame, "session_id")
+        cursor = frame.get("last_event_index")
+        if cursor is None:
+            cursor = -1
+        if isinstance(cursor, bool) or not isinstance(cursor, int):
+            raise InvalidCursor("last_event_index must be an integer", run_id)
+        self._check_room(run_id)
+        stream = await self.manager.open_stream(
+            run_id, cursor, kind=_KIND, component_id=workflow_id, session_id=session_id
+        )
+        if stream is None:
+            # The cursor is at the terminal event (SSE answers 204): say the run has ended and
+            # that nothing follows.
+            record = await self.manager.get_run(run_id)
+            buf = self.manager.buffers.get(run_id)
+            status = buf.status if buf is not None else record.status
+            meta = {
+                "event": "replay",
+                "run_id": run_id,
+                "status": status.value,
+                "total_events": cursor + 1,
+                "source": "buffer" if buf is not None else "database",
+            }
+            await self.outgoing.put(dumps(meta))
+            return
+        self._follow(stream)
+
+    def _check_room(self, run_id: str | None) -> None:
+        if run_id is not None and run_id in self.followers:
+            raise _FrameError(f"this socket already follows run {run_id!r}", "already_following")
+        limit = self.settings.ws_max_runs_per_socket
+        if len(self.followers) >= limit:
+            raise _FrameError(f"this socket already follows {limit} runs", "too_many_runs")
+
+    # -- followers -----------------------------------------------------------------------------
+
+    def _follow(self, stream: RunStream) -> None:
+        run_id = stream.run_id
+        task = asyncio.create_task(self._forward(stream), name=f"agentos-ws-follow-{run_id}")
+        self.followers[run_id] = task
+        task.add_done_callback(lambda _: self.followers.pop(run_id, None))
+
+    async def _forward(self, stream: RunStream) -> None:
+        try:
+            async for item in stream.events():
+                await self.outgoing.put(item.data)
+        except EventsUnavailable as exc:
+            await self._error(exc.detail, exc.code, run_id=stream.run_id)
+        except Exception:
+            logger.exception("following run %s over a WebSocket failed", stream.run_id)
+            await self._error("internal error", "internal_error", run_id=stream.run_id)
+
+
+def _field(frame: dict[str, Any], name: str, *, required: bool = False) -> Any:
+    value = frame.get(name)
+    if value is None or value == "":
+        if required:
+            raise InvalidRequest(f"{name} is required")
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{name} must be a string")
+    return value
+
+
+def _bearer_ok(authorization: str | None, key: str) -> bool:
+    if not authorization:
+        return False
+    scheme, _, token = authorization.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
