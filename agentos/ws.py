@@ -190,14 +190,15 @@ class _Connection:
         action = frame.get("action")
         if action == "authenticate":
             await self._authenticate(frame)
-        elif action == "ping":
-            await self.outgoing.put(dumps({"event": "pong"}))
-        elif not isinstance(action, str) or action not in ("start-workflow", "reconnect"):
+        elif not isinstance(action, str) or action not in ("ping", "start-workflow", "reconnect"):
             await self._error(f"unknown action {action!r}", "unknown_action", frame)
         elif not self.authenticated:
+            # Nothing but authenticate is served before it, not even ping.
             await self.outgoing.put(
                 dumps({"event": "auth_error", "error": "authenticate first", "action": action})
             )
+        elif action == "ping":
+            await self.outgoing.put(dumps({"event": "pong"}))
         else:
             try:
                 if action == "start-workflow":

@@ -663,7 +663,7 @@ def test_authentication_required_refused_and_accepted(make_server: Callable[...,
                 answer = await recv(ws)
                 assert answer["event"] == "auth_error", answer
             await ws.send(json.dumps({"action": "ping"}))
-            assert await recv(ws) == {"event": "pong"}
+            assert (await recv(ws))["event"] == "auth_error"  # nothing before authenticate
             for token in ("wrong", 5, None):
                 await ws.send(json.dumps({"action": "authenticate", "token": token}))
                 assert (await recv(ws))["event"] == "auth_error"
@@ -671,6 +671,8 @@ def test_authentication_required_refused_and_accepted(make_server: Callable[...,
             assert (await recv(ws))["event"] == "auth_error", "a refused token did not authenticate"
             await ws.send(json.dumps({"action": "authenticate", "token": KEY}))
             assert await recv(ws) == {"event": "authenticated"}
+            await ws.send(json.dumps({"action": "ping"}))
+            assert await recv(ws) == {"event": "pong"}
             await ws.send(start_frame)
             assert (await recv(ws))["event"] == "WorkflowStarted"
 
