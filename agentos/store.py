@@ -7,6 +7,14 @@ SQLAlchemy URL (PostgreSQL through asyncpg) with the same code.
 Events are written by :meth:`Store.commit` in groups: one transaction holds a batch of events of
 many runs plus the run updates that go with them, so a terminal event and its run's final status
 are committed together.
+
+Several instances may share one PostgreSQL database. Each run row names its owner
+(``instance_id``) and how long the owner's lease lasts (``lease_until``); the owner renews it
+(:meth:`Store.renew_leases`), another instance takes over a run whose lease expired with an atomic
+conditional update (:meth:`Store.claim_orphan`), and a commit made with ``owner=`` only updates
+runs that instance still owns. On PostgreSQL every commit also sends ``NOTIFY agentos_events,
+'<run_id>:<last_index>'`` for each run it wrote events of, in the same transaction, so instances
+tailing the run from the database wake up as soon as the events are visible (``notify.py``).
 """
 
 from __future__ import annotations
@@ -18,15 +26,33 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, SQLModel
 
 from agentos.errors import RunAlreadyExists
 from agentos.events import Event, RunStatus
 
-__all__ = ["RunRecord", "RunUpdate", "SQLStore", "Store", "open_store"]
+__all__ = [
+    "CONTROL_CHANNEL",
+    "EVENTS_CHANNEL",
+    "RunRecord",
+    "RunUpdate",
+    "SQLStore",
+    "Store",
+    "open_store",
+]
+
+#: PostgreSQL channel announcing committed events: payload ``<run_id>:<last event_index>``.
+EVENTS_CHANNEL = "agentos_events"
+#: PostgreSQL channel for requests to a run's owner: payload ``cancel:<run_id>``.
+CONTROL_CHANNEL = "agentos_control"
+
+_UNFINISHED = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
+# Any constant shared by all instances: serializes schema creation on PostgreSQL.
+_SCHEMA_LOCK = 0x6167_656E_746F_73
 
 
 @dataclass(frozen=True)
@@ -124,9 +150,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def commit(
-        self, events: Sequence[tuple[str, Event]], updates: Sequence[RunUpdate]
+        self,
+        events: Sequence[tuple[str, Event]],
+        updates: Sequence[RunUpdate],
+        *,
+        owner: str | None = None,
     ) -> None:
-        """Write events (run_id, event) and run updates in one transaction."""
+        """Write events (run_id, event) and run updates in one transaction.
+
+        With ``owner``, updates only change runs that instance still owns. An event whose
+        ``(run_id, event_index)`` is taken raises IntegrityError and nothing is written.
+        """
 
     @abc.abstractmethod
     async def read_events(self, run_id: str, start: int, limit: int) -> list[Event]:
@@ -139,6 +173,35 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def unfinished_runs(self, instance_id: str) -> list[RunRecord]:
         """Runs owned by ``instance_id`` still PENDING or RUNNING."""
+
+    @abc.abstractmethod
+    async def renew_leases(self, instance_id: str, lease_until: float) -> dict[str, bool]:
+        """Extend the lease of every unfinished run ``instance_id`` owns.
+
+        Returns the renewed run ids, each mapped to whether a cancel was requested for it.
+        """
+
+    @abc.abstractmethod
+    async def expired_runs(self, now: float, limit: int) -> list[str]:
+        """Ids of unfinished runs whose lease ended before ``now``, oldest lease first."""
+
+    @abc.abstractmethod
+    async def claim_orphan(
+        self, run_id: str, instance_id: str, now: float, lease_until: float
+    ) -> RunRecord | None:
+        """Take over an unfinished run whose lease ended before ``now``.
+
+        Atomic: of several instances claiming the same run at once, exactly one gets the run
+        (now owned by it, lease until ``lease_until``); the others get None.
+        """
+
+    @abc.abstractmethod
+    async def request_cancel(self, run_id: str) -> bool:
+        """Ask the owner of an unfinished run to cancel it; False when the run has ended."""
+
+    @abc.abstractmethod
+    async def owned(self, run_ids: Sequence[str], instance_id: str) -> set[str]:
+        """Those of ``run_ids`` that ``instance_id`` owns."""
 
 
 class RunRow(SQLModel, table=True):
@@ -153,11 +216,12 @@ class RunRow(SQLModel, table=True):
     input: str = Field(sa_type=sa.Text)
     content: str | None = Field(default=None, sa_type=sa.Text)
     error: str | None = Field(default=None, sa_type=sa.Text)
-    created_at: float = Field(index=True)
-    updated_at: float
+    created_at: float = Field(index=True, sa_type=sa.Double)
+    updated_at: float = Field(sa_type=sa.Double)
     event_count: int = 0
     instance_id: str | None = Field(default=None, max_length=200, index=True)
-    lease_until: float | None = None
+    lease_until: float | None = Field(default=None, sa_type=sa.Double)
+    cancel_requested: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
 
 
 class EventRow(SQLModel, table=True):
@@ -210,6 +274,16 @@ class SQLStore(Store):
     def is_sqlite(self) -> bool:
         return self.url.startswith("sqlite")
 
+    @property
+    def is_postgres(self) -> bool:
+        return self.url.startswith("postgresql")
+
+    @property
+    def dsn(self) -> str:
+        """The URL without SQLAlchemy's driver name, for a plain driver connection."""
+        url = make_url(self.url)
+        return url.set(drivername=url.get_backend_name()).render_as_string(hide_password=False)
+
     async def open(self) -> None:
         if self._engine is not None:
             return
@@ -224,6 +298,10 @@ class SQLStore(Store):
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         self._engine = engine
         async with engine.begin() as conn:
+            if self.is_postgres:
+                # Instances starting together would race on CREATE TABLE (duplicate pg_type
+                # rows); the lock makes them take turns, and the later ones find the tables.
+                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK)))
             await conn.run_sync(SQLModel.metadata.create_all, tables=[_runs, _events])
 
     async def close(self) -> None:
@@ -275,7 +353,11 @@ class SQLStore(Store):
         return [_record(row) for row in rows]
 
     async def commit(
-        self, events: Sequence[tuple[str, Event]], updates: Sequence[RunUpdate]
+        self,
+        events: Sequence[tuple[str, Event]],
+        updates: Sequence[RunUpdate],
+        *,
+        owner: str | None = None,
     ) -> None:
         async with self.engine.begin() as conn:
             if events:
@@ -297,7 +379,15 @@ class SQLStore(Store):
                 run_id = values.pop("run_id")
                 if "status" in values:
                     values["status"] = values["status"].value
-                await conn.execute(_runs.update().where(_runs.c.run_id == run_id).values(**values))
+                query = _runs.update().where(_runs.c.run_id == run_id)
+                if owner is not None:
+                    query = query.where(_runs.c.instance_id == owner)
+                await conn.execute(query.values(**values))
+            if events and self.is_postgres:
+                last: dict[str, int] = {}
+                for run_id, e in events:
+                    last[run_id] = max(e.index, last.get(run_id, -1))
+                await _notify(conn, EVENTS_CHANNEL, [f"{r}:{i}" for r, i in last.items()])
 
     async def read_events(self, run_id: str, start: int, limit: int) -> list[Event]:
         query = (
@@ -324,11 +414,81 @@ class SQLStore(Store):
     async def unfinished_runs(self, instance_id: str) -> list[RunRecord]:
         query = _runs.select().where(
             _runs.c.instance_id == instance_id,
-            _runs.c.status.in_([RunStatus.PENDING.value, RunStatus.RUNNING.value]),
+            _runs.c.status.in_(_UNFINISHED),
         )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [_record(row) for row in rows]
+
+
+    async def renew_leases(self, instance_id: str, lease_until: float) -> dict[str, bool]:
+        query = (
+            _runs.update()
+            .where(_runs.c.instance_id == instance_id, _runs.c.status.in_(_UNFINISHED))
+            .values(lease_until=lease_until)
+            .returning(_runs.c.run_id, _runs.c.cancel_requested)
+        )
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(query)).all()
+        return {row[0]: bool(row[1]) for row in rows}
+
+    async def expired_runs(self, now: float, limit: int) -> list[str]:
+        query = (
+            sa.select(_runs.c.run_id)
+            .where(_runs.c.status.in_(_UNFINISHED), _runs.c.lease_until < now)
+            .order_by(_runs.c.lease_until)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [row[0] for row in (await conn.execute(query)).all()]
+
+    async def claim_orphan(
+        self, run_id: str, instance_id: str, now: float, lease_until: float
+    ) -> RunRecord | None:
+        # One conditional UPDATE: on PostgreSQL a concurrent claimer waits for the row lock, then
+        # re-checks the condition against the committed row, which no longer matches.
+        query = (
+            _runs.update()
+            .where(
+                _runs.c.run_id == run_id,
+                _runs.c.status.in_(_UNFINISHED),
+                _runs.c.lease_until < now,
+            )
+            .values(instance_id=instance_id, lease_until=lease_until, updated_at=now)
+            .returning(*_runs.c)
+        )
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else _record(row)
+
+    async def request_cancel(self, run_id: str) -> bool:
+        query = (
+            _runs.update()
+            .where(_runs.c.run_id == run_id, _runs.c.status.in_(_UNFINISHED))
+            .values(cancel_requested=True)
+        )
+        async with self.engine.begin() as conn:
+            found = (await conn.execute(query)).rowcount == 1
+            if found and self.is_postgres:
+                await _notify(conn, CONTROL_CHANNEL, [f"cancel:{run_id}"])
+        return found
+
+    async def owned(self, run_ids: Sequence[str], instance_id: str) -> set[str]:
+        if not run_ids:
+            return set()
+        query = sa.select(_runs.c.run_id).where(
+            _runs.c.run_id.in_(list(run_ids)), _runs.c.instance_id == instance_id
+        )
+        async with self.engine.connect() as conn:
+            return {row[0] for row in (await conn.execute(query)).all()}
+
+
+async def _notify(conn: AsyncConnection, channel: str, payloads: list[str]) -> None:
+    """``pg_notify`` each payload; PostgreSQL delivers them when the transaction commits."""
+    await conn.execute(
+        sa.text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p"),
+        {"channel": channel, "payloads": payloads},
+    )
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -1,0 +1,245 @@
+"""The store contract, on SQLite and on PostgreSQL (same tests, same expectations)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from pgdb import _dsn, ascratch_database, pg_url, truncate
+from sqlalchemy.exc import IntegrityError
+
+from agentos.errors import RunAlreadyExists
+from agentos.events import Event, RunStatus
+from agentos.store import EVENTS_CHANNEL, RunRecord, RunUpdate, SQLStore
+
+__all__ = ["pg_url"]  # the fixture, imported for pytest
+
+pytestmark = pytest.mark.asyncio
+
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    asyncio.run(truncate(url))
+    return url
+
+
+@pytest_asyncio.fixture
+async def store(db_url: str) -> AsyncIterator[SQLStore]:
+    s = SQLStore(db_url)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def _run(
+    run_id: str, *, instance: str = "i1", lease: float | None = None, **kw: object
+) -> RunRecord:
+    now = time.time()
+    return RunRecord(
+        run_id=run_id,
+        kind="agents",
+        component_id="echo",
+        session_id=str(kw.pop("session_id", "s1")),
+        status=RunStatus(kw.pop("status", RunStatus.RUNNING)),
+        input="hello wörld ✓",
+        created_at=float(kw.pop("created_at", now)),  # type: ignore[arg-type]
+        updated_at=now,
+        instance_id=instance,
+        lease_until=now + 30 if lease is None else lease,
+    )
+
+
+def _event(index: int, terminal: bool = False) -> Event:
+    name = "RunCompleted" if terminal else "RunContent"
+    return Event(
+        index, name, f'{{"event":"{name}","event_index":{index},"content":"é{index}"}}', terminal
+    )
+
+
+async def test_create_get_and_duplicate(store: SQLStore) -> None:
+    record = _run("r1", created_at=1763700000.123456)
+    await store.create_run(record)
+    got = await store.get_run("r1")
+    assert got is not None
+    assert got.input == "hello wörld ✓"
+    assert got.created_at == pytest.approx(1763700000.123456, abs=1e-6)  # double precision
+    assert got.status is RunStatus.RUNNING and got.event_count == 0
+    assert await store.get_run("nope") is None
+    with pytest.raises(RunAlreadyExists):
+        await store.create_run(record)
+
+
+async def test_commit_read_and_count(store: SQLStore) -> None:
+    await store.create_run(_run("r1"))
+    await store.commit([("r1", _event(i)) for i in range(5)], [])
+    got = await store.get_run("r1")
+    assert got is not None and got.event_count == 5
+    assert [e.index for e in await store.read_events("r1", 2, 2)] == [2, 3]
+    assert [e.index for e in await store.read_events("r1", 0, 100)] == [0, 1, 2, 3, 4]
+    assert (await store.read_events("r1", 1, 1))[0].data.endswith('"content":"é1"}')
+    await store.commit(
+        [("r1", _event(5, terminal=True))],
+        [RunUpdate("r1", status=RunStatus.COMPLETED, content="done", event_count=6)],
+    )
+    last = await store.last_event("r1")
+    assert last is not None and last.index == 5 and last.terminal
+    got = await store.get_run("r1")
+    assert got is not None and got.status is RunStatus.COMPLETED and got.content == "done"
+    assert got.event_count == 6
+
+
+async def test_taken_index_writes_nothing(store: SQLStore) -> None:
+    await store.create_run(_run("r1"))
+    await store.create_run(_run("r2"))
+    await store.commit([("r1", _event(0))], [])
+    with pytest.raises(IntegrityError):
+        await store.commit(
+            [("r2", _event(0)), ("r1", _event(0))], [RunUpdate("r2", status=RunStatus.ERROR)]
+        )
+    assert await store.read_events("r2", 0, 10) == []
+    got = await store.get_run("r2")
+    assert got is not None and got.status is RunStatus.RUNNING
+
+
+async def test_owner_guard_on_updates(store: SQLStore) -> None:
+    await store.create_run(_run("r1", instance="a"))
+    await store.commit([], [RunUpdate("r1", status=RunStatus.COMPLETED)], owner="b")
+    got = await store.get_run("r1")
+    assert got is not None and got.status is RunStatus.RUNNING
+    await store.commit([], [RunUpdate("r1", status=RunStatus.COMPLETED)], owner="a")
+    got = await store.get_run("r1")
+    assert got is not None and got.status is RunStatus.COMPLETED
+    assert await store.owned(["r1", "zz"], "a") == {"r1"}
+    assert await store.owned([], "a") == set()
+
+
+async def test_list_runs_and_unfinished(store: SQLStore) -> None:
+    for i in range(4):
+        status = RunStatus.COMPLETED if i % 2 else RunStatus.RUNNING
+        await store.create_run(
+            _run(f"r{i}", created_at=1000 + i, status=status, session_id=f"s{i % 2}")
+        )
+    listed = await store.list_runs("agents", "echo")
+    assert [r.run_id for r in listed] == ["r3", "r2", "r1", "r0"]
+    assert [r.run_id for r in await store.list_runs("agents", "echo", session_id="s1")] == [
+        "r3",
+        "r1",
+    ]
+    done = await store.list_runs("agents", "echo", status=RunStatus.COMPLETED, limit=1)
+    assert [r.run_id for r in done] == ["r3"]
+    assert {r.run_id for r in await store.unfinished_runs("i1")} == {"r0", "r2"}
+    assert await store.unfinished_runs("other") == []
+
+
+async def test_renew_leases_and_cancel_requests(store: SQLStore) -> None:
+    await store.create_run(_run("mine", instance="a", lease=1.0))
+    await store.create_run(_run("cancel-me", instance="a", lease=1.0))
+    await store.create_run(_run("done", instance="a", lease=1.0, status=RunStatus.COMPLETED))
+    await store.create_run(_run("theirs", instance="b", lease=1.0))
+    assert await store.request_cancel("cancel-me")
+    assert not await store.request_cancel("done")
+    assert not await store.request_cancel("unknown")
+    renewed = await store.renew_leases("a", 5000.0)
+    assert renewed == {"mine": False, "cancel-me": True}
+    for run_id, lease in (("mine", 5000.0), ("done", 1.0), ("theirs", 1.0)):
+        got = await store.get_run(run_id)
+        assert got is not None and got.lease_until == lease
+
+
+async def test_expired_runs_and_claim(store: SQLStore) -> None:
+    now = time.time()
+    await store.create_run(_run("old", instance="dead", lease=now - 10))
+    await store.create_run(_run("older", instance="dead", lease=now - 20))
+    await store.create_run(_run("alive", instance="b", lease=now + 30))
+    await store.create_run(_run("ended", instance="dead", lease=now - 10, status=RunStatus.ERROR))
+    assert await store.expired_runs(now, 10) == ["older", "old"]
+    assert await store.expired_runs(now, 1) == ["older"]
+    claimed = await store.claim_orphan("old", "me", now, now + 30)
+    assert claimed is not None and claimed.instance_id == "me" and claimed.lease_until == now + 30
+    assert await store.claim_orphan("old", "other", now, now + 30) is None
+    assert await store.claim_orphan("alive", "me", now, now + 30) is None
+    assert await store.claim_orphan("ended", "me", now, now + 30) is None
+    assert await store.expired_runs(now, 10) == ["older"]
+
+
+async def test_concurrent_claims_have_one_winner(db_url: str) -> None:
+    """Several instances (their own engines) claim the same orphans at the same moment."""
+    stores = [SQLStore(db_url) for _ in range(4)]
+    for s in stores:
+        await s.open()
+    try:
+        now = time.time()
+        for i in range(5):
+            await stores[0].create_run(_run(f"orphan{i}", instance="dead", lease=now - 1))
+        for i in range(5):
+            results = await asyncio.gather(
+                *(
+                    s.claim_orphan(f"orphan{i}", f"inst{n}", now, now + 30)
+                    for n, s in enumerate(stores)
+                )
+            )
+            winners = [r for r in results if r is not None]
+            assert len(winners) == 1
+            got = await stores[0].get_run(f"orphan{i}")
+            assert got is not None and got.instance_id == winners[0].instance_id
+    finally:
+        for s in stores:
+            await s.close()
+
+
+@pytest.mark.postgres
+async def test_schema_creation_is_safe_when_instances_start_together() -> None:
+    async with ascratch_database() as url:
+        stores = [SQLStore(url) for _ in range(6)]
+        try:
+            await asyncio.gather(*(s.open() for s in stores))
+            await stores[0].create_run(_run("r1"))
+            assert await stores[5].get_run("r1") is not None
+        finally:
+            for s in stores:
+                await s.close()
+
+
+@pytest.mark.postgres
+async def test_commit_notifies_after_commit(pg_url: str) -> None:
+    await truncate(pg_url)
+    store = SQLStore(pg_url)
+    await store.open()
+    listener = await asyncpg.connect(_dsn(pg_url))
+    received: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+    try:
+        for channel in (EVENTS_CHANNEL, "agentos_control"):
+            await listener.add_listener(
+                channel, lambda _c, _p, ch, msg: received.put_nowait((ch, msg))
+            )
+        await store.create_run(_run("r1"))
+        await store.create_run(_run("r:2"))
+        await store.commit(
+            [("r1", _event(0)), ("r:2", _event(0)), ("r1", _event(1)), ("r:2", _event(1))], []
+        )
+        got = {await asyncio.wait_for(received.get(), 5) for _ in range(2)}
+        assert got == {(EVENTS_CHANNEL, "r1:1"), (EVENTS_CHANNEL, "r:2:1")}
+        # When the transaction fails, nothing is announced.
+        with pytest.raises(IntegrityError):
+            await store.commit([("r1", _event(2)), ("r1", _event(1))], [])
+        await store.request_cancel("r1")
+        assert await asyncio.wait_for(received.get(), 5) == ("agentos_control", "cancel:r1")
+        assert received.empty()
+    finally:
+        await listener.close()
+        await store.close()
