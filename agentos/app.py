@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentos.component import Component
 from agentos.errors import (
@@ -126,6 +126,7 @@ class AgentOS:
             },
         )
         app.add_middleware(_Guard, agent_os=self)
+        app.add_middleware(_InstanceHeader, instance_id=self.settings.instance_id)
         app.state.agent_os = self
         return app
 
@@ -342,6 +343,26 @@ class _Guard:
                     await send({"type": "websocket.close", "code": 1008, "reason": error.detail})
                 return
         await self.app(scope, receive, send)
+
+
+class _InstanceHeader:
+    """``X-AgentOS-Instance: <instance_id>`` on every response: which instance answered."""
+
+    def __init__(self, app: ASGIApp, instance_id: str) -> None:
+        self.app = app
+        self.header = (b"x-agentos-instance", instance_id.encode("latin-1", "replace"))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), self.header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
 
 
 def _check_key(headers: Headers, key: str) -> AgentOSError | None:

@@ -160,6 +160,9 @@ class EventBuffer:
 
     def discard(self, run_id: str) -> None:
         """Forget a run's buffer; its followers continue from the database."""
+        buf = self._runs.get(run_id)
+        if buf is not None and buf.ended_at is None:
+            buf.ended_at = self._clock()  # ends the subscribers' wait
         self._drop(run_id)
 
     def sweep(self) -> int:

@@ -12,6 +12,10 @@ Pending events are bounded by ``max_pending_events``: a run that emits faster th
 commits waits in :meth:`GroupCommitter.wait_for_space` (backpressure), it never grows memory.
 A failed commit is retried with backoff; nothing is published before it succeeds. A run whose
 events conflict with another writer's is dropped from the group (see ``_write``).
+
+Commits are made as this instance (``owner=``): a status update only applies to a run this
+instance still owns, so an instance that lost a run (its lease expired and another instance
+ended it, see ``runs.py``) cannot overwrite the run's final status.
 """
 
 from __future__ import annotations
@@ -165,7 +169,7 @@ class GroupCommitter:
         delay = 0.05
         while True:
             try:
-                await self._store.commit(events, updates)
+                await self._store.commit(events, updates, owner=self._settings.instance_id)
                 self.commits += 1
                 return events, updates
             except IntegrityError:
@@ -192,7 +196,7 @@ class GroupCommitter:
         for run_id, run_events in by_run.items():
             run_updates = [u for u in updates if u.run_id == run_id]
             try:
-                await self._store.commit(run_events, run_updates)
+                await self._store.commit(run_events, run_updates, owner=self._settings.instance_id)
             except IntegrityError:
                 logger.error("run %s: events conflict with another writer; dropped", run_id)
                 if self._on_conflict is not None:

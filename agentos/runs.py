@@ -11,6 +11,18 @@ Every detached task is held in ``_tasks`` until its done-callback releases it. `
 only place that writes a terminal event, and it runs once per run whatever happened, including
 shutdown (runs get ``shutdown_grace`` seconds, then are cancelled). At start-up, runs this instance
 left PENDING or RUNNING (a crash) get the terminal error ``"interrupted"``.
+
+Several instances on one database (see ``docs/scale-out.md``)::
+
+    owner, every lease_renew_interval ── renew_leases(me) ──▶ lease_until = now + lease_ttl
+          │                                └─▶ runs it no longer owns: taken over, stop them
+          │                                └─▶ runs with cancel_requested: cancel them
+    every instance, every reaper_interval ── expired_runs(now) ── claim_orphan(run, me)
+          (atomic conditional UPDATE: one claimer wins) ──▶ terminal error "instance_lost"
+          at the next event_index, status ERROR (the (run_id, event_index) key is the last guard)
+
+A cancel for a run another instance owns sets ``cancel_requested`` (and, on PostgreSQL, notifies
+the owner at once); the owner cancels it as if the request had come to it.
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ from agentos.errors import (
     ShuttingDown,
 )
 from agentos.events import KINDS, Event, RunStatus, dumps
+from agentos.notify import Notifier, open_notifier
 from agentos.settings import Settings
 from agentos.store import RunRecord, RunUpdate, Store, open_store
 from agentos.streams import RunStream
@@ -71,6 +84,7 @@ class RunManager:
             on_commit=self._committed,
             on_conflict=self._conflicted,
         )
+        self.notifier: Notifier = open_notifier(settings, self.store)
         self.components: dict[tuple[str, str], Component] = {}
         self._active: dict[str, _ActiveRun] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -80,6 +94,7 @@ class RunManager:
         self._closing = False
         self._closed = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
+        self._lease_tasks: list[asyncio.Task[None]] = []
         self._grace_timer: asyncio.TimerHandle | None = None
 
     # -- registry ------------------------------------------------------------------------------
@@ -121,7 +136,12 @@ class RunManager:
         await self.store.open()
         await self._recover()
         self.committer.start()
+        await self.notifier.start(on_cancel=self.cancel_nowait)
         self._sweeper = asyncio.create_task(self._sweep(), name="agentos-buffer-sweeper")
+        self._lease_tasks = [
+            asyncio.create_task(self._renew(), name="agentos-lease-renewer"),
+            asyncio.create_task(self._reap(), name="agentos-reaper"),
+        ]
         self._started = True
 
     def begin_shutdown(self) -> None:
@@ -134,6 +154,7 @@ class RunManager:
         )
         loop = asyncio.get_running_loop()
         self._grace_timer = loop.call_later(self.settings.shutdown_grace, self._cancel_all)
+        self.notifier.wake_all()  # tails of other instances' runs end now; clients go elsewhere
 
     async def aclose(self) -> None:
         """Shut down: grace period, cancel what still runs, flush events, close the store."""
@@ -150,6 +171,10 @@ class RunManager:
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self.committer.aclose()
+        for task in self._lease_tasks:
+            task.cancel()
+        await asyncio.gather(*self._lease_tasks, return_exceptions=True)
+        await self.notifier.aclose()
         await self.store.close()
         self._closed.set()
 
@@ -165,28 +190,88 @@ class RunManager:
     async def _recover(self) -> None:
         """Give every run this instance left unfinished its terminal event."""
         for record in await self.store.unfinished_runs(self.settings.instance_id):
-            kind = KINDS[record.kind]
+            await self._end_unfinished(record, "interrupted")
+            logger.warning("run %s was interrupted by a restart; marked ERROR", record.run_id)
+
+    async def _end_unfinished(self, record: RunRecord, error: str) -> None:
+        """End a run nobody executes any more: terminal error event, status ERROR.
+
+        The caller owns the run in the database. If its last event is already terminal (the
+        owner died between the event and the status), only the status is set.
+        """
+        kind = KINDS[record.kind]
+        me = self.settings.instance_id
+        for attempt in range(3):
             last = await self.store.last_event(record.run_id)
             if last is not None and last.terminal:
                 status = kind.status_of(last.name)
-                await self.store.commit(
-                    [], [RunUpdate(record.run_id, status=status, event_count=last.index + 1)]
-                )
-                continue
+                update = RunUpdate(record.run_id, status=status, event_count=last.index + 1)
+                await self.store.commit([], [update], owner=me)
+                return
             index = 0 if last is None else last.index + 1
-            event = _make_event(record, index, kind.error, {"error": "interrupted"}, True)
-            await self.store.commit(
-                [(record.run_id, event)],
-                [
-                    RunUpdate(
-                        record.run_id,
-                        status=RunStatus.ERROR,
-                        error="interrupted",
-                        event_count=index + 1,
-                    )
-                ],
+            event = _make_event(record, index, kind.error, {"error": error}, True)
+            update = RunUpdate(
+                record.run_id, status=RunStatus.ERROR, error=error, event_count=index + 1
             )
-            logger.warning("run %s was interrupted by a restart; marked ERROR", record.run_id)
+            try:
+                await self.store.commit([(record.run_id, event)], [update], owner=me)
+                return
+            except Exception:
+                # The previous owner wrote that index meanwhile (it was alive after all): read
+                # the last event again; it stops writing once it sees the run is not its own.
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.1)
+
+    async def _renew(self) -> None:
+        """Keep this instance's leases alive; stop runs taken over; cancel runs asked to."""
+        while True:
+            await asyncio.sleep(self.settings.lease_renew_interval)
+            try:
+                await self.renew_once()
+            except Exception:
+                logger.exception("lease renewal failed; retrying")
+
+    async def renew_once(self) -> None:
+        """One round of lease renewal (the renewer task runs it every lease_renew_interval)."""
+        # Only runs active before the UPDATE starts can be judged by its result.
+        candidates = [run_id for run_id, a in self._active.items() if not a.ended]
+        renewed = await self.store.renew_leases(
+            self.settings.instance_id, time.time() + self.settings.lease_ttl
+        )
+        for run_id in candidates:
+            active = self._active.get(run_id)
+            if active is None or active.ended:
+                continue
+            if run_id not in renewed:
+                self._conflicted(run_id)
+            elif renewed[run_id]:
+                self._request_cancel(active, "cancelled")
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reaper_interval)
+            try:
+                await self.reap_once()
+            except Exception:
+                logger.exception("looking for runs of lost instances failed; retrying")
+
+    async def reap_once(self) -> list[str]:
+        """End the runs whose owner's lease expired; returns the ids this instance ended."""
+        now = time.time()
+        ended = []
+        for run_id in await self.store.expired_runs(now, self.settings.replay_page_size):
+            if run_id in self._active:
+                continue  # ours and running: the renewer is only late
+            record = await self.store.claim_orphan(
+                run_id, self.settings.instance_id, now, now + self.settings.lease_ttl
+            )
+            if record is None:
+                continue  # another instance was first
+            await self._end_unfinished(record, "instance_lost")
+            logger.warning("run %s: its owner's lease expired; marked ERROR", run_id)
+            ended.append(run_id)
+        return ended
 
     # -- runs ----------------------------------------------------------------------------------
 
@@ -330,7 +415,11 @@ class RunManager:
                 active.task.cancel()
 
     async def cancel(self, run_id: str, *, wait: float = 5.0) -> RunRecord:
-        """Cancel a run (idempotent) and wait up to ``wait`` seconds for it to end."""
+        """Cancel a run (idempotent) and wait up to ``wait`` seconds for it to end.
+
+        A run another instance owns is cancelled through the database: its owner sees the
+        request at once on PostgreSQL, at its next lease renewal otherwise.
+        """
         active = self._active.get(run_id)
         if active is not None:
             self._request_cancel(active, "cancelled")
@@ -338,7 +427,21 @@ class RunManager:
                 await asyncio.wait_for(asyncio.shield(active.done.wait()), wait)
             except TimeoutError:
                 pass
+        elif await self.store.request_cancel(run_id):
+            await self._wait_remote_end(run_id, wait)
         return await self.get_run(run_id)
+
+    async def _wait_remote_end(self, run_id: str, wait: float) -> None:
+        loop = asyncio.get_running_loop()
+        if not self.notifier.listening:
+            wait += self.settings.lease_renew_interval
+        deadline = loop.time() + wait
+        while (left := deadline - loop.time()) > 0:
+            signal = self.notifier.watch(run_id)
+            record = await self.store.get_run(run_id)
+            if record is None or record.status.ended:
+                return
+            await self.notifier.wait(signal, min(left, self.settings.tail_poll_interval))
 
     def cancel_nowait(self, run_id: str, reason: str = "cancelled") -> None:
         active = self._active.get(run_id)
@@ -417,6 +520,10 @@ class RunManager:
             )
         if ended and last_event_index == count - 1:
             return None
+        if not ended and buf is None and self.closing:
+            # A draining instance does not start tailing another's run: the client (or nginx,
+            # on 503) goes to another instance.
+            raise ShuttingDown("the server is shutting down; resume on another instance")
         return RunStream(self, record, last_event_index, count, ended=ended, meta=meta)
 
     def is_local(self, run_id: str) -> bool:

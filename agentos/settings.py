@@ -60,6 +60,8 @@ class Settings:
     max_streams: int = 20_000
     #: Seconds between database polls when tailing a run that another instance owns.
     tail_poll_interval: float = 0.5
+    #: On PostgreSQL, wake such tails at once with LISTEN/NOTIFY (polling stays the fallback).
+    tail_notify: bool = True
 
     #: Seconds between SSE keep-alive comments on an idle stream.
     ping_interval: float = 15.0
@@ -87,8 +89,14 @@ class Settings:
 
     #: Seconds running runs get on shutdown before they are cancelled.
     shutdown_grace: float = 10.0
-    #: Seconds an instance's lease on a running run lasts without renewal.
-    lease_ttl: float = 30.0
+    #: Seconds an instance's lease on a running run lasts without renewal. When an instance
+    #: dies, its runs end (``"instance_lost"``) at most ``lease_ttl + reaper_interval`` seconds
+    #: after its last renewal. Instances' clocks must agree to well within this.
+    lease_ttl: float = 20.0
+    #: Seconds between renewals of the leases on this instance's runs (below ``lease_ttl``).
+    lease_renew_interval: float = 5.0
+    #: Seconds between this instance's looks for runs whose owner's lease expired.
+    reaper_interval: float = 5.0
 
     #: Delay in seconds between words of the demo echo model.
     demo_delay: float = 0.02
@@ -117,9 +125,19 @@ class Settings:
                 raise ValueError(f"setting {f.name} must not be negative, got {value!r}")
         if self.security_key == "":
             object.__setattr__(self, "security_key", None)
+        if not 0 < self.lease_renew_interval < self.lease_ttl:
+            raise ValueError("setting lease_renew_interval must be above 0 and below lease_ttl")
+        if self.reaper_interval <= 0:
+            raise ValueError("setting reaper_interval must be above 0")
 
 
 def _parse(name: str, type_name: str, raw: str) -> Any:
+    if type_name.startswith("bool"):
+        if raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.strip().lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"{_PREFIX}{name.upper()} must be true or false, got {raw!r}")
     try:
         if type_name.startswith("int"):
             return int(raw)

@@ -420,7 +420,6 @@ class SQLStore(Store):
             rows = (await conn.execute(query)).all()
         return [_record(row) for row in rows]
 
-
     async def renew_leases(self, instance_id: str, lease_until: float) -> dict[str, bool]:
         query = (
             _runs.update()

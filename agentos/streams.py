@@ -4,7 +4,8 @@ A :class:`RunStream` reads by cursor from wherever the next event is::
 
     cursor+1 in the buffer's window ──▶ RunBuffer.read      (memory; wait there when caught up)
     cursor+1 below the window       ──▶ Store.read_events   (trimmed or expired events)
-    run not in this instance's buffer ─▶ Store.read_events   (poll while the run is not ended)
+    run not in this instance's buffer ─▶ Store.read_events   (then wait for a notification
+                                                              or tail_poll_interval; notify.py)
 
 Events reach the buffer only after their commit, so the database always holds everything the
 buffer does and the two can be mixed freely. The cursor only moves forward by exactly one per
@@ -14,7 +15,6 @@ right after the terminal event.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -117,6 +117,8 @@ class RunStream:
                     await buf.wait(cursor)
                     continue
             else:
+                # Taken before the read, so a notification between read and wait still counts.
+                signal = manager.notifier.watch(self.run_id)
                 batch = await manager.store.read_events(self.run_id, cursor + 1, page)
                 if not batch:
                     buf = manager.buffers.get(self.run_id)
@@ -133,7 +135,7 @@ class RunStream:
                     if not subscribed:
                         subscribed = True
                         yield self._subscribed(cursor + 1, record.status)
-                    await asyncio.sleep(manager.settings.tail_poll_interval)
+                    await manager.notifier.wait(signal, manager.settings.tail_poll_interval)
                     continue
             for event in batch:
                 if event.index != cursor + 1:
