@@ -1,0 +1,564 @@
+"""The scale-out deployment for real: nginx (nginx/agentos.conf) in front of three
+``agentos serve`` processes on one PostgreSQL database.
+
+Each test checks one promise of docs/scale-out.md: affinity by run id, any-instance resume,
+kill -9 of an instance (leases and the reaper), a rolling restart under load, and racing reapers.
+Instances use short leases (lease_ttl 3 s) so instance loss is noticed within seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from pgdb import _dsn, require, scratch_database
+
+pytestmark = [pytest.mark.nginx, pytest.mark.postgres, pytest.mark.slow, pytest.mark.asyncio]
+
+ROOT = Path(__file__).resolve().parent.parent
+LEASE_TTL = 3.0
+REAPER_INTERVAL = 0.5
+RENEW_INTERVAL = 0.5
+DEMO_DELAY = 0.05
+# A dead instance's runs end at most LEASE_TTL + REAPER_INTERVAL after its last renewal; allow
+# for a follower's reconnect and poll on top.
+LOSS_BOUND = LEASE_TTL + RENEW_INTERVAL + REAPER_INTERVAL + 3.0
+TERMINAL = {"RunCompleted", "RunError", "RunCancelled"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Instance:
+    """One ``agentos serve`` process of the demo app."""
+
+    def __init__(self, instance_id: str, port: int, env: dict[str, str], log: Path) -> None:
+        self.instance_id = instance_id
+        self.port = port
+        self.env = env
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        env = {**self.env, "AGENTOS_INSTANCE_ID": self.instance_id}
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agentos", "serve", "--host", "127.0.0.1",
+                 "--port", str(self.port), "--log-level", "warning"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-3000:]
+            try:
+                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"{self.instance_id} did not start:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 40.0) -> int:
+        """SIGTERM (a rolling restart's drain) and wait for the exit."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+
+@dataclass
+class Cluster:
+    nginx_url: str
+    db_url: str
+    instances: list[Instance]
+
+    def by_id(self, instance_id: str) -> Instance:
+        return next(i for i in self.instances if i.instance_id == instance_id)
+
+
+def _nginx_config(tmp: Path, port: int, upstreams: list[int]) -> Path:
+    """nginx.conf around nginx/agentos.conf, with our ports and everything under ``tmp``."""
+    site = (ROOT / "nginx" / "agentos.conf").read_text()
+    servers = "".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;\n" for p in upstreams)
+    site, n = re.subn(r"(    server 127\.0\.0\.1:\d+ [^\n]*\n)+", servers, site)
+    assert n == 1
+    site, n = re.subn(r"listen \d+;", f"listen 127.0.0.1:{port};", site)
+    assert n == 1
+    (tmp / "agentos.conf").write_text(site)
+    user = "user root root;\n" if os.geteuid() == 0 else ""
+    conf = tmp / "nginx.conf"
+    conf.write_text(
+        f"""{user}daemon off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 2048; }}
+http {{
+    access_log {tmp}/access.log;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    include {tmp}/agentos.conf;
+}}
+"""
+    )
+    return conf
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    nginx = shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/sbin/nginx") if os.path.exists(p)), None
+    )
+    require("nginx", None if nginx else "no nginx binary (apt-get install nginx)")
+    assert nginx is not None
+    tmp = tmp_path_factory.mktemp("scaleout")
+    with scratch_database() as db_url:
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            "AGENTOS_DB_URL": db_url,
+            "AGENTOS_DEMO_DELAY": str(DEMO_DELAY),
+            "AGENTOS_LEASE_TTL": str(LEASE_TTL),
+            "AGENTOS_LEASE_RENEW_INTERVAL": str(RENEW_INTERVAL),
+            "AGENTOS_REAPER_INTERVAL": str(REAPER_INTERVAL),
+            "AGENTOS_TAIL_POLL_INTERVAL": "0.5",
+            "AGENTOS_SHUTDOWN_GRACE": "10",
+        }
+        instances = [
+            Instance(f"inst{n}", _free_port(), env, tmp / f"inst{n}.log") for n in range(3)
+        ]
+        port = _free_port()
+        conf = _nginx_config(tmp, port, [i.port for i in instances])
+        proxy = None
+        try:
+            for instance in instances:
+                instance.start()
+            for instance in instances:
+                instance.wait_ready()
+            with (tmp / "nginx.out").open("wb") as out:
+                proxy = subprocess.Popen(
+                    [nginx, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")],
+                    stdout=subprocess.DEVNULL, stderr=out,
+                )  # fmt: skip
+            url = f"http://127.0.0.1:{port}"
+            for _ in range(100):
+                try:
+                    if httpx.get(url + "/health", timeout=1.0).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.05)
+            else:
+                raise AssertionError((tmp / "nginx.out").read_text())
+            yield Cluster(url, db_url, instances)
+        finally:
+            if proxy is not None:
+                proxy.terminate()
+                proxy.wait(10)
+            for instance in instances:
+                if instance.proc is not None and instance.proc.poll() is None:
+                    instance.proc.kill()
+                    instance.proc.wait(10)
+
+
+# -- a resuming SSE client ---------------------------------------------------------------------
+
+
+@dataclass
+class Followed:
+    run_id: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+    instances: list[str] = field(default_factory=list)  # X-AgentOS-Instance of each response
+    connections: int = 0
+
+    @property
+    def cursor(self) -> int:
+        return self.events[-1]["event_index"] if self.events else -1
+
+    @property
+    def ended(self) -> bool:
+        return bool(self.events) and self.events[-1]["event"] in TERMINAL
+
+    def check_sequence(self) -> None:
+        assert [e["event_index"] for e in self.events] == list(range(len(self.events)))
+        assert [e["event"] in TERMINAL for e in self.events].count(True) == 1
+        assert self.ended
+
+
+async def _frames(response: httpx.Response) -> AsyncIterator[tuple[str, str, str | None]]:
+    """(event, data, id) of each SSE frame."""
+    event, data, event_id = "message", [], None
+    async for line in response.aiter_lines():
+        if line == "":
+            if data:
+                yield event, "\n".join(data), event_id
+            event, data, event_id = "message", [], None
+        elif line.startswith(":"):
+            continue
+        else:
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "event":
+                event = value
+            elif name == "data":
+                data.append(value)
+            elif name == "id":
+                event_id = value
+
+
+async def _read_stream(response: httpx.Response, followed: Followed) -> None:
+    followed.connections += 1
+    followed.instances.append(response.headers.get("x-agentos-instance", "?"))
+    async for _event, data, event_id in _frames(response):
+        if event_id is None:
+            continue  # meta frames
+        payload = json.loads(data)
+        assert payload["event_index"] == int(event_id) == followed.cursor + 1, (
+            followed.run_id,
+            payload,
+        )
+        followed.events.append(payload)
+        if payload["event"] in TERMINAL:
+            return
+
+
+async def follow(
+    client: httpx.AsyncClient, base: str, followed: Followed, *, deadline: float
+) -> Followed:
+    """Resume until the terminal event, reconnecting (with Last-Event-ID) whenever cut off."""
+    while not followed.ended:
+        assert time.monotonic() < deadline, f"{followed.run_id} did not end: {followed}"
+        url = f"{base}/agents/echo/runs/{followed.run_id}/resume"
+        try:
+            async with client.stream(
+                "GET", url, headers={"Last-Event-ID": str(followed.cursor)}
+            ) as response:
+                if response.status_code == 200:
+                    await _read_stream(response, followed)
+                    continue
+                await response.aread()
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.2)
+    return followed
+
+
+async def create(
+    client: httpx.AsyncClient,
+    base: str,
+    message: str,
+    *,
+    run_id: str | None = None,
+    via: str = "header",
+) -> httpx.Response:
+    """Start a background run (202 JSON); the run id by header or query parameter."""
+    headers, params = {}, {}
+    if run_id is not None and via == "header":
+        headers["X-Run-Id"] = run_id
+    elif run_id is not None:
+        params["run_id"] = run_id
+    response = await client.post(
+        f"{base}/agents/echo/runs",
+        data={"message": message, "stream": "false", "background": "true"},
+        headers=headers,
+        params=params,
+    )
+    assert response.status_code == 202, response.text
+    return response
+
+
+def _words(n: int, tag: str = "w") -> str:
+    return " ".join(f"{tag}{i}" for i in range(n))
+
+
+async def _db(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(_dsn(url))
+    try:
+        rows: list[asyncpg.Record] = await conn.fetch(query, *args)
+        return rows
+    finally:
+        await conn.close()
+
+
+# -- tests --------------------------------------------------------------------------------------
+
+
+async def test_each_instance_names_itself(cluster: Cluster) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        for instance in cluster.instances:
+            response = await client.get(instance.url + "/health")
+            assert response.headers["x-agentos-instance"] == instance.instance_id
+            missing = await client.get(instance.url + "/agents/echo/runs/nope")
+            assert missing.status_code == 404
+            assert missing.headers["x-agentos-instance"] == instance.instance_id
+
+
+@pytest.mark.timeout(60)
+async def test_client_run_id_gives_affinity(cluster: Cluster) -> None:
+    """Created with a client run id, a run is born where its resumes (and reads) go."""
+    async with httpx.AsyncClient(timeout=20) as client:
+        origins: dict[str, str] = {}
+        for n in range(12):
+            run_id = f"aff-{uuid.uuid4().hex}"
+            response = await create(
+                client, cluster.nginx_url, _words(20), run_id=run_id,
+                via="header" if n % 2 else "query",
+            )  # fmt: skip
+            assert response.headers["x-run-id"] == run_id
+            origins[run_id] = response.headers["x-agentos-instance"]
+        assert len(set(origins.values())) >= 2  # the hash spreads runs
+        deadline = time.monotonic() + 30
+        results = await asyncio.gather(
+            *(follow(client, cluster.nginx_url, Followed(r), deadline=deadline) for r in origins)
+        )
+        for followed in results:
+            followed.check_sequence()
+            assert followed.events[-1]["event"] == "RunCompleted"
+            assert set(followed.instances) == {origins[followed.run_id]}
+            got = await client.get(f"{cluster.nginx_url}/agents/echo/runs/{followed.run_id}")
+            assert got.headers["x-agentos-instance"] == origins[followed.run_id]
+
+
+@pytest.mark.timeout(60)
+async def test_resume_on_another_instance(cluster: Cluster) -> None:
+    """Without a client run id the run is born anywhere; resumes on every other instance get
+    the same events (database replay, then live tail) with no gap or duplicate."""
+    async with httpx.AsyncClient(timeout=20) as client:
+        created = [await create(client, cluster.nginx_url, _words(40)) for _ in range(4)]
+        deadline = time.monotonic() + 40
+        jobs = []
+        for response in created:
+            run_id, origin = response.headers["x-run-id"], response.headers["x-agentos-instance"]
+            for instance in cluster.instances:
+                jobs.append(follow(client, instance.url, Followed(run_id), deadline=deadline))
+            jobs.append(follow(client, cluster.nginx_url, Followed(run_id), deadline=deadline))
+        results = await asyncio.gather(*jobs)
+        for n, response in enumerate(created):
+            origin = response.headers["x-agentos-instance"]
+            group = results[n * 4 : n * 4 + 4]
+            for followed in group:
+                followed.check_sequence()
+                assert followed.events == group[0].events
+                assert followed.events[-1]["event"] == "RunCompleted"
+                assert followed.connections == 1
+            remote = [f for f in group[:3] if f.instances[0] != origin]
+            assert len(remote) == 2
+        # Cancel on any instance reaches the owner.
+        response = await create(client, cluster.nginx_url, _words(400))
+        run_id, origin = response.headers["x-run-id"], response.headers["x-agentos-instance"]
+        other = next(i for i in cluster.instances if i.instance_id != origin)
+        cancelled = await client.post(f"{other.url}/agents/echo/runs/{run_id}/cancel")
+        assert cancelled.headers["x-agentos-instance"] == other.instance_id
+        assert cancelled.json()["status"] == "CANCELLED"
+
+
+@pytest.mark.timeout(90)
+async def test_kill_9_with_runs_in_flight(cluster: Cluster) -> None:
+    victim = cluster.instances[0]
+    async with httpx.AsyncClient(timeout=httpx.Timeout(20, read=30)) as client:
+        run_ids = []
+        for _ in range(20):
+            response = await create(client, victim.url, _words(400))  # ~20 s each
+            assert response.headers["x-agentos-instance"] == victim.instance_id
+            run_ids.append(response.headers["x-run-id"])
+        deadline = time.monotonic() + 60
+        followers = [Followed(r) for r in run_ids]
+        tasks = [
+            asyncio.create_task(follow(client, cluster.nginx_url, f, deadline=deadline))
+            for f in followers
+        ]
+        while not all(len(f.events) >= 2 for f in followers):
+            assert time.monotonic() < deadline - 40
+            await asyncio.sleep(0.1)
+        victim.kill()
+        killed_at = time.monotonic()
+        await asyncio.wait_for(asyncio.gather(*tasks), LOSS_BOUND + 5)
+        took = time.monotonic() - killed_at
+        assert took < LOSS_BOUND, f"clients ended {took:.1f}s after the kill"
+        for followed in followers:
+            followed.check_sequence()
+            assert followed.events[-1]["event"] == "RunError"
+            assert followed.events[-1]["error"] == "instance_lost"
+        rows = await _db(
+            cluster.db_url,
+            "SELECT r.run_id, r.status, r.error, count(e.*) FILTER (WHERE e.terminal) AS ends"
+            " FROM agentos_runs r JOIN agentos_events e USING (run_id)"
+            " WHERE r.run_id = ANY($1) GROUP BY r.run_id",
+            run_ids,
+        )
+        assert len(rows) == 20
+        assert {(r["status"], r["error"], r["ends"]) for r in rows} == {
+            ("ERROR", "instance_lost", 1)
+        }
+        assert not await _db(
+            cluster.db_url,
+            "SELECT 1 FROM agentos_runs WHERE status = 'RUNNING' AND run_id = ANY($1)",
+            run_ids,
+        )
+    victim.start()  # the same instance id comes back for the next tests
+    victim.wait_ready()
+
+
+@pytest.mark.timeout(120)
+async def test_rolling_restart_under_load(cluster: Cluster) -> None:
+    """50 clients keep creating and following runs through nginx while every instance is
+    restarted in turn (SIGTERM, drain, start again); every run is seen whole."""
+    done = asyncio.Event()
+    deadline = time.monotonic() + 100
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
+    drains: list[float] = []
+
+    async def create_anywhere(client: httpx.AsyncClient, message: str) -> str:
+        while True:
+            assert time.monotonic() < deadline
+            try:
+                response = await client.post(
+                    f"{cluster.nginx_url}/agents/echo/runs",
+                    data={"message": message, "stream": "false", "background": "true"},
+                )
+                if response.status_code == 202:
+                    return response.headers["x-run-id"]
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.2)
+
+    async def client_loop(n: int, client: httpx.AsyncClient) -> list[Followed]:
+        seen: list[Followed] = []
+        while not done.is_set() or not seen:
+            message = _words(25, tag=f"c{n}x")
+            if n % 2:
+                # No client run id: born on any instance, followed through whichever instance
+                # the run id hashes to (often another one, tailing from the database).
+                followed = Followed(await create_anywhere(client, message))
+                await follow(client, cluster.nginx_url, followed, deadline=deadline)
+                assert followed.events[-1]["content"] == message
+                seen.append(followed)
+                continue
+            run_id = f"roll-{n}-{len(seen)}-{uuid.uuid4().hex[:8]}"
+            followed = Followed(run_id)
+            while True:  # create, retrying what failed before the run existed
+                assert time.monotonic() < deadline
+                try:
+                    async with client.stream(
+                        "POST",
+                        f"{cluster.nginx_url}/agents/echo/runs",
+                        data={"message": message, "stream": "true", "background": "true"},
+                        headers={"X-Run-Id": run_id},
+                    ) as response:
+                        if response.status_code == 200:
+                            await _read_stream(response, followed)
+                            break
+                        if response.status_code == 409:  # created, the answer was lost
+                            break
+                        await response.aread()
+                except httpx.TransportError:
+                    if followed.events:
+                        break
+                await asyncio.sleep(0.2)
+            await follow(client, cluster.nginx_url, followed, deadline=deadline)
+            assert followed.events[-1]["event"] == "RunCompleted", followed.events[-1]
+            assert followed.events[-1]["content"] == message
+            seen.append(followed)
+        return seen
+
+    async with httpx.AsyncClient(timeout=httpx.Timeout(20, read=30), limits=limits) as client:
+        clients = [asyncio.create_task(client_loop(n, client)) for n in range(50)]
+        try:
+            await asyncio.sleep(1.0)
+            for instance in cluster.instances:
+                began = time.monotonic()
+                # uvicorn re-raises the signal after its graceful shutdown.
+                assert await asyncio.to_thread(instance.stop) in (0, -signal.SIGTERM)
+                drains.append(time.monotonic() - began)
+                instance.start()
+                await asyncio.to_thread(instance.wait_ready)
+                await asyncio.sleep(0.5)
+            done.set()
+            results = await asyncio.wait_for(asyncio.gather(*clients), 60)
+        finally:
+            for task in clients:
+                task.cancel()
+            await asyncio.gather(*clients, return_exceptions=True)
+    runs = [f for seen in results for f in seen]
+    for followed in runs:
+        followed.check_sequence()
+    reconnected = sum(f.connections > 1 for f in runs)
+    assert len(runs) >= 50
+    # The restarts did cut streams, and the clients came back on another instance.
+    assert reconnected > 0
+    assert any(len(set(f.instances)) > 1 for f in runs)
+    print(f"{len(runs)} runs, {reconnected} reconnected; drains took {drains}")
+
+
+@pytest.mark.timeout(60)
+async def test_racing_reapers_one_terminal_event(cluster: Cluster) -> None:
+    """Runs of an instance that never comes back: all three live instances notice at once."""
+    conn = await asyncpg.connect(_dsn(cluster.db_url))
+    run_ids = [f"ghost-{uuid.uuid4().hex}" for _ in range(10)]
+    try:
+        now = time.time()
+        for n, run_id in enumerate(run_ids):
+            await conn.execute(
+                "INSERT INTO agentos_runs (run_id, kind, component_id, session_id, status, input,"
+                " created_at, updated_at, event_count, instance_id, lease_until)"
+                " VALUES ($1, 'agents', 'echo', 's', 'RUNNING', 'x', $2, $2, 0, 'ghost', $3)",
+                run_id, now, now + 1.0,
+            )  # fmt: skip
+            for i in range(n % 3):
+                data = json.dumps({"event": "RunContent", "event_index": i, "run_id": run_id})
+                await conn.execute(
+                    "INSERT INTO agentos_events VALUES ($1, $2, 'RunContent', false, $3)",
+                    run_id, i, data,
+                )  # fmt: skip
+    finally:
+        await conn.close()
+    async with httpx.AsyncClient(timeout=20) as client:
+        deadline = time.monotonic() + 20
+        results = await asyncio.gather(
+            *(follow(client, cluster.nginx_url, Followed(r), deadline=deadline) for r in run_ids)
+        )
+    for n, followed in enumerate(results):
+        followed.check_sequence()
+        assert len(followed.events) == n % 3 + 1
+        assert followed.events[-1]["error"] == "instance_lost"
+    rows = await _db(
+        cluster.db_url,
+        "SELECT r.instance_id, r.status, count(e.*) FILTER (WHERE e.terminal) AS ends"
+        " FROM agentos_runs r JOIN agentos_events e USING (run_id)"
+        " WHERE r.run_id = ANY($1) GROUP BY r.run_id",
+        run_ids,
+    )
+    assert len(rows) == 10
+    assert {(r["status"], r["ends"]) for r in rows} == {("ERROR", 1)}
