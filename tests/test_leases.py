@@ -15,15 +15,14 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from pgdb import pg_url, truncate
 
 from agentos import Agent, EchoModel, Event, RunManager, RunStatus, Settings
 from agentos.events import Meta
 from agentos.store import RunRecord, SQLStore
+from tests.pgdb import pg_url, truncate
 
 __all__ = ["pg_url"]
 
-pytestmark = pytest.mark.asyncio
 
 MakeManager = Callable[..., Awaitable[RunManager]]
 

@@ -27,9 +27,10 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from pgdb import _dsn, require, scratch_database
 
-pytestmark = [pytest.mark.nginx, pytest.mark.postgres, pytest.mark.slow, pytest.mark.asyncio]
+from tests.pgdb import _dsn, require, scratch_database
+
+pytestmark = [pytest.mark.nginx, pytest.mark.postgres, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 LEASE_TTL = 3.0

@@ -10,16 +10,15 @@ from pathlib import Path
 import asyncpg
 import pytest
 import pytest_asyncio
-from pgdb import _dsn, ascratch_database, pg_url, truncate
 from sqlalchemy.exc import IntegrityError
 
 from agentos.errors import RunAlreadyExists
 from agentos.events import Event, RunStatus
 from agentos.store import EVENTS_CHANNEL, RunRecord, RunUpdate, SQLStore
+from tests.pgdb import _dsn, ascratch_database, pg_url, truncate
 
 __all__ = ["pg_url"]  # the fixture, imported for pytest
 
-pytestmark = pytest.mark.asyncio
 
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
