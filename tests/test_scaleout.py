@@ -408,6 +408,7 @@ async def test_kill_9_with_runs_in_flight(cluster: Cluster) -> None:
         await asyncio.wait_for(asyncio.gather(*tasks), LOSS_BOUND + 5)
         took = time.monotonic() - killed_at
         assert took < LOSS_BOUND, f"clients ended {took:.1f}s after the kill"
+        print(f"all 20 clients ended {took:.1f}s after kill -9 (bound {LOSS_BOUND:.1f}s)")
         for followed in followers:
             followed.check_sequence()
             assert followed.events[-1]["event"] == "RunError"
