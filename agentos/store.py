@@ -158,7 +158,7 @@ class Store(abc.ABC):
     ) -> None:
         """Write events (run_id, event) and run updates in one transaction.
 
-        With ``owner``, updates only change runs that instance still owns. An event whose
+        With ``owner``, updates only change runs that instance owns (or nobody does). An event whose
         ``(run_id, event_index)`` is taken raises IntegrityError and nothing is written.
         """
 
@@ -381,7 +381,9 @@ class SQLStore(Store):
                     values["status"] = values["status"].value
                 query = _runs.update().where(_runs.c.run_id == run_id)
                 if owner is not None:
-                    query = query.where(_runs.c.instance_id == owner)
+                    query = query.where(
+                        sa.or_(_runs.c.instance_id == owner, _runs.c.instance_id.is_(None))
+                    )
                 await conn.execute(query.values(**values))
             if events and self.is_postgres:
                 last: dict[str, int] = {}

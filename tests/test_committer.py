@@ -32,12 +32,16 @@ class FlakyStore(SQLStore):
         self.batches: list[int] = []
 
     async def commit(
-        self, events: Sequence[tuple[str, Event]], updates: Sequence[RunUpdate]
+        self,
+        events: Sequence[tuple[str, Event]],
+        updates: Sequence[RunUpdate],
+        *,
+        owner: str | None = None,
     ) -> None:
         if self.failures:
             self.failures -= 1
             raise OSError("database went away")
-        await super().commit(events, updates)
+        await super().commit(events, updates, owner=owner)
         self.batches.append(len(events))
 
 
