@@ -564,3 +564,23 @@ async def test_racing_reapers_one_terminal_event(cluster: Cluster) -> None:
     )
     assert len(rows) == 10
     assert {(r["status"], r["ends"]) for r in rows} == {("ERROR", 1)}
+
+
+@pytest.mark.timeout(60)
+async def test_websocket_through_nginx(cluster: Cluster) -> None:
+    """nginx upgrades /workflows/ws; a workflow started there streams to its terminal event."""
+    from websockets.asyncio.client import connect
+
+    ws_url = cluster.nginx_url.replace("http://", "ws://") + "/workflows/ws"
+    async with connect(ws_url, open_timeout=10) as ws:
+        assert json.loads(await ws.recv())["event"] == "connected"
+        await ws.send(
+            json.dumps(
+                {"action": "start-workflow", "workflow_id": "echo-workflow", "message": "hi there"}
+            )
+        )
+        names = []
+        async with asyncio.timeout(30):
+            while not names or names[-1] not in ("WorkflowCompleted", "WorkflowError"):
+                names.append(json.loads(await ws.recv())["event"])
+    assert names[0] == "WorkflowStarted" and names[-1] == "WorkflowCompleted"
