@@ -12,7 +12,7 @@ only place that writes a terminal event, and it runs once per run whatever happe
 shutdown (runs get ``shutdown_grace`` seconds, then are cancelled). At start-up, runs this instance
 left PENDING or RUNNING (a crash) get the terminal error ``"interrupted"``.
 
-Several instances on one database (see ``docs/scale-out.md``)::
+Several instances on one database (see ``README.md (Scale out)``)::
 
     owner, every lease_renew_interval ── renew_leases(me) ──▶ lease_until = now + lease_ttl
           │                                └─▶ runs it no longer owns: taken over, stop them

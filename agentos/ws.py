@@ -15,7 +15,7 @@ resumes with its last ``event_index``. Closing a socket cancels its followers, n
 Incoming frames are bounded in size (``ws_max_frame_bytes``) and rate (a token bucket of
 ``ws_max_frames_per_second``); every frame that cannot be served gets an ``error`` frame and the
 socket stays usable, except a flood that goes on for a second's worth of frames past the limit,
-which is closed with 1008. See docs/PROTOCOL-ws.md.
+which is closed with 1008. See PROTOCOL.md (WebSocket details).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The scale-out deployment for real: nginx (nginx/agentos.conf) in front of three
 ``agentos serve`` processes on one PostgreSQL database.
 
-Each test checks one promise of docs/scale-out.md: affinity by run id, any-instance resume,
+Each test checks one promise of README.md (Scale out): affinity by run id, any-instance resume,
 kill -9 of an instance (leases and the reaper), a rolling restart under load, and racing reapers.
 Instances use short leases (lease_ttl 3 s) so instance loss is noticed within seconds.
 """

@@ -1,4 +1,4 @@
-"""The ``/workflows/ws`` WebSocket over a real uvicorn on 127.0.0.1 (PROTOCOL.md, docs/PROTOCOL-ws.md)."""
+"""The ``/workflows/ws`` WebSocket over a real uvicorn on 127.0.0.1 (PROTOCOL.md, WebSocket details)."""
 
 from __future__ import annotations
 
