@@ -317,7 +317,7 @@ async def test_limits_on_runs_and_streams_are_503(
 ) -> None:
     url = serve(apps.build(settings.replace(max_active_runs=2, max_streams=1, demo_delay=0.2)))
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        form = {"message": "a b c", "background": "true", "stream": "false"}
+        form = {"message": apps.WORDS, "background": "true", "stream": "false"}  # ~4 s each
         ids = [
             (await client.post("/agents/echo/runs", data=form)).json()["run_id"] for _ in range(2)
         ]
