@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,26 +18,12 @@ import pytest_asyncio
 from agentos import Agent, EchoModel, Event, RunManager, RunStatus, Settings
 from agentos.events import Meta
 from agentos.store import RunRecord, SQLStore
-from tests.pgdb import pg_url, truncate
+from tests.pgdb import db_url, pg_url
 
-__all__ = ["pg_url"]
+__all__ = ["db_url", "pg_url"]  # fixtures, imported for pytest
 
 
 MakeManager = Callable[..., Awaitable[RunManager]]
-
-BACKENDS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
-]
-
-
-@pytest.fixture(params=BACKENDS)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}"
-    url: str = request.getfixturevalue("pg_url")
-    asyncio.run(truncate(url))
-    return url
 
 
 @pytest_asyncio.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -15,24 +14,9 @@ from sqlalchemy.exc import IntegrityError
 from agentos.errors import RunAlreadyExists
 from agentos.events import Event, RunStatus
 from agentos.store import EVENTS_CHANNEL, RunRecord, RunUpdate, SQLStore
-from tests.pgdb import _dsn, ascratch_database, pg_url, truncate
+from tests.pgdb import _dsn, ascratch_database, db_url, pg_url, truncate
 
-__all__ = ["pg_url"]  # the fixture, imported for pytest
-
-
-BACKENDS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
-]
-
-
-@pytest.fixture(params=BACKENDS)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}"
-    url: str = request.getfixturevalue("pg_url")
-    asyncio.run(truncate(url))
-    return url
+__all__ = ["db_url", "pg_url"]  # fixtures, imported for pytest
 
 
 @pytest_asyncio.fixture
