@@ -8,11 +8,12 @@ so a replay from the database is byte-for-byte the live stream.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["KINDS", "Event", "Kind", "Meta", "RunStatus", "dumps"]
+__all__ = ["KINDS", "Event", "Kind", "Meta", "RunStatus", "dumps", "make_event"]
 
 
 class RunStatus(StrEnum):
@@ -114,3 +115,29 @@ class Meta:
 
     def payload(self) -> dict[str, Any]:
         return {"event": self.name, **self.fields}
+
+
+class _Run(Protocol):
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def component_id(self) -> str: ...
+
+
+def make_event(run: _Run, index: int, name: str, fields: dict[str, Any], terminal: bool) -> Event:
+    """Build an event of ``run``: the common fields first, then ``fields`` (which cannot override them)."""
+    payload: dict[str, Any] = {
+        "event": name,
+        "event_index": index,
+        "run_id": run.run_id,
+        "session_id": run.session_id,
+        KINDS[run.kind].id_field: run.component_id,
+        "created_at": round(time.time(), 3),
+    }
+    for key, value in fields.items():
+        payload.setdefault(key, value)
+    return Event(index, name, dumps(payload), terminal)

@@ -12,17 +12,7 @@ only place that writes a terminal event, and it runs once per run whatever happe
 shutdown (runs get ``shutdown_grace`` seconds, then are cancelled). At start-up, runs this instance
 left PENDING or RUNNING (a crash) get the terminal error ``"interrupted"``.
 
-Several instances on one database (see ``README.md (Scale out)``)::
-
-    owner, every lease_renew_interval ── renew_leases(me) ──▶ lease_until = now + lease_ttl
-          │                                └─▶ runs it no longer owns: taken over, stop them
-          │                                └─▶ runs with cancel_requested: cancel them
-    every instance, every reaper_interval ── expired_runs(now) ── claim_orphan(run, me)
-          (atomic conditional UPDATE: one claimer wins) ──▶ terminal error "instance_lost"
-          at the next event_index, status ERROR (the (run_id, event_index) key is the last guard)
-
-A cancel for a run another instance owns sets ``cancel_requested`` (and, on PostgreSQL, notifies
-the owner at once); the owner cancels it as if the request had come to it.
+Leases, the reaper and restart recovery live in ``leases.py``.
 """
 
 from __future__ import annotations
@@ -46,7 +36,8 @@ from agentos.errors import (
     RunNotFound,
     ShuttingDown,
 )
-from agentos.events import KINDS, Event, RunStatus, dumps
+from agentos.events import RunStatus, make_event
+from agentos.leases import Leases
 from agentos.notify import Notifier, open_notifier
 from agentos.settings import Settings
 from agentos.store import RunRecord, RunUpdate, Store, open_store
@@ -77,6 +68,7 @@ class RunManager:
         self.settings = settings
         self.store = store if store is not None else open_store(settings.db_url)
         self.buffers = EventBuffer(settings)
+        self.leases = Leases(self)
         self.committer = GroupCommitter(
             self.store,
             self.buffers,
@@ -134,13 +126,13 @@ class RunManager:
         if self._started:
             return
         await self.store.open()
-        await self._recover()
+        await self.leases.recover()
         self.committer.start()
         await self.notifier.start(on_cancel=self.cancel_nowait)
         self._sweeper = asyncio.create_task(self._sweep(), name="agentos-buffer-sweeper")
         self._lease_tasks = [
-            asyncio.create_task(self._renew(), name="agentos-lease-renewer"),
-            asyncio.create_task(self._reap(), name="agentos-reaper"),
+            asyncio.create_task(self.leases.renew_forever(), name="agentos-lease-renewer"),
+            asyncio.create_task(self.leases.reap_forever(), name="agentos-reaper"),
         ]
         self._started = True
 
@@ -186,92 +178,6 @@ class RunManager:
         while True:
             await asyncio.sleep(self.settings.buffer_sweep_interval)
             self.buffers.sweep()
-
-    async def _recover(self) -> None:
-        """Give every run this instance left unfinished its terminal event."""
-        for record in await self.store.unfinished_runs(self.settings.instance_id):
-            await self._end_unfinished(record, "interrupted")
-            logger.warning("run %s was interrupted by a restart; marked ERROR", record.run_id)
-
-    async def _end_unfinished(self, record: RunRecord, error: str) -> None:
-        """End a run nobody executes any more: terminal error event, status ERROR.
-
-        The caller owns the run in the database. If its last event is already terminal (the
-        owner died between the event and the status), only the status is set.
-        """
-        kind = KINDS[record.kind]
-        me = self.settings.instance_id
-        for attempt in range(3):
-            last = await self.store.last_event(record.run_id)
-            if last is not None and last.terminal:
-                status = kind.status_of(last.name)
-                update = RunUpdate(record.run_id, status=status, event_count=last.index + 1)
-                await self.store.commit([], [update], owner=me)
-                return
-            index = 0 if last is None else last.index + 1
-            event = _make_event(record, index, kind.error, {"error": error}, True)
-            update = RunUpdate(
-                record.run_id, status=RunStatus.ERROR, error=error, event_count=index + 1
-            )
-            try:
-                await self.store.commit([(record.run_id, event)], [update], owner=me)
-                return
-            except Exception:
-                # The previous owner wrote that index meanwhile (it was alive after all): read
-                # the last event again; it stops writing once it sees the run is not its own.
-                if attempt == 2:
-                    raise
-                await asyncio.sleep(0.1)
-
-    async def _renew(self) -> None:
-        """Keep this instance's leases alive; stop runs taken over; cancel runs asked to."""
-        while True:
-            await asyncio.sleep(self.settings.lease_renew_interval)
-            try:
-                await self.renew_once()
-            except Exception:
-                logger.exception("lease renewal failed; retrying")
-
-    async def renew_once(self) -> None:
-        """One round of lease renewal (the renewer task runs it every lease_renew_interval)."""
-        # Only runs active before the UPDATE starts can be judged by its result.
-        candidates = [run_id for run_id, a in self._active.items() if not a.ended]
-        renewed = await self.store.renew_leases(
-            self.settings.instance_id, time.time() + self.settings.lease_ttl
-        )
-        for run_id in candidates:
-            active = self._active.get(run_id)
-            if active is None or active.ended:
-                continue
-            if run_id not in renewed:
-                self._conflicted(run_id)
-            elif renewed[run_id]:
-                self._request_cancel(active, "cancelled")
-
-    async def _reap(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.reaper_interval)
-            try:
-                await self.reap_once()
-            except Exception:
-                logger.exception("looking for runs of lost instances failed; retrying")
-
-    async def reap_once(self) -> list[str]:
-        """End the runs whose owner's lease expired; returns the ids this instance ended."""
-        now = time.time()
-        ended = []
-        for run_id in await self.store.expired_runs(now, self.settings.replay_page_size):
-            if run_id in self._active:
-                continue  # ours and running: the renewer is only late
-            record = await self.store.claim_orphan(
-                run_id, self.settings.instance_id, now, now + self.settings.lease_ttl
-            )
-            if record is None:
-                continue  # another instance was first
-            await self._end_unfinished(record, "instance_lost")
-            logger.warning("run %s: its owner's lease expired; marked ERROR", run_id)
-            ended.append(run_id)
-        return ended
 
     # -- runs ----------------------------------------------------------------------------------
 
@@ -383,7 +289,7 @@ class RunManager:
             raise RuntimeError(f"run {active.record.run_id} has ended; no more events")
         # No await between numbering and queueing: concurrent emitters (parallel team members)
         # queue their events in index order.
-        event = _make_event(active.record, active.next_index, name, fields, terminal)
+        event = make_event(active.record, active.next_index, name, fields, terminal)
         active.next_index += 1
         if terminal:
             active.ended = True
@@ -528,19 +434,3 @@ class RunManager:
 
     def is_local(self, run_id: str) -> bool:
         return run_id in self._active
-
-
-def _make_event(
-    record: RunRecord, index: int, name: str, fields: dict[str, Any], terminal: bool
-) -> Event:
-    payload: dict[str, Any] = {
-        "event": name,
-        "event_index": index,
-        "run_id": record.run_id,
-        "session_id": record.session_id,
-        KINDS[record.kind].id_field: record.component_id,
-        "created_at": round(time.time(), 3),
-    }
-    for key, value in fields.items():
-        payload.setdefault(key, value)
-    return Event(index, name, dumps(payload), terminal)

@@ -162,14 +162,14 @@ async def test_racing_reapers_end_each_orphan_once(make_manager: MakeManager) ->
     assert isinstance(store, SQLStore)
     for i in range(10):
         await _orphan(store, f"orphan{i}", i % 3)
-    rounds = await asyncio.gather(*(r.reap_once() for r in reapers))
+    rounds = await asyncio.gather(*(r.leases.reap_once() for r in reapers))
     ended = [run_id for round_ in rounds for run_id in round_]
     assert sorted(ended) == sorted(f"orphan{i}" for i in range(10))  # each by exactly one
     for i in range(10):
         events = await store.read_events(f"orphan{i}", 0, 100)
         assert [e.index for e in events] == list(range(i % 3 + 1))
         assert [e.terminal for e in events].count(True) == 1
-    assert await asyncio.gather(*(r.reap_once() for r in reapers)) == [[], [], []]
+    assert await asyncio.gather(*(r.leases.reap_once() for r in reapers)) == [[], [], []]
 
 
 async def test_live_owner_that_lost_its_lease_stops(make_manager: MakeManager) -> None:
@@ -190,7 +190,7 @@ async def test_live_owner_that_lost_its_lease_stops(make_manager: MakeManager) -
         await conn.execute(
             text("UPDATE agentos_runs SET lease_until = 0 WHERE run_id = :r"), {"r": record.run_id}
         )
-    assert await other.reap_once() == [record.run_id]
+    assert await other.leases.reap_once() == [record.run_id]
     seen_owner, seen_other = await asyncio.wait_for(asyncio.gather(on_owner, on_other), 15)
     for items in (seen_owner, seen_other):
         events = _events(items)

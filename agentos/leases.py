@@ -1,0 +1,132 @@
+"""Leases, the reaper and restart recovery: every run ends, even when its instance does not.
+
+Several instances on one database (see ``README.md (Scale out)``)::
+
+    owner, every lease_renew_interval ── renew_leases(me) ──▶ lease_until = now + lease_ttl
+          │                                └─▶ runs it no longer owns: taken over, stop them
+          │                                └─▶ runs with cancel_requested: cancel them
+    every instance, every reaper_interval ── expired_runs(now) ── claim_orphan(run, me)
+          (atomic conditional UPDATE: one claimer wins) ──▶ terminal error "instance_lost"
+          at the next event_index, status ERROR (the (run_id, event_index) key is the last guard)
+
+A cancel for a run another instance owns sets ``cancel_requested`` (and, on PostgreSQL, notifies
+the owner at once); the owner cancels it as if the request had come to it.
+
+At start-up, runs this very instance (same ``instance_id``) left PENDING or RUNNING get the terminal
+error ``"interrupted"`` the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from agentos.events import KINDS, RunStatus, make_event
+from agentos.store import RunRecord, RunUpdate
+
+if TYPE_CHECKING:
+    from agentos.runs import RunManager
+
+__all__ = ["Leases"]
+
+logger = logging.getLogger("agentos.leases")
+
+
+class Leases:
+    """The lease side of a :class:`RunManager`: renew, reap, recover."""
+
+    def __init__(self, manager: RunManager) -> None:
+        self._manager = manager
+
+    async def recover(self) -> None:
+        """Give every run this instance left unfinished its terminal event."""
+        for record in await self._manager.store.unfinished_runs(self._manager.settings.instance_id):
+            await self.end_unfinished(record, "interrupted")
+            logger.warning("run %s was interrupted by a restart; marked ERROR", record.run_id)
+
+    async def end_unfinished(self, record: RunRecord, error: str) -> None:
+        """End a run nobody executes any more: terminal error event, status ERROR.
+
+        The caller owns the run in the database. If its last event is already terminal (the
+        owner died between the event and the status), only the status is set.
+        """
+        kind = KINDS[record.kind]
+        me = self._manager.settings.instance_id
+        for attempt in range(3):
+            last = await self._manager.store.last_event(record.run_id)
+            if last is not None and last.terminal:
+                status = kind.status_of(last.name)
+                update = RunUpdate(record.run_id, status=status, event_count=last.index + 1)
+                await self._manager.store.commit([], [update], owner=me)
+                return
+            index = 0 if last is None else last.index + 1
+            event = make_event(record, index, kind.error, {"error": error}, True)
+            update = RunUpdate(
+                record.run_id, status=RunStatus.ERROR, error=error, event_count=index + 1
+            )
+            try:
+                await self._manager.store.commit([(record.run_id, event)], [update], owner=me)
+                return
+            except Exception:
+                # The previous owner wrote that index meanwhile (it was alive after all): read
+                # the last event again; it stops writing once it sees the run is not its own.
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.1)
+
+    async def renew_forever(self) -> None:
+        """Keep this instance's leases alive; stop runs taken over; cancel runs asked to."""
+        while True:
+            await asyncio.sleep(self._manager.settings.lease_renew_interval)
+            try:
+                await self.renew_once()
+            except Exception:
+                logger.exception("lease renewal failed; retrying")
+
+    async def renew_once(self) -> None:
+        """One round of lease renewal (the renewer task runs it every lease_renew_interval)."""
+        # Only runs active before the UPDATE starts can be judged by its result.
+        candidates = [run_id for run_id, a in self._manager._active.items() if not a.ended]
+        renewed = await self._manager.store.renew_leases(
+            self._manager.settings.instance_id, time.time() + self._manager.settings.lease_ttl
+        )
+        for run_id in candidates:
+            active = self._manager._active.get(run_id)
+            if active is None or active.ended:
+                continue
+            if run_id not in renewed:
+                self._manager._conflicted(run_id)
+            elif renewed[run_id]:
+                self._manager._request_cancel(active, "cancelled")
+
+    async def reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._manager.settings.reaper_interval)
+            try:
+                await self.reap_once()
+            except Exception:
+                logger.exception("looking for runs of lost instances failed; retrying")
+
+    async def reap_once(self) -> list[str]:
+        """End the runs whose owner's lease expired; returns the ids this instance ended."""
+        now = time.time()
+        ended = []
+        for run_id in await self._manager.store.expired_runs(
+            now, self._manager.settings.replay_page_size
+        ):
+            if run_id in self._manager._active:
+                continue  # ours and running: the renewer is only late
+            record = await self._manager.store.claim_orphan(
+                run_id,
+                self._manager.settings.instance_id,
+                now,
+                now + self._manager.settings.lease_ttl,
+            )
+            if record is None:
+                continue  # another instance was first
+            await self.end_unfinished(record, "instance_lost")
+            logger.warning("run %s: its owner's lease expired; marked ERROR", run_id)
+            ended.append(run_id)
+        return ended
