@@ -1,0 +1,607 @@
+"""The HTTP clients: :class:`AsyncClient` and its blocking twin :class:`Client`.
+
+``arun`` has the four modes of the in-process ``agent.arun`` with the same spelling, so moving
+code between local and remote is a one-line change::
+
+    async with AsyncClient("http://127.0.0.1:7777") as client:
+        run = await client.arun("agents", "echo", "hello")                  # JSON, waits
+        run = await client.arun("agents", "echo", "hello", background=True) # 202, PENDING
+        async for event in client.arun("agents", "echo", "hello", stream=True, background=True):
+            print(event.event_index, event.event, event.content)           # resumable stream
+
+The blocking :class:`Client` drives one :class:`AsyncClient` on a private event loop in a
+daemon thread, so both share a single implementation of the resume logic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import uuid
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import Future
+from types import TracebackType
+from typing import Any, Literal, TypeVar, overload
+
+import httpx
+
+from ._errors import (
+    APIStatusError,
+    ClientClosed,
+    ClientError,
+    RunFailed,
+    TransportError,
+    WaitTimeout,
+)
+from ._models import Event, Run, RunStatus
+from ._stream import RunStream
+
+__all__ = ["AsyncClient", "Client", "SyncRunStream"]
+
+T = TypeVar("T")
+
+# Polls of the run object after its stream has ended, while the status catches up.
+_STATUS_POLLS = 20
+
+
+class AsyncClient:
+    """An asyncio client for an agentos server.
+
+    Settings (all keyword arguments, with their defaults):
+
+    - ``timeout=30.0``: seconds for connect, write and for reading ordinary answers.
+    - ``read_timeout=45.0``: seconds a stream may stay silent (no event, no ``: ping``) before
+      it counts as lost; the server pings every 15 s by default.
+    - ``max_reconnects=10``: reconnect attempts in a row before a stream raises
+      :class:`TransportError`; the count starts over after each event.
+    - ``backoff_initial=0.25`` and ``backoff_max=5.0``: the wait before attempt ``n`` is
+      ``min(backoff_max, backoff_initial * 2**(n-1))``, scaled by a random 50-100 %.
+    - ``security_key``: sent as ``Authorization: Bearer <key>`` on every request.
+    - ``transport``: an ``httpx.AsyncBaseTransport``, for tests.
+
+    Use it as an async context manager, or call :meth:`aclose` when done.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        security_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        read_timeout: float = 45.0,
+        max_reconnects: int = 10,
+        backoff_initial: float = 0.25,
+        backoff_max: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if max_reconnects < 0:
+            raise ValueError("max_reconnects must be >= 0")
+        if backoff_initial < 0 or backoff_max < backoff_initial:
+            raise ValueError("need 0 <= backoff_initial <= backoff_max")
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.read_timeout = read_timeout
+        self.max_reconnects = max_reconnects
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        headers = {"Accept": "application/json"}
+        if security_key:
+            headers["Authorization"] = f"Bearer {security_key}"
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout),
+            transport=transport,
+        )
+        self._closed = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncClient:
+        self._check_open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool. Closing twice is harmless; using the client after is not."""
+        self._closed = True
+        await self._http.aclose()
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
+
+    # -- runs ----------------------------------------------------------------------------
+
+    @overload
+    def arun(
+        self,
+        kind: str,
+        id: str,
+        message: str,
+        *,
+        stream: Literal[True],
+        background: bool = ...,
+        session_id: str | None = ...,
+        user_id: str | None = ...,
+        run_id: str | None = ...,
+        include_meta: bool = ...,
+    ) -> RunStream: ...
+
+    @overload
+    def arun(
+        self,
+        kind: str,
+        id: str,
+        message: str,
+        *,
+        stream: Literal[False] = ...,
+        background: bool = ...,
+        session_id: str | None = ...,
+        user_id: str | None = ...,
+        run_id: str | None = ...,
+        include_meta: bool = ...,
+    ) -> Coroutine[Any, Any, Run]: ...
+
+    def arun(
+        self,
+        kind: str,
+        id: str,
+        message: str,
+        *,
+        stream: bool = False,
+        background: bool = False,
+        session_id: str | None = None,
+        user_id: str | None = None,
+        run_id: str | None = None,
+        include_meta: bool = False,
+    ) -> RunStream | Coroutine[Any, Any, Run]:
+        """Start a run of ``kind`` (``agents``, ``teams``, ``workflows``) component ``id``.
+
+        ============  ==========  ============================================================
+        stream        background  result
+        ============  ==========  ============================================================
+        False         False       ``await`` it: the final :class:`Run` (raises
+                                  :class:`RunFailed` if the run ends in ERROR)
+        False         True        ``await`` it: a :class:`Run` with status PENDING
+        True          False       a :class:`RunStream`; the run is cancelled if it drops
+        True          True        a :class:`RunStream` that resumes after any drop
+        ============  ==========  ============================================================
+
+        ``include_meta=True`` also yields the meta events (``catch_up``, ``replay`` ...).
+        """
+        self._check_open()
+        body: dict[str, Any] = {"message": message, "stream": stream, "background": background}
+        if stream and background and run_id is None:
+            # Choosing the id here lets a retried create recognise its own run (409).
+            run_id = str(uuid.uuid4())
+        for name, value in (("session_id", session_id), ("user_id", user_id), ("run_id", run_id)):
+            if value is not None:
+                body[name] = value
+        if stream:
+            return RunStream(
+                self,
+                kind,
+                id,
+                run_id=run_id,
+                create=body,
+                session_id=session_id,
+                include_meta=include_meta,
+                resumable=background,
+            )
+        return self._create_run(kind, id, body, wait=not background)
+
+    def resume(
+        self,
+        kind: str,
+        id: str,
+        run_id: str,
+        last_event_index: int = -1,
+        *,
+        session_id: str | None = None,
+        include_meta: bool = False,
+    ) -> RunStream:
+        """Follow a run's events after ``last_event_index`` (-1: from the start).
+
+        The result reconnects like a background stream. Use it after a process restart, with
+        the last index you handled::
+
+            async for event in client.resume("agents", "echo", run_id, last_event_index=41):
+                ...
+        """
+        self._check_open()
+        if last_event_index < -1:
+            raise ValueError("last_event_index must be >= -1")
+        return RunStream(
+            self,
+            kind,
+            id,
+            run_id=run_id,
+            session_id=session_id,
+            last_event_index=last_event_index,
+            include_meta=include_meta,
+        )
+
+    async def get_run(self, kind: str, id: str, run_id: str) -> Run:
+        """The run object; :class:`APIStatusError` with ``status_code == 404`` if unknown."""
+        data = await self._json("GET", f"/{kind}/{id}/runs/{run_id}", run_id=run_id)
+        return Run.from_json(_as_object(data))
+
+    async def list_runs(
+        self,
+        kind: str,
+        id: str,
+        *,
+        session_id: str | None = None,
+        status: RunStatus | str | None = None,
+        limit: int | None = None,
+    ) -> list[Run]:
+        """Runs of one component, newest first, optionally filtered."""
+        params: dict[str, Any] = {}
+        if session_id is not None:
+            params["session_id"] = session_id
+        if status is not None:
+            params["status"] = RunStatus(str.upper(status)).value
+        if limit is not None:
+            params["limit"] = limit
+        data = await self._json("GET", f"/{kind}/{id}/runs", params=params)
+        if isinstance(data, dict):
+            data = data.get("runs", data.get("data"))
+        if not isinstance(data, list):
+            raise ClientError("the run list is not a JSON list")
+        return [Run.from_json(_as_object(item)) for item in data]
+
+    async def cancel(self, kind: str, id: str, run_id: str) -> RunStatus:
+        """Ask the server to cancel a run; returns its status. Idempotent, and an ended run
+        keeps its final status."""
+        data = _as_object(
+            await self._json("POST", f"/{kind}/{id}/runs/{run_id}/cancel", run_id=run_id)
+        )
+        return RunStatus(str(data["status"]).upper())
+
+    async def wait(self, kind: str, id: str, run_id: str, timeout: float | None = None) -> Run:
+        """Wait until the run ends and return it.
+
+        Raises :class:`RunFailed` if it ended in ERROR and :class:`WaitTimeout` after
+        ``timeout`` seconds (``None``: no limit). A CANCELLED run is returned as it is.
+        """
+        self._check_open()
+        try:
+            run = await asyncio.wait_for(self._wait(kind, id, run_id), timeout)
+        except asyncio.TimeoutError as exc:
+            raise WaitTimeout(run_id, timeout or 0.0) from exc
+        if run.status is RunStatus.ERROR:
+            raise RunFailed(run)
+        return run
+
+    # -- internals -----------------------------------------------------------------------
+
+    async def _wait(self, kind: str, id: str, run_id: str) -> Run:
+        run = await self.get_run(kind, id, run_id)
+        while not run.status.is_terminal:
+            cursor = (run.event_count or 0) - 1
+            try:
+                await self._drain(self.resume(kind, id, run_id, max(cursor, -1)))
+            except APIStatusError as exc:
+                if exc.status_code != 422:
+                    raise
+                # The count ran ahead of the committed events: read from the start instead.
+                await self._drain(self.resume(kind, id, run_id, -1))
+            # The terminal event is committed; the status may land a moment later.
+            for attempt in range(_STATUS_POLLS):
+                run = await self.get_run(kind, id, run_id)
+                if run.status.is_terminal:
+                    break
+                await asyncio.sleep(min(0.5, 0.02 * 2.0**attempt))
+        return run
+
+    @staticmethod
+    async def _drain(stream: RunStream) -> None:
+        async with stream:
+            async for _ in stream:
+                pass
+
+    async def _create_run(self, kind: str, id: str, body: dict[str, Any], *, wait: bool) -> Run:
+        # A run that is awaited inline may take as long as the run does: no read timeout.
+        timeout = httpx.Timeout(self.timeout, read=None) if wait else None
+        response = await self._send("POST", f"/{kind}/{id}/runs", json=body, timeout=timeout)
+        run = Run.from_json(
+            _as_object(_decode(response)), resume_token=response.headers.get("x-resume-token")
+        )
+        if wait and run.status is RunStatus.ERROR:
+            raise RunFailed(run)
+        return run
+
+    async def _json(self, method: str, path: str, *, run_id: str | None = None, **kw: Any) -> Any:
+        return _decode(await self._send(method, path, run_id=run_id, **kw))
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        run_id: str | None = None,
+        timeout: httpx.Timeout | None = None,
+        **kw: Any,
+    ) -> httpx.Response:
+        self._check_open()
+        try:
+            if timeout is None:
+                response = await self._http.request(method, path, **kw)
+            else:
+                response = await self._http.request(method, path, timeout=timeout, **kw)
+        except httpx.TransportError as exc:
+            raise TransportError(f"{method} {path}: {exc!r}", run_id=run_id) from exc
+        if response.status_code >= 400:
+            raise self._status_error(response, run_id=run_id)
+        return response
+
+    async def _send_stream(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        """Open a streaming response; httpx errors are left to the stream's retry logic."""
+        self._check_open()
+        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        timeout = httpx.Timeout(self.timeout, read=self.read_timeout)
+        request = self._http.build_request(method, path, headers=headers, timeout=timeout, **kw)
+        return await self._http.send(request, stream=True)
+
+    @staticmethod
+    def _status_error(response: httpx.Response, *, run_id: str | None) -> APIStatusError:
+        code = detail = None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            code = None if body.get("code") is None else str(body["code"])
+            detail = None if body.get("detail") is None else str(body["detail"])
+        return APIStatusError(response.status_code, code=code, detail=detail, run_id=run_id)
+
+    def _backoff(self, attempt: int) -> float:
+        delay = min(self.backoff_max, self.backoff_initial * 2.0 ** (attempt - 1))
+        return delay * random.uniform(0.5, 1.0)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosed()
+
+
+def _decode(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise ClientError(f"expected JSON, got {response.text[:100]!r}") from exc
+
+
+def _as_object(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ClientError("expected a JSON object")
+    return data
+
+
+class SyncRunStream:
+    """The blocking face of a :class:`RunStream`: iterate it with ``for``.
+
+    Attributes (``run_id``, ``last_event_index`` ...) read through to the async stream.
+    """
+
+    def __init__(self, client: Client, stream: RunStream) -> None:
+        self._client = client
+        self._stream = stream
+
+    @property
+    def run_id(self) -> str | None:
+        return self._stream.run_id
+
+    @property
+    def session_id(self) -> str | None:
+        return self._stream.session_id
+
+    @property
+    def last_event_index(self) -> int:
+        return self._stream.last_event_index
+
+    @property
+    def resume_token(self) -> str | None:
+        return self._stream.resume_token
+
+    @property
+    def reconnects(self) -> int:
+        return self._stream.reconnects
+
+    def __iter__(self) -> Iterator[Event]:
+        return self
+
+    def __next__(self) -> Event:
+        try:
+            return self._client._call(self._stream.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        """Stop following the run and release the connection (the run itself goes on)."""
+        if not self._client._loop.is_closed():
+            self._client._call(self._stream.aclose())
+
+    def __enter__(self) -> SyncRunStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Client:
+    """The blocking client: the same methods as :class:`AsyncClient` without the ``a``.
+
+    ::
+
+        with Client("http://127.0.0.1:7777") as client:
+            for event in client.run("agents", "echo", "hi", stream=True, background=True):
+                print(event.event_index, event.event)
+
+    It takes the same settings as :class:`AsyncClient`.
+    """
+
+    def __init__(self, base_url: str, security_key: str | None = None, **settings: Any) -> None:
+        self._async = AsyncClient(base_url, security_key, **settings)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="agentos-client", daemon=True
+        )
+        self._thread.start()
+        self._closed = False
+
+    def __enter__(self) -> Client:
+        self._check_open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections and stop the client's thread. Closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._call(self._async.aclose())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
+
+    @overload
+    def run(
+        self,
+        kind: str,
+        id: str,
+        message: str,
+        *,
+        stream: Literal[True],
+        background: bool = ...,
+        session_id: str | None = ...,
+        user_id: str | None = ...,
+        run_id: str | None = ...,
+        include_meta: bool = ...,
+    ) -> SyncRunStream: ...
+
+    @overload
+    def run(
+        self,
+        kind: str,
+        id: str,
+        message: str,
+        *,
+        stream: Literal[False] = ...,
+        background: bool = ...,
+        session_id: str | None = ...,
+        user_id: str | None = ...,
+        run_id: str | None = ...,
+        include_meta: bool = ...,
+    ) -> Run: ...
+
+    def run(
+        self,
+        kind: str,
+        id: str,
+        message: str,
+        *,
+        stream: bool = False,
+        background: bool = False,
+        session_id: str | None = None,
+        user_id: str | None = None,
+        run_id: str | None = None,
+        include_meta: bool = False,
+    ) -> SyncRunStream | Run:
+        """See :meth:`AsyncClient.arun`; streams come back as a :class:`SyncRunStream`."""
+        self._check_open()
+        options: dict[str, Any] = {
+            "background": background,
+            "session_id": session_id,
+            "user_id": user_id,
+            "run_id": run_id,
+            "include_meta": include_meta,
+        }
+        if stream:
+            return SyncRunStream(self, self._async.arun(kind, id, message, stream=True, **options))
+        return self._call(self._async.arun(kind, id, message, stream=False, **options))
+
+    def resume(
+        self,
+        kind: str,
+        id: str,
+        run_id: str,
+        last_event_index: int = -1,
+        *,
+        session_id: str | None = None,
+        include_meta: bool = False,
+    ) -> SyncRunStream:
+        """See :meth:`AsyncClient.resume`."""
+        self._check_open()
+        stream = self._async.resume(
+            kind, id, run_id, last_event_index, session_id=session_id, include_meta=include_meta
+        )
+        return SyncRunStream(self, stream)
+
+    def get_run(self, kind: str, id: str, run_id: str) -> Run:
+        """See :meth:`AsyncClient.get_run`."""
+        return self._call(self._async.get_run(kind, id, run_id))
+
+    def list_runs(
+        self,
+        kind: str,
+        id: str,
+        *,
+        session_id: str | None = None,
+        status: RunStatus | str | None = None,
+        limit: int | None = None,
+    ) -> list[Run]:
+        """See :meth:`AsyncClient.list_runs`."""
+        return self._call(
+            self._async.list_runs(kind, id, session_id=session_id, status=status, limit=limit)
+        )
+
+    def cancel(self, kind: str, id: str, run_id: str) -> RunStatus:
+        """See :meth:`AsyncClient.cancel`."""
+        return self._call(self._async.cancel(kind, id, run_id))
+
+    def wait(self, kind: str, id: str, run_id: str, timeout: float | None = None) -> Run:
+        """See :meth:`AsyncClient.wait`."""
+        return self._call(self._async.wait(kind, id, run_id, timeout))
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._loop.is_closed():
+            coro.close()
+            raise ClientClosed()
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            # Ctrl-C or the caller's own cancellation: do not leave the request running.
+            future.cancel()
+            raise
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosed()
