@@ -12,7 +12,9 @@ import contextlib
 import hmac
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -24,7 +26,7 @@ from starlette.background import BackgroundTask
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -44,6 +46,7 @@ from agentos.runs import RunManager
 from agentos.settings import Settings
 from agentos.store import RunRecord, Store
 from agentos.streams import RunStream
+from agentos.tokens import sign_resume_token, verify_resume_token
 from agentos.ws import WorkflowSockets
 
 __all__ = ["AgentOS"]
@@ -53,6 +56,9 @@ logger = logging.getLogger("agentos.app")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 _SEP = "\n"
+_STATIC = Path(__file__).parent / "static"
+# The demo page and the browser client: public files, served without the security key.
+_PUBLIC_FILES = {"/": "index.html", "/static/agentos.js": "agentos.js"}
 
 
 class AgentOS:
@@ -106,6 +112,7 @@ class AgentOS:
 
     def _build_app(self) -> Starlette:
         routes = [
+            *(Route(path, _static_file, methods=["GET"]) for path in _PUBLIC_FILES),
             Route("/health", self.health, methods=["GET"]),
             Route("/config", self.config, methods=["GET"]),
             WebSocketRoute("/workflows/ws", WorkflowSockets(self.manager)),
@@ -202,12 +209,17 @@ class AgentOS:
             "X-Session-Id": record.session_id,
             "Location": f"/{record.kind}/{record.component_id}/runs/{record.run_id}",
         }
+        token = self._resume_token(record.run_id)
+        if token is not None:
+            headers["X-Resume-Token"] = token
         if stream:
             run_stream = await self.manager.open_stream(record.run_id, -1, meta=False)
             assert run_stream is not None
             return self._sse(run_stream, headers, cancel_on_close=not background)
         if background:
             body = {"run_id": record.run_id, "session_id": record.session_id, "status": "PENDING"}
+            if token is not None:
+                body["resume_token"] = token
             return JSONResponse(body, status_code=202, headers=headers)
         final = await self.manager.wait(record.run_id)
         return JSONResponse(final.to_dict(), headers=headers)
@@ -269,6 +281,13 @@ class AgentOS:
 
     # -- helpers -------------------------------------------------------------------------------
 
+    def _resume_token(self, run_id: str) -> str | None:
+        """A token that opens ``GET .../runs/{run_id}/resume`` without the key (EventSource)."""
+        key, ttl = self.settings.security_key, self.settings.resume_token_ttl
+        if key is None or ttl <= 0:
+            return None
+        return sign_resume_token(key, run_id, ttl=ttl, now=time.time())
+
     def _component(self, request: Request) -> Component:
         return self.manager.component(_kind(request), request.path_params["id"])
 
@@ -325,6 +344,7 @@ class _Guard:
             key is not None
             and scope["type"] in ("http", "websocket")
             and scope["path"] != "/health"
+            and scope["path"] not in _PUBLIC_FILES
         ):
             headers = Headers(scope=scope)
             if (
@@ -336,6 +356,8 @@ class _Guard:
                 await self.app(scope, receive, send)
                 return
             error = _check_key(headers, key)
+            if error is not None and _resume_token_valid(scope, key):
+                error = None
             if error is not None:
                 if scope["type"] == "http":
                     await _error_json(error)(scope, receive, send)
@@ -373,6 +395,28 @@ def _check_key(headers: Headers, key: str) -> AgentOSError | None:
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
         return NotAuthorized("the security key is not valid")
     return None
+
+
+def _resume_token_valid(scope: Scope, key: str) -> bool:
+    """A ``GET /{kind}/{id}/runs/{run_id}/resume?token=...`` whose token was signed for that run.
+
+    The token stands in for the key on this one route only, for clients that cannot send
+    headers (a browser ``EventSource``); see docs/PROTOCOL-clients.md.
+    """
+    if scope["type"] != "http" or scope["method"] != "GET":
+        return False
+    parts = scope["path"].split("/")
+    if len(parts) != 6 or parts[0] or parts[3] != "runs" or parts[5] != "resume":
+        return False
+    query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+    token = query.get("token")
+    return token is not None and verify_resume_token(key, parts[4], token, now=time.time())
+
+
+async def _static_file(request: Request) -> Response:
+    path = _STATIC / _PUBLIC_FILES[request.url.path]
+    media_type = "text/javascript" if path.suffix == ".js" else "text/html"
+    return FileResponse(path, media_type=media_type, headers={"Cache-Control": "no-cache"})
 
 
 def _kind(request: Request) -> str:

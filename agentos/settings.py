@@ -36,6 +36,8 @@ class Settings:
     instance_id: str = field(default_factory=_default_instance_id)
     #: When set, every route but /health needs ``Authorization: Bearer <key>``.
     security_key: str | None = None
+    #: Seconds a run-scoped resume token (``?token=`` on GET resume) stays valid; 0 disables.
+    resume_token_ttl: float = 3600.0
 
     #: Seconds an ended run's events stay in the in-process buffer.
     buffer_ttl: float = 1800.0

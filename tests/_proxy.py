@@ -200,12 +200,7 @@ class TCPProxy:
                 name, _, value = line.partition(b":")
                 if name.strip().lower() == b"content-length":
                     await asyncio.wait_for(reader.readexactly(int(value)), timeout=5)
-        except (
-            asyncio.IncompleteReadError,
-            asyncio.LimitOverrunError,
-            asyncio.TimeoutError,
-            ValueError,
-        ):
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             pass  # a malformed or slow request still gets its 503
 
     @staticmethod

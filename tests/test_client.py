@@ -14,8 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-from _proxy import TCPProxy
-from _servers import ServerProcess
 from agentos_client import (
     APIStatusError,
     AsyncClient,
@@ -28,6 +26,9 @@ from agentos_client import (
     TransportError,
     WaitTimeout,
 )
+
+from tests._proxy import TCPProxy
+from tests._servers import ServerProcess
 
 KINDS = [("agents", "echo"), ("teams", "echo-team"), ("workflows", "echo-workflow")]
 MESSAGE = " ".join(f"w{i}" for i in range(12))
@@ -149,9 +150,12 @@ def test_sync_client_survives_cuts(server: ServerProcess, proxy: TCPProxy) -> No
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["graceful", "crash"])
 def test_server_restart_mid_run(tmp_path: Path, how: str) -> None:
-    with ServerProcess(tmp_path, delay=0.05) as srv, TCPProxy(srv.port) as proxy:
+    grace = {"AGENTOS_SHUTDOWN_GRACE": "0.5"}
+    with ServerProcess(tmp_path, delay=0.05, env=grace) as srv, TCPProxy(srv.port) as proxy:
 
         def restart() -> None:
+            # The client is cut off first, so it must find the rest on the new instance.
+            proxy.cut()
             if how == "graceful":
                 srv.stop()
             else:
@@ -325,6 +329,22 @@ def test_wait_timeout(server: ServerProcess) -> None:
 # -- the rest of the API --------------------------------------------------------------------
 
 
+def test_local_and_remote_spellings_match(server: ServerProcess) -> None:
+    """``async for e in await agent.arun(..., stream=True)`` works unchanged on the client."""
+
+    async def main() -> None:
+        async with AsyncClient(server.url, **FAST) as client:
+            stream = await client.arun("agents", "echo", "a b", stream=True, background=True)
+            awaited = [e async for e in stream]
+            direct = [e async for e in client.arun("agents", "echo", "a b", stream=True)]
+        assert [e.event for e in awaited] == [e.event for e in direct]
+        assert [e.event_index for e in awaited] == list(range(len(awaited)))
+        assert awaited[-1].event == "RunCompleted"
+        assert awaited[-1].content == "a b"
+
+    asyncio.run(main())
+
+
 def test_non_stream_modes(server: ServerProcess) -> None:
     async def main() -> None:
         async with AsyncClient(server.url, **FAST) as client:
@@ -360,7 +380,7 @@ def test_resume_from_an_index_and_meta_events(server: ServerProcess) -> None:
             )
 
             items = []
-            async with client.resume("agents", "echo", run_id, 2, include_meta=True) as stream:
+            async with client.resume("agents", "echo", run_id, 2, meta=True) as stream:
                 items = [item async for item in stream]
             assert isinstance(items[0], MetaEvent)
             assert items[0].event == "replay"
@@ -410,6 +430,10 @@ def test_status_errors_carry_status_and_code(server: ServerProcess) -> None:
             with pytest.raises(APIStatusError) as caught:
                 await client.arun("agents", "no-such-agent", "hi")
             assert caught.value.status_code == 404
+            # Awaiting a stream opens it, so the error comes at the await (as in-process).
+            with pytest.raises(APIStatusError) as caught:
+                await client.arun("agents", "no-such-agent", "hi", stream=True, background=True)
+            assert caught.value.code == "component_not_found"
 
             run = await client.arun("agents", "echo", "taken", run_id="fixed-run-id")
             with pytest.raises(APIStatusError) as caught:

@@ -110,9 +110,9 @@ def test_meta_events_only_on_request_and_member_completion_is_not_terminal() -> 
         frame(2, "TeamRunCompleted", content="done"),
     )
 
-    async def main(include_meta: bool) -> list[Any]:
+    async def main(meta: bool) -> list[Any]:
         async with client_for(lambda request: sse(*body)) as client:
-            stream = client.resume("teams", "t", "r1", include_meta=include_meta)
+            stream = client.resume("teams", "t", "r1", meta=meta)
             return [item async for item in stream]
 
     plain = asyncio.run(main(False))

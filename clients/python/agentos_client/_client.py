@@ -133,7 +133,7 @@ class AsyncClient:
         session_id: str | None = ...,
         user_id: str | None = ...,
         run_id: str | None = ...,
-        include_meta: bool = ...,
+        meta: bool = ...,
     ) -> RunStream: ...
 
     @overload
@@ -148,7 +148,7 @@ class AsyncClient:
         session_id: str | None = ...,
         user_id: str | None = ...,
         run_id: str | None = ...,
-        include_meta: bool = ...,
+        meta: bool = ...,
     ) -> Coroutine[Any, Any, Run]: ...
 
     def arun(
@@ -162,7 +162,7 @@ class AsyncClient:
         session_id: str | None = None,
         user_id: str | None = None,
         run_id: str | None = None,
-        include_meta: bool = False,
+        meta: bool = False,
     ) -> RunStream | Coroutine[Any, Any, Run]:
         """Start a run of ``kind`` (``agents``, ``teams``, ``workflows``) component ``id``.
 
@@ -176,7 +176,7 @@ class AsyncClient:
         True          True        a :class:`RunStream` that resumes after any drop
         ============  ==========  ============================================================
 
-        ``include_meta=True`` also yields the meta events (``catch_up``, ``replay`` ...).
+        ``meta=True`` also yields the meta events (``catch_up``, ``replay`` ...).
         """
         self._check_open()
         body: dict[str, Any] = {"message": message, "stream": stream, "background": background}
@@ -194,7 +194,7 @@ class AsyncClient:
                 run_id=run_id,
                 create=body,
                 session_id=session_id,
-                include_meta=include_meta,
+                meta=meta,
                 resumable=background,
             )
         return self._create_run(kind, id, body, wait=not background)
@@ -207,7 +207,7 @@ class AsyncClient:
         last_event_index: int = -1,
         *,
         session_id: str | None = None,
-        include_meta: bool = False,
+        meta: bool = False,
     ) -> RunStream:
         """Follow a run's events after ``last_event_index`` (-1: from the start).
 
@@ -227,7 +227,7 @@ class AsyncClient:
             run_id=run_id,
             session_id=session_id,
             last_event_index=last_event_index,
-            include_meta=include_meta,
+            meta=meta,
         )
 
     async def get_run(self, kind: str, id: str, run_id: str) -> Run:
@@ -267,7 +267,13 @@ class AsyncClient:
         )
         return RunStatus(str(data["status"]).upper())
 
-    async def wait(self, kind: str, id: str, run_id: str, timeout: float | None = None) -> Run:
+    async def wait(
+        self,
+        kind: str,
+        id: str,
+        run_id: str,
+        timeout: float | None = None,  # noqa: ASYNC109 - the timeout is the point of wait()
+    ) -> Run:
         """Wait until the run ends and return it.
 
         Raises :class:`RunFailed` if it ended in ERROR and :class:`WaitTimeout` after
@@ -276,7 +282,7 @@ class AsyncClient:
         self._check_open()
         try:
             run = await asyncio.wait_for(self._wait(kind, id, run_id), timeout)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise WaitTimeout(run_id, timeout or 0.0) from exc
         if run.status is RunStatus.ERROR:
             raise RunFailed(run)
@@ -312,7 +318,9 @@ class AsyncClient:
     async def _create_run(self, kind: str, id: str, body: dict[str, Any], *, wait: bool) -> Run:
         # A run that is awaited inline may take as long as the run does: no read timeout.
         timeout = httpx.Timeout(self.timeout, read=None) if wait else None
-        response = await self._send("POST", f"/{kind}/{id}/runs", json=body, timeout=timeout)
+        response = await self._send(
+            "POST", f"/{kind}/{id}/runs", json=body, request_timeout=timeout
+        )
         run = Run.from_json(
             _as_object(_decode(response)), resume_token=response.headers.get("x-resume-token")
         )
@@ -329,15 +337,15 @@ class AsyncClient:
         path: str,
         *,
         run_id: str | None = None,
-        timeout: httpx.Timeout | None = None,
+        request_timeout: httpx.Timeout | None = None,
         **kw: Any,
     ) -> httpx.Response:
         self._check_open()
         try:
-            if timeout is None:
+            if request_timeout is None:
                 response = await self._http.request(method, path, **kw)
             else:
-                response = await self._http.request(method, path, timeout=timeout, **kw)
+                response = await self._http.request(method, path, timeout=request_timeout, **kw)
         except httpx.TransportError as exc:
             raise TransportError(f"{method} {path}: {exc!r}", run_id=run_id) from exc
         if response.status_code >= 400:
@@ -503,7 +511,7 @@ class Client:
         session_id: str | None = ...,
         user_id: str | None = ...,
         run_id: str | None = ...,
-        include_meta: bool = ...,
+        meta: bool = ...,
     ) -> SyncRunStream: ...
 
     @overload
@@ -518,7 +526,7 @@ class Client:
         session_id: str | None = ...,
         user_id: str | None = ...,
         run_id: str | None = ...,
-        include_meta: bool = ...,
+        meta: bool = ...,
     ) -> Run: ...
 
     def run(
@@ -532,7 +540,7 @@ class Client:
         session_id: str | None = None,
         user_id: str | None = None,
         run_id: str | None = None,
-        include_meta: bool = False,
+        meta: bool = False,
     ) -> SyncRunStream | Run:
         """See :meth:`AsyncClient.arun`; streams come back as a :class:`SyncRunStream`."""
         self._check_open()
@@ -541,7 +549,7 @@ class Client:
             "session_id": session_id,
             "user_id": user_id,
             "run_id": run_id,
-            "include_meta": include_meta,
+            "meta": meta,
         }
         if stream:
             return SyncRunStream(self, self._async.arun(kind, id, message, stream=True, **options))
@@ -555,12 +563,12 @@ class Client:
         last_event_index: int = -1,
         *,
         session_id: str | None = None,
-        include_meta: bool = False,
+        meta: bool = False,
     ) -> SyncRunStream:
         """See :meth:`AsyncClient.resume`."""
         self._check_open()
         stream = self._async.resume(
-            kind, id, run_id, last_event_index, session_id=session_id, include_meta=include_meta
+            kind, id, run_id, last_event_index, session_id=session_id, meta=meta
         )
         return SyncRunStream(self, stream)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Literal
 
 __all__ = [
@@ -33,7 +33,7 @@ TERMINAL_EVENTS: Mapping[str, frozenset[str]] = {
 }
 
 
-class RunStatus(str, Enum):
+class RunStatus(StrEnum):
     """A run's status, always upper case on the wire."""
 
     PENDING = "PENDING"
@@ -137,7 +137,7 @@ class RunEvent:
 @dataclass(frozen=True)
 class MetaEvent:
     """A meta frame (``catch_up``, ``subscribed``, ``replay``, ``error``): no index, never
-    yielded unless the stream was opened with ``include_meta=True``."""
+    yielded unless the stream was opened with ``meta=True``."""
 
     event: str
     data: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Generator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +59,10 @@ class RunStream:
             async for event in stream:
                 print(event.event_index, event.event, event.content)
 
+    Awaiting it is optional: ``await client.arun(..., stream=True)`` opens the connection and
+    reads the first event ahead, so a 404 or 401 is raised at the ``await``, as with the
+    in-process ``await agent.arun(..., stream=True)``; the event is still yielded first.
+
     ``run_id`` is known before the first event for background runs (the client picks it),
     ``last_event_index`` is the index of the last event yielded (-1 before the first), and
     ``terminal_event`` is the event that ended the stream.
@@ -74,7 +78,7 @@ class RunStream:
         create: Mapping[str, Any] | None = None,
         session_id: str | None = None,
         last_event_index: int = -1,
-        include_meta: bool = False,
+        meta: bool = False,
         resumable: bool = True,
     ) -> None:
         self.kind = kind
@@ -88,17 +92,32 @@ class RunStream:
         self.reconnects = 0
         self._client = client
         self._create = create
-        self._include_meta = include_meta
+        self._meta = meta
         self._resumable = resumable
         self._gen: AsyncGenerator[Event, None] | None = None
+        self._ahead: list[Event] = []
 
     def __aiter__(self) -> RunStream:
         return self
 
     async def __anext__(self) -> Event:
+        if self._ahead:
+            return self._ahead.pop()
         if self._gen is None:
             self._gen = self._iterate()
         return await self._gen.__anext__()
+
+    def __await__(self) -> Generator[Any, None, RunStream]:
+        return self._start().__await__()
+
+    async def _start(self) -> RunStream:
+        if self._gen is None:
+            self._gen = self._iterate()
+            try:
+                self._ahead.append(await self._gen.__anext__())
+            except StopAsyncIteration:
+                pass
+        return self
 
     async def aclose(self) -> None:
         """Stop following the run and release the connection (the run itself goes on)."""
@@ -194,7 +213,7 @@ class RunStream:
                         code=_opt_str(meta.data.get("code")),
                         run_id=self.run_id,
                     )
-                if self._include_meta:
+                if self._meta:
                     yield meta
                 continue
             event = self._event(frame)
