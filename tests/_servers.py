@@ -57,19 +57,6 @@ class ServerProcess:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
-        # AGENTOS_TEST_APP=module:app runs that ASGI app under uvicorn instead of the demo.
-        app = os.environ.get("AGENTOS_TEST_APP")
-        if app:
-            return [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                app,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ]
         return [
             sys.executable,
             "-m",

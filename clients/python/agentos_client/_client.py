@@ -272,7 +272,7 @@ class AsyncClient:
         kind: str,
         id: str,
         run_id: str,
-        timeout: float | None = None,  # noqa: ASYNC109 - the timeout is the point of wait()
+        timeout: float | None = None,
     ) -> Run:
         """Wait until the run ends and return it.
 
