@@ -186,6 +186,20 @@ def test_proxy_cut_mid_stream(page: Any, server: ServerProcess) -> None:
     assert_reconnected(transcript)
 
 
+def test_reload_then_cut(page: Any, server: ServerProcess) -> None:
+    """After a reload the stream URL carries the cursor, so the browser's own reconnect asks for
+    events the page already has again: the client must drop them."""
+    with TCPProxy(server.port) as proxy:
+        start_run(page, proxy.url)
+        wait_for_events(page, 4)
+        page.reload()
+        page.wait_for_function("() => window.agentosDemo.transcript.indices.length >= 10")
+        assert proxy.cut() >= 1
+        transcript = finished_transcript(page)
+    assert_exactly_once(page, transcript)
+    assert_reconnected(transcript)
+
+
 def test_503_outage_mid_stream(page: Any, server: ServerProcess) -> None:
     with TCPProxy(server.port) as proxy:
         start_run(page, proxy.url)
