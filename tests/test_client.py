@@ -8,6 +8,8 @@ events of the run, index for index, each once, and ends at the terminal event.
 from __future__ import annotations
 
 import asyncio
+import re
+import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -343,6 +345,20 @@ def test_local_and_remote_spellings_match(server: ServerProcess) -> None:
         assert awaited[-1].content == "a b"
 
     asyncio.run(main())
+
+
+def test_readme_example_runs(server: ServerProcess, capsys: pytest.CaptureFixture[str]) -> None:
+    readme = Path(__file__).resolve().parent.parent / "clients" / "python" / "README.md"
+    blocks = re.findall(r"```python\n(.*?)```", readme.read_text(), re.S)
+    assert len(blocks) == 1
+    code = blocks[0].replace("http://127.0.0.1:7777", server.url)
+    imports, _, body = code.partition("\n\n")
+    source = f"{imports}\n\nasync def example():\n{textwrap.indent(body, '    ')}"
+    namespace: dict[str, Any] = {}
+    exec(compile(source, str(readme), "exec"), namespace)
+    asyncio.run(namespace["example"]())
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["0 RunStarted None", "1 RunContent hi", "2 RunCompleted hi"]
 
 
 def test_non_stream_modes(server: ServerProcess) -> None:

@@ -232,7 +232,10 @@ export class RunFollower {
     this._timer = null;
     this._failures = 0;
     this._closed = false;
-    this._onOnline = () => this._reopenSoon(0);
+    // Back online: retry now instead of after the rest of a backoff wait.
+    this._onOnline = () => {
+      if (this.status === "reconnecting") this._reopenSoon(0);
+    };
     this.done = new Promise((resolve, reject) => {
       this._resolve = resolve;
       this._reject = reject;
