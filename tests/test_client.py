@@ -481,7 +481,11 @@ def test_closed_clients_say_so(server: ServerProcess) -> None:
     asyncio.run(main())
     sync = Client(server.url)
     assert sync.run("agents", "echo", "sync hello").content == "sync hello"
+    # A stream left half read is closed with the client.
+    abandoned = sync.run("agents", "echo", MESSAGE, stream=True, background=True)
+    assert isinstance(next(abandoned), RunEvent)
     sync.close()
+    abandoned.close()  # harmless after close
     sync.close()
     with pytest.raises(ClientClosed):
         sync.run("agents", "echo", "hi")

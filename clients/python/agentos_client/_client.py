@@ -490,6 +490,8 @@ class Client:
         self._closed = True
         try:
             self._call(self._async.aclose())
+            # Streams left open end here, on their own loop, not later in a garbage collector.
+            self._call(self._loop.shutdown_asyncgens())
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
