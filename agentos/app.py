@@ -401,7 +401,7 @@ def _resume_token_valid(scope: Scope, key: str) -> bool:
     """A ``GET /{kind}/{id}/runs/{run_id}/resume?token=...`` whose token was signed for that run.
 
     The token stands in for the key on this one route only, for clients that cannot send
-    headers (a browser ``EventSource``); see docs/PROTOCOL-clients.md.
+    headers (a browser ``EventSource``); see PROTOCOL.md ("Clients").
     """
     if scope["type"] != "http" or scope["method"] != "GET":
         return False

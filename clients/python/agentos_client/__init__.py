@@ -8,6 +8,8 @@
         async for event in client.arun("agents", "echo", "hi", stream=True, background=True):
             print(event.event_index, event.event, event.content)
 
+``WorkflowSocket`` does the same for workflow runs over the ``/workflows/ws`` WebSocket.
+
 A background stream reconnects after a drop and resumes from the last index it yielded, so
 every event arrives exactly once. See ``AsyncClient`` for the settings and ``_errors`` for the
 error hierarchy.
@@ -27,6 +29,7 @@ from ._errors import (
 )
 from ._models import Event, Kind, MetaEvent, Run, RunEvent, RunStatus
 from ._stream import RunStream
+from ._ws import WorkflowRun, WorkflowSocket, WorkflowSocketError
 
 __all__ = [
     "APIStatusError",
@@ -46,4 +49,7 @@ __all__ = [
     "SyncRunStream",
     "TransportError",
     "WaitTimeout",
+    "WorkflowRun",
+    "WorkflowSocket",
+    "WorkflowSocketError",
 ]

@@ -33,13 +33,15 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.protocol import State
 
+from ._errors import ClientError
+
 __all__ = ["WorkflowRun", "WorkflowSocket", "WorkflowSocketError"]
 
 _TERMINAL = frozenset({"WorkflowCompleted", "WorkflowError", "WorkflowCancelled"})
 _CONTROL_BACKLOG = 100
 
 
-class WorkflowSocketError(Exception):
+class WorkflowSocketError(ClientError):
     """The server refused something (``code`` says what), or the socket could not be kept open."""
 
     def __init__(self, message: str, *, code: str | None = None, run_id: str | None = None) -> None:
