@@ -9,52 +9,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
 
 import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from agentos import forms
 from agentos.component import Component
 from agentos.errors import (
     AgentOSError,
     ComponentNotFound,
-    InvalidCursor,
     InvalidRequest,
-    NotAuthenticated,
-    NotAuthorized,
-    RequestTooLarge,
     ShuttingDown,
 )
 from agentos.events import KINDS, Event, RunStatus
+from agentos.middleware import InstanceHeader, SecurityGuard
 from agentos.runs import RunManager
 from agentos.settings import Settings
 from agentos.store import RunRecord, Store
 from agentos.streams import RunStream
-from agentos.tokens import sign_resume_token, verify_resume_token
+from agentos.tokens import sign_resume_token
 from agentos.ws import WorkflowSockets
 
 __all__ = ["AgentOS"]
 
 logger = logging.getLogger("agentos.app")
 
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
 _SEP = "\n"
 _STATIC = Path(__file__).parent / "static"
 # The demo page and the browser client: public files, served without the security key.
@@ -132,8 +123,10 @@ class AgentOS:
                 Exception: _internal_error_response,
             },
         )
-        app.add_middleware(_Guard, agent_os=self)
-        app.add_middleware(_InstanceHeader, instance_id=self.settings.instance_id)
+        app.add_middleware(
+            SecurityGuard, security_key=self.settings.security_key, public_paths=_PUBLIC_FILES
+        )
+        app.add_middleware(InstanceHeader, instance_id=self.settings.instance_id)
         app.state.agent_os = self
         return app
 
@@ -189,20 +182,20 @@ class AgentOS:
 
     async def create_run(self, request: Request) -> Response:
         component = self._component(request)
-        fields = await _read_fields(request, self.settings.max_body_bytes)
+        fields = await forms.read_fields(request, self.settings.max_body_bytes)
         message = fields.get("message")
         if message is None:
             raise InvalidRequest("message is required")
         if not isinstance(message, str):
             raise InvalidRequest("message must be a string")
-        stream = _flag(fields, "stream", True)
-        background = _flag(fields, "background", False)
+        stream = forms.flag(fields, "stream", True)
+        background = forms.flag(fields, "background", False)
         record = await self.manager.start_run(
             component,
             message,
-            session_id=_text(fields, "session_id"),
-            user_id=_text(fields, "user_id"),
-            run_id=_client_run_id(request, fields),
+            session_id=forms.text(fields, "session_id"),
+            user_id=forms.text(fields, "user_id"),
+            run_id=forms.client_run_id(request, fields),
         )
         headers = {
             "X-Run-Id": record.run_id,
@@ -234,7 +227,7 @@ class AgentOS:
             raise InvalidRequest(
                 f"status must be one of {', '.join(s.value for s in RunStatus)}"
             ) from None
-        limit = _int(params.get("limit", "100"), "limit")
+        limit = forms.integer(params.get("limit", "100"), "limit")
         if not 1 <= limit <= 1000:
             raise InvalidRequest("limit must be between 1 and 1000")
         records = await self.manager.list_runs(
@@ -252,8 +245,8 @@ class AgentOS:
         return JSONResponse(record.to_dict())
 
     async def cancel(self, request: Request) -> Response:
-        fields = await _read_fields(request, self.settings.max_body_bytes)
-        record = await self._run(request, _text(fields, "session_id"))
+        fields = await forms.read_fields(request, self.settings.max_body_bytes)
+        record = await self._run(request, forms.text(fields, "session_id"))
         if not record.status.ended:
             record = await self.manager.cancel(record.run_id)
         return JSONResponse(record.to_dict())
@@ -261,19 +254,19 @@ class AgentOS:
     async def resume(self, request: Request) -> Response:
         component = self._component(request)
         if request.method == "POST":
-            fields = await _read_fields(request, self.settings.max_body_bytes)
+            fields = await forms.read_fields(request, self.settings.max_body_bytes)
         else:
             fields = dict(request.query_params)
         cursor = fields.get("last_event_index")
         if cursor is None or cursor == "":
             cursor = request.headers.get("last-event-id")
-        last_event_index = _cursor(cursor)
+        last_event_index = forms.cursor(cursor)
         run_stream = await self.manager.open_stream(
             request.path_params["run_id"],
             last_event_index,
             kind=component.kind.name,
             component_id=component.id,
-            session_id=_text(fields, "session_id"),
+            session_id=forms.text(fields, "session_id"),
         )
         if run_stream is None:
             return Response(status_code=204)
@@ -331,88 +324,6 @@ class AgentOS:
         )
 
 
-class _Guard:
-    """Security key check (every route but /health) and draining state, before any route."""
-
-    def __init__(self, app: ASGIApp, agent_os: AgentOS) -> None:
-        self.app = app
-        self.agent_os = agent_os
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        key = self.agent_os.settings.security_key
-        if (
-            key is not None
-            and scope["type"] in ("http", "websocket")
-            and scope["path"] != "/health"
-            and scope["path"] not in _PUBLIC_FILES
-        ):
-            headers = Headers(scope=scope)
-            if (
-                scope["type"] == "websocket"
-                and scope["path"] == "/workflows/ws"
-                and "authorization" not in headers
-            ):
-                # Browsers cannot set headers on a WebSocket: it authenticates in-band (ws.py).
-                await self.app(scope, receive, send)
-                return
-            error = _check_key(headers, key)
-            if error is not None and _resume_token_valid(scope, key):
-                error = None
-            if error is not None:
-                if scope["type"] == "http":
-                    await _error_json(error)(scope, receive, send)
-                else:
-                    await send({"type": "websocket.close", "code": 1008, "reason": error.detail})
-                return
-        await self.app(scope, receive, send)
-
-
-class _InstanceHeader:
-    """``X-AgentOS-Instance: <instance_id>`` on every response: which instance answered."""
-
-    def __init__(self, app: ASGIApp, instance_id: str) -> None:
-        self.app = app
-        self.header = (b"x-agentos-instance", instance_id.encode("latin-1", "replace"))
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_header(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), self.header]
-            await send(message)
-
-        await self.app(scope, receive, send_with_header)
-
-
-def _check_key(headers: Headers, key: str) -> AgentOSError | None:
-    authorization = headers.get("authorization")
-    if not authorization:
-        return NotAuthenticated("this server needs Authorization: Bearer <security key>")
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
-        return NotAuthorized("the security key is not valid")
-    return None
-
-
-def _resume_token_valid(scope: Scope, key: str) -> bool:
-    """A ``GET /{kind}/{id}/runs/{run_id}/resume?token=...`` whose token was signed for that run.
-
-    The token stands in for the key on this one route only, for clients that cannot send
-    headers (a browser ``EventSource``); see PROTOCOL.md ("Clients").
-    """
-    if scope["type"] != "http" or scope["method"] != "GET":
-        return False
-    parts = scope["path"].split("/")
-    if len(parts) != 6 or parts[0] or parts[3] != "runs" or parts[5] != "resume":
-        return False
-    query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-    token = query.get("token")
-    return token is not None and verify_resume_token(key, parts[4], token, now=time.time())
-
-
 async def _static_file(request: Request) -> Response:
     path = _STATIC / _PUBLIC_FILES[request.url.path]
     media_type = "text/javascript" if path.suffix == ".js" else "text/html"
@@ -424,110 +335,6 @@ def _kind(request: Request) -> str:
     if kind not in KINDS:
         raise HTTPException(404, f"no route {request.url.path}")
     return kind
-
-
-async def _read_fields(request: Request, limit: int) -> dict[str, Any]:
-    """The request's fields from a JSON object, a urlencoded or a multipart form body."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestTooLarge(f"the request body is over the limit of {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise RequestTooLarge(f"the request body is over the limit of {limit} bytes")
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if not body.strip():
-        return {}
-    if content_type in ("application/json", "") or content_type.endswith("+json"):
-        try:
-            data = json.loads(body)
-        except ValueError:
-            raise InvalidRequest("the body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise InvalidRequest("the JSON body must be an object")
-        return data
-    if content_type == "application/x-www-form-urlencoded":
-        try:
-            return dict(parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=False))
-        except UnicodeDecodeError:
-            raise InvalidRequest("the form body is not UTF-8") from None
-    if content_type == "multipart/form-data":
-        return await _multipart(request, bytes(body))
-    raise InvalidRequest(f"unsupported content type {content_type!r}; send JSON or a form")
-
-
-async def _multipart(request: Request, body: bytes) -> dict[str, Any]:
-    sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    try:
-        async with Request(request.scope, receive).form() as form:
-            return {k: v for k, v in form.items() if isinstance(v, str)}
-    except HTTPException as exc:  # starlette's multipart parse errors
-        raise InvalidRequest("the multipart body could not be parsed") from exc
-
-
-def _flag(fields: Mapping[str, Any], name: str, default: bool) -> bool:
-    value = fields.get(name)
-    if value is None or value == "":
-        return default
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
-        return value.lower() in _TRUE
-    raise InvalidRequest(f"{name} must be true or false")
-
-
-def _text(fields: Mapping[str, Any], name: str) -> str | None:
-    value = fields.get(name)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise InvalidRequest(f"{name} must be a string")
-    return value
-
-
-def _client_run_id(request: Request, fields: Mapping[str, Any]) -> str | None:
-    """The client-chosen run id: body field, ``run_id`` query parameter or ``X-Run-Id`` header."""
-    given = {
-        v
-        for v in (
-            _text(fields, "run_id"),
-            request.query_params.get("run_id") or None,
-            request.headers.get("x-run-id") or None,
-        )
-        if v is not None
-    }
-    if len(given) > 1:
-        raise InvalidRequest("run_id is given twice with different values")
-    return given.pop() if given else None
-
-
-def _int(value: str, name: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be an integer") from None
-
-
-def _cursor(value: Any) -> int:
-    if value is None or value == "":
-        return -1
-    if isinstance(value, bool):
-        raise InvalidCursor("last_event_index must be an integer")
-    if isinstance(value, int):
-        return value
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        raise InvalidCursor("last_event_index must be an integer") from None
 
 
 def _error_json(exc: AgentOSError) -> JSONResponse:

@@ -791,7 +791,9 @@ def test_client_resumes_after_drops_at_random_points(server: Server) -> None:
 
     run_id, events, sockets = run(main())
     assert [json.loads(t) for t in reference(server, run_id)] == events, f"seed {seed}"
-    assert sockets == 4, f"seed {seed}: three drops, four sockets"
+    # Two drops close together can hit the same socket (the reader had not reconnected yet),
+    # so three drops give two to four sockets; what matters is the exact sequence above.
+    assert 2 <= sockets <= 4, f"seed {seed}: three drops, {sockets} sockets"
 
 
 def test_client_follows_two_runs_on_one_socket(server: Server) -> None:

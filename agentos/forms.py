@@ -1,0 +1,126 @@
+"""The fields of a request: from a JSON object, a urlencoded or a multipart form body.
+
+Routes take what they need from the resulting dict with the typed readers below, each raising
+InvalidRequest (422) with a message that names the field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+
+from agentos.errors import InvalidCursor, InvalidRequest, RequestTooLarge
+
+__all__ = ["client_run_id", "cursor", "flag", "integer", "read_fields", "text"]
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+async def read_fields(request: Request, limit: int) -> dict[str, Any]:
+    """The request's fields from a JSON object, a urlencoded or a multipart form body."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestTooLarge(f"the request body is over the limit of {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RequestTooLarge(f"the request body is over the limit of {limit} bytes")
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not body.strip():
+        return {}
+    if content_type in ("application/json", "") or content_type.endswith("+json"):
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise InvalidRequest("the body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise InvalidRequest("the JSON body must be an object")
+        return data
+    if content_type == "application/x-www-form-urlencoded":
+        try:
+            return dict(parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=False))
+        except UnicodeDecodeError:
+            raise InvalidRequest("the form body is not UTF-8") from None
+    if content_type == "multipart/form-data":
+        return await _multipart(request, bytes(body))
+    raise InvalidRequest(f"unsupported content type {content_type!r}; send JSON or a form")
+
+
+async def _multipart(request: Request, body: bytes) -> dict[str, Any]:
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        async with Request(request.scope, receive).form() as form:
+            return {k: v for k, v in form.items() if isinstance(v, str)}
+    except HTTPException as exc:  # starlette's multipart parse errors
+        raise InvalidRequest("the multipart body could not be parsed") from exc
+
+
+def flag(fields: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = fields.get(name)
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+        return value.lower() in _TRUE
+    raise InvalidRequest(f"{name} must be true or false")
+
+
+def text(fields: Mapping[str, Any], name: str) -> str | None:
+    value = fields.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{name} must be a string")
+    return value
+
+
+def client_run_id(request: Request, fields: Mapping[str, Any]) -> str | None:
+    """The client-chosen run id: body field, ``run_id`` query parameter or ``X-Run-Id`` header."""
+    given = {
+        v
+        for v in (
+            text(fields, "run_id"),
+            request.query_params.get("run_id") or None,
+            request.headers.get("x-run-id") or None,
+        )
+        if v is not None
+    }
+    if len(given) > 1:
+        raise InvalidRequest("run_id is given twice with different values")
+    return given.pop() if given else None
+
+
+def integer(value: str, name: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an integer") from None
+
+
+def cursor(value: Any) -> int:
+    if value is None or value == "":
+        return -1
+    if isinstance(value, bool):
+        raise InvalidCursor("last_event_index must be an integer")
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise InvalidCursor("last_event_index must be an integer") from None
