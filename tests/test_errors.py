@@ -324,7 +324,9 @@ async def test_limits_on_runs_and_streams_are_503(
         third = await client.post("/agents/echo/runs", data=form)
         assert third.status_code == 503 and third.json()["code"] == "overloaded"
         async with client.stream("GET", f"/agents/echo/runs/{ids[0]}/resume") as first:
-            await anext(frames(first))
+            # keep the reader: a dropped async generator would close the response when collected
+            reader = frames(first)
+            assert (await anext(reader)).event == "catch_up"
             second = await client.get(f"/agents/echo/runs/{ids[1]}/resume")
             assert second.status_code == 503 and second.json()["code"] == "overloaded"
         for _ in range(250):  # the server notices the disconnect shortly after
