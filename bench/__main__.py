@@ -1,30 +1,41 @@
-"""``python -m bench``: agentos against a bare sse-starlette endpoint, in the same run.
+"""``python -m bench``: how fast agentos moves events, how far it scales, what it costs.
 
-Scenario: one background+stream run of N EchoModel events at zero delay, persisted to SQLite,
-read end to end by one client over 127.0.0.1; the ceiling emits the same frames with no buffer
-or store. Both run in one uvicorn process (a subprocess); they are measured alternately, several
-rounds, and the best round of each is compared. Also prints memory per buffered event.
+Every scenario measures agentos and its ceiling in the same run: a bare sse-starlette endpoint
+(``/bare`` in ``bench/server.py``) on the same uvicorn process that emits the same frames with no
+run manager, group commit, buffer or store. The client (``bench/client.py``) is a separate
+process with raw asyncio sockets; it alternates ceiling and agentos round by round. Results go to
+stdout, ``bench/RESULTS.md`` and ``bench/ratios.png``.
+
+    python -m bench                 # the whole suite (about 3 minutes on 2 cores)
+    python -m bench --quick         # smaller sizes, fewer rounds
+    python -m bench --only 1,4      # some scenarios
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
+import json
 import os
+import platform
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from agentos import Event, Settings
-from agentos.buffer import EventBuffer
-from agentos.events import dumps
+from bench.memory import buffered_event_cost
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+KiB = 1024
 
 
 def free_port() -> int:
@@ -34,125 +45,426 @@ def free_port() -> int:
         return port
 
 
-async def read_stream(
-    client: httpx.AsyncClient, method: str, url: str, **kwargs: object
-) -> tuple[float, int]:
-    """Seconds from request to the last byte, and the number of data frames received."""
-    started = time.perf_counter()
-    body = bytearray()
-    async with client.stream(method, url, **kwargs) as response:  # type: ignore[arg-type]
-        response.raise_for_status()
-        async for chunk in response.aiter_raw():
-            body += chunk
-    elapsed = time.perf_counter() - started
-    frames = body.count(b"\nid: ") + body.startswith(b"id: ")
-    return elapsed, frames
-
-
-async def throughput(url: str, n: int, rounds: int) -> dict[str, list[float]]:
-    results: dict[str, list[float]] = {"agentos": [], "bare": [], "events_per_commit": []}
-    expected = n + 2
-    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
-        for _ in range(rounds):
-            t, frames = await read_stream(client, "GET", "/bare", params={"n": n})
-            assert frames == expected, (frames, expected)
-            results["bare"].append(expected / t)
-            before = (await client.get("/health")).json()
-            t, frames = await read_stream(
-                client,
-                "POST",
-                "/agents/bench/runs",
-                data={"message": " ".join(f"w{i}" for i in range(n)), "background": "true"},
-            )
-            assert frames == expected, (frames, expected)
-            results["agentos"].append(expected / t)
-            after = (await client.get("/health")).json()
-            written = after["events_written"] - before["events_written"]
-            assert written == expected, (written, expected)  # every event is in SQLite
-            commits = after["commits"] - before["commits"]
-            results["events_per_commit"].append(written / commits)
-    return results
-
-
-def memory_per_buffered_event(n: int = 20_000) -> tuple[float, float]:
-    """Memory the buffer adds per event beyond the payload string, and the payload's own size.
-
-    The payload strings exist before the measurement starts (the committer made them), so what
-    tracemalloc sees is the buffer's own cost: the Event object and its slot in the run's list.
-    """
-    settings = Settings(
-        buffer_max_events_per_run=n,
-        buffer_max_bytes_per_run=1 << 40,
-        buffer_max_bytes_total=1 << 40,
+@contextlib.contextmanager
+def server(
+    tmp: Path, name: str, loop: str, http: str, env: dict[str, str] | None = None
+) -> Iterator[int]:
+    """A fresh bench server (agentos + ceiling) on its own SQLite file; yields its port."""
+    port = free_port()
+    db_url = f"sqlite+aiosqlite:///{tmp / (name + '.db')}"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.server",
+            "--port",
+            str(port),
+            "--db",
+            db_url,
+            "--loop",
+            loop,
+            "--http",
+            http,
+        ],
+        cwd=ROOT,
+        env={**os.environ, "AGENTOS_BUFFER_MAX_EVENTS_PER_RUN": "20000", **(env or {})},
     )
-    payloads = [
-        dumps(
-            {
-                "event": "RunContent",
-                "event_index": i,
-                "run_id": "6f1c2b7e-8d1a-4c5e-9f3b-2a7d9e4b1c0a",
-                "session_id": "0b9e8d7c-6a5f-4e3d-2c1b-0a9f8e7d6c5b",
-                "agent_id": "bench",
-                "created_at": 1763700000.123,
-                "content": f" word{i}",
-            }
+    try:
+        for _ in range(400):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError("the bench server did not start")
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def client(port: int, **job: Any) -> Any:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.client", str(port), json.dumps(job)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"bench client failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout)
+
+
+def med(rows: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(r[key] for r in rows)
+
+
+def paired_ratio(result: dict[str, list[dict[str, Any]]], key: str) -> float:
+    """Median over rounds of agentos/bare, each round's pair measured back to back."""
+    return statistics.median(
+        a[key] / b[key] for a, b in zip(result["agentos"], result["bare"], strict=True)
+    )
+
+
+def pctl(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+class Report:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.ratios: list[tuple[str, float, float | None]] = []  # label, ratio, target
+
+    def section(self, title: str, about: str) -> None:
+        print(f"\n{title}", flush=True)
+        self.lines += ["", f"## {title}", "", about, ""]
+
+    def table(self, header: list[str], rows: list[list[str]]) -> None:
+        widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+        for row in [header, *rows]:
+            print("  " + "  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)))
+        self.lines.append("| " + " | ".join(header) + " |")
+        self.lines.append("|" + "---|" * len(header))
+        for row in rows:
+            self.lines.append("| " + " | ".join(str(x) for x in row) + " |")
+        self.lines.append("")
+
+    def note(self, text: str) -> None:
+        print("  " + text)
+        self.lines += [text, ""]
+
+
+def verdict(ok: bool) -> str:
+    return "**holds**" if ok else "**misses**"
+
+
+def scenario_1(port: int, rep: Report, rounds: int) -> dict[str, Any]:
+    rep.section(
+        "1. One background+stream run, 10,000 events",
+        "One client POSTs `background=true` (streaming) to the `bench` agent (EchoModel, zero "
+        "delay, 9,998 words): 10,000 events committed to SQLite in groups, then streamed. The "
+        "ceiling is `GET /bare?n=9998`: an async generator that builds the same payload dicts, "
+        "serialises them with the same `dumps` and yields one `ServerSentEvent` per frame to "
+        "`EventSourceResponse` (same ping, `sep`), no manager, buffer or store. Events/s = "
+        "10,000 / (request sent to last byte).",
+    )
+    res = client(port, job="streams", rounds=rounds, runs=1, events=10_000)
+    ratio = paired_ratio(res, "events_per_s")
+    rows = []
+    for side in ("bare", "agentos"):
+        rs = res[side]
+        rows.append(
+            [
+                side,
+                f"{med(rs, 'events_per_s'):,.0f}",
+                f"{max(r['events_per_s'] for r in rs):,.0f}",
+                f"{med(rs, 'cpu_us_per_event'):.1f}",
+                ", ".join(f"{r['events_per_s']:,.0f}" for r in rs),
+            ]
         )
-        for i in range(n)
+    rep.table(["side", "median ev/s", "best ev/s", "server CPU µs/event", "rounds"], rows)
+    rep.note(
+        f"ratio (median of paired rounds): **{ratio:.2f}**; target >= 0.8: {verdict(ratio >= 0.8)}"
+    )
+    rep.ratios.append(("1: one run ev/s", ratio, 0.8))
+    return res
+
+
+def scenario_2(port: int, rep: Report, rounds: int, events: int, paced: int, rate: float) -> None:
+    rep.section(
+        "2. Fan-out: one run, 500 subscribers",
+        "500 clients resume one `gated` run (it has emitted `RunStarted` and waits) and are all "
+        "live (`subscribed`) before the gate opens; the run then emits its events. The ceiling: "
+        "500 clients of `GET /bare?gate=...&meta=1`, each its own generator waiting on the same "
+        "gate and then yielding the same frames. Delivered events/s = events received by all "
+        "clients / (gate opened to last byte). Lag = arrival at the client minus the event's "
+        "`created_at` (set when the event is emitted, before its commit); each subscriber's p99, "
+        "then the slowest subscriber. Burst: events at zero delay (lag is then the time to drain "
+        f"the burst). Paced: {rate:.0f} events/s, a fast model's token rate.",
+    )
+    burst = client(port, job="fanout", rounds=rounds, subscribers=500, events=events, delay=0)
+    interval = 1 / rate
+    steady = client(port, job="fanout", rounds=1, subscribers=500, events=paced, delay=interval)
+    ratio = paired_ratio(burst, "events_per_s")
+    rows = []
+    for side in ("bare", "agentos"):
+        b, s = burst[side], steady[side]
+        rows.append(
+            [
+                side,
+                f"{med(b, 'events_per_s'):,.0f}",
+                f"{med(b, 'cpu_us_per_delivery'):.1f}",
+                f"{med(b, 'p99_lag_slowest_s') * 1000:,.0f}",
+                f"{med(s, 'p99_lag_slowest_s') * 1000:,.1f}",
+                f"{med(s, 'p99_lag_median_sub_s') * 1000:,.1f}",
+            ]
+        )
+    rep.table(
+        [
+            "side",
+            f"burst delivered ev/s ({events} ev)",
+            "server CPU µs/delivery",
+            "burst p99 lag, slowest (ms)",
+            f"paced p99 lag, slowest (ms, {paced} ev)",
+            "paced p99 lag, median sub (ms)",
+        ],
+        rows,
+    )
+    lag = med(steady["agentos"], "p99_lag_slowest_s")
+    rep.note(
+        f"delivered ev/s ratio: **{ratio:.2f}**. Slowest subscriber's p99 lag at {rate:.0f} ev/s: "
+        f"{lag * 1000:.1f} ms; target < 1 s: {verdict(lag < 1.0)}"
+    )
+    rep.ratios.append(("2: fan-out delivered ev/s", ratio, None))
+
+
+def scenario_3(port: int, rep: Report, rounds: int, runs: int) -> dict[str, Any]:
+    rep.section(
+        f"3. {runs:,} concurrent background+stream runs of 100 events",
+        f"{runs:,} connections at once each POST a background streaming run of 98 words "
+        "(100 events) and read it to the end; the ceiling is as many `GET /bare?n=98` at once. "
+        "Total events/s = all events / (first request to last byte of the last stream); run "
+        "time = request sent to its last byte.",
+    )
+    res = client(port, job="streams", rounds=rounds, runs=runs, events=100)
+    ratio = paired_ratio(res, "events_per_s")
+    rows = []
+    for side in ("bare", "agentos"):
+        rs = res[side]
+        rows.append(
+            [
+                side,
+                f"{med(rs, 'events_per_s'):,.0f}",
+                f"{med(rs, 'p50_run_s') * 1000:,.0f}",
+                f"{med(rs, 'p99_run_s') * 1000:,.0f}",
+                f"{med(rs, 'cpu_us_per_event'):.1f}",
+            ]
+        )
+    rep.table(["side", "events/s", "p50 run (ms)", "p99 run (ms)", "server CPU µs/event"], rows)
+    rep.note(f"ratio: **{ratio:.2f}**; target >= 0.8: {verdict(ratio >= 0.8)}")
+    rep.ratios.append((f"3: {runs} runs ev/s", ratio, 0.8))
+    return res
+
+
+def scenario_4(port: int, rep: Report, requests: int) -> None:
+    rep.section(
+        "4. Resume latency",
+        "Two ended runs of 1,000 events; one stays in the buffer, the other's buffer is dropped "
+        "(as when its time to live has passed) so it is served from SQLite. Each request resumes "
+        "at a random cursor; the time is from sending the request to the arrival of the first "
+        "missed event (after the `replay` meta frame). The ceiling is `GET /bare?after=...&meta=1`"
+        " (same frames made on the fly). Requests go one at a time, alternating the three.",
+    )
+    res = client(port, job="resume", requests=requests, events=1000)
+    rows = []
+    for side, target in (("bare", None), ("buffer", 0.05), ("database", 0.15)):
+        values = res[side]
+        p99 = pctl(values, 0.99)
+        rows.append(
+            [
+                side,
+                f"{pctl(values, 0.5) * 1000:.2f}",
+                f"{p99 * 1000:.2f}",
+                "" if target is None else f"< {target * 1000:.0f} ms: {verdict(p99 < target)}",
+            ]
+        )
+    rep.table(["source", "p50 (ms)", "p99 (ms)", "target (p99)"], rows)
+    bare99 = pctl(res["bare"], 0.99)
+    rep.ratios.append(("4: resume p99, buffer (inv.)", bare99 / pctl(res["buffer"], 0.99), None))
+    rep.ratios.append(
+        ("4: resume p99, database (inv.)", bare99 / pctl(res["database"], 0.99), None)
+    )
+
+
+def scenario_5_6(
+    tmp: Path,
+    rep: Report,
+    loop: str,
+    http: str,
+    streams: int,
+    runs: int,
+    batching: list[tuple[str, dict[str, Any]]],
+) -> None:
+    cost = buffered_event_cost()
+    big = buffered_event_cost(2_000, " {}" + "x" * 4000)
+    env = {"AGENTOS_PING_INTERVAL": "2"}
+    idle = {}
+    for side in ("bare", "agentos"):
+        with server(tmp, f"idle-{side}", loop, http, env) as port:
+            idle[side] = client(
+                port, job="idle", side=side, streams_=streams, runs=runs, hold=5.0, ping=2.0
+            )
+    a, b = idle["agentos"], idle["bare"]
+    per_run = (a["rss_runs"] - a["rss_base"]) / a["runs"]
+    per_sub = (a["rss_streams"] - a["rss_runs"]) / a["streams"]
+    per_bare = (b["rss_streams"] - b["rss_base"]) / b["streams"]
+
+    rep.section(
+        "5. Cost",
+        "Memory per buffered event: in-process, tracemalloc around an `EventBuffer` holding "
+        "20,000 typical events that have all been streamed once (so any per-event frame cache "
+        "is filled), plus the JSON text objects; overhead = that minus the JSON text's bytes. "
+        "Idle runs and subscribers: resident memory (VmRSS, after `gc.collect()`) of a fresh "
+        "server before and after; the ceiling for a subscriber is an idle `/bare` stream.",
+    )
+    rows = [
+        [
+            "per buffered event (~250 B JSON)",
+            f"{cost.total:.0f} B",
+            f"{cost.overhead:.0f} B beyond {cost.payload:.0f} B of JSON",
+            f"< 1 KiB: {verdict(cost.overhead < KiB)}",
+        ],
+        [
+            "per buffered event (~4 KiB JSON)",
+            f"{big.total:,.0f} B",
+            f"{big.overhead:,.0f} B beyond {big.payload:,.0f} B of JSON",
+            f"< 1 KiB: {verdict(big.overhead < KiB)}",
+        ],
+        [
+            "per idle subscriber (resumed stream)",
+            f"{per_sub / KiB:.1f} KiB",
+            f"ceiling {per_bare / KiB:.1f} KiB (ratio {per_sub / per_bare:.2f})",
+            f"< 20 KiB: {verdict(per_sub < 20 * KiB)}",
+        ],
+        ["per idle run (RUNNING, no subscriber)", f"{per_run / KiB:.1f} KiB", "", ""],
     ]
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    buffers = EventBuffer(settings)
-    buffers.open("run")
-    buffers.publish("run", [Event(i, "RunContent", payloads[i]) for i in range(n)])
-    after = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
-    return (after - before) / n, statistics.mean(sys.getsizeof(p) for p in payloads)
+    for label, res in batching:
+        written = sum(r["events_written"] for r in res["agentos"])
+        commits = sum(r["commits"] for r in res["agentos"])
+        rows.append(
+            [
+                f"database transactions per event, {label}",
+                f"{commits / written:.4f}",
+                f"{written / commits:,.0f} events per transaction",
+                "",
+            ]
+        )
+    rep.table(["what", "cost", "detail", "target"], rows)
+    rep.ratios.append(("5: idle subscriber memory (inv.)", per_bare / per_sub, None))
+
+    rep.section(
+        "6. Idle capacity",
+        f"A fresh server with pings every 2 s. agentos: {runs:,} gated runs wait (RUNNING), then "
+        f"{streams:,} streams resume them (each gets `catch_up`, `RunStarted`, `subscribed`) and "
+        "stay idle for 5 s; the ceiling holds as many idle `/bare` streams. A stream counts as "
+        "held if it is still open after the 5 s and received a ping during them.",
+    )
+    rows = []
+    for side, r in (("bare", b), ("agentos", a)):
+        rows.append(
+            [
+                side,
+                f"{r['alive']:,} / {r['streams']:,}",
+                f"{r['pinged']:,}",
+                f"{r['open_s']:.1f}",
+                f"{r['rss_streams'] / 2**20:,.0f} MiB",
+                f"{(r['rss_streams'] - r['rss_runs']) / r['streams'] / KiB:.1f} KiB",
+            ]
+        )
+    rep.table(
+        ["side", "held", "pinged", "open time (s)", "server RSS", "per stream"],
+        rows,
+    )
+    rep.ratios.append(("6: idle streams held", a["pinged"] / max(b["pinged"], 1), None))
+
+
+def chart(ratios: list[tuple[str, float, float | None]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 0.55 * len(ratios) + 1.4))
+    labels = [r[0] for r in ratios][::-1]
+    values = [r[1] for r in ratios][::-1]
+    colors = []
+    for _, value, target in ratios[::-1]:
+        colors.append("#999999" if target is None else "#2a9d4b" if value >= target else "#d1495b")
+    ax.barh(labels, values, color=colors)
+    for i, value in enumerate(values):
+        ax.text(value + 0.01, i, f"{value:.2f}", va="center")
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.axvline(0.8, color="#d1495b", linewidth=0.8, linestyle="--", label="target 0.8 (1 and 3)")
+    ax.set_xlim(0, max(1.2, max(values) + 0.15))
+    ax.set_xlabel(
+        "agentos / ceiling (inv.: ceiling / agentos, for latency and memory); 1 = ceiling"
+    )
+    ax.set_title("agentos against a bare sse-starlette endpoint, same run")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=10_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer rounds")
+    parser.add_argument("--only", default="1,2,3,4,5,6", help="scenarios to run, e.g. 1,3")
+    parser.add_argument("--loop", default="auto", help="uvicorn --loop: auto, asyncio, uvloop")
+    parser.add_argument("--http", default="auto", help="uvicorn --http: auto, h11, httptools")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds of scenario 1")
+    parser.add_argument("--no-write", action="store_true", help="do not write RESULTS.md/png")
     args = parser.parse_args()
+    only = {int(x) for x in args.only.split(",")}
+    q = args.quick
+    rounds1 = args.rounds or (3 if q else 7)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
-        db_url = f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}"
-        server = subprocess.Popen(
-            [sys.executable, "-m", "bench.server", str(port), db_url],
-            cwd=Path(__file__).resolve().parent.parent,
-            env={**os.environ, "AGENTOS_BUFFER_MAX_EVENTS_PER_RUN": str(args.events + 10)},
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            for _ in range(200):
-                try:
-                    if httpx.get(url + "/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.05)
-            results = asyncio.run(throughput(url, args.events, args.rounds))
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-
-    best_agentos, best_bare = max(results["agentos"]), max(results["bare"])
-    overhead, payload = memory_per_buffered_event()
-    print(f"one background+stream run, {args.events} events, SQLite, best of {args.rounds}")
-    print(
-        f"  bare sse-starlette : {best_bare:10.0f} events/s   rounds: "
-        + ", ".join(f"{r:.0f}" for r in results["bare"])
-    )
-    print(
-        f"  agentos            : {best_agentos:10.0f} events/s   rounds: "
-        + ", ".join(f"{r:.0f}" for r in results["agentos"])
-    )
-    print(f"  ratio agentos/bare : {best_agentos / best_bare:10.2f}   (target >= 0.5)")
-    batching = statistics.mean(results["events_per_commit"])
-    print(f"  events per SQLite transaction (group commit): {batching:.0f}")
-    print(
-        f"memory per buffered event: {overhead + payload:.0f} B = payload {payload:.0f} B + overhead {overhead:.0f} B"
-    )
+    rep = Report()
+    started = time.time()
+    load_before = load()
+    batching: list[tuple[str, dict[str, Any]]] = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        with server(tmp, "main", args.loop, args.http) as port:
+            info = httpx.get(f"http://127.0.0.1:{port}/bench/stats").json()
+            if 1 in only:
+                batching.append(("scenario 1", scenario_1(port, rep, rounds1)))
+            if 2 in only:
+                scenario_2(port, rep, 1 if q else 3, 200 if q else 1000, 50 if q else 150, 50.0)
+            if 3 in only:
+                runs = 1000
+                batching.append(("scenario 3", scenario_3(port, rep, 1 if q else 3, runs)))
+            if 4 in only:
+                scenario_4(port, rep, 40 if q else 200)
+        if only & {5, 6}:
+            scenario_5_6(
+                tmp, rep, args.loop, args.http, 2000 if q else 10_000, 200 if q else 1000, batching
+            )
+    elapsed = time.time() - started
+    load_after = load()
+    print(f"\nsuite took {elapsed:.0f} s; load average before {load_before}, after {load_after}")
+    if args.no_write:
+        return
+    head = [
+        "# Benchmark results",
+        "",
+        "Written by `python -m bench`"
+        + (" --quick" if q else "")
+        + f" on {time.strftime('%Y-%m-%d %H:%M')}:"
+        f" {os.cpu_count()} cores, Python {platform.python_version()}, uvicorn event loop"
+        f" `{info['loop']}`, `--http {args.http}`, SQLite (WAL, synchronous=NORMAL).",
+        f"The suite took {elapsed:.0f} s; load average (1, 5, 15 min) {load_before} before and"
+        f" {load_after} after. Server, ceiling and client share the 2 cores: the client process"
+        " competes with the server, and other work on the machine adds noise, which is why"
+        " each scenario measures agentos and its ceiling alternately in the same run.",
+        "",
+        "![agentos / ceiling](ratios.png)",
+    ]
+    (HERE / "RESULTS.md").write_text("\n".join(head + rep.lines).rstrip() + "\n")
+    chart(rep.ratios, HERE / "ratios.png")
+    print(f"wrote {HERE / 'RESULTS.md'} and {HERE / 'ratios.png'}")
 
 
 if __name__ == "__main__":

@@ -1,38 +1,97 @@
-"""The servers the benchmark measures, side by side on the same stack (uvicorn + Starlette).
+"""The server the benchmark measures: agentos and its ceiling side by side on one uvicorn.
 
-- ``/agents/bench/runs`` etc.: agentos with an EchoModel agent at zero delay, SQLite store.
-- ``/bare``: the ceiling, a bare sse-starlette endpoint that emits the same frames (same event
-  names, ids and JSON payloads) with no run manager, buffer or store.
+- ``/agents/bench/runs`` etc.: agentos with an EchoModel agent at zero delay (``bench``) and a
+  ``gated`` agent that emits ``RunStarted``, waits for a named gate, then streams ``n`` chunks
+  (every ``delay`` seconds, or at once). SQLite store.
+- ``/bare``: the ceiling. A bare sse-starlette endpoint: an async generator that builds the same
+  payload dicts, serialises them the same way and yields one ``ServerSentEvent`` per frame to
+  ``EventSourceResponse`` (same ids, names, JSON, meta frames and ping settings), with no run
+  manager, group commit, buffer or store in between.
+- ``/bench/gate``, ``/bench/evict/{run_id}``, ``/bench/stats``: the benchmark's own controls
+  (release a gate, drop a run's buffer so it is read from the database, resident memory and CPU).
 
-Run: ``python -m bench.server PORT DB_URL``.
+Run: ``python -m bench.server --port PORT --db DB_URL [--loop asyncio|uvloop] [--http h11|httptools]``.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
+import asyncio
+import gc
+import os
+import resource
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import uvicorn
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from agentos import Agent, AgentOS, EchoModel, Settings
 from agentos.events import dumps
 
+_GATES: dict[str, asyncio.Event] = {}
 
-def message(n_words: int) -> str:
+
+def gate(name: str) -> asyncio.Event:
+    found = _GATES.get(name)
+    if found is None:
+        found = _GATES[name] = asyncio.Event()
+    return found
+
+
+def echo_message(n_words: int) -> str:
+    """The message the ``bench`` agent echoes back as ``n_words`` chunks."""
     return " ".join(f"w{i}" for i in range(n_words))
 
 
-async def bare(request: Request) -> EventSourceResponse:
-    """The same frames as an agentos run of ``n`` words, made on the fly."""
-    n = int(request.query_params["n"])
-    run_id, session_id = str(uuid.uuid4()), str(uuid.uuid4())
+def gated_message(name: str, n: int, delay: float) -> str:
+    return f"gate:{name}:{n}:{delay}"
 
-    def frame(index: int, name: str, **fields: object) -> ServerSentEvent:
+
+def _parse_gated(message: str) -> tuple[str, int, float]:
+    _, name, n, delay = message.split(":")
+    return name, int(n), float(delay)
+
+
+async def _gated(message: str) -> AsyncIterator[str]:
+    name, n, delay = _parse_gated(message)
+    await gate(name).wait()
+    for i in range(n):
+        if delay:
+            await asyncio.sleep(delay)
+        elif i % 64 == 63:
+            await asyncio.sleep(0)
+        yield f" w{i}"
+
+
+async def bare(request: Request) -> EventSourceResponse:
+    """The frames of an agentos run, made on the fly by a bare sse-starlette generator.
+
+    Query: ``n`` chunks; ``gate`` (a gated run: wait for the gate after ``RunStarted``) and
+    ``delay``; ``after`` (a resume cursor: only frames after it) and ``meta`` (send the meta
+    frames agentos sends on resume: ``catch_up``/``subscribed`` live, ``replay`` when replaying).
+    """
+    q = request.query_params
+    n = int(q["n"])
+    gate_name = q.get("gate")
+    delay = float(q.get("delay", "0"))
+    after = int(q.get("after", "-1"))
+    meta = q.get("meta") == "1"
+    run_id, session_id = str(uuid.uuid4()), str(uuid.uuid4())
+    if gate_name is None:
+        text = echo_message(n)
+        chunks = [w if i == 0 else " " + w for i, w in enumerate(text.split(" "))] if n else []
+    else:
+        text = gated_message(gate_name, n, delay)
+        chunks = [f" w{i}" for i in range(n)]
+    total = n + 2
+
+    def frame(index: int, name: str, **fields: Any) -> ServerSentEvent:
         payload = {
             "event": name,
             "event_index": index,
@@ -44,25 +103,114 @@ async def bare(request: Request) -> EventSourceResponse:
         }
         return ServerSentEvent(dumps(payload), event=name, id=str(index), sep="\n")
 
+    def meta_frame(name: str, **fields: Any) -> ServerSentEvent:
+        return ServerSentEvent(dumps({"event": name, **fields}), event=name, sep="\n")
+
     async def frames() -> AsyncIterator[ServerSentEvent]:
         yield ServerSentEvent(comment="ping", sep="\n")
-        text = message(n)
-        yield frame(0, "RunStarted", input=text)
-        words = text.split(" ")
-        for i, word in enumerate(words):
-            yield frame(i + 1, "RunContent", content=word if i == 0 else " " + word)
-        yield frame(n + 1, "RunCompleted", content=text)
+        if meta and gate_name is None:
+            yield meta_frame(
+                "replay", run_id=run_id, status="COMPLETED", total_events=total, source="buffer"
+            )
+        elif meta:
+            yield meta_frame(
+                "catch_up", run_id=run_id, status="RUNNING", missed_events=1, current_event_count=1
+            )
+        if after < 0:
+            yield frame(0, "RunStarted", input=text)
+        if meta and gate_name is not None:
+            yield meta_frame("subscribed", run_id=run_id, status="RUNNING", current_event_count=1)
+        if gate_name is not None:
+            await gate(gate_name).wait()
+        for i, chunk in enumerate(chunks):
+            if delay:
+                await asyncio.sleep(delay)
+            if i + 1 > after:
+                yield frame(i + 1, "RunContent", content=chunk)
+        yield frame(n + 1, "RunCompleted", content="".join(chunks))
 
-    return EventSourceResponse(frames(), sep="\n", ping=15)
+    return EventSourceResponse(
+        frames(),
+        sep="\n",
+        ping=request.app.state.agent_os.settings.ping_interval,
+        ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
+    )
+
+
+async def gate_route(request: Request) -> JSONResponse:
+    name = request.query_params["name"]
+    gate(name).set()
+    return JSONResponse({"released": name})
+
+
+async def evict(request: Request) -> JSONResponse:
+    agent_os: AgentOS = request.app.state.agent_os
+    run_id = request.path_params["run_id"]
+    agent_os.manager.buffers._drop(run_id)  # bench only: as if its time to live had passed
+    return JSONResponse({"evicted": run_id})
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+async def stats(request: Request) -> JSONResponse:
+    if request.query_params.get("gc") == "1":
+        gc.collect()
+    agent_os: AgentOS = request.app.state.agent_os
+    times = os.times()
+    return JSONResponse(
+        {
+            "rss": _rss(),
+            "cpu": times.user + times.system,
+            "commits": agent_os.manager.committer.commits,
+            "events_written": agent_os.manager.committer.events_written,
+            "tasks": len(asyncio.all_tasks()),
+            "loop": type(asyncio.get_running_loop()).__module__,
+        }
+    )
 
 
 def build(db_url: str) -> AgentOS:
     settings = Settings.from_env(db_url=db_url, instance_id="bench")
-    agent_os = AgentOS(agents=[Agent(id="bench", model=EchoModel(0))], settings=settings)
-    agent_os.app.router.routes.insert(0, Route("/bare", bare))
+    agent_os = AgentOS(
+        agents=[Agent(id="bench", model=EchoModel(0)), Agent(id="gated", fn=_gated)],
+        settings=settings,
+    )
+    extra = [
+        Route("/bare", bare),
+        Route("/bench/gate", gate_route, methods=["POST"]),
+        Route("/bench/evict/{run_id}", evict, methods=["POST"]),
+        Route("/bench/stats", stats),
+    ]
+    agent_os.app.router.routes[:0] = extra
     return agent_os
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--loop", default="auto")
+    parser.add_argument("--http", default="auto")
+    args = parser.parse_args()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    uvicorn.run(
+        build(args.db).app,
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        loop=args.loop,
+        http=args.http,
+        backlog=4096,
+        timeout_graceful_shutdown=5,
+    )
+
+
 if __name__ == "__main__":
-    port, db_url = int(sys.argv[1]), sys.argv[2]
-    uvicorn.run(build(db_url).app, host="127.0.0.1", port=port, log_level="warning")
+    main()
