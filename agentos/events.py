@@ -9,9 +9,16 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from types import ModuleType
 from typing import Any, Protocol
+
+_orjson: ModuleType | None
+try:  # optional: the same text, about ten times faster, for the common plain payloads
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - the pure-Python path
+    _orjson = None
 
 __all__ = ["KINDS", "Event", "Kind", "Meta", "RunStatus", "dumps", "make_event"]
 
@@ -82,9 +89,32 @@ KINDS: dict[str, Kind] = {
 }
 
 
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _orjson_same(value: Any) -> bool:
+    """Whether orjson writes ``value`` exactly as ``json`` does: str, int, bool, None, and
+    floats that ``repr`` writes without an exponent (orjson spells exponents differently)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    return kind is float and (value == 0.0 or 1e-4 <= abs(value) < 1e16)
+
+
 def dumps(obj: Any) -> str:
-    """Compact JSON as it goes on the wire; values JSON cannot hold become strings."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str)
+    """Compact JSON as it goes on the wire; values JSON cannot hold become strings.
+
+    A flat dict of plain values (what most events are) goes through orjson when it is
+    installed; everything else through :mod:`json`. Both give the same text.
+    """
+    if _orjson is not None and type(obj) is dict and all(map(_orjson_same, obj.values())):
+        try:
+            text: str = _orjson.dumps(obj).decode()
+        except TypeError:  # keys that are not str, ints beyond 64 bits, lone surrogates
+            pass
+        else:
+            return text
+    return _encoder.encode(obj)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +125,9 @@ class Event:
     name: str
     data: str
     terminal: bool = False
+    #: The event's SSE frame, encoded by the first stream that sends it and shared by all
+    #: streams that send it after (see ``agentos.app``); not part of the event's identity.
+    sse: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def payload(self) -> dict[str, Any]:
         """The event as a dict (parsed from its JSON text)."""
