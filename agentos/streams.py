@@ -81,22 +81,36 @@ class RunStream:
         With ``cancel_on_close``, closing the iterator before the terminal event cancels the run
         (the inline streaming mode).
         """
+        async for chunk in self.chunks(cancel_on_close=cancel_on_close):
+            for item in chunk:
+                yield item
+
+    async def chunks(self, *, cancel_on_close: bool = False) -> AsyncIterator[list[Event | Meta]]:
+        """Like :meth:`events`, in lists: everything that was ready at once comes together.
+
+        A server sends each list in one write; a burst of events then costs one send, not one
+        per event, and a subscriber that fell behind catches up in large steps.
+        """
         self._manager.open_streams += 1
         try:
             if self.meta:
-                yield self.first_meta()
-            async for item in self._follow():
-                if not self.meta and isinstance(item, Meta):
-                    if item.name == "error":
-                        raise EventsUnavailable(item.fields["error"], self.run_id)
+                yield [self.first_meta()]
+            async for chunk in self._follow():
+                if self.meta:
+                    yield chunk
                     continue
-                yield item
+                events: list[Event | Meta] = [item for item in chunk if isinstance(item, Event)]
+                if events:
+                    yield events
+                for item in chunk:
+                    if isinstance(item, Meta) and item.name == "error":
+                        raise EventsUnavailable(item.fields["error"], self.run_id)
         finally:
             self._manager.open_streams -= 1
             if cancel_on_close and not self.terminal_sent:
                 self._manager.cancel_nowait(self.run_id)
 
-    async def _follow(self) -> AsyncIterator[Event | Meta]:
+    async def _follow(self) -> AsyncIterator[list[Event | Meta]]:
         manager = self._manager
         page = manager.settings.replay_page_size
         cursor = self.after
@@ -109,11 +123,11 @@ class RunStream:
                     if buf.done:
                         # Ended and fully read without a terminal event: only possible when
                         # events were lost; say so rather than hang.
-                        yield self._error("the run ended without a terminal event", "no_terminal")
+                        yield [self._error("the run ended without a terminal event", "no_terminal")]
                         return
                     if not subscribed:
                         subscribed = True
-                        yield self._subscribed(buf.next_index, buf.status)
+                        yield [self._subscribed(buf.next_index, buf.status)]
                     await buf.wait(cursor)
                     continue
             else:
@@ -126,29 +140,36 @@ class RunStream:
                         continue  # the run's buffer appeared meanwhile: read from it
                     record = await manager.store.get_run(self.run_id)
                     if record is None or (record.status.ended and record.event_count <= cursor + 1):
-                        yield self._error(
-                            "the run's events are no longer available", "events_unavailable"
-                        )
+                        yield [
+                            self._error(
+                                "the run's events are no longer available", "events_unavailable"
+                            )
+                        ]
                         return
                     if manager.closing:
                         return  # a draining instance stops tailing; the client resumes elsewhere
                     if not subscribed:
                         subscribed = True
-                        yield self._subscribed(cursor + 1, record.status)
+                        yield [self._subscribed(cursor + 1, record.status)]
                     await manager.notifier.wait(signal, manager.settings.tail_poll_interval)
                     continue
+            ready: list[Event | Meta] = []
             for event in batch:
                 if event.index != cursor + 1:
-                    yield self._error(
-                        f"event {cursor + 1} is no longer available", "events_unavailable"
+                    ready.append(
+                        self._error(
+                            f"event {cursor + 1} is no longer available", "events_unavailable"
+                        )
                     )
+                    yield ready
                     return
                 cursor = event.index
+                ready.append(event)
                 if event.terminal:
                     self.terminal_sent = True
-                yield event
-                if event.terminal:
+                    yield ready
                     return
+            yield ready
 
     def _subscribed(self, count: int, status: RunStatus) -> Meta:
         return Meta(
