@@ -361,30 +361,36 @@ class SQLStore(Store):
     ) -> None:
         async with self.engine.begin() as conn:
             if events:
-                await conn.execute(
-                    _events.insert(),
-                    [
-                        {
-                            "run_id": run_id,
-                            "event_index": e.index,
-                            "name": e.name,
-                            "terminal": e.terminal,
-                            "data": e.data,
-                        }
-                        for run_id, e in events
-                    ],
-                )
+                rows = [(run_id, e.index, e.name, e.terminal, e.data) for run_id, e in events]
+                if self.is_sqlite:
+                    # Straight to the driver: SQLAlchemy's per-row parameter processing cost
+                    # more than SQLite's own inserts (profile of 1,000 concurrent runs).
+                    await conn.exec_driver_sql(_SQLITE_INSERT_EVENTS, rows)
+                else:
+                    await conn.execute(
+                        _events.insert(),
+                        [dict(zip(_EVENT_COLUMNS, row, strict=True)) for row in rows],
+                    )
+            # One statement per set of changed columns, executed for all runs that share it
+            # (a group's runs mostly change the same columns: RUNNING, or their final status).
+            shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
             for update in updates:
                 values = update.changes()
                 run_id = values.pop("run_id")
                 if "status" in values:
                     values["status"] = values["status"].value
-                query = _runs.update().where(_runs.c.run_id == run_id)
+                shape = tuple(sorted(values))
+                params = {"p_" + k: v for k, v in values.items()}
+                params["p__run_id"] = run_id
+                shapes.setdefault(shape, []).append(params)
+            for shape, params_list in shapes.items():
+                statement = _runs.update().where(_runs.c.run_id == sa.bindparam("p__run_id"))
                 if owner is not None:
-                    query = query.where(
+                    statement = statement.where(
                         sa.or_(_runs.c.instance_id == owner, _runs.c.instance_id.is_(None))
                     )
-                await conn.execute(query.values(**values))
+                statement = statement.values({k: sa.bindparam("p_" + k) for k in shape})
+                await conn.execute(statement, params_list)
             if events and self.is_postgres:
                 last: dict[str, int] = {}
                 for run_id, e in events:
@@ -490,6 +496,12 @@ async def _notify(conn: AsyncConnection, channel: str, payloads: list[str]) -> N
         sa.text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p"),
         {"channel": channel, "payloads": payloads},
     )
+
+
+_EVENT_COLUMNS = ("run_id", "event_index", "name", "terminal", "data")
+_SQLITE_INSERT_EVENTS = (
+    f"INSERT INTO agentos_events ({', '.join(_EVENT_COLUMNS)}) VALUES ({', '.join('?' * 5)})"
+)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
