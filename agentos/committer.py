@@ -27,9 +27,10 @@ from collections.abc import Callable
 from sqlalchemy.exc import IntegrityError
 
 from agentos.buffer import EventBuffer
+from agentos.errors import RunAlreadyExists
 from agentos.events import Event
 from agentos.settings import Settings
-from agentos.store import RunUpdate, Store
+from agentos.store import RunRecord, RunUpdate, Store
 
 __all__ = ["GroupCommitter"]
 
@@ -55,6 +56,7 @@ class GroupCommitter:
         self._pending: list[tuple[str, Event]] = []
         self._updates: dict[str, RunUpdate] = {}
         self._waiters: list[asyncio.Future[None]] = []
+        self._creates: list[tuple[RunRecord, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
@@ -77,6 +79,20 @@ class GroupCommitter:
         while len(self._pending) >= self._settings.max_pending_events:
             self._space.clear()
             await self._space.wait()
+
+    async def create(self, record: RunRecord) -> None:
+        """Insert a new run with the next group; returns once that group has committed.
+
+        Many runs started at once then cost one transaction, not one each. The run id must be
+        new (a server-made UUID): a clash would fail the whole group, so runs whose id a client
+        chose are created with ``Store.create_run``, which reports the clash.
+        """
+        if self._task is None or self._task.done():
+            raise RuntimeError("the group committer is not running")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._creates.append((record, future))
+        self._wake.set()
+        await future
 
     def put(self, run_id: str, event: Event) -> None:
         """Queue an event; callers keep a run's events in index order."""
@@ -118,16 +134,17 @@ class GroupCommitter:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                while self._pending or self._updates or self._waiters:
+                while self._pending or self._updates or self._waiters or self._creates:
                     await self._commit_one_group()
                 if self._closing:
                     return
         finally:
-            # Never leave a flush() waiting on a committer that has stopped.
-            for waiter in self._waiters:
+            # Never leave a flush() or a new run waiting on a committer that has stopped.
+            for waiter in self._waiters + [future for _, future in self._creates]:
                 if not waiter.done():
                     waiter.set_exception(RuntimeError("the group committer stopped"))
             self._waiters = []
+            self._creates = []
 
     async def _commit_one_group(self) -> None:
         limit = self._settings.max_batch_events
@@ -141,10 +158,11 @@ class GroupCommitter:
         if drained:
             self._updates = {}
             self._waiters = []
+        creates, self._creates = self._creates, []
         try:
-            events, updates = await self._write(events, updates)
+            events, updates = await self._write(events, updates, creates)
         except BaseException:
-            for waiter in waiters:
+            for waiter in waiters + [future for _, future in creates]:
                 if not waiter.done():
                     waiter.set_exception(RuntimeError("events could not be committed"))
             raise
@@ -152,27 +170,35 @@ class GroupCommitter:
         self._publish(events, updates)
         if len(self._pending) < self._settings.max_pending_events:
             self._space.set()
-        for waiter in waiters:
+        for waiter in waiters + [future for _, future in creates]:
             if not waiter.done():
                 waiter.set_result(None)
 
     async def _write(
-        self, events: list[tuple[str, Event]], updates: list[RunUpdate]
+        self,
+        events: list[tuple[str, Event]],
+        updates: list[RunUpdate],
+        creates: list[tuple[RunRecord, asyncio.Future[None]]],
     ) -> tuple[list[tuple[str, Event]], list[RunUpdate]]:
-        """Commit a group; returns what was committed.
+        """Commit a group, new runs first; returns the events and updates committed.
 
         Passing errors (a lost connection, a locked database) are retried with backoff while runs
         wait behind the bound on pending events. A conflict (another writer already holds one of
         the indices, e.g. an instance that declared the run lost) cannot succeed on retry: the
-        group is then committed run by run and the conflicting runs are handed to ``on_conflict``.
+        new runs are then created one by one and the group is committed run by run, and the
+        conflicting runs are handed to ``on_conflict``.
         """
         delay = 0.05
+        runs = [record for record, _ in creates]
         while True:
             try:
-                await self._store.commit(events, updates, owner=self._settings.instance_id)
+                await self._store.commit(
+                    events, updates, owner=self._settings.instance_id, runs=runs
+                )
                 self.commits += 1
                 return events, updates
             except IntegrityError:
+                await self._create_each(creates)
                 return await self._write_each_run(events, updates)
             except asyncio.CancelledError:
                 raise
@@ -182,6 +208,15 @@ class GroupCommitter:
                 logger.exception("group commit of %d events failed; retrying", len(events))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _create_each(self, creates: list[tuple[RunRecord, asyncio.Future[None]]]) -> None:
+        """New runs one at a time: a run id that is taken fails only its own start."""
+        for record, future in creates:
+            try:
+                await self._store.create_run(record)
+            except RunAlreadyExists as exc:
+                if not future.done():
+                    future.set_exception(exc)
 
     async def _write_each_run(
         self, events: list[tuple[str, Event]], updates: list[RunUpdate]

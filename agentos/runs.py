@@ -216,7 +216,10 @@ class RunManager:
             instance_id=self.settings.instance_id,
             lease_until=now + self.settings.lease_ttl,
         )
-        await self.store.create_run(record)
+        if run_id is None:
+            await self.committer.create(record)  # a fresh UUID: batched with other new runs
+        else:
+            await self.store.create_run(record)  # a client's id may be taken: 409
         active = _ActiveRun(record, component)
         self._active[record.run_id] = active
         self.buffers.open(record.run_id)

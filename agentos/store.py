@@ -155,11 +155,13 @@ class Store(abc.ABC):
         updates: Sequence[RunUpdate],
         *,
         owner: str | None = None,
+        runs: Sequence[RunRecord] = (),
     ) -> None:
-        """Write events (run_id, event) and run updates in one transaction.
+        """Insert new runs, write events (run_id, event) and run updates in one transaction.
 
         With ``owner``, updates only change runs that instance owns (or nobody does). An event whose
-        ``(run_id, event_index)`` is taken raises IntegrityError and nothing is written.
+        ``(run_id, event_index)`` is taken, or a new run whose id is, raises IntegrityError and
+        nothing is written.
         """
 
     @abc.abstractmethod
@@ -358,8 +360,13 @@ class SQLStore(Store):
         updates: Sequence[RunUpdate],
         *,
         owner: str | None = None,
+        runs: Sequence[RunRecord] = (),
     ) -> None:
         async with self.engine.begin() as conn:
+            if runs:
+                await conn.execute(
+                    _runs.insert(), [{**r.__dict__, "status": r.status.value} for r in runs]
+                )
             if events:
                 rows = [(run_id, e.index, e.name, e.terminal, e.data) for run_id, e in events]
                 if self.is_sqlite:
