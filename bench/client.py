@@ -201,14 +201,18 @@ def _start_form(n_words: int, message: str | None = None, **extra: str) -> dict[
     return {"message": message or echo_message(n_words), **extra}
 
 
-async def streams(port: int, rounds: int, runs: int, events: int) -> dict[str, Any]:
+async def streams(
+    port: int, rounds: int, runs: int, events: int, sides: tuple[str, ...] = ("bare", "agentos")
+) -> dict[str, Any]:
     """``runs`` concurrent background+stream runs of ``events`` events each (scenarios 1, 3)."""
     n = events - 2
-    out: dict[str, list[dict[str, Any]]] = {"bare": [], "agentos": []}
+    out: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
     for _ in range(rounds):
-        for side in ("bare", "agentos"):
+        for side in sides:
             if side == "bare":
                 request = _request("GET", f"/bare?n={n}")
+            elif side == "bare-batched":
+                request = _request("GET", f"/bare?n={n}&batch=1000")
             else:
                 form = _start_form(n, background="true", stream="true")
                 request = _request("POST", "/agents/bench/runs", form)

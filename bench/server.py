@@ -6,7 +6,8 @@
 - ``/bare``: the ceiling. A bare sse-starlette endpoint: an async generator that builds the same
   payload dicts, serialises them the same way and yields one ``ServerSentEvent`` per frame to
   ``EventSourceResponse`` (same ids, names, JSON, meta frames and ping settings), with no run
-  manager, group commit, buffer or store in between.
+  manager, group commit, buffer or store in between. ``batch=K`` joins K encoded frames per
+  send instead (a stronger ceiling, shown for comparison in scenario 1).
 - ``/bench/gate``, ``/bench/evict/{run_id}``, ``/bench/stats``: the benchmark's own controls
   (release a gate, drop a run's buffer so it is read from the database, resident memory and CPU).
 
@@ -82,6 +83,7 @@ async def bare(request: Request) -> EventSourceResponse:
     delay = float(q.get("delay", "0"))
     after = int(q.get("after", "-1"))
     meta = q.get("meta") == "1"
+    batch = int(q.get("batch", "1"))
     run_id, session_id = str(uuid.uuid4()), str(uuid.uuid4())
     if gate_name is None:
         text = echo_message(n)
@@ -108,6 +110,23 @@ async def bare(request: Request) -> EventSourceResponse:
 
     async def frames() -> AsyncIterator[ServerSentEvent]:
         yield ServerSentEvent(comment="ping", sep="\n")
+        async for item in items():
+            yield item
+
+    async def batched() -> AsyncIterator[ServerSentEvent | bytes]:
+        # The same frames, ``batch`` of them encoded and joined per send (as agentos does
+        # with events that are ready together).
+        yield ServerSentEvent(comment="ping", sep="\n")
+        ready: list[bytes] = []
+        async for item in items():
+            ready.append(item.encode())
+            if len(ready) == batch:
+                yield b"".join(ready)
+                ready = []
+        if ready:
+            yield b"".join(ready)
+
+    async def items() -> AsyncIterator[ServerSentEvent]:
         if meta and gate_name is None:
             yield meta_frame(
                 "replay", run_id=run_id, status="COMPLETED", total_events=total, source="buffer"
@@ -130,7 +149,7 @@ async def bare(request: Request) -> EventSourceResponse:
         yield frame(n + 1, "RunCompleted", content="".join(chunks))
 
     return EventSourceResponse(
-        frames(),
+        frames() if batch == 1 else batched(),
         sep="\n",
         ping=request.app.state.agent_os.settings.ping_interval,
         ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
