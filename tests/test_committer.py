@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
-from agentos import Event, RunStatus, Settings
+from agentos import Agent, AgentOS, EchoModel, Event, RunStatus, Settings
 from agentos.buffer import EventBuffer
 from agentos.committer import GroupCommitter
 from agentos.store import RunRecord, RunUpdate, SQLStore
@@ -37,11 +37,12 @@ class FlakyStore(SQLStore):
         updates: Sequence[RunUpdate],
         *,
         owner: str | None = None,
+        runs: Sequence[RunRecord] = (),
     ) -> None:
         if self.failures:
             self.failures -= 1
             raise OSError("database went away")
-        await super().commit(events, updates, owner=owner)
+        await super().commit(events, updates, owner=owner, runs=runs)
         self.batches.append(len(events))
 
 
@@ -118,3 +119,14 @@ async def test_backpressure_bounds_pending_events(tmp_path: Path) -> None:
     assert len(await store.read_events("r", 0, 1000)) == 200
     await committer.aclose()
     await store.close()
+
+
+async def test_runs_started_together_share_transactions(tmp_path: Path) -> None:
+    agent = Agent(id="echo", model=EchoModel(0))
+    settings = Settings(db_url=f"sqlite+aiosqlite:///{tmp_path}/a.db", instance_id="t")
+    async with AgentOS(agents=[agent], settings=settings) as agent_os:
+        before = agent_os.manager.committer.commits
+        runs = await asyncio.gather(*(agent.arun("hi", background=True) for _ in range(50)))
+        assert agent_os.manager.committer.commits - before < 10
+        for run in runs:  # each is durable once arun returns
+            assert await agent_os.manager.store.get_run(run.run_id) is not None

@@ -1,0 +1,62 @@
+"""Events: the JSON text (orjson or json, same bytes) and the cached SSE frame."""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import json
+import math
+from typing import Any
+
+import pytest
+from sse_starlette import ServerSentEvent
+
+from agentos import Event, events
+from agentos.app import sse_frame
+from agentos.events import dumps
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+def reference(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+PAYLOADS: list[Any] = [
+    {"event": "RunContent", "event_index": 3, "created_at": 1763700000.123, "content": " Hel"},
+    {"content": 'quote " backslash \\ newline \n tab \t nul \x00 del \x7f'},
+    {"content": "é ü 中文 😀 \u2028 \u2029 \ufeff"},
+    {"a": True, "b": False, "c": None, "d": -0.0, "e": 0.0, "f": 1e-4, "g": 9999999999999998.0},
+    {"tiny": 1e-5, "huge": 1e16, "max": 1.7976931348623157e308, "min": 5e-324},
+    {"nan": math.nan, "inf": math.inf, "ninf": -math.inf},
+    {"big": 2**64, "neg": -(2**63) - 1, "ok": 2**63 - 1},
+    {"enum": Color.RED, "int_enum": Level.HIGH, "when": datetime.datetime(2026, 1, 2, 3, 4, 5)},
+    {"nested": {"list": [1, 2.5, "x", None], "tool_args": {"q": "é"}}},
+    {1: "int key", "s": "x"},
+    {"surrogate": "\ud800"},
+    ["not", "a", "dict"],
+    "just a string",
+]
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+@pytest.mark.parametrize("fast", [True, False])
+def test_dumps_is_json_dumps(payload: Any, fast: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not fast:
+        monkeypatch.setattr(events, "_orjson", None)
+    assert dumps(payload) == reference(payload)
+
+
+def test_sse_frame_is_encoded_once_and_shared() -> None:
+    event = Event(7, "RunContent", '{"event":"RunContent","event_index":7}')
+    frame = sse_frame(event)
+    expected = ServerSentEvent(event.data, event="RunContent", id="7", sep="\n").encode()
+    assert frame == expected
+    assert sse_frame(event) is frame
+    assert event == Event(7, "RunContent", event.data)  # the cache is not part of its value
