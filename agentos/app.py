@@ -296,11 +296,16 @@ class AgentOS:
     def _sse(
         self, run_stream: RunStream, headers: Mapping[str, str], *, cancel_on_close: bool = False
     ) -> EventSourceResponse:
+        cache_limit = self.settings.sse_cache_max_bytes
+
         async def frames() -> AsyncIterator[ServerSentEvent | bytes]:
             yield ServerSentEvent(comment="ping", sep=_SEP)
             # What was ready together goes out in one send: the same frames, fewer writes.
             async for chunk in run_stream.chunks(cancel_on_close=cancel_on_close):
-                yield sse_frame(chunk[0]) if len(chunk) == 1 else b"".join(map(sse_frame, chunk))
+                if len(chunk) == 1:
+                    yield sse_frame(chunk[0], cache_limit)
+                else:
+                    yield b"".join([sse_frame(item, cache_limit) for item in chunk])
 
         def after_response() -> None:
             # Inline mode: a client gone before the terminal event cancels the run, even when
@@ -322,11 +327,13 @@ class AgentOS:
         )
 
 
-def sse_frame(item: Event | Meta) -> bytes:
+def sse_frame(item: Event | Meta, cache_limit: int = 512) -> bytes:
     """The encoded SSE frame of an event or meta event.
 
-    An event's frame is encoded once and kept on the event, so every subscriber of a run (and
-    every replay from the buffer) sends the same bytes without encoding them again.
+    The frame of an event whose JSON text is at most ``cache_limit`` bytes is encoded once and
+    kept on the event, so every subscriber of a run (and every replay from the buffer) sends the
+    same bytes without encoding them again. Larger events are encoded per send, so that the
+    buffer does not hold their payload twice.
     """
     if isinstance(item, Event):
         frame = item.sse
@@ -334,7 +341,8 @@ def sse_frame(item: Event | Meta) -> bytes:
             frame = ServerSentEvent(
                 item.data, event=item.name, id=str(item.index), sep=_SEP
             ).encode()
-            object.__setattr__(item, "sse", frame)  # a cache, not part of the event's value
+            if len(item.data) <= cache_limit:
+                object.__setattr__(item, "sse", frame)  # a cache, not part of the event's value
         return frame
     return ServerSentEvent(item.data, event=item.name, sep=_SEP).encode()
 

@@ -67,6 +67,10 @@ class Settings:
 
     #: Seconds between SSE keep-alive comments on an idle stream.
     ping_interval: float = 15.0
+    #: Events whose JSON text is at most this many bytes keep their encoded SSE frame, shared
+    #: by every subscriber; larger ones are encoded per send (a copy of a big payload per
+    #: buffered event would cost more memory than encoding saves time).
+    sse_cache_max_bytes: int = 512
     #: Seconds a single SSE send may block before the stream is dropped.
     send_timeout: float = 30.0
     #: Largest accepted request body in bytes (413 beyond).

@@ -37,7 +37,7 @@ def _payloads(n: int, content: str) -> list[str]:
 
 def buffered_event_cost(n: int = 20_000, content: str = " word{}") -> BufferedEventCost:
     """What one buffered event costs: its JSON text object, the Event, its list slot, and what
-    streaming it leaves behind (``sse_frame`` caches the encoded frame on the event).
+    streaming it leaves behind (``sse_frame`` caches the encoded frame of small events).
 
     The JSON texts are made before tracing starts and measured with ``sys.getsizeof``, so the
     total counts each object once.
@@ -67,8 +67,6 @@ def buffered_event_cost(n: int = 20_000, content: str = " word{}") -> BufferedEv
 
 def _send(event: Event) -> None:
     """Do to an event what streaming it does (encode its frame, if the server caches it)."""
-    from agentos import app
+    from agentos.app import sse_frame
 
-    encode = getattr(app, "sse_frame", None)
-    if encode is not None:
-        encode(event)
+    sse_frame(event, Settings().sse_cache_max_bytes)

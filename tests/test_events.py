@@ -60,3 +60,9 @@ def test_sse_frame_is_encoded_once_and_shared() -> None:
     assert frame == expected
     assert sse_frame(event) is frame
     assert event == Event(7, "RunContent", event.data)  # the cache is not part of its value
+
+
+def test_big_events_are_not_cached() -> None:
+    event = Event(8, "RunContent", '{"content":"' + "x" * 600 + '"}')
+    assert sse_frame(event, 512) == sse_frame(event, 512)
+    assert event.sse is None
