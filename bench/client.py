@@ -241,16 +241,23 @@ async def streams(
 
 
 async def fanout(
-    port: int, rounds: int, subscribers: int, events: int, delay: float
+    port: int,
+    rounds: int,
+    subscribers: int,
+    events: int,
+    delay: float,
+    sides: tuple[str, ...] = ("bare", "agentos"),
 ) -> dict[str, Any]:
     """One run, ``subscribers`` live followers connected before it streams (scenario 2)."""
     n = events - 2
-    out: dict[str, list[dict[str, Any]]] = {"bare": [], "agentos": []}
+    out: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
     for r in range(rounds):
-        for side in ("bare", "agentos"):
+        for side in sides:
             name = f"fan-{side}-{r}-{random.random()}"
             if side == "bare":
                 path = f"/bare?n={n}&gate={name}&delay={delay}&meta=1"
+            elif side == "bare-batched":
+                path = f"/bare?n={n}&gate={name}&delay={delay}&meta=1&batch=1000"
             else:
                 from bench.server import gated_message
 
@@ -266,7 +273,7 @@ async def fanout(
                         for _ in range(min(250, subscribers - i))
                     )
                 )
-                await asyncio.gather(*(c.live for c in wave))
+                await asyncio.wait_for(asyncio.gather(*(c.live for c in wave)), 60)
                 conns += wave
             before = await stats(port)
             released = time.time()

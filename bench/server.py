@@ -36,6 +36,7 @@ from agentos import Agent, AgentOS, EchoModel, Settings
 from agentos.events import dumps
 
 _GATES: dict[str, asyncio.Event] = {}
+_FLUSH = ServerSentEvent(comment="flush")  # marker in /bare's item stream: send what is ready
 
 
 def gate(name: str) -> asyncio.Event:
@@ -111,14 +112,20 @@ async def bare(request: Request) -> EventSourceResponse:
     async def frames() -> AsyncIterator[ServerSentEvent]:
         yield ServerSentEvent(comment="ping", sep="\n")
         async for item in items():
-            yield item
+            if item is not _FLUSH:
+                yield item
 
     async def batched() -> AsyncIterator[ServerSentEvent | bytes]:
-        # The same frames, ``batch`` of them encoded and joined per send (as agentos does
-        # with events that are ready together).
+        # The same frames, up to ``batch`` of them encoded and joined per send, as agentos
+        # does with events that are ready together; what precedes the gate goes out at once.
         yield ServerSentEvent(comment="ping", sep="\n")
         ready: list[bytes] = []
         async for item in items():
+            if item is _FLUSH:
+                if ready:
+                    yield b"".join(ready)
+                    ready = []
+                continue
             ready.append(item.encode())
             if len(ready) == batch:
                 yield b"".join(ready)
@@ -140,9 +147,11 @@ async def bare(request: Request) -> EventSourceResponse:
         if meta and gate_name is not None:
             yield meta_frame("subscribed", run_id=run_id, status="RUNNING", current_event_count=1)
         if gate_name is not None:
+            yield _FLUSH
             await gate(gate_name).wait()
         for i, chunk in enumerate(chunks):
             if delay:
+                yield _FLUSH
                 await asyncio.sleep(delay)
             if i + 1 > after:
                 yield frame(i + 1, "RunContent", content=chunk)
