@@ -490,6 +490,9 @@ def main() -> None:
         " competes with the server, and other work on the machine adds noise, which is why"
         " each scenario measures agentos and its ceiling alternately in the same run.",
         "",
+        "The client runs on uvloop when it is installed. What the profiles showed and what each"
+        " change gained: [NOTES.md](NOTES.md).",
+        "",
         "![agentos / ceiling](ratios.png)",
     ]
     (HERE / "RESULTS.md").write_text("\n".join(head + rep.lines).rstrip() + "\n")
