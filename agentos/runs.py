@@ -18,6 +18,7 @@ Leases, the reaper and restart recovery live in ``leases.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -58,6 +59,8 @@ class _ActiveRun:
     ended: bool = False
     cancel_reason: str | None = None
     task: asyncio.Task[None] | None = None
+    #: Whether ``_drive`` has begun: a task cancelled before its first step never runs its body.
+    started: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -241,8 +244,11 @@ class RunManager:
             user_id=record.user_id,
         )
         status, fields = RunStatus.ERROR, {"error": "internal error"}
+        active.started = True
         try:
             self.committer.update(RunUpdate(record.run_id, status=RunStatus.RUNNING))
+            if active.cancel_reason is not None:
+                raise asyncio.CancelledError  # cancelled before this task had started
             timeout = self.settings.run_timeout or None
             async with asyncio.timeout(timeout):
                 content = await active.component.execute(ctx, record.input)
@@ -258,8 +264,13 @@ class RunManager:
             logger.info("run %s failed", record.run_id, exc_info=True)
             status, fields = RunStatus.ERROR, {"error": describe_error(exc)}
         finally:
-            # Shielded: a second cancel (shutdown) must not stop the terminal write.
-            await asyncio.shield(self._finish(active, status, fields))
+            # Shielded, and awaited through further cancels (shutdown): the terminal write must
+            # not stop, and the run is released (done, _tasks) only once it is committed.
+            finish = asyncio.ensure_future(self._finish(active, status, fields))
+            while not finish.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([finish])
+            finish.result()
 
     async def _finish(self, active: _ActiveRun, status: RunStatus, fields: dict[str, Any]) -> None:
         if active.ended:
@@ -317,7 +328,9 @@ class RunManager:
     def _request_cancel(self, active: _ActiveRun, reason: str) -> None:
         if active.cancel_reason is None and not active.ended:
             active.cancel_reason = reason
-            if active.task is not None:
+            # A task not started yet would be cancelled without running _drive (no terminal
+            # event); _drive sees cancel_reason when it starts instead.
+            if active.task is not None and active.started:
                 active.task.cancel()
 
     async def cancel(self, run_id: str, *, wait: float = 5.0) -> RunRecord:
