@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -49,6 +50,8 @@ __all__ = ["RunManager"]
 logger = logging.getLogger("agentos.runs")
 
 _MAX_INPUT_ID = 200
+# run_id and session_id go into a URL path and response headers (X-Run-Id, X-Session-Id, Location).
+_URL_SAFE_ID = re.compile(r"[A-Za-z0-9._~-]+")
 
 
 @dataclass
@@ -205,6 +208,8 @@ class RunManager:
                 not isinstance(value, str) or not 0 < len(value) <= _MAX_INPUT_ID
             ):
                 raise InvalidRequest(f"{name} must be a string of 1 to {_MAX_INPUT_ID} characters")
+            if name != "user_id" and value is not None and not _URL_SAFE_ID.fullmatch(value):
+                raise InvalidRequest(f"{name} must be URL-safe (letters, digits, ._~-)")
         now = time.time()
         record = RunRecord(
             run_id=run_id or str(uuid.uuid4()),

@@ -206,6 +206,36 @@ async def test_bad_input_table(client: httpx.AsyncClient, ended_run: dict) -> No
     assert ok.json()["content"] == "still here"
 
 
+async def test_ids_that_cannot_go_in_a_url_or_header_are_422_before_the_run_starts(
+    client: httpx.AsyncClient,
+) -> None:
+    # run_id and session_id come back in X-Run-Id, X-Session-Id and Location: a 500 there came
+    # after the run had started.
+    for field, value in [
+        ("run_id", "运行"),
+        ("run_id", "a/b"),
+        ("run_id", "a\r\nX-Evil: 1"),
+        ("session_id", "会话"),
+        ("session_id", "s 1"),
+    ]:
+        for stream in ("true", "false"):
+            response = await client.post(
+                "/agents/echo/runs",
+                json={"message": "x", "stream": stream, "background": "true", field: value},
+            )
+            assert response.status_code == 422, (field, value, response.text[:200])
+            assert response.json()["code"] == "invalid_request"
+    assert (await client.get("/agents/echo/runs")).json() == []  # no run was started
+
+
+async def test_deeply_nested_json_body_is_422(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/agents/echo/runs", content="[" * 100_000, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json()["code"] == "invalid_request"
+
+
 async def test_chunked_oversized_body_without_content_length(client: httpx.AsyncClient) -> None:
     async def body():
         for _ in range(11):
