@@ -428,8 +428,7 @@ class RunManager:
         record = await self.get_run(
             run_id, kind=kind, component_id=component_id, session_id=session_id
         )
-        if self.open_streams >= self.settings.max_streams:
-            raise Overloaded(f"this instance already serves {self.open_streams} streams")
+        self.check_stream_capacity()
         buf = self.buffers.get(run_id)
         count = buf.next_index if buf is not None else record.event_count
         ended = buf.done if buf is not None else record.status.ended
@@ -449,6 +448,15 @@ class RunManager:
             # on 503) goes to another instance.
             raise ShuttingDown("the server is shutting down; resume on another instance")
         return RunStream(self, record, last_event_index, count, ended=ended, meta=meta)
+
+    def check_stream_capacity(self) -> None:
+        """Raise Overloaded when this instance serves ``max_streams`` streams already.
+
+        A create that streams checks it before starting its run: a 503 must not leave a run
+        going that the client does not know about.
+        """
+        if self.open_streams >= self.settings.max_streams:
+            raise Overloaded(f"this instance already serves {self.open_streams} streams")
 
     def is_local(self, run_id: str) -> bool:
         return run_id in self._active

@@ -364,3 +364,22 @@ async def test_limits_on_runs_and_streams_are_503(
                 break
             await asyncio.sleep(0.02)
         assert (await client.get("/health")).json()["open_streams"] == 0
+
+
+async def test_a_streamed_create_over_the_stream_limit_starts_no_run(
+    serve: Callable[[AgentOS], str], settings: Settings
+) -> None:
+    url = serve(apps.build(settings.replace(max_streams=1, demo_delay=0.2)))
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        form = {"message": apps.WORDS, "background": "true", "stream": "false"}
+        run_id = (await client.post("/agents/echo/runs", data=form)).json()["run_id"]
+        async with client.stream("GET", f"/agents/echo/runs/{run_id}/resume") as held:
+            reader = frames(held)
+            assert (await anext(reader)).event == "catch_up"
+            for background in ("true", "false"):
+                r = await client.post(
+                    "/agents/echo/runs", data={"message": "x", "background": background}
+                )
+                assert r.status_code == 503 and r.json()["code"] == "overloaded"
+            runs = (await client.get("/agents/echo/runs")).json()
+            assert [r["run_id"] for r in runs] == [run_id]  # the 503s started nothing
