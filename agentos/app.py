@@ -190,6 +190,8 @@ class AgentOS:
             raise InvalidRequest("message must be a string")
         stream = forms.flag(fields, "stream", True)
         background = forms.flag(fields, "background", False)
+        if stream:
+            self.manager.check_stream_capacity()
         record = await self.manager.start_run(
             component,
             message,

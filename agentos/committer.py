@@ -127,6 +127,9 @@ class GroupCommitter:
                 "group commit did not drain in %.1fs; %d events lost", timeout, self.pending
             )
             self._task.cancel()
+        except Exception:
+            # Closing must go on (the caller still closes leases, notifier and store).
+            logger.exception("group commit failed; %d events lost", self.pending)
         self._task = None
 
     async def _run(self) -> None:
@@ -188,19 +191,29 @@ class GroupCommitter:
         new runs are then created one by one and the group is committed run by run, and the
         conflicting runs are handed to ``on_conflict``.
         """
+        try:
+            await self._commit(events, updates, [record for record, _ in creates])
+        except IntegrityError:
+            await self._create_each(creates)
+            return await self._write_each_run(events, updates)
+        return events, updates
+
+    async def _commit(
+        self,
+        events: list[tuple[str, Event]],
+        updates: list[RunUpdate],
+        runs: list[RunRecord] | None = None,
+    ) -> None:
+        """One transaction, retried with backoff on passing errors; a conflict is raised."""
         delay = 0.05
-        runs = [record for record, _ in creates]
         while True:
             try:
                 await self._store.commit(
-                    events, updates, owner=self._settings.instance_id, runs=runs
+                    events, updates, owner=self._settings.instance_id, runs=runs or []
                 )
                 self.commits += 1
-                return events, updates
-            except IntegrityError:
-                await self._create_each(creates)
-                return await self._write_each_run(events, updates)
-            except asyncio.CancelledError:
+                return
+            except (IntegrityError, asyncio.CancelledError):
                 raise
             except Exception:
                 if self._closing and delay > 2:
@@ -231,13 +244,15 @@ class GroupCommitter:
         for run_id, run_events in by_run.items():
             run_updates = [u for u in updates if u.run_id == run_id]
             try:
-                await self._store.commit(run_events, run_updates, owner=self._settings.instance_id)
+                await self._commit(run_events, run_updates)
             except IntegrityError:
                 logger.error("run %s: events conflict with another writer; dropped", run_id)
+                # Its events queued since would land after the other writer's terminal event.
+                self._pending = [item for item in self._pending if item[0] != run_id]
+                self._updates.pop(run_id, None)
                 if self._on_conflict is not None:
                     self._on_conflict(run_id)
                 continue
-            self.commits += 1
             kept_events += run_events
             kept_updates += run_updates
         return kept_events, kept_updates

@@ -127,6 +127,8 @@ class Component(abc.ABC):
                 print(event.index, event.name)
         """
         manager = await self._runtime()
+        if stream:
+            manager.check_stream_capacity()
         record = await manager.start_run(
             self, message, session_id=session_id, user_id=user_id, run_id=run_id
         )

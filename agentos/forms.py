@@ -38,7 +38,7 @@ async def read_fields(request: Request, limit: int) -> dict[str, Any]:
     if content_type in ("application/json", "") or content_type.endswith("+json"):
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             raise InvalidRequest("the body is not valid JSON") from None
         if not isinstance(data, dict):
             raise InvalidRequest("the JSON body must be an object")

@@ -18,7 +18,9 @@ Leases, the reaper and restart recovery live in ``leases.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -48,6 +50,8 @@ __all__ = ["RunManager"]
 logger = logging.getLogger("agentos.runs")
 
 _MAX_INPUT_ID = 200
+# run_id and session_id go into a URL path and response headers (X-Run-Id, X-Session-Id, Location).
+_URL_SAFE_ID = re.compile(r"[A-Za-z0-9._~-]+")
 
 
 @dataclass
@@ -58,6 +62,8 @@ class _ActiveRun:
     ended: bool = False
     cancel_reason: str | None = None
     task: asyncio.Task[None] | None = None
+    #: Whether ``_drive`` has begun: a task cancelled before its first step never runs its body.
+    started: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -202,6 +208,8 @@ class RunManager:
                 not isinstance(value, str) or not 0 < len(value) <= _MAX_INPUT_ID
             ):
                 raise InvalidRequest(f"{name} must be a string of 1 to {_MAX_INPUT_ID} characters")
+            if name != "user_id" and value is not None and not _URL_SAFE_ID.fullmatch(value):
+                raise InvalidRequest(f"{name} must be URL-safe (letters, digits, ._~-)")
         now = time.time()
         record = RunRecord(
             run_id=run_id or str(uuid.uuid4()),
@@ -244,8 +252,11 @@ class RunManager:
             user_id=record.user_id,
         )
         status, fields = RunStatus.ERROR, {"error": "internal error"}
+        active.started = True
         try:
             self.committer.update(RunUpdate(record.run_id, status=RunStatus.RUNNING))
+            if active.cancel_reason is not None:
+                raise asyncio.CancelledError  # cancelled before this task had started
             timeout = self.settings.run_timeout or None
             async with asyncio.timeout(timeout):
                 content = await active.component.execute(ctx, record.input)
@@ -261,8 +272,13 @@ class RunManager:
             logger.info("run %s failed", record.run_id, exc_info=True)
             status, fields = RunStatus.ERROR, {"error": describe_error(exc)}
         finally:
-            # Shielded: a second cancel (shutdown) must not stop the terminal write.
-            await asyncio.shield(self._finish(active, status, fields))
+            # Shielded, and awaited through further cancels (shutdown): the terminal write must
+            # not stop, and the run is released (done, _tasks) only once it is committed.
+            finish = asyncio.ensure_future(self._finish(active, status, fields))
+            while not finish.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([finish])
+            finish.result()
 
     async def _finish(self, active: _ActiveRun, status: RunStatus, fields: dict[str, Any]) -> None:
         if active.ended:
@@ -320,7 +336,9 @@ class RunManager:
     def _request_cancel(self, active: _ActiveRun, reason: str) -> None:
         if active.cancel_reason is None and not active.ended:
             active.cancel_reason = reason
-            if active.task is not None:
+            # A task not started yet would be cancelled without running _drive (no terminal
+            # event); _drive sees cancel_reason when it starts instead.
+            if active.task is not None and active.started:
                 active.task.cancel()
 
     async def cancel(self, run_id: str, *, wait: float = 5.0) -> RunRecord:
@@ -413,8 +431,7 @@ class RunManager:
         record = await self.get_run(
             run_id, kind=kind, component_id=component_id, session_id=session_id
         )
-        if self.open_streams >= self.settings.max_streams:
-            raise Overloaded(f"this instance already serves {self.open_streams} streams")
+        self.check_stream_capacity()
         buf = self.buffers.get(run_id)
         count = buf.next_index if buf is not None else record.event_count
         ended = buf.done if buf is not None else record.status.ended
@@ -434,6 +451,15 @@ class RunManager:
             # on 503) goes to another instance.
             raise ShuttingDown("the server is shutting down; resume on another instance")
         return RunStream(self, record, last_event_index, count, ended=ended, meta=meta)
+
+    def check_stream_capacity(self) -> None:
+        """Raise Overloaded when this instance serves ``max_streams`` streams already.
+
+        A create that streams checks it before starting its run: a 503 must not leave a run
+        going that the client does not know about.
+        """
+        if self.open_streams >= self.settings.max_streams:
+            raise Overloaded(f"this instance already serves {self.open_streams} streams")
 
     def is_local(self, run_id: str) -> bool:
         return run_id in self._active

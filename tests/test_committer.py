@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
+from sqlalchemy.exc import IntegrityError
+
 from agentos import Agent, AgentOS, EchoModel, Event, RunStatus, Settings
 from agentos.buffer import EventBuffer
 from agentos.committer import GroupCommitter
@@ -130,3 +132,80 @@ async def test_runs_started_together_share_transactions(tmp_path: Path) -> None:
         assert agent_os.manager.committer.commits - before < 10
         for run in runs:  # each is durable once arun returns
             assert await agent_os.manager.store.get_run(run.run_id) is not None
+
+
+async def test_events_queued_behind_a_conflict_are_dropped_too(tmp_path: Path) -> None:
+    # Another writer ended the run at index 0; this instance's later events (one per group here)
+    # must not land after that terminal event.
+    store = SQLStore(f"sqlite+aiosqlite:///{tmp_path}/c.db")
+    await store.open()
+    await store.create_run(record("taken"))
+    await store.commit([("taken", Event(0, "RunError", '{"error":"instance_lost"}', True))], [])
+    settings = Settings(max_batch_events=1)
+    buffers = EventBuffer(settings)
+    buffers.open("taken")
+    conflicts: list[str] = []
+    committer = GroupCommitter(store, buffers, settings, on_conflict=conflicts.append)
+    committer.start()
+    committer.put("taken", Event(0, "RunStarted", "{}"))
+    committer.put("taken", Event(1, "RunContent", "{}"))
+    committer.put("taken", Event(2, "RunCompleted", "{}", True))
+    committer.update(RunUpdate("taken", status=RunStatus.COMPLETED, event_count=3))
+    await asyncio.wait_for(committer.flush(), 10)
+    assert conflicts == ["taken"]
+    assert [e.name for e in await store.read_events("taken", 0, 10)] == ["RunError"]
+    await committer.aclose()
+    await store.close()
+
+
+class ScriptedStore(SQLStore):
+    """Raises the given errors from the next commits, in order, then commits."""
+
+    def __init__(self, url: str, errors: list[Exception]) -> None:
+        super().__init__(url)
+        self.errors = errors
+
+    async def commit(
+        self,
+        events: Sequence[tuple[str, Event]],
+        updates: Sequence[RunUpdate],
+        *,
+        owner: str | None = None,
+        runs: Sequence[RunRecord] = (),
+    ) -> None:
+        if self.errors:
+            raise self.errors.pop(0)
+        await super().commit(events, updates, owner=owner, runs=runs)
+
+
+async def test_a_passing_error_while_committing_run_by_run_is_retried(tmp_path: Path) -> None:
+    conflict = IntegrityError("INSERT", {}, Exception("duplicate key"))
+    store = ScriptedStore(f"sqlite+aiosqlite:///{tmp_path}/c.db", [conflict, OSError("gone")])
+    await store.open()
+    await store.create_run(record("r"))
+    buffers = EventBuffer(Settings())
+    buf = buffers.open("r")
+    committer = GroupCommitter(store, buffers, Settings())
+    committer.start()
+    committer.put("r", Event(0, "RunStarted", "{}"))
+    await asyncio.wait_for(committer.flush(), 10)  # the committer did not die
+    assert buf.next_index == 1
+    committer.put("r", Event(1, "RunContent", "{}"))
+    await asyncio.wait_for(committer.flush(), 10)
+    assert len(await store.read_events("r", 0, 10)) == 2
+    await committer.aclose()
+    await store.close()
+
+
+async def test_aclose_after_a_failed_commit_does_not_raise(tmp_path: Path) -> None:
+    store = ScriptedStore(f"sqlite+aiosqlite:///{tmp_path}/c.db", [OSError("gone")] * 100)
+    await store.open()
+    await store.create_run(record("r"))
+    buffers = EventBuffer(Settings())
+    buffers.open("r")
+    committer = GroupCommitter(store, buffers, Settings())
+    committer.start()
+    committer.put("r", Event(0, "RunStarted", "{}"))
+    await asyncio.sleep(0.01)
+    await committer.aclose()  # gives up after its retries; the caller goes on closing
+    await store.close()

@@ -206,6 +206,36 @@ async def test_bad_input_table(client: httpx.AsyncClient, ended_run: dict) -> No
     assert ok.json()["content"] == "still here"
 
 
+async def test_ids_that_cannot_go_in_a_url_or_header_are_422_before_the_run_starts(
+    client: httpx.AsyncClient,
+) -> None:
+    # run_id and session_id come back in X-Run-Id, X-Session-Id and Location: a 500 there came
+    # after the run had started.
+    for field, value in [
+        ("run_id", "运行"),
+        ("run_id", "a/b"),
+        ("run_id", "a\r\nX-Evil: 1"),
+        ("session_id", "会话"),
+        ("session_id", "s 1"),
+    ]:
+        for stream in ("true", "false"):
+            response = await client.post(
+                "/agents/echo/runs",
+                json={"message": "x", "stream": stream, "background": "true", field: value},
+            )
+            assert response.status_code == 422, (field, value, response.text[:200])
+            assert response.json()["code"] == "invalid_request"
+    assert (await client.get("/agents/echo/runs")).json() == []  # no run was started
+
+
+async def test_deeply_nested_json_body_is_422(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/agents/echo/runs", content="[" * 100_000, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json()["code"] == "invalid_request"
+
+
 async def test_chunked_oversized_body_without_content_length(client: httpx.AsyncClient) -> None:
     async def body():
         for _ in range(11):
@@ -334,3 +364,22 @@ async def test_limits_on_runs_and_streams_are_503(
                 break
             await asyncio.sleep(0.02)
         assert (await client.get("/health")).json()["open_streams"] == 0
+
+
+async def test_a_streamed_create_over_the_stream_limit_starts_no_run(
+    serve: Callable[[AgentOS], str], settings: Settings
+) -> None:
+    url = serve(apps.build(settings.replace(max_streams=1, demo_delay=0.2)))
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        form = {"message": apps.WORDS, "background": "true", "stream": "false"}
+        run_id = (await client.post("/agents/echo/runs", data=form)).json()["run_id"]
+        async with client.stream("GET", f"/agents/echo/runs/{run_id}/resume") as held:
+            reader = frames(held)
+            assert (await anext(reader)).event == "catch_up"
+            for background in ("true", "false"):
+                r = await client.post(
+                    "/agents/echo/runs", data={"message": "x", "background": background}
+                )
+                assert r.status_code == 503 and r.json()["code"] == "overloaded"
+            runs = (await client.get("/agents/echo/runs")).json()
+            assert [r["run_id"] for r in runs] == [run_id]  # the 503s started nothing

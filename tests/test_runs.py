@@ -1,0 +1,105 @@
+"""The run manager: exactly one terminal event per run, whatever cancels it and when."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest_asyncio
+
+from agentos import Event, RunManager, RunStatus, Settings
+from agentos.component import Component
+from agentos.context import RunContext
+from agentos.events import KINDS
+from agentos.store import RunRecord, RunUpdate, SQLStore
+
+
+class GatedStore(SQLStore):
+    """Commits wait until ``gate`` is set."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def commit(
+        self,
+        events: Sequence[tuple[str, Event]],
+        updates: Sequence[RunUpdate],
+        *,
+        owner: str | None = None,
+        runs: Sequence[RunRecord] = (),
+    ) -> None:
+        await self.gate.wait()
+        await super().commit(events, updates, owner=owner, runs=runs)
+
+
+class Held(Component):
+    """Returns once ``release`` is set."""
+
+    kind = KINDS["agents"]
+
+    def __init__(self, id: str) -> None:
+        super().__init__(id)
+        self.release = asyncio.Event()
+
+    async def execute(self, ctx: RunContext, message: str) -> str:
+        await self.release.wait()
+        return "done"
+
+
+@pytest_asyncio.fixture
+async def manager(tmp_path: Path) -> AsyncIterator[RunManager]:
+    settings = Settings(
+        db_url=f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}",
+        instance_id="test",
+        max_pending_events=2,
+        shutdown_grace=1.0,
+    )
+    manager = RunManager(settings, GatedStore(settings.db_url))
+    manager.register(Held(id="held"))
+    await manager.start()
+    yield manager
+    manager.store.gate.set()  # type: ignore[attr-defined]
+    await manager.aclose()
+
+
+async def _terminals(manager: RunManager, run_id: str) -> list[Event]:
+    return [e for e in await manager.store.read_events(run_id, 0, 100) if e.terminal]
+
+
+async def test_cancel_before_the_task_starts_still_ends_the_run(manager: RunManager) -> None:
+    record = await manager.start_run(manager.component("agents", "held"), "go")
+    manager.cancel_nowait(record.run_id)  # before the run's task had its first step
+    final = await asyncio.wait_for(manager.wait(record.run_id), 5)
+    assert final.status is RunStatus.CANCELLED
+    assert [e.name for e in await _terminals(manager, record.run_id)] == ["RunCancelled"]
+    buf = manager.buffers.get(record.run_id)
+    assert buf is not None and buf.done  # its followers end
+
+
+async def test_cancel_while_finishing_waits_for_the_terminal_commit(manager: RunManager) -> None:
+    store = manager.store
+    assert isinstance(store, GatedStore)
+    held = manager.component("agents", "held")
+    assert isinstance(held, Held)
+    record = await manager.start_run(held, "go")
+    await asyncio.sleep(0.05)
+    # A commit blocks, and the queue behind it is full (max_pending_events=2).
+    store.gate.clear()
+    manager.committer.put("other", Event(0, "RunContent", "{}"))
+    await asyncio.sleep(0.05)
+    manager.committer.put("other", Event(1, "RunContent", "{}"))
+    manager.committer.put("other", Event(2, "RunContent", "{}"))
+    held.release.set()  # the run returns; _finish waits for space for its terminal event
+    await asyncio.sleep(0.05)
+    assert not manager._active[record.run_id].ended
+    manager.cancel_nowait(record.run_id)  # e.g. shutdown while _finish waits
+    await asyncio.sleep(0.05)
+    # Not released before its terminal event is committed: wait() must not report RUNNING.
+    assert manager.is_local(record.run_id)
+    store.gate.set()
+    final = await asyncio.wait_for(manager.wait(record.run_id), 5)
+    assert final.status is RunStatus.COMPLETED
+    assert [e.name for e in await _terminals(manager, record.run_id)] == ["RunCompleted"]
