@@ -39,6 +39,7 @@ class Leases:
 
     def __init__(self, manager: RunManager) -> None:
         self._manager = manager
+        self._strays: set[str] = set()
 
     async def recover(self) -> None:
         """Give every run this instance left unfinished its terminal event."""
@@ -100,6 +101,25 @@ class Leases:
                 self._manager._conflicted(run_id)
             elif renewed[run_id]:
                 self._manager._request_cancel(active, "cancelled")
+        await self._end_strays(set(renewed) - set(candidates))
+
+    async def _end_strays(self, unknown: set[str]) -> None:
+        """End runs this instance owns in the database but no longer executes.
+
+        A run whose terminal event could not be committed (the database was gone for longer
+        than the committer's retries) would otherwise keep a renewed lease, and so stay RUNNING,
+        as long as this instance lives. A run seen like that in two rounds in a row ends with
+        ``"interrupted"``, as after a restart; one round is not enough, since a run just created
+        is in the database a moment before it is in memory.
+        """
+        strays = {run_id for run_id in unknown if run_id not in self._manager._active}
+        confirmed, self._strays = strays & self._strays, strays - self._strays
+        for run_id in confirmed:
+            record = await self._manager.store.get_run(run_id)
+            if record is None or record.status.ended or run_id in self._manager._active:
+                continue
+            await self.end_unfinished(record, "interrupted")
+            logger.warning("run %s was no longer executed by this instance; marked ERROR", run_id)
 
     async def reap_forever(self) -> None:
         while True:

@@ -324,7 +324,7 @@ def scenario_5_6(
     big = buffered_event_cost(2_000, " {}" + "x" * 4000)
     env = {"AGENTOS_PING_INTERVAL": "2"}
     idle = {}
-    for side in ("bare", "agentos"):
+    for side in ("floor", "bare", "agentos"):
         with server(tmp, f"idle-{side}", loop, http, env) as port:
             idle[side] = client(
                 port, job="idle", side=side, streams_=streams, runs=runs, hold=5.0, ping=2.0
@@ -333,6 +333,8 @@ def scenario_5_6(
     per_run = (a["rss_runs"] - a["rss_base"]) / a["runs"]
     per_sub = (a["rss_streams"] - a["rss_runs"]) / a["streams"]
     per_bare = (b["rss_streams"] - b["rss_base"]) / b["streams"]
+    f = idle["floor"]
+    per_floor = (f["rss_streams"] - f["rss_base"]) / f["streams"]
 
     rep.section(
         "5. Cost",
@@ -364,7 +366,9 @@ def scenario_5_6(
         [
             "per idle subscriber (resumed stream)",
             f"{per_sub / KiB:.1f} KiB",
-            f"ceiling {per_bare / KiB:.1f} KiB (ratio {per_sub / per_bare:.2f})",
+            f"ceiling {per_bare / KiB:.1f} KiB (ratio {per_sub / per_bare:.2f}); "
+            f"the stack's floor (Starlette StreamingResponse, no sse-starlette) "
+            f"{per_floor / KiB:.1f} KiB; agentos's own share {(per_sub - per_bare) / KiB:.1f} KiB",
             f"< 20 KiB: {verdict(per_sub < 20 * KiB)}",
         ],
         ["per idle run (RUNNING, no subscriber)", f"{per_run / KiB:.1f} KiB", "", ""],

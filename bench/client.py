@@ -372,7 +372,7 @@ async def idle(
         paths = [f"/agents/gated/runs/{r}/resume?last_event_index=-1" for r in run_ids]
         marker = b"event: subscribed"
     else:
-        paths = ["/bare?n=1&gate=idle&meta=1"]
+        paths = ["/floor"] if side == "floor" else ["/bare?n=1&gate=idle&meta=1"]
         marker = b"event: subscribed"
         result["rss_runs"] = base["rss"]
     conns: list[Conn] = []

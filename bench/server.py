@@ -8,6 +8,8 @@
   ``EventSourceResponse`` (same ids, names, JSON, meta frames and ping settings), with no run
   manager, group commit, buffer or store in between. ``batch=K`` joins K encoded frames per
   send instead (a stronger ceiling, shown for comparison in scenario 1).
+- ``/floor``: the stack's floor for an idle stream (Starlette's StreamingResponse, no
+  sse-starlette), to show what one open stream costs before any SSE machinery.
 - ``/bench/gate``, ``/bench/evict/{run_id}``, ``/bench/stats``: the benchmark's own controls
   (release a gate, drop a run's buffer so it is read from the database, resident memory and CPU).
 
@@ -29,7 +31,7 @@ from typing import Any
 import uvicorn
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from agentos import Agent, AgentOS, EchoModel, Settings
@@ -69,6 +71,17 @@ async def _gated(message: str) -> AsyncIterator[str]:
         elif i % 64 == 63:
             await asyncio.sleep(0)
         yield f" w{i}"
+
+
+async def floor(request: Request) -> StreamingResponse:
+    """The stack's floor for an idle stream: Starlette's StreamingResponse on uvicorn, no
+    sse-starlette (no ping, disconnect or shutdown tasks). Sends one frame, then waits."""
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b'event: subscribed\ndata: {"event":"subscribed"}\n\n'
+        await asyncio.Event().wait()
+
+    return StreamingResponse(body(), media_type="text/event-stream")
 
 
 async def bare(request: Request) -> EventSourceResponse:
@@ -211,6 +224,7 @@ def build(db_url: str) -> AgentOS:
     )
     extra = [
         Route("/bare", bare),
+        Route("/floor", floor),
         Route("/bench/gate", gate_route, methods=["POST"]),
         Route("/bench/evict/{run_id}", evict, methods=["POST"]),
         Route("/bench/stats", stats),

@@ -202,3 +202,31 @@ async def test_live_owner_that_lost_its_lease_stops(make_manager: MakeManager) -
     await asyncio.wait_for(owner.wait(record.run_id), 5)
     got = await store.get_run(record.run_id)
     assert got is not None and got.status is RunStatus.ERROR
+
+
+async def test_a_run_this_instance_no_longer_executes_is_ended(make_manager: MakeManager) -> None:
+    # e.g. its terminal commit failed for good: the row says RUNNING, owned by "a", but no task
+    # runs it. Renewal must not keep it alive forever.
+    owner = await make_manager("a", lease_renew_interval=60.0, lease_ttl=120.0)
+    live = await _start(owner, _words(300))
+    now = time.time()
+    stray = RunRecord(
+        run_id="stray",
+        kind="agents",
+        component_id="echo",
+        session_id="s",
+        status=RunStatus.RUNNING,
+        input="x",
+        instance_id="a",
+        lease_until=now + 60,
+    )
+    await owner.store.create_run(stray)
+    await owner.leases.renew_once()  # first sighting: could be a run being created right now
+    assert (await owner.get_run("stray")).status is RunStatus.RUNNING
+    await owner.leases.renew_once()
+    ended = await owner.get_run("stray")
+    assert ended.status is RunStatus.ERROR and ended.error == "interrupted"
+    events = _events(await _collect(owner, "stray"))
+    assert [e.name for e in events] == ["RunError"] and events[0].terminal
+    assert (await owner.get_run(live.run_id)).status is RunStatus.RUNNING  # the live run goes on
+    await owner.cancel(live.run_id)
