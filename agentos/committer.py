@@ -62,6 +62,7 @@ class GroupCommitter:
         self._space.set()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._stopped = False
         #: Counters for benchmarks and health: transactions and events written.
         self.commits = 0
         self.events_written = 0
@@ -77,6 +78,8 @@ class GroupCommitter:
     async def wait_for_space(self) -> None:
         """Wait while too many events are waiting for their commit."""
         while len(self._pending) >= self._settings.max_pending_events:
+            if self._stopped:
+                raise RuntimeError("the group committer is not running")
             self._space.clear()
             await self._space.wait()
 
@@ -142,7 +145,9 @@ class GroupCommitter:
                 if self._closing:
                     return
         finally:
-            # Never leave a flush() or a new run waiting on a committer that has stopped.
+            # Never leave a flush(), a new run or an emitter waiting on a stopped committer.
+            self._stopped = True
+            self._space.set()
             for waiter in self._waiters + [future for _, future in self._creates]:
                 if not waiter.done():
                     waiter.set_exception(RuntimeError("the group committer stopped"))

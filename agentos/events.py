@@ -7,6 +7,7 @@ so a replay from the database is byte-for-byte the live stream.
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 
 _orjson: ModuleType | None
 try:  # optional: the same text, about ten times faster, for the common plain payloads
-    import orjson as _orjson
+    _orjson = importlib.import_module("orjson")
 except ImportError:  # pragma: no cover - the pure-Python path
     _orjson = None
 

@@ -284,7 +284,13 @@ class RunManager:
         if active.ended:
             return
         kind = active.component.kind
-        await self._emit(active, kind.terminal_name(status), fields, terminal=True)
+        try:
+            await self._emit(active, kind.terminal_name(status), fields, terminal=True)
+        except RuntimeError:
+            # The run was taken over meanwhile, or the committer stopped: the terminal event is
+            # another writer's, or the lease renewer ends the run once it can ("interrupted").
+            logger.error("run %s: no terminal event could be queued", active.record.run_id)
+            return
         update = RunUpdate(
             active.record.run_id,
             status=status,

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 from sqlalchemy.exc import IntegrityError
 
 from agentos import Agent, AgentOS, EchoModel, Event, RunStatus, Settings
@@ -208,4 +209,21 @@ async def test_aclose_after_a_failed_commit_does_not_raise(tmp_path: Path) -> No
     committer.put("r", Event(0, "RunStarted", "{}"))
     await asyncio.sleep(0.01)
     await committer.aclose()  # gives up after its retries; the caller goes on closing
+    await store.close()
+
+
+async def test_emitters_do_not_wait_forever_on_a_stopped_committer(tmp_path: Path) -> None:
+    store = SQLStore(f"sqlite+aiosqlite:///{tmp_path}/c.db")
+    await store.open()
+    await store.create_run(record("r"))
+    settings = Settings(max_pending_events=2)
+    buffers = EventBuffer(settings)
+    buffers.open("r")
+    committer = GroupCommitter(store, buffers, settings)
+    committer.start()
+    await committer.aclose()  # stopped (as if its task had died)
+    committer.put("r", Event(0, "RunStarted", "{}"))
+    committer.put("r", Event(1, "RunContent", "{}"))
+    with pytest.raises(RuntimeError, match="not running"):
+        await asyncio.wait_for(committer.wait_for_space(), 5)
     await store.close()
