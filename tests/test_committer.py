@@ -26,12 +26,13 @@ def record(run_id: str) -> RunRecord:
     )
 
 
-class FlakyStore(SQLStore):
-    """Fails the first ``failures`` commits, records when commits succeed."""
+class ScriptedStore(SQLStore):
+    """Raises the given errors from the next commits, in order, then commits; counts the
+    events of each successful commit in ``batches``."""
 
-    def __init__(self, url: str, failures: int) -> None:
+    def __init__(self, url: str, errors: list[Exception]) -> None:
         super().__init__(url)
-        self.failures = failures
+        self.errors = errors
         self.batches: list[int] = []
 
     async def commit(
@@ -42,15 +43,14 @@ class FlakyStore(SQLStore):
         owner: str | None = None,
         runs: Sequence[RunRecord] = (),
     ) -> None:
-        if self.failures:
-            self.failures -= 1
-            raise OSError("database went away")
+        if self.errors:
+            raise self.errors.pop(0)
         await super().commit(events, updates, owner=owner, runs=runs)
         self.batches.append(len(events))
 
 
 async def test_events_are_published_only_after_commit_and_in_groups(tmp_path: Path) -> None:
-    store = FlakyStore(f"sqlite+aiosqlite:///{tmp_path}/c.db", failures=2)
+    store = ScriptedStore(f"sqlite+aiosqlite:///{tmp_path}/c.db", [OSError("gone")] * 2)
     await store.open()
     await store.create_run(record("r"))
     buffers = EventBuffer(Settings())
@@ -157,26 +157,6 @@ async def test_events_queued_behind_a_conflict_are_dropped_too(tmp_path: Path) -
     assert [e.name for e in await store.read_events("taken", 0, 10)] == ["RunError"]
     await committer.aclose()
     await store.close()
-
-
-class ScriptedStore(SQLStore):
-    """Raises the given errors from the next commits, in order, then commits."""
-
-    def __init__(self, url: str, errors: list[Exception]) -> None:
-        super().__init__(url)
-        self.errors = errors
-
-    async def commit(
-        self,
-        events: Sequence[tuple[str, Event]],
-        updates: Sequence[RunUpdate],
-        *,
-        owner: str | None = None,
-        runs: Sequence[RunRecord] = (),
-    ) -> None:
-        if self.errors:
-            raise self.errors.pop(0)
-        await super().commit(events, updates, owner=owner, runs=runs)
 
 
 async def test_a_passing_error_while_committing_run_by_run_is_retried(tmp_path: Path) -> None:

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import asyncpg
 import httpx
 import pytest
 
+from tests.conftest import free_port
 from tests.pgdb import _dsn, require, scratch_database
 
 pytestmark = [pytest.mark.nginx, pytest.mark.postgres, pytest.mark.slow]
@@ -41,13 +41,6 @@ DEMO_DELAY = 0.05
 # for a follower's reconnect and poll on top.
 LOSS_BOUND = LEASE_TTL + RENEW_INTERVAL + REAPER_INTERVAL + 3.0
 TERMINAL = {"RunCompleted", "RunError", "RunCancelled"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Instance:
@@ -158,10 +151,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             "AGENTOS_TAIL_POLL_INTERVAL": "0.5",
             "AGENTOS_SHUTDOWN_GRACE": "10",
         }
-        instances = [
-            Instance(f"inst{n}", _free_port(), env, tmp / f"inst{n}.log") for n in range(3)
-        ]
-        port = _free_port()
+        instances = [Instance(f"inst{n}", free_port(), env, tmp / f"inst{n}.log") for n in range(3)]
+        port = free_port()
         conf = _nginx_config(tmp, port, [i.port for i in instances])
         proxy = None
         try:
