@@ -183,11 +183,7 @@ class AgentOS:
     async def create_run(self, request: Request) -> Response:
         component = self._component(request)
         fields = await forms.read_fields(request, self.settings.max_body_bytes)
-        message = fields.get("message")
-        if message is None:
-            raise InvalidRequest("message is required")
-        if not isinstance(message, str):
-            raise InvalidRequest("message must be a string")
+        message = forms.message(fields)
         stream = forms.flag(fields, "stream", True)
         background = forms.flag(fields, "background", False)
         if stream:

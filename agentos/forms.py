@@ -16,7 +16,7 @@ from starlette.requests import Request
 
 from agentos.errors import InvalidCursor, InvalidRequest, RequestTooLarge
 
-__all__ = ["client_run_id", "cursor", "flag", "integer", "read_fields", "text"]
+__all__ = ["client_run_id", "cursor", "flag", "integer", "message", "read_fields", "text"]
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -79,6 +79,16 @@ def flag(fields: Mapping[str, Any], name: str, default: bool) -> bool:
     if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
         return value.lower() in _TRUE
     raise InvalidRequest(f"{name} must be true or false")
+
+
+def message(fields: Mapping[str, Any]) -> str:
+    """The run's input: required, a string (blank ones are refused by the run manager)."""
+    value = fields.get("message")
+    if value is None:
+        raise InvalidRequest("message is required")
+    if not isinstance(value, str):
+        raise InvalidRequest("message must be a string")
+    return value
 
 
 def text(fields: Mapping[str, Any], name: str) -> str | None:

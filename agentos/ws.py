@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
+from agentos import forms
 from agentos.errors import AgentOSError, EventsUnavailable, InvalidCursor, InvalidRequest
 from agentos.events import dumps
 from agentos.streams import RunStream
@@ -225,11 +226,7 @@ class _Connection:
 
     async def _start(self, frame: dict[str, Any]) -> None:
         workflow_id = _field(frame, "workflow_id", required=True)
-        message = frame.get("message")
-        if message is None:
-            raise InvalidRequest("message is required")
-        if not isinstance(message, str):
-            raise InvalidRequest("message must be a string")
+        message = forms.message(frame)
         session_id = _field(frame, "session_id")
         user_id = _field(frame, "user_id")
         run_id = _field(frame, "run_id")
