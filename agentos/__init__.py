@@ -1,8 +1,8 @@
 """agentos: run agents, teams and workflows in the background and stream resumable events."""
 
-from agentos.agent import Agent
-from agentos.app import AgentOS
-from agentos.component import Component
+from agentos.backends import Store
+from agentos.backends.sql import SQLStore
+from agentos.components import Agent, Component, Step, Team, Workflow
 from agentos.context import RunContext
 from agentos.errors import (
     AgentOSError,
@@ -19,12 +19,11 @@ from agentos.errors import (
     ShuttingDown,
 )
 from agentos.events import Event, Meta, RunStatus
+from agentos.http import AgentOS
 from agentos.models import EchoModel, Model
+from agentos.records import RunRecord
 from agentos.runs import RunManager
 from agentos.settings import Settings
-from agentos.store import RunRecord, SQLStore, Store
-from agentos.team import Team
-from agentos.workflow import Step, Workflow
 
 __version__ = "0.1.0"
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from agentos.events import Event, RunStatus
-from agentos.settings import Settings
+from agentos.settings import BufferSettings
 
 __all__ = ["EventBuffer", "RunBuffer"]
 
@@ -108,7 +108,9 @@ class RunBuffer:
 class EventBuffer:
     """All run buffers of this instance, with their memory limits and time to live."""
 
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, settings: BufferSettings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._settings = settings
         self._clock = clock
         self._runs: dict[str, RunBuffer] = {}
@@ -143,9 +145,9 @@ class EventBuffer:
             return
         self.total_bytes += buf._append(events)
         s = self._settings
-        self.total_bytes -= buf._trim(s.buffer_max_events_per_run, s.buffer_max_bytes_per_run)
-        if self.total_bytes > s.buffer_max_bytes_total:
-            self._shrink(s.buffer_max_bytes_total)
+        self.total_bytes -= buf._trim(s.max_events_per_run, s.max_bytes_per_run)
+        if self.total_bytes > s.max_bytes_total:
+            self._shrink(s.max_bytes_total)
         buf._notify()
 
     def set_status(self, run_id: str, status: RunStatus) -> None:
@@ -174,7 +176,7 @@ class EventBuffer:
         return len(expired)
 
     def _expired(self, buf: RunBuffer, now: float) -> bool:
-        return buf.ended_at is not None and now - buf.ended_at >= self._settings.buffer_ttl
+        return buf.ended_at is not None and now - buf.ended_at >= self._settings.ttl
 
     def _drop(self, run_id: str) -> None:
         buf = self._runs.pop(run_id, None)

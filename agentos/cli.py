@@ -12,7 +12,7 @@ from typing import Any
 
 import uvicorn
 
-from agentos.app import AgentOS
+from agentos.http import AgentOS
 from agentos.settings import Settings
 
 __all__ = ["main"]
@@ -71,13 +71,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         else None
     )
     app = target.app if isinstance(target, AgentOS) else target
-    grace = agent_os.settings.shutdown_grace if agent_os is not None else 10.0
+    settings = agent_os.settings if agent_os is not None else Settings.from_env()
+    grace = settings.runs.shutdown_grace + settings.http.graceful_shutdown_extra
     config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
-        timeout_graceful_shutdown=int(grace + 15),
+        timeout_graceful_shutdown=int(grace),
     )
     _Server(config, agent_os).run()
 

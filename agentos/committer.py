@@ -24,13 +24,12 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from sqlalchemy.exc import IntegrityError
-
+from agentos.backends.base import Store
 from agentos.buffer import EventBuffer
-from agentos.errors import RunAlreadyExists
+from agentos.errors import CommitterStopped, RunAlreadyExists, WriteConflict
 from agentos.events import Event
-from agentos.settings import Settings
-from agentos.store import RunRecord, RunUpdate, Store
+from agentos.records import RunRecord, RunUpdate
+from agentos.settings import CommitSettings
 
 __all__ = ["GroupCommitter"]
 
@@ -44,13 +43,16 @@ class GroupCommitter:
         self,
         store: Store,
         buffers: EventBuffer,
-        settings: Settings,
+        settings: CommitSettings,
+        *,
+        owner: str,
         on_commit: Callable[[list[tuple[str, Event]], list[RunUpdate]], None] | None = None,
         on_conflict: Callable[[str], None] | None = None,
     ) -> None:
         self._store = store
         self._buffers = buffers
         self._settings = settings
+        self._owner = owner
         self._on_commit = on_commit
         self._on_conflict = on_conflict
         self._pending: list[tuple[str, Event]] = []
@@ -79,7 +81,7 @@ class GroupCommitter:
         """Wait while too many events are waiting for their commit."""
         while len(self._pending) >= self._settings.max_pending_events:
             if self._stopped:
-                raise RuntimeError("the group committer is not running")
+                raise CommitterStopped()
             self._space.clear()
             await self._space.wait()
 
@@ -91,7 +93,7 @@ class GroupCommitter:
         chose are created with ``Store.create_run``, which reports the clash.
         """
         if self._task is None or self._task.done():
-            raise RuntimeError("the group committer is not running")
+            raise CommitterStopped()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._creates.append((record, future))
         self._wake.set()
@@ -111,16 +113,17 @@ class GroupCommitter:
     async def flush(self) -> None:
         """Wait until everything queued so far is committed and published."""
         if self._task is None or self._task.done():
-            raise RuntimeError("the group committer is not running")
+            raise CommitterStopped()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(future)
         self._wake.set()
         await future
 
-    async def aclose(self, timeout: float = 10.0) -> None:
-        """Commit what is pending, then stop."""
+    async def aclose(self) -> None:
+        """Commit what is pending (for at most ``close_timeout`` seconds), then stop."""
         if self._task is None:
             return
+        timeout = self._settings.close_timeout
         self._closing = True
         self._wake.set()
         try:
@@ -150,7 +153,7 @@ class GroupCommitter:
             self._space.set()
             for waiter in self._waiters + [future for _, future in self._creates]:
                 if not waiter.done():
-                    waiter.set_exception(RuntimeError("the group committer stopped"))
+                    waiter.set_exception(CommitterStopped("the group committer stopped"))
             self._waiters = []
             self._creates = []
 
@@ -172,7 +175,7 @@ class GroupCommitter:
         except BaseException:
             for waiter in waiters + [future for _, future in creates]:
                 if not waiter.done():
-                    waiter.set_exception(RuntimeError("events could not be committed"))
+                    waiter.set_exception(CommitterStopped("events could not be committed"))
             raise
         self.events_written += len(events)
         self._publish(events, updates)
@@ -198,7 +201,7 @@ class GroupCommitter:
         """
         try:
             await self._commit(events, updates, [record for record, _ in creates])
-        except IntegrityError:
+        except WriteConflict:
             await self._create_each(creates)
             return await self._write_each_run(events, updates)
         return events, updates
@@ -210,22 +213,20 @@ class GroupCommitter:
         runs: list[RunRecord] | None = None,
     ) -> None:
         """One transaction, retried with backoff on passing errors; a conflict is raised."""
-        delay = 0.05
+        delay = self._settings.retry_delay
         while True:
             try:
-                await self._store.commit(
-                    events, updates, owner=self._settings.instance_id, runs=runs or []
-                )
+                await self._store.commit(events, updates, owner=self._owner, runs=runs or [])
                 self.commits += 1
                 return
-            except (IntegrityError, asyncio.CancelledError):
+            except (WriteConflict, asyncio.CancelledError):
                 raise
             except Exception:
                 if self._closing and delay > 2:
                     raise
                 logger.exception("group commit of %d events failed; retrying", len(events))
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, self._settings.retry_max_delay)
 
     async def _create_each(self, creates: list[tuple[RunRecord, asyncio.Future[None]]]) -> None:
         """New runs one at a time: a run id that is taken fails only its own start."""
@@ -250,7 +251,7 @@ class GroupCommitter:
             run_updates = [u for u in updates if u.run_id == run_id]
             try:
                 await self._commit(run_events, run_updates)
-            except IntegrityError:
+            except WriteConflict:
                 logger.error("run %s: events conflict with another writer; dropped", run_id)
                 # Its events queued since would land after the other writer's terminal event.
                 self._pending = [item for item in self._pending if item[0] != run_id]

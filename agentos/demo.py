@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from agentos.agent import Agent
-from agentos.app import AgentOS
+from agentos.components import Agent, Team, Workflow
+from agentos.http import AgentOS
 from agentos.models import EchoModel
 from agentos.settings import Settings
-from agentos.team import Team
-from agentos.workflow import Workflow
 
 __all__ = ["demo_os"]
 

@@ -11,7 +11,14 @@
      ├── NotAuthorized          security key wrong                   403
      ├── ShuttingDown           the server is draining               503
      ├── Overloaded             max_active_runs / max_streams hit    503
-     └── EventsUnavailable      a stream can no longer be served (events removed)
+     ├── EventsUnavailable      a stream can no longer be served     410
+     ├── WriteConflict          another writer holds a run's event index (store -> committer)
+     ├── CommitterStopped       the group committer no longer runs   503
+     └── RunEnded               an event emitted after the run's terminal event
+
+The last three are raised and caught inside the server (a backend raises ``WriteConflict``
+instead of its driver's integrity error; the committer and the run manager use the other two for
+control flow); they reach a client only as a 503 when the committer has stopped.
 
 Each error has a machine-readable ``code`` and an HTTP ``status``; the HTTP layer turns them into
 ``{"detail": ..., "code": ...}`` in one place. Errors carry their context (``run_id``) as attributes.
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 __all__ = [
     "AgentOSError",
+    "CommitterStopped",
     "ComponentNotFound",
     "EventsUnavailable",
     "InvalidCursor",
@@ -30,8 +38,11 @@ __all__ = [
     "Overloaded",
     "RequestTooLarge",
     "RunAlreadyExists",
+    "RunEnded",
     "RunNotFound",
     "ShuttingDown",
+    "WriteConflict",
+    "describe_error",
 ]
 
 
@@ -119,3 +130,36 @@ class EventsUnavailable(AgentOSError):
     def __init__(self, detail: str, run_id: str) -> None:
         super().__init__(detail)
         self.run_id = run_id
+
+
+class WriteConflict(AgentOSError):
+    """A commit would write an event index (or a run id) that another writer already holds."""
+
+    status = 409
+    code = "write_conflict"
+
+
+class CommitterStopped(AgentOSError):
+    """The group committer has stopped (shutdown, or it failed): nothing more is committed."""
+
+    status = 503
+    code = "unavailable"
+
+    def __init__(self, detail: str = "the group committer is not running") -> None:
+        super().__init__(detail)
+
+
+class RunEnded(AgentOSError):
+    """An event emitted after the run's terminal event (or after another writer ended it)."""
+
+    code = "run_ended"
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id} has ended; no more events")
+        self.run_id = run_id
+
+
+def describe_error(exc: BaseException) -> str:
+    """The error text of a failed run: the exception's type and message."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -21,29 +21,57 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from agentos.backends.base import Store
+from agentos.errors import WriteConflict
 from agentos.events import KINDS, RunStatus, make_event
-from agentos.store import RunRecord, RunUpdate
+from agentos.records import RunRecord, RunUpdate
+from agentos.settings import LeaseSettings
 
-if TYPE_CHECKING:
-    from agentos.runs import RunManager
-
-__all__ = ["Leases"]
+__all__ = ["Leases", "LocalRuns"]
 
 logger = logging.getLogger("agentos.leases")
 
 
-class Leases:
-    """The lease side of a :class:`RunManager`: renew, reap, recover."""
+class LocalRuns(Protocol):
+    """What the leases need of the runs this instance executes (the run manager)."""
 
-    def __init__(self, manager: RunManager) -> None:
-        self._manager = manager
+    def executing(self) -> list[str]:
+        """Ids of the runs executing here that have not ended."""
+
+    def is_local(self, run_id: str) -> bool:
+        """Whether the run is held by this instance (executing or finishing)."""
+
+    def lose(self, run_id: str) -> None:
+        """Another instance took the run over: stop it here without a terminal event."""
+
+    def cancel_nowait(self, run_id: str, reason: str = "cancelled") -> None:
+        """Ask a run executing here to cancel."""
+
+
+class Leases:
+    """Renew this instance's leases, reap other instances' expired ones, recover after a restart."""
+
+    def __init__(
+        self,
+        store: Store,
+        runs: LocalRuns,
+        settings: LeaseSettings,
+        *,
+        instance_id: str,
+        page_size: int,
+    ) -> None:
+        self._store = store
+        self._runs = runs
+        self._settings = settings
+        self._me = instance_id
+        self._page_size = page_size
         self._strays: set[str] = set()
 
     async def recover(self) -> None:
         """Give every run this instance left unfinished its terminal event."""
-        for record in await self._manager.store.unfinished_runs(self._manager.settings.instance_id):
+        for record in await self._store.unfinished_runs(self._me):
             await self.end_unfinished(record, "interrupted")
             logger.warning("run %s was interrupted by a restart; marked ERROR", record.run_id)
 
@@ -54,13 +82,14 @@ class Leases:
         owner died between the event and the status), only the status is set.
         """
         kind = KINDS[record.kind]
-        me = self._manager.settings.instance_id
-        for attempt in range(3):
-            last = await self._manager.store.last_event(record.run_id)
+        me = self._me
+        attempts = max(1, self._settings.end_attempts)
+        for attempt in range(attempts):
+            last = await self._store.last_event(record.run_id)
             if last is not None and last.terminal:
                 status = kind.status_of(last.name)
                 update = RunUpdate(record.run_id, status=status, event_count=last.index + 1)
-                await self._manager.store.commit([], [update], owner=me)
+                await self._store.commit([], [update], owner=me)
                 return
             index = 0 if last is None else last.index + 1
             event = make_event(record, index, kind.error, {"error": error}, True)
@@ -68,19 +97,19 @@ class Leases:
                 record.run_id, status=RunStatus.ERROR, error=error, event_count=index + 1
             )
             try:
-                await self._manager.store.commit([(record.run_id, event)], [update], owner=me)
+                await self._store.commit([(record.run_id, event)], [update], owner=me)
                 return
-            except Exception:
+            except WriteConflict:
                 # The previous owner wrote that index meanwhile (it was alive after all): read
                 # the last event again; it stops writing once it sees the run is not its own.
-                if attempt == 2:
+                if attempt == attempts - 1:
                     raise
                 await asyncio.sleep(0.1)
 
     async def renew_forever(self) -> None:
         """Keep this instance's leases alive; stop runs taken over; cancel runs asked to."""
         while True:
-            await asyncio.sleep(self._manager.settings.lease_renew_interval)
+            await asyncio.sleep(self._settings.renew_interval)
             try:
                 await self.renew_once()
             except Exception:
@@ -89,18 +118,16 @@ class Leases:
     async def renew_once(self) -> None:
         """One round of lease renewal (the renewer task runs it every lease_renew_interval)."""
         # Only runs active before the UPDATE starts can be judged by its result.
-        candidates = [run_id for run_id, a in self._manager._active.items() if not a.ended]
-        renewed = await self._manager.store.renew_leases(
-            self._manager.settings.instance_id, time.time() + self._manager.settings.lease_ttl
-        )
+        candidates = self._runs.executing()
+        renewed = await self._store.renew_leases(self._me, time.time() + self._settings.ttl)
+        still = set(self._runs.executing())
         for run_id in candidates:
-            active = self._manager._active.get(run_id)
-            if active is None or active.ended:
+            if run_id not in still:
                 continue
             if run_id not in renewed:
-                self._manager._conflicted(run_id)
+                self._runs.lose(run_id)
             elif renewed[run_id]:
-                self._manager._request_cancel(active, "cancelled")
+                self._runs.cancel_nowait(run_id, "cancelled")
         await self._end_strays(set(renewed) - set(candidates))
 
     async def _end_strays(self, unknown: set[str]) -> None:
@@ -112,18 +139,18 @@ class Leases:
         ``"interrupted"``, as after a restart; one round is not enough, since a run just created
         is in the database a moment before it is in memory.
         """
-        strays = {run_id for run_id in unknown if run_id not in self._manager._active}
+        strays = {run_id for run_id in unknown if not self._runs.is_local(run_id)}
         confirmed, self._strays = strays & self._strays, strays - self._strays
         for run_id in confirmed:
-            record = await self._manager.store.get_run(run_id)
-            if record is None or record.status.ended or run_id in self._manager._active:
+            record = await self._store.get_run(run_id)
+            if record is None or record.status.ended or self._runs.is_local(run_id):
                 continue
             await self.end_unfinished(record, "interrupted")
             logger.warning("run %s was no longer executed by this instance; marked ERROR", run_id)
 
     async def reap_forever(self) -> None:
         while True:
-            await asyncio.sleep(self._manager.settings.reaper_interval)
+            await asyncio.sleep(self._settings.reaper_interval)
             try:
                 await self.reap_once()
             except Exception:
@@ -133,17 +160,10 @@ class Leases:
         """End the runs whose owner's lease expired; returns the ids this instance ended."""
         now = time.time()
         ended = []
-        for run_id in await self._manager.store.expired_runs(
-            now, self._manager.settings.replay_page_size
-        ):
-            if run_id in self._manager._active:
+        for run_id in await self._store.expired_runs(now, self._page_size):
+            if self._runs.is_local(run_id):
                 continue  # ours and running: the renewer is only late
-            record = await self._manager.store.claim_orphan(
-                run_id,
-                self._manager.settings.instance_id,
-                now,
-                now + self._manager.settings.lease_ttl,
-            )
+            record = await self._store.claim_orphan(run_id, self._me, now, now + self._settings.ttl)
             if record is None:
                 continue  # another instance was first
             await self.end_unfinished(record, "instance_lost")

@@ -1,6 +1,7 @@
 """The run manager: starts runs in detached tasks, numbers their events, ends each exactly once.
 
-    start_run ──▶ store.create_run (PENDING) ──▶ asyncio task ─▶ _drive
+    start_run / start_and_follow ──▶ capacity reserved (no await) ──▶ create (PENDING)
+                                 ──▶ asyncio task ─▶ _drive
                                                                │
           component.execute(ctx) ── ctx.emit ──▶ _emit ──▶ GroupCommitter ──▶ store + buffer
                                                                │
@@ -20,38 +21,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from agentos.backends.base import Store, open_backend
 from agentos.buffer import EventBuffer
 from agentos.committer import GroupCommitter
-from agentos.component import Component, describe_error
 from agentos.context import RunContext
 from agentos.errors import (
+    CommitterStopped,
     ComponentNotFound,
     InvalidCursor,
     InvalidRequest,
     Overloaded,
+    RunEnded,
     RunNotFound,
     ShuttingDown,
+    describe_error,
 )
 from agentos.events import RunStatus, make_event
 from agentos.leases import Leases
-from agentos.notify import Notifier, open_notifier
+from agentos.records import MAX_ID_LENGTH, RunRecord, RunUpdate, check_id
 from agentos.settings import Settings
-from agentos.store import RunRecord, RunUpdate, Store, open_store
-from agentos.streams import RunStream
+from agentos.streams import RunStream, StreamSlots, StreamSource
+
+if TYPE_CHECKING:
+    from agentos.components.base import Component
 
 __all__ = ["RunManager"]
 
 logger = logging.getLogger("agentos.runs")
-
-_MAX_INPUT_ID = 200
-# run_id and session_id go into a URL path and response headers (X-Run-Id, X-Session-Id, Location).
-_URL_SAFE_ID = re.compile(r"[A-Za-z0-9._~-]+")
 
 
 @dataclass
@@ -72,22 +73,40 @@ class RunManager:
 
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
-        self.store = store if store is not None else open_store(settings.db_url)
-        self.buffers = EventBuffer(settings)
-        self.leases = Leases(self)
+        backend = open_backend(settings, store)
+        self.store = backend.store
+        self.notifier = backend.notifier
+        self.buffers = EventBuffer(settings.buffer)
         self.committer = GroupCommitter(
             self.store,
             self.buffers,
-            settings,
+            settings.commit,
+            owner=settings.instance_id,
             on_commit=self._committed,
-            on_conflict=self._conflicted,
+            on_conflict=self.lose,
         )
-        self.notifier: Notifier = open_notifier(settings, self.store)
+        self.leases = Leases(
+            self.store,
+            self,
+            settings.leases,
+            instance_id=settings.instance_id,
+            page_size=settings.streams.replay_page_size,
+        )
+        #: Streams being followed right now, against ``max_streams``.
+        self.stream_slots = StreamSlots(settings.streams.max_open)
+        self._streams = StreamSource(
+            self.buffers,
+            self.store,
+            self.notifier,
+            settings.streams,
+            self.stream_slots,
+            draining=lambda: self._closing,
+        )
         self.components: dict[tuple[str, str], Component] = {}
         self._active: dict[str, _ActiveRun] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        #: Streams being followed right now (RunStream.events counts itself in and out).
-        self.open_streams = 0
+        #: Runs being created right now: they count against ``max_active_runs`` already.
+        self._starting = 0
         self._started = False
         self._closing = False
         self._closed = asyncio.Event()
@@ -102,7 +121,7 @@ class RunManager:
         if self.components.get(key, component) is not component:
             raise ValueError(f"two {component.kind.name} share the id {component.id!r}")
         self.components[key] = component
-        component._manager = self
+        component.runtime.attach(self)
 
     def component(self, kind: str, component_id: str) -> Component:
         found = self.components.get((kind, component_id))
@@ -127,6 +146,11 @@ class RunManager:
     def active_runs(self) -> int:
         return len(self._tasks)
 
+    @property
+    def open_streams(self) -> int:
+        """Streams being followed right now."""
+        return self.stream_slots.count
+
     async def start(self) -> None:
         """Open the store, end runs a previous life of this instance left behind, start writing."""
         if self._started:
@@ -148,10 +172,10 @@ class RunManager:
             return
         self._closing = True
         logger.info(
-            "shutting down: %d runs get %.1fs", len(self._tasks), self.settings.shutdown_grace
+            "shutting down: %d runs get %.1fs", len(self._tasks), self.settings.runs.shutdown_grace
         )
         loop = asyncio.get_running_loop()
-        self._grace_timer = loop.call_later(self.settings.shutdown_grace, self._cancel_all)
+        self._grace_timer = loop.call_later(self.settings.runs.shutdown_grace, self._cancel_all)
         self.notifier.wake_all()  # tails of other instances' runs end now; clients go elsewhere
 
     async def aclose(self) -> None:
@@ -160,10 +184,12 @@ class RunManager:
             return
         self.begin_shutdown()
         if self._tasks:
-            await asyncio.wait(list(self._tasks.values()), timeout=self.settings.shutdown_grace)
+            await asyncio.wait(
+                list(self._tasks.values()), timeout=self.settings.runs.shutdown_grace
+            )
         self._cancel_all()
         if self._tasks:
-            await asyncio.wait(list(self._tasks.values()), timeout=10.0)
+            await asyncio.wait(list(self._tasks.values()), timeout=self.settings.runs.cancel_grace)
         if self._grace_timer is not None:
             self._grace_timer.cancel()
         if self._sweeper is not None:
@@ -182,7 +208,7 @@ class RunManager:
 
     async def _sweep(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.buffer_sweep_interval)
+            await asyncio.sleep(self.settings.buffer.sweep_interval)
             self.buffers.sweep()
 
     # -- runs ----------------------------------------------------------------------------------
@@ -197,19 +223,91 @@ class RunManager:
         run_id: str | None = None,
     ) -> RunRecord:
         """Persist a PENDING run and start it in a detached task."""
-        if not self.accepting:
-            raise ShuttingDown("the server is shutting down; try another instance")
-        if len(self._tasks) >= self.settings.max_active_runs:
-            raise Overloaded(f"this instance already runs {len(self._tasks)} runs; try again later")
+        record, _ = await self._start(component, message, session_id, user_id, run_id, None)
+        return record
+
+    async def start_and_follow(
+        self,
+        component: Component,
+        message: str,
+        *,
+        session_id: str | None = None,
+        user_id: str | None = None,
+        run_id: str | None = None,
+        cancel_on_close: bool = False,
+        meta: bool = False,
+    ) -> tuple[RunRecord, RunStream]:
+        """Start a run and open its stream from the first event, as one step.
+
+        The stream's slot is taken before the run is created: a create refused for want of a
+        stream (503 ``overloaded``) never leaves a run going that nobody knows about. With
+        ``cancel_on_close``, a stream closed before the terminal event cancels the run (the
+        inline streaming mode).
+        """
+        record, stream = await self._start(
+            component, message, session_id, user_id, run_id, (cancel_on_close, meta)
+        )
+        assert stream is not None
+        return record, stream
+
+    async def _start(
+        self,
+        component: Component,
+        message: str,
+        session_id: str | None,
+        user_id: str | None,
+        run_id: str | None,
+        follow: tuple[bool, bool] | None,
+    ) -> tuple[RunRecord, RunStream | None]:
         if not isinstance(message, str) or not message.strip():
             raise InvalidRequest("message must be a non-empty string")
-        for name, value in (("run_id", run_id), ("session_id", session_id), ("user_id", user_id)):
-            if value is not None and (
-                not isinstance(value, str) or not 0 < len(value) <= _MAX_INPUT_ID
-            ):
-                raise InvalidRequest(f"{name} must be a string of 1 to {_MAX_INPUT_ID} characters")
-            if name != "user_id" and value is not None and not _URL_SAFE_ID.fullmatch(value):
-                raise InvalidRequest(f"{name} must be URL-safe (letters, digits, ._~-)")
+        for name, value in (("run_id", run_id), ("session_id", session_id)):
+            if value is not None:
+                check_id(name, value)
+        if user_id is not None and (
+            not isinstance(user_id, str) or not 0 < len(user_id) <= MAX_ID_LENGTH
+        ):
+            raise InvalidRequest(f"user_id must be a string of 1 to {MAX_ID_LENGTH} characters")
+        if not self.accepting:
+            raise ShuttingDown("the server is shutting down; try another instance")
+        # Check and reserve with no await in between: concurrent creates cannot overshoot.
+        running = len(self._tasks) + self._starting
+        if running >= self.settings.runs.max_active:
+            raise Overloaded(f"this instance already runs {running} runs; try again later")
+        if follow is not None:
+            self.stream_slots.reserve()
+        self._starting += 1
+        try:
+            record = await self._create(component, message, session_id, user_id, run_id)
+        except BaseException:
+            if follow is not None:
+                self.stream_slots.release()
+            raise
+        finally:
+            self._starting -= 1
+        self._launch(record, component)
+        if follow is None:
+            return record, None
+        cancel_on_close, meta = follow
+        stream = RunStream(
+            self._streams,
+            record,
+            -1,
+            0,
+            ended=False,
+            meta=meta,
+            on_abandon=self.cancel_nowait if cancel_on_close else None,
+        )
+        return record, stream
+
+    async def _create(
+        self,
+        component: Component,
+        message: str,
+        session_id: str | None,
+        user_id: str | None,
+        run_id: str | None,
+    ) -> RunRecord:
         now = time.time()
         record = RunRecord(
             run_id=run_id or str(uuid.uuid4()),
@@ -222,12 +320,15 @@ class RunManager:
             created_at=now,
             updated_at=now,
             instance_id=self.settings.instance_id,
-            lease_until=now + self.settings.lease_ttl,
+            lease_until=now + self.settings.leases.ttl,
         )
         if run_id is None:
             await self.committer.create(record)  # a fresh UUID: batched with other new runs
         else:
             await self.store.create_run(record)  # a client's id may be taken: 409
+        return record
+
+    def _launch(self, record: RunRecord, component: Component) -> None:
         active = _ActiveRun(record, component)
         self._active[record.run_id] = active
         self.buffers.open(record.run_id)
@@ -235,7 +336,6 @@ class RunManager:
         active.task = task
         self._tasks[record.run_id] = task
         task.add_done_callback(lambda _: self._release(record.run_id))
-        return record
 
     def _release(self, run_id: str) -> None:
         self._tasks.pop(run_id, None)
@@ -257,7 +357,7 @@ class RunManager:
             self.committer.update(RunUpdate(record.run_id, status=RunStatus.RUNNING))
             if active.cancel_reason is not None:
                 raise asyncio.CancelledError  # cancelled before this task had started
-            timeout = self.settings.run_timeout or None
+            timeout = self.settings.runs.timeout or None
             async with asyncio.timeout(timeout):
                 content = await active.component.execute(ctx, record.input)
             if active.cancel_reason is not None:
@@ -286,7 +386,7 @@ class RunManager:
         kind = active.component.kind
         try:
             await self._emit(active, kind.terminal_name(status), fields, terminal=True)
-        except RuntimeError:
+        except (RunEnded, CommitterStopped):
             # The run was taken over meanwhile, or the committer stopped: the terminal event is
             # another writer's, or the lease renewer ends the run once it can ("interrupted").
             logger.error("run %s: no terminal event could be queued", active.record.run_id)
@@ -301,17 +401,17 @@ class RunManager:
         self.committer.update(update)
         try:
             await self.committer.flush()
-        except RuntimeError:
+        except CommitterStopped:
             logger.error("run %s: its terminal event could not be committed", active.record.run_id)
 
     async def _emit(
         self, active: _ActiveRun, name: str, fields: dict[str, Any], terminal: bool = False
     ) -> None:
         if active.ended:
-            raise RuntimeError(f"run {active.record.run_id} has ended; no more events")
+            raise RunEnded(active.record.run_id)
         await self.committer.wait_for_space()
         if active.ended:
-            raise RuntimeError(f"run {active.record.run_id} has ended; no more events")
+            raise RunEnded(active.record.run_id)
         # No await between numbering and queueing: concurrent emitters (parallel team members)
         # queue their events in index order.
         event = make_event(active.record, active.next_index, name, fields, terminal)
@@ -327,10 +427,14 @@ class RunManager:
             if active is not None:
                 active.record = active.record.updated(update)
 
-    def _conflicted(self, run_id: str) -> None:
-        # Another writer (an instance that declared this run lost) already ended it in the
-        # database: stop the run here without a terminal event of ours, and let followers
-        # read the run's end from the database.
+    def executing(self) -> list[str]:
+        """Ids of the runs executing here that have not ended."""
+        return [run_id for run_id, active in self._active.items() if not active.ended]
+
+    def lose(self, run_id: str) -> None:
+        """Another writer (an instance that declared this run lost) already ended it in the
+        database: stop the run here without a terminal event of ours; followers read the
+        run's end from the database."""
         active = self._active.get(run_id)
         if active is not None:
             active.ended = True
@@ -347,12 +451,15 @@ class RunManager:
             if active.task is not None and active.started:
                 active.task.cancel()
 
-    async def cancel(self, run_id: str, *, wait: float = 5.0) -> RunRecord:
+    async def cancel(self, run_id: str, *, wait: float | None = None) -> RunRecord:
         """Cancel a run (idempotent) and wait up to ``wait`` seconds for it to end.
 
         A run another instance owns is cancelled through the database: its owner sees the
-        request at once on PostgreSQL, at its next lease renewal otherwise.
+        request at once on PostgreSQL, at its next lease renewal otherwise. ``wait`` defaults
+        to the ``cancel_wait`` setting.
         """
+        if wait is None:
+            wait = self.settings.runs.cancel_wait
         active = self._active.get(run_id)
         if active is not None:
             self._request_cancel(active, "cancelled")
@@ -367,14 +474,14 @@ class RunManager:
     async def _wait_remote_end(self, run_id: str, wait: float) -> None:
         loop = asyncio.get_running_loop()
         if not self.notifier.listening:
-            wait += self.settings.lease_renew_interval
+            wait += self.settings.leases.renew_interval
         deadline = loop.time() + wait
         while (left := deadline - loop.time()) > 0:
             signal = self.notifier.watch(run_id)
             record = await self.store.get_run(run_id)
             if record is None or record.status.ended:
                 return
-            await self.notifier.wait(signal, min(left, self.settings.tail_poll_interval))
+            await self.notifier.wait(signal, min(left, self.settings.streams.tail_poll_interval))
 
     def cancel_nowait(self, run_id: str, reason: str = "cancelled") -> None:
         active = self._active.get(run_id)
@@ -437,7 +544,6 @@ class RunManager:
         record = await self.get_run(
             run_id, kind=kind, component_id=component_id, session_id=session_id
         )
-        self.check_stream_capacity()
         buf = self.buffers.get(run_id)
         count = buf.next_index if buf is not None else record.event_count
         ended = buf.done if buf is not None else record.status.ended
@@ -456,16 +562,8 @@ class RunManager:
             # A draining instance does not start tailing another's run: the client (or nginx,
             # on 503) goes to another instance.
             raise ShuttingDown("the server is shutting down; resume on another instance")
-        return RunStream(self, record, last_event_index, count, ended=ended, meta=meta)
-
-    def check_stream_capacity(self) -> None:
-        """Raise Overloaded when this instance serves ``max_streams`` streams already.
-
-        A create that streams checks it before starting its run: a 503 must not leave a run
-        going that the client does not know about.
-        """
-        if self.open_streams >= self.settings.max_streams:
-            raise Overloaded(f"this instance already serves {self.open_streams} streams")
+        self.stream_slots.reserve()  # Overloaded past max_streams; the stream gives it back
+        return RunStream(self._streams, record, last_event_index, count, ended=ended, meta=meta)
 
     def is_local(self, run_id: str) -> bool:
         return run_id in self._active

@@ -1,11 +1,14 @@
 """One frozen settings object, read once at start-up from ``AGENTOS_*`` variables.
 
-Every limit and timing of the server is a field here, with its default. Nothing in the package
-reads the environment anywhere else::
+Settings come in sections, one per part of the server (``settings.buffer.ttl``,
+``settings.ws.send_timeout``); every limit and timing is a field here, with its default, and
+nothing in the package reads the environment anywhere else. Each field has one flat name, which is
+also its environment variable without the ``AGENTOS_`` prefix::
 
     settings = Settings.from_env()                 # AGENTOS_BUFFER_TTL=60 ...
     settings = Settings(buffer_ttl=60.0)           # or explicitly, in code and tests
     settings = settings.replace(db_url="sqlite+aiosqlite:///runs.db")
+    settings.buffer.ttl                            # 60.0
 """
 
 from __future__ import annotations
@@ -13,13 +16,29 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
-__all__ = ["Settings"]
+__all__ = [
+    "AuthSettings",
+    "BufferSettings",
+    "CommitSettings",
+    "DatabaseSettings",
+    "HTTPSettings",
+    "LeaseSettings",
+    "RunSettings",
+    "Settings",
+    "StreamSettings",
+    "WebSocketSettings",
+]
 
 _PREFIX = "AGENTOS_"
+
+
+def _setting(default: Any, name: str) -> Any:
+    """A field whose flat name (and environment variable, upper case) is ``name``."""
+    return field(default=default, metadata={"name": name})
 
 
 def _default_instance_id() -> str:
@@ -27,113 +46,267 @@ def _default_instance_id() -> str:
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Server settings. Each field maps to the environment variable ``AGENTOS_<FIELD>``."""
+class DatabaseSettings:
+    """Where runs and events are kept (``backends/``)."""
 
-    #: SQLAlchemy async URL of the run store (SQLite through aiosqlite by default).
-    db_url: str = "sqlite+aiosqlite:///agentos.db"
-    #: This instance's name; runs it owns are recovered by it after a restart.
-    instance_id: str = field(default_factory=_default_instance_id)
+    #: SQLAlchemy async URL of the run store; its scheme picks the backend (SQLite by default).
+    url: str = _setting("sqlite+aiosqlite:///agentos.db", "db_url")
+    #: Seconds to wait for a new database connection.
+    connect_timeout: float = _setting(10.0, "db_connect_timeout")
+    #: Seconds between keep-alive queries on the PostgreSQL LISTEN connection.
+    listen_keepalive: float = _setting(10.0, "db_listen_keepalive")
+    #: Seconds start-up waits for the first LISTEN connection before tailing by polling.
+    listen_ready_wait: float = _setting(5.0, "db_listen_ready_wait")
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Who may call the server (``http/auth.py``)."""
+
     #: When set, every route but /health needs ``Authorization: Bearer <key>``.
-    security_key: str | None = None
+    security_key: str | None = _setting(None, "security_key")
     #: Seconds a run-scoped resume token (``?token=`` on GET resume) stays valid; 0 disables.
-    resume_token_ttl: float = 3600.0
+    resume_token_ttl: float = _setting(3600.0, "resume_token_ttl")
+
+
+@dataclass(frozen=True)
+class BufferSettings:
+    """Committed events kept in memory (``buffer.py``)."""
 
     #: Seconds an ended run's events stay in the in-process buffer.
-    buffer_ttl: float = 1800.0
+    ttl: float = _setting(1800.0, "buffer_ttl")
     #: Events kept in memory per run; older ones are served from the database.
-    buffer_max_events_per_run: int = 10_000
+    max_events_per_run: int = _setting(10_000, "buffer_max_events_per_run")
     #: Payload bytes kept in memory per run; older events are served from the database.
-    buffer_max_bytes_per_run: int = 8 * 1024 * 1024
+    max_bytes_per_run: int = _setting(8 * 1024 * 1024, "buffer_max_bytes_per_run")
     #: Payload bytes kept in memory over all runs; ended runs go first, then the oldest events.
-    buffer_max_bytes_total: int = 256 * 1024 * 1024
+    max_bytes_total: int = _setting(256 * 1024 * 1024, "buffer_max_bytes_total")
     #: Seconds between sweeps that drop expired buffers.
-    buffer_sweep_interval: float = 30.0
+    sweep_interval: float = _setting(30.0, "buffer_sweep_interval")
+
+
+@dataclass(frozen=True)
+class CommitSettings:
+    """The group committer (``committer.py``)."""
 
     #: Events waiting for their group commit before a run's next event waits (backpressure).
-    max_pending_events: int = 10_000
+    max_pending_events: int = _setting(10_000, "max_pending_events")
     #: Most events written in one transaction.
-    max_batch_events: int = 2_000
-    #: Events read from the database per page when replaying.
-    replay_page_size: int = 1_000
-    #: Runs executing at once in this process; more get 503 ``overloaded``.
-    max_active_runs: int = 10_000
-    #: Open event streams (SSE followers) in this process; more get 503 ``overloaded``.
-    max_streams: int = 20_000
-    #: Seconds between database polls when tailing a run that another instance owns.
-    tail_poll_interval: float = 0.5
-    #: On PostgreSQL, wake such tails at once with LISTEN/NOTIFY (polling stays the fallback).
-    tail_notify: bool = True
+    max_batch_events: int = _setting(2_000, "max_batch_events")
+    #: Seconds before the first retry of a failed commit; doubled per retry.
+    retry_delay: float = _setting(0.05, "commit_retry_delay")
+    #: Longest wait in seconds between two retries of a failed commit.
+    retry_max_delay: float = _setting(5.0, "commit_retry_max_delay")
+    #: Seconds shutdown waits for the last groups to commit; what is left after is lost.
+    close_timeout: float = _setting(10.0, "commit_close_timeout")
 
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Runs of this instance (``runs.py``)."""
+
+    #: Runs executing at once in this process; more get 503 ``overloaded``.
+    max_active: int = _setting(10_000, "max_active_runs")
+    #: Seconds a run may take before it ends with an error ("timeout"); 0 disables.
+    timeout: float = _setting(0.0, "run_timeout")
+    #: Seconds running runs get on shutdown before they are cancelled.
+    shutdown_grace: float = _setting(10.0, "shutdown_grace")
+    #: Seconds shutdown waits for cancelled runs to write their terminal event.
+    cancel_grace: float = _setting(10.0, "shutdown_cancel_grace")
+    #: Seconds a cancel request waits for the run to end before answering.
+    cancel_wait: float = _setting(5.0, "cancel_wait")
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """Following runs (``streams.py``) and the SSE responses (``http/sse.py``)."""
+
+    #: Open event streams (SSE followers) in this process; more get 503 ``overloaded``.
+    max_open: int = _setting(20_000, "max_streams")
+    #: Events read from the database per page when replaying.
+    replay_page_size: int = _setting(1_000, "replay_page_size")
+    #: Seconds between database polls when tailing a run that another instance owns.
+    tail_poll_interval: float = _setting(0.5, "tail_poll_interval")
+    #: On PostgreSQL, wake such tails at once with LISTEN/NOTIFY (polling stays the fallback).
+    tail_notify: bool = _setting(True, "tail_notify")
     #: Seconds between SSE keep-alive comments on an idle stream.
-    ping_interval: float = 15.0
+    ping_interval: float = _setting(15.0, "ping_interval")
     #: Events whose JSON text is at most this many bytes keep their encoded SSE frame, shared
     #: by every subscriber; larger ones are encoded per send (a copy of a big payload per
     #: buffered event would cost more memory than encoding saves time).
-    sse_cache_max_bytes: int = 512
+    sse_cache_max_bytes: int = _setting(512, "sse_cache_max_bytes")
     #: Seconds a single SSE send may block before the stream is dropped.
-    send_timeout: float = 30.0
+    send_timeout: float = _setting(30.0, "send_timeout")
+    #: Seconds, beyond ``shutdown_grace``, that open streams get on shutdown to deliver the
+    #: terminal events of cancelled runs.
+    shutdown_extra: float = _setting(5.0, "stream_shutdown_extra")
+
+
+@dataclass(frozen=True)
+class HTTPSettings:
+    """Requests (``http/``) and the server process (``cli.py``)."""
+
     #: Largest accepted request body in bytes (413 beyond).
-    max_body_bytes: int = 10 * 1024 * 1024
-    #: Seconds a run may take before it ends with an error ("timeout"); 0 disables.
-    run_timeout: float = 0.0
+    max_body_bytes: int = _setting(10 * 1024 * 1024, "max_body_bytes")
+    #: Seconds uvicorn gives open connections on shutdown, beyond ``shutdown_grace``.
+    graceful_shutdown_extra: float = _setting(15.0, "graceful_shutdown_extra")
+
+
+@dataclass(frozen=True)
+class WebSocketSettings:
+    """``/workflows/ws`` (``http/ws.py``)."""
 
     #: Largest WebSocket frame served, in bytes; a larger one gets an error frame. (uvicorn's
     #: ``--ws-max-size``, 16 MiB by default, closes the socket on frames beyond that.)
-    ws_max_frame_bytes: int = 64 * 1024
+    max_frame_bytes: int = _setting(64 * 1024, "ws_max_frame_bytes")
     #: Runs one WebSocket may follow at the same time.
-    ws_max_runs_per_socket: int = 100
+    max_runs_per_socket: int = _setting(100, "ws_max_runs_per_socket")
     #: Frames a WebSocket may send per second, and as a burst; past it frames get a
     #: ``rate_limited`` error, and a second's worth more closes the socket (1008). 0 disables.
-    ws_max_frames_per_second: float = 50.0
+    max_frames_per_second: float = _setting(50.0, "ws_max_frames_per_second")
     #: Frames waiting to be sent on one WebSocket before its runs' followers wait for room.
-    ws_max_queued_frames: int = 256
+    max_queued_frames: int = _setting(256, "ws_max_queued_frames")
     #: Seconds a single WebSocket send may block before the socket is closed (1008); 0 disables.
-    ws_send_timeout: float = 30.0
+    send_timeout: float = _setting(30.0, "ws_send_timeout")
     #: Seconds a WebSocket has to authenticate when a security key is set (then closed, 1008).
-    ws_auth_timeout: float = 30.0
+    auth_timeout: float = _setting(30.0, "ws_auth_timeout")
 
-    #: Seconds running runs get on shutdown before they are cancelled.
-    shutdown_grace: float = 10.0
+
+@dataclass(frozen=True)
+class LeaseSettings:
+    """Leases, the reaper and restart recovery (``leases.py``)."""
+
     #: Seconds an instance's lease on a running run lasts without renewal. When an instance
     #: dies, its runs end (``"instance_lost"``) at most ``lease_ttl + reaper_interval`` seconds
     #: after its last renewal. Instances' clocks must agree to well within this.
-    lease_ttl: float = 20.0
+    ttl: float = _setting(20.0, "lease_ttl")
     #: Seconds between renewals of the leases on this instance's runs (below ``lease_ttl``).
-    lease_renew_interval: float = 5.0
+    renew_interval: float = _setting(5.0, "lease_renew_interval")
     #: Seconds between this instance's looks for runs whose owner's lease expired.
-    reaper_interval: float = 5.0
+    reaper_interval: float = _setting(5.0, "reaper_interval")
+    #: Tries to write the terminal event of a run nobody executes, when its index is taken.
+    end_attempts: int = _setting(3, "lease_end_attempts")
 
+
+_SECTIONS: dict[str, type[Any]] = {
+    "database": DatabaseSettings,
+    "auth": AuthSettings,
+    "buffer": BufferSettings,
+    "commit": CommitSettings,
+    "runs": RunSettings,
+    "streams": StreamSettings,
+    "http": HTTPSettings,
+    "ws": WebSocketSettings,
+    "leases": LeaseSettings,
+}
+#: Settings of the server as a whole, not of one part.
+_TOP: dict[str, Any] = {"instance_id": None, "demo_delay": 0.02}
+
+
+def _flat_fields() -> Iterator[tuple[str, str, dataclasses.Field[Any]]]:
+    """(section, flat name, field) of every sectioned setting."""
+    for section, cls in _SECTIONS.items():
+        for f in fields(cls):
+            yield section, f.metadata["name"], f
+
+
+_FLAT = {name: (section, f) for section, name, f in _flat_fields()}
+
+
+class Settings:
+    """Server settings, in sections. Each field maps to ``AGENTOS_<FLAT NAME>``.
+
+    Built from flat names (``Settings(max_streams=100, buffer_ttl=60)``) and read by section
+    (``settings.streams.max_open``). Immutable: :meth:`replace` makes a changed copy.
+    """
+
+    database: DatabaseSettings
+    auth: AuthSettings
+    buffer: BufferSettings
+    commit: CommitSettings
+    runs: RunSettings
+    streams: StreamSettings
+    http: HTTPSettings
+    ws: WebSocketSettings
+    leases: LeaseSettings
+    #: This instance's name; runs it owns are recovered by it after a restart.
+    instance_id: str
     #: Delay in seconds between words of the demo echo model.
-    demo_delay: float = 0.02
+    demo_delay: float
+
+    _frozen: ClassVar[bool] = False
+
+    def __init__(self, **values: Any) -> None:
+        unknown = sorted(set(values) - set(_FLAT) - set(_TOP))
+        if unknown:
+            raise TypeError(f"unknown setting(s): {', '.join(unknown)}")
+        per_section: dict[str, dict[str, Any]] = {section: {} for section in _SECTIONS}
+        for name, value in values.items():
+            if name in _FLAT:
+                section, f = _FLAT[name]
+                per_section[section][f.name] = value
+        for section, cls in _SECTIONS.items():
+            object.__setattr__(self, section, cls(**per_section[section]))
+        instance_id = values.get("instance_id") or _default_instance_id()
+        object.__setattr__(self, "instance_id", instance_id)
+        object.__setattr__(self, "demo_delay", values.get("demo_delay", _TOP["demo_delay"]))
+        object.__setattr__(self, "_values", dict(values, instance_id=instance_id))
+        self._validate()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot assign to setting {name!r}")
+
+    def __repr__(self) -> str:
+        shown = {k: v for k, v in self.values().items() if k != "security_key"}
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in sorted(shown.items()))})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Settings) and self.values() == other.values()
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self.values().items())))
+
+    def values(self) -> dict[str, Any]:
+        """Every setting by its flat name."""
+        result = {name: getattr(self, name) for name in _TOP}
+        for section, name, f in _flat_fields():
+            result[name] = getattr(getattr(self, section), f.name)
+        return result
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """The flat names of all settings, as in ``AGENTOS_<NAME>``."""
+        return [*_TOP, *_FLAT]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``AGENTOS_*`` variables; keyword overrides win."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(_PREFIX + f.name.upper())
-            if raw is None or f.name in overrides:
+        types = {name: str(f.type) for name, (_, f) in _FLAT.items()}
+        types.update(instance_id="str", demo_delay="float")
+        for name, type_name in types.items():
+            raw = env.get(_PREFIX + name.upper())
+            if raw is None or name in overrides:
                 continue
-            values[f.name] = _parse(f.name, str(f.type), raw)
+            values[name] = _parse(name, type_name, raw)
         values.update(overrides)
         return cls(**values)
 
     def replace(self, **changes: Any) -> Settings:
-        """A copy with some fields changed."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some settings (by flat name) changed."""
+        return Settings(**{**self._values, **changes})  # type: ignore[attr-defined]
 
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
+    def _validate(self) -> None:
+        for name, value in self.values().items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-                raise ValueError(f"setting {f.name} must not be negative, got {value!r}")
-        if self.security_key == "":
-            object.__setattr__(self, "security_key", None)
-        if not 0 < self.lease_renew_interval < self.lease_ttl:
+                raise ValueError(f"setting {name} must not be negative, got {value!r}")
+        if self.auth.security_key == "":
+            object.__setattr__(self, "auth", dataclasses.replace(self.auth, security_key=None))
+        leases = self.leases
+        if not 0 < leases.renew_interval < leases.ttl:
             raise ValueError("setting lease_renew_interval must be above 0 and below lease_ttl")
-        if self.reaper_interval <= 0:
+        if leases.reaper_interval <= 0:
             raise ValueError("setting reaper_interval must be above 0")
 
 

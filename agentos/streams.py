@@ -15,33 +15,88 @@ right after the terminal event.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
-from agentos.errors import EventsUnavailable
+from agentos.backends.base import Notifier, Store
+from agentos.buffer import EventBuffer
+from agentos.errors import EventsUnavailable, Overloaded
 from agentos.events import Event, Meta, RunStatus
-from agentos.store import RunRecord
+from agentos.records import RunRecord
+from agentos.settings import StreamSettings
 
-if TYPE_CHECKING:
-    from agentos.runs import RunManager
+__all__ = ["RunStream", "StreamSlots", "StreamSource", "replay_meta"]
 
-__all__ = ["RunStream"]
+
+class StreamSlots:
+    """How many streams this instance serves, against ``max_streams``.
+
+    A slot is taken by :meth:`reserve`, with no ``await`` between the check and the count, so
+    concurrent requests can never open more streams than the limit; the stream gives it back when
+    it ends (or is dropped unread).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    def reserve(self) -> None:
+        """Take a slot; Overloaded when none is left."""
+        if self.count >= self.limit:
+            raise Overloaded(f"this instance already serves {self.count} streams")
+        self.count += 1
+
+    def release(self) -> None:
+        self.count -= 1
+
+
+@dataclass(frozen=True)
+class StreamSource:
+    """What every stream of one instance reads from and counts against."""
+
+    buffers: EventBuffer
+    store: Store
+    notifier: Notifier
+    settings: StreamSettings
+    slots: StreamSlots
+    #: True while the instance drains: tails of other instances' runs end (clients go elsewhere).
+    draining: Callable[[], bool]
+
+
+def replay_meta(run_id: str, status: RunStatus, total_events: int, *, from_buffer: bool) -> Meta:
+    """The ``replay`` meta event: the run has ended; ``total_events`` events in all."""
+    return Meta(
+        "replay",
+        {
+            "run_id": run_id,
+            "status": status.value,
+            "total_events": total_events,
+            "source": "buffer" if from_buffer else "database",
+        },
+    )
 
 
 class RunStream:
-    """The events of one run after ``after``, preceded by meta events when ``meta`` is set."""
+    """The events of one run after ``after``, preceded by meta events when ``meta`` is set.
+
+    The stream holds a slot of ``source.slots``, taken before it was made: it gives the slot back
+    when iterating ends, or when it is dropped without being iterated.
+    """
 
     def __init__(
         self,
-        manager: RunManager,
+        source: StreamSource,
         record: RunRecord,
         after: int,
         count: int,
         *,
         ended: bool,
         meta: bool = True,
+        on_abandon: Callable[[str], None] | None = None,
     ) -> None:
-        self._manager = manager
+        self._source = source
+        self._on_abandon = on_abandon
+        self._holds_slot = True
         self.record = record
         self.run_id = record.run_id
         self.after = after
@@ -50,21 +105,23 @@ class RunStream:
         self.meta = meta
         self.terminal_sent = False
 
+    def release(self) -> None:
+        """Give the stream's slot back (once); iterating to the end does it too."""
+        if getattr(self, "_holds_slot", False):
+            self._holds_slot = False
+            self._source.slots.release()
+
+    def __del__(self) -> None:
+        # A stream made but never iterated (the client left before the response started).
+        self.release()
+
     def first_meta(self) -> Meta:
         """``replay`` for an ended run, ``catch_up`` for a live one."""
         status = self.record.status.value
         if self.ended:
-            buf = self._manager.buffers.get(self.run_id)
+            buf = self._source.buffers.get(self.run_id)
             in_buffer = buf is not None and buf.first_index <= self.after + 1
-            return Meta(
-                "replay",
-                {
-                    "run_id": self.run_id,
-                    "status": status,
-                    "total_events": self.count,
-                    "source": "buffer" if in_buffer else "database",
-                },
-            )
+            return replay_meta(self.run_id, self.record.status, self.count, from_buffer=in_buffer)
         return Meta(
             "catch_up",
             {
@@ -78,20 +135,19 @@ class RunStream:
     async def events(self, *, cancel_on_close: bool = False) -> AsyncIterator[Event | Meta]:
         """Yield meta events (if asked) and events until the terminal one.
 
-        With ``cancel_on_close``, closing the iterator before the terminal event cancels the run
-        (the inline streaming mode).
+        Closing the iterator before the terminal event calls ``on_abandon(run_id)`` when the
+        stream has one (the inline streaming mode cancels its run so).
         """
-        async for chunk in self.chunks(cancel_on_close=cancel_on_close):
+        async for chunk in self.chunks():
             for item in chunk:
                 yield item
 
-    async def chunks(self, *, cancel_on_close: bool = False) -> AsyncIterator[list[Event | Meta]]:
+    async def chunks(self) -> AsyncIterator[list[Event | Meta]]:
         """Like :meth:`events`, in lists: everything that was ready at once comes together.
 
         A server sends each list in one write; a burst of events then costs one send, not one
         per event, and a subscriber that fell behind catches up in large steps.
         """
-        self._manager.open_streams += 1
         try:
             if self.meta:
                 yield [self.first_meta()]
@@ -106,17 +162,22 @@ class RunStream:
                     if isinstance(item, Meta) and item.name == "error":
                         raise EventsUnavailable(item.fields["error"], self.run_id)
         finally:
-            self._manager.open_streams -= 1
-            if cancel_on_close and not self.terminal_sent:
-                self._manager.cancel_nowait(self.run_id)
+            self.release()
+            self.abandon()
+
+    def abandon(self) -> None:
+        """The client is gone: tell ``on_abandon`` unless the terminal event was sent."""
+        if self._on_abandon is not None and not self.terminal_sent:
+            on_abandon, self._on_abandon = self._on_abandon, None
+            on_abandon(self.run_id)
 
     async def _follow(self) -> AsyncIterator[list[Event | Meta]]:
-        manager = self._manager
-        page = manager.settings.replay_page_size
+        source = self._source
+        page = source.settings.replay_page_size
         cursor = self.after
         subscribed = self.ended or not self.meta
         while True:
-            buf = manager.buffers.get(self.run_id)
+            buf = source.buffers.get(self.run_id)
             if buf is not None and cursor + 1 >= buf.first_index:
                 batch = buf.read(cursor + 1, page)
                 if not batch:
@@ -132,13 +193,13 @@ class RunStream:
                     continue
             else:
                 # Taken before the read, so a notification between read and wait still counts.
-                signal = manager.notifier.watch(self.run_id)
-                batch = await manager.store.read_events(self.run_id, cursor + 1, page)
+                signal = source.notifier.watch(self.run_id)
+                batch = await source.store.read_events(self.run_id, cursor + 1, page)
                 if not batch:
-                    buf = manager.buffers.get(self.run_id)
+                    buf = source.buffers.get(self.run_id)
                     if buf is not None and cursor + 1 >= buf.first_index:
                         continue  # the run's buffer appeared meanwhile: read from it
-                    record = await manager.store.get_run(self.run_id)
+                    record = await source.store.get_run(self.run_id)
                     if record is None or (record.status.ended and record.event_count <= cursor + 1):
                         yield [
                             self._error(
@@ -146,12 +207,12 @@ class RunStream:
                             )
                         ]
                         return
-                    if manager.closing:
+                    if source.draining():
                         return  # a draining instance stops tailing; the client resumes elsewhere
                     if not subscribed:
                         subscribed = True
                         yield [self._subscribed(cursor + 1, record.status)]
-                    await manager.notifier.wait(signal, manager.settings.tail_poll_interval)
+                    await source.notifier.wait(signal, source.settings.tail_poll_interval)
                     continue
             ready: list[Event | Meta] = []
             for event in batch:

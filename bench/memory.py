@@ -52,7 +52,7 @@ def buffered_event_cost(n: int = 20_000, content: str = " word{}") -> BufferedEv
     text_bytes = sum(len(p.encode()) for p in payloads)
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    buffers = EventBuffer(settings)
+    buffers = EventBuffer(settings.buffer)
     buffers.open("run")
     events = [Event(i, "RunContent", payloads[i]) for i in range(n)]
     buffers.publish("run", events)
@@ -67,6 +67,6 @@ def buffered_event_cost(n: int = 20_000, content: str = " word{}") -> BufferedEv
 
 def _send(event: Event) -> None:
     """Do to an event what streaming it does (encode its frame, if the server caches it)."""
-    from agentos.app import sse_frame
+    from agentos.http.sse import sse_frame
 
     sse_frame(event, Settings().sse_cache_max_bytes)

@@ -173,7 +173,7 @@ async def bare(request: Request) -> EventSourceResponse:
     return EventSourceResponse(
         frames() if batch == 1 else batched(),
         sep="\n",
-        ping=request.app.state.agent_os.settings.ping_interval,
+        ping=request.app.state.agent_os.settings.streams.ping_interval,
         ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
     )
 

@@ -23,7 +23,7 @@ class Clock:
 
 
 def test_read_by_cursor_and_window() -> None:
-    buffers = EventBuffer(Settings(buffer_max_events_per_run=5))
+    buffers = EventBuffer(Settings(buffer_max_events_per_run=5).buffer)
     buf = buffers.open("r")
     buffers.publish("r", make_events(0, 8))
     assert buf.next_index == 8 and buf.first_index == 3 and len(buf) == 5
@@ -34,7 +34,7 @@ def test_read_by_cursor_and_window() -> None:
 
 
 def test_per_run_byte_limit_trims_oldest() -> None:
-    buffers = EventBuffer(Settings(buffer_max_bytes_per_run=35))
+    buffers = EventBuffer(Settings(buffer_max_bytes_per_run=35).buffer)
     buf = buffers.open("r")
     buffers.publish("r", make_events(0, 10))
     assert buf.nbytes <= 35 and [e.index for e in buf.read(buf.first_index, 10)] == [7, 8, 9]
@@ -42,7 +42,7 @@ def test_per_run_byte_limit_trims_oldest() -> None:
 
 
 def test_events_must_arrive_in_order() -> None:
-    buffers = EventBuffer(Settings())
+    buffers = EventBuffer(Settings().buffer)
     buffers.open("r")
     buffers.publish("r", make_events(0, 2))
     with pytest.raises(ValueError):
@@ -50,7 +50,7 @@ def test_events_must_arrive_in_order() -> None:
 
 
 def test_total_limit_drops_ended_runs_first_then_halves_largest() -> None:
-    buffers = EventBuffer(Settings(buffer_max_bytes_total=100))
+    buffers = EventBuffer(Settings(buffer_max_bytes_total=100).buffer)
     buffers.open("old")
     buffers.publish("old", make_events(0, 4))
     buffers.set_status("old", RunStatus.COMPLETED)
@@ -66,7 +66,7 @@ def test_total_limit_drops_ended_runs_first_then_halves_largest() -> None:
 
 def test_ended_runs_expire_after_ttl() -> None:
     clock = Clock()
-    buffers = EventBuffer(Settings(buffer_ttl=60), clock=clock)
+    buffers = EventBuffer(Settings(buffer_ttl=60).buffer, clock=clock)
     buffers.open("r")
     buffers.publish("r", make_events(0, 3))
     clock.now = 1000
@@ -80,7 +80,7 @@ def test_ended_runs_expire_after_ttl() -> None:
 
 
 async def test_wait_wakes_on_publish_and_on_end() -> None:
-    buffers = EventBuffer(Settings())
+    buffers = EventBuffer(Settings().buffer)
     buf = buffers.open("r")
     waiter = asyncio.create_task(buf.wait(-1))
     await asyncio.sleep(0)

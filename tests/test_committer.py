@@ -7,12 +7,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from sqlalchemy.exc import IntegrityError
 
 from agentos import Agent, AgentOS, EchoModel, Event, RunStatus, Settings
+from agentos.backends.sql import SQLStore
 from agentos.buffer import EventBuffer
 from agentos.committer import GroupCommitter
-from agentos.store import RunRecord, RunUpdate, SQLStore
+from agentos.errors import CommitterStopped, WriteConflict
+from agentos.records import RunRecord, RunUpdate
 
 
 def record(run_id: str) -> RunRecord:
@@ -53,9 +54,9 @@ async def test_events_are_published_only_after_commit_and_in_groups(tmp_path: Pa
     store = ScriptedStore(f"sqlite+aiosqlite:///{tmp_path}/c.db", [OSError("gone")] * 2)
     await store.open()
     await store.create_run(record("r"))
-    buffers = EventBuffer(Settings())
+    buffers = EventBuffer(Settings().buffer)
     buf = buffers.open("r")
-    committer = GroupCommitter(store, buffers, Settings())
+    committer = GroupCommitter(store, buffers, Settings().commit, owner="test")
     committer.start()
     for i in range(500):
         committer.put("r", Event(i, "RunContent", f'{{"i":{i}}}'))
@@ -77,10 +78,12 @@ async def test_a_conflicting_run_is_dropped_and_others_commit(tmp_path: Path) ->
     for run_id in ("ok", "taken"):
         await store.create_run(record(run_id))
     await store.commit([("taken", Event(0, "RunError", '{"error":"instance_lost"}', True))], [])
-    buffers = EventBuffer(Settings())
+    buffers = EventBuffer(Settings().buffer)
     ok, taken = buffers.open("ok"), buffers.open("taken")
     conflicts: list[str] = []
-    committer = GroupCommitter(store, buffers, Settings(), on_conflict=conflicts.append)
+    committer = GroupCommitter(
+        store, buffers, Settings().commit, owner="test", on_conflict=conflicts.append
+    )
     committer.start()
     committer.put("ok", Event(0, "RunStarted", "{}"))
     committer.put("taken", Event(0, "RunStarted", "{}"))
@@ -102,9 +105,9 @@ async def test_backpressure_bounds_pending_events(tmp_path: Path) -> None:
     await store.open()
     await store.create_run(record("r"))
     settings = Settings(max_pending_events=10)
-    buffers = EventBuffer(settings)
+    buffers = EventBuffer(settings.buffer)
     buffers.open("r")
-    committer = GroupCommitter(store, buffers, settings)
+    committer = GroupCommitter(store, buffers, settings.commit, owner="test")
     peak = 0
     for i in range(10):
         committer.put("r", Event(i, "RunContent", "{}"))
@@ -143,10 +146,12 @@ async def test_events_queued_behind_a_conflict_are_dropped_too(tmp_path: Path) -
     await store.create_run(record("taken"))
     await store.commit([("taken", Event(0, "RunError", '{"error":"instance_lost"}', True))], [])
     settings = Settings(max_batch_events=1)
-    buffers = EventBuffer(settings)
+    buffers = EventBuffer(settings.buffer)
     buffers.open("taken")
     conflicts: list[str] = []
-    committer = GroupCommitter(store, buffers, settings, on_conflict=conflicts.append)
+    committer = GroupCommitter(
+        store, buffers, settings.commit, owner="test", on_conflict=conflicts.append
+    )
     committer.start()
     committer.put("taken", Event(0, "RunStarted", "{}"))
     committer.put("taken", Event(1, "RunContent", "{}"))
@@ -160,13 +165,13 @@ async def test_events_queued_behind_a_conflict_are_dropped_too(tmp_path: Path) -
 
 
 async def test_a_passing_error_while_committing_run_by_run_is_retried(tmp_path: Path) -> None:
-    conflict = IntegrityError("INSERT", {}, Exception("duplicate key"))
+    conflict = WriteConflict("duplicate key")
     store = ScriptedStore(f"sqlite+aiosqlite:///{tmp_path}/c.db", [conflict, OSError("gone")])
     await store.open()
     await store.create_run(record("r"))
-    buffers = EventBuffer(Settings())
+    buffers = EventBuffer(Settings().buffer)
     buf = buffers.open("r")
-    committer = GroupCommitter(store, buffers, Settings())
+    committer = GroupCommitter(store, buffers, Settings().commit, owner="test")
     committer.start()
     committer.put("r", Event(0, "RunStarted", "{}"))
     await asyncio.wait_for(committer.flush(), 10)  # the committer did not die
@@ -182,9 +187,9 @@ async def test_aclose_after_a_failed_commit_does_not_raise(tmp_path: Path) -> No
     store = ScriptedStore(f"sqlite+aiosqlite:///{tmp_path}/c.db", [OSError("gone")] * 100)
     await store.open()
     await store.create_run(record("r"))
-    buffers = EventBuffer(Settings())
+    buffers = EventBuffer(Settings().buffer)
     buffers.open("r")
-    committer = GroupCommitter(store, buffers, Settings())
+    committer = GroupCommitter(store, buffers, Settings().commit, owner="test")
     committer.start()
     committer.put("r", Event(0, "RunStarted", "{}"))
     await asyncio.sleep(0.01)
@@ -197,13 +202,13 @@ async def test_emitters_do_not_wait_forever_on_a_stopped_committer(tmp_path: Pat
     await store.open()
     await store.create_run(record("r"))
     settings = Settings(max_pending_events=2)
-    buffers = EventBuffer(settings)
+    buffers = EventBuffer(settings.buffer)
     buffers.open("r")
-    committer = GroupCommitter(store, buffers, settings)
+    committer = GroupCommitter(store, buffers, settings.commit, owner="test")
     committer.start()
     await committer.aclose()  # stopped (as if its task had died)
     committer.put("r", Event(0, "RunStarted", "{}"))
     committer.put("r", Event(1, "RunContent", "{}"))
-    with pytest.raises(RuntimeError, match="not running"):
+    with pytest.raises(CommitterStopped, match="not running"):
         await asyncio.wait_for(committer.wait_for_space(), 5)
     await store.close()

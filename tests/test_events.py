@@ -12,8 +12,8 @@ import pytest
 from sse_starlette import ServerSentEvent
 
 from agentos import Event, events
-from agentos.app import sse_frame
 from agentos.events import dumps
+from agentos.http.sse import sse_frame
 
 
 class Color(enum.Enum):

@@ -16,8 +16,9 @@ import pytest
 import pytest_asyncio
 
 from agentos import Agent, EchoModel, Event, RunManager, RunStatus, Settings
+from agentos.backends.sql import SQLStore
 from agentos.events import Meta
-from agentos.store import RunRecord, SQLStore
+from agentos.records import RunRecord
 from tests.pgdb import db_url, pg_url
 
 __all__ = ["db_url", "pg_url"]  # fixtures, imported for pytest
@@ -78,7 +79,9 @@ async def _start(manager: RunManager, message: str, run_id: str | None = None) -
 async def test_tail_from_another_instance(make_manager: MakeManager, notify: bool) -> None:
     owner = await make_manager("a")
     other = await make_manager("b", tail_notify=notify)
-    assert other.notifier.listening == (notify and other.settings.db_url.startswith("postgresql"))
+    assert other.notifier.listening == (
+        notify and other.settings.database.url.startswith("postgresql")
+    )
     record = await _start(owner, _words(30))
     await asyncio.sleep(0.1)
     remote, local = await asyncio.gather(

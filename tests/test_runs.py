@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest_asyncio
 
 from agentos import Event, RunManager, RunStatus, Settings
-from agentos.component import Component
+from agentos.backends.sql import SQLStore
+from agentos.components.base import Component
 from agentos.context import RunContext
 from agentos.events import KINDS
-from agentos.store import RunRecord, RunUpdate, SQLStore
+from agentos.records import RunRecord, RunUpdate
 
 
 class GatedStore(SQLStore):
@@ -57,7 +58,7 @@ async def manager(tmp_path: Path) -> AsyncIterator[RunManager]:
         max_pending_events=2,
         shutdown_grace=1.0,
     )
-    manager = RunManager(settings, GatedStore(settings.db_url))
+    manager = RunManager(settings, GatedStore(settings.database.url))
     manager.register(Held(id="held"))
     await manager.start()
     yield manager

@@ -9,19 +9,27 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 import pytest_asyncio
-from sqlalchemy.exc import IntegrityError
 
-from agentos.errors import RunAlreadyExists
+from agentos.backends.base import Store, open_backend
+from agentos.backends.postgres import EVENTS_CHANNEL
+from agentos.errors import RunAlreadyExists, WriteConflict
 from agentos.events import Event, RunStatus
-from agentos.store import EVENTS_CHANNEL, RunRecord, RunUpdate, SQLStore
+from agentos.records import RunRecord, RunUpdate
+from agentos.settings import Settings
 from tests.pgdb import _dsn, ascratch_database, db_url, pg_url, truncate
+
+
+def _store(url: str) -> Store:
+    """The store the server would use for ``url`` (SQLite or PostgreSQL)."""
+    return open_backend(Settings(db_url=url)).store
+
 
 __all__ = ["db_url", "pg_url"]  # fixtures, imported for pytest
 
 
 @pytest_asyncio.fixture
-async def store(db_url: str) -> AsyncIterator[SQLStore]:
-    s = SQLStore(db_url)
+async def store(db_url: str) -> AsyncIterator[Store]:
+    s = _store(db_url)
     await s.open()
     try:
         yield s
@@ -54,7 +62,7 @@ def _event(index: int, terminal: bool = False) -> Event:
     )
 
 
-async def test_create_get_and_duplicate(store: SQLStore) -> None:
+async def test_create_get_and_duplicate(store: Store) -> None:
     record = _run("r1", created_at=1763700000.123456)
     await store.create_run(record)
     got = await store.get_run("r1")
@@ -67,7 +75,7 @@ async def test_create_get_and_duplicate(store: SQLStore) -> None:
         await store.create_run(record)
 
 
-async def test_commit_read_and_count(store: SQLStore) -> None:
+async def test_commit_read_and_count(store: Store) -> None:
     await store.create_run(_run("r1"))
     await store.commit([("r1", _event(i)) for i in range(5)], [])
     got = await store.get_run("r1")
@@ -86,11 +94,11 @@ async def test_commit_read_and_count(store: SQLStore) -> None:
     assert got.event_count == 6
 
 
-async def test_taken_index_writes_nothing(store: SQLStore) -> None:
+async def test_taken_index_writes_nothing(store: Store) -> None:
     await store.create_run(_run("r1"))
     await store.create_run(_run("r2"))
     await store.commit([("r1", _event(0))], [])
-    with pytest.raises(IntegrityError):
+    with pytest.raises(WriteConflict):
         await store.commit(
             [("r2", _event(0)), ("r1", _event(0))], [RunUpdate("r2", status=RunStatus.ERROR)]
         )
@@ -99,7 +107,7 @@ async def test_taken_index_writes_nothing(store: SQLStore) -> None:
     assert got is not None and got.status is RunStatus.RUNNING
 
 
-async def test_owner_guard_on_updates(store: SQLStore) -> None:
+async def test_owner_guard_on_updates(store: Store) -> None:
     await store.create_run(_run("r1", instance="a"))
     await store.commit([], [RunUpdate("r1", status=RunStatus.COMPLETED)], owner="b")
     got = await store.get_run("r1")
@@ -111,7 +119,7 @@ async def test_owner_guard_on_updates(store: SQLStore) -> None:
     assert await store.owned([], "a") == set()
 
 
-async def test_list_runs_and_unfinished(store: SQLStore) -> None:
+async def test_list_runs_and_unfinished(store: Store) -> None:
     for i in range(4):
         status = RunStatus.COMPLETED if i % 2 else RunStatus.RUNNING
         await store.create_run(
@@ -129,7 +137,7 @@ async def test_list_runs_and_unfinished(store: SQLStore) -> None:
     assert await store.unfinished_runs("other") == []
 
 
-async def test_renew_leases_and_cancel_requests(store: SQLStore) -> None:
+async def test_renew_leases_and_cancel_requests(store: Store) -> None:
     await store.create_run(_run("mine", instance="a", lease=1.0))
     await store.create_run(_run("cancel-me", instance="a", lease=1.0))
     await store.create_run(_run("done", instance="a", lease=1.0, status=RunStatus.COMPLETED))
@@ -144,7 +152,7 @@ async def test_renew_leases_and_cancel_requests(store: SQLStore) -> None:
         assert got is not None and got.lease_until == lease
 
 
-async def test_expired_runs_and_claim(store: SQLStore) -> None:
+async def test_expired_runs_and_claim(store: Store) -> None:
     now = time.time()
     await store.create_run(_run("old", instance="dead", lease=now - 10))
     await store.create_run(_run("older", instance="dead", lease=now - 20))
@@ -162,7 +170,7 @@ async def test_expired_runs_and_claim(store: SQLStore) -> None:
 
 async def test_concurrent_claims_have_one_winner(db_url: str) -> None:
     """Several instances (their own engines) claim the same orphans at the same moment."""
-    stores = [SQLStore(db_url) for _ in range(4)]
+    stores = [_store(db_url) for _ in range(4)]
     for s in stores:
         await s.open()
     try:
@@ -188,7 +196,7 @@ async def test_concurrent_claims_have_one_winner(db_url: str) -> None:
 @pytest.mark.postgres
 async def test_schema_creation_is_safe_when_instances_start_together() -> None:
     async with ascratch_database() as url:
-        stores = [SQLStore(url) for _ in range(6)]
+        stores = [_store(url) for _ in range(6)]
         try:
             await asyncio.gather(*(s.open() for s in stores))
             await stores[0].create_run(_run("r1"))
@@ -201,7 +209,7 @@ async def test_schema_creation_is_safe_when_instances_start_together() -> None:
 @pytest.mark.postgres
 async def test_commit_notifies_after_commit(pg_url: str) -> None:
     await truncate(pg_url)
-    store = SQLStore(pg_url)
+    store = _store(pg_url)
     await store.open()
     listener = await asyncpg.connect(_dsn(pg_url))
     received: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
@@ -218,7 +226,7 @@ async def test_commit_notifies_after_commit(pg_url: str) -> None:
         got = {await asyncio.wait_for(received.get(), 5) for _ in range(2)}
         assert got == {(EVENTS_CHANNEL, "r1:1"), (EVENTS_CHANNEL, "r:2:1")}
         # When the transaction fails, nothing is announced.
-        with pytest.raises(IntegrityError):
+        with pytest.raises(WriteConflict):
             await store.commit([("r1", _event(2)), ("r1", _event(1))], [])
         await store.request_cancel("r1")
         assert await asyncio.wait_for(received.get(), 5) == ("agentos_control", "cancel:r1")

@@ -10,7 +10,7 @@ import pytest
 
 from agentos import AgentOS, Settings
 from agentos.demo import demo_os
-from agentos.tokens import sign_resume_token, verify_resume_token
+from agentos.http.auth import sign_resume_token, verify_resume_token
 
 KEY = "s3cret-key"
 NOW = 1_763_700_000.0

@@ -737,14 +737,12 @@ class _StuckSocket:
 
 
 def test_a_send_that_blocks_past_the_send_timeout_closes_the_socket() -> None:
-    from agentos.ws import _Connection
-
-    class _Manager:
-        settings = Settings(ws_send_timeout=0.2)
+    from agentos.http.ws import _Connection
 
     async def main() -> tuple[int, str] | None:
         socket = _StuckSocket()
-        connection = _Connection(_Manager(), socket)  # type: ignore[arg-type]
+        settings = Settings(ws_send_timeout=0.2)
+        connection = _Connection(None, settings, socket)  # type: ignore[arg-type]
         await asyncio.wait_for(connection.serve(), 5)
         return socket.closed_with
 

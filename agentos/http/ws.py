@@ -22,22 +22,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
-from agentos import forms
-from agentos.errors import AgentOSError, EventsUnavailable, InvalidCursor, InvalidRequest
+from agentos.errors import AgentOSError, EventsUnavailable, InvalidCursor
 from agentos.events import dumps
-from agentos.streams import RunStream
-
-if TYPE_CHECKING:
-    from agentos.runs import RunManager
+from agentos.http import forms
+from agentos.http.auth import bearer_token, key_matches
+from agentos.runs import RunManager
+from agentos.settings import Settings
+from agentos.streams import RunStream, replay_meta
 
 __all__ = ["WorkflowSockets"]
 
@@ -60,32 +59,34 @@ class _FrameError(Exception):
 class WorkflowSockets:
     """The ``/workflows/ws`` endpoint (an ASGI app) on a run manager; it serves every socket.
 
-    Example: ``WebSocketRoute("/workflows/ws", WorkflowSockets(manager))``.
+    Example: ``WebSocketRoute("/workflows/ws", WorkflowSockets(manager, settings))``.
     """
 
-    def __init__(self, manager: RunManager) -> None:
+    def __init__(self, manager: RunManager, settings: Settings) -> None:
         self.manager = manager
+        self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _Connection(self.manager, WebSocket(scope, receive, send)).serve()
+        connection = _Connection(self.manager, self.settings, WebSocket(scope, receive, send))
+        await connection.serve()
 
 
 class _Connection:
     """One socket: its authentication state, rate limit, followed runs and outgoing queue."""
 
-    def __init__(self, manager: RunManager, websocket: WebSocket) -> None:
+    def __init__(self, manager: RunManager, settings: Settings, websocket: WebSocket) -> None:
         self.manager = manager
-        self.settings = manager.settings
+        self.settings = settings.ws
         self.websocket = websocket
-        self.outgoing: asyncio.Queue[str] = asyncio.Queue(
-            max(1, self.settings.ws_max_queued_frames)
-        )
+        self.outgoing: asyncio.Queue[str] = asyncio.Queue(max(1, self.settings.max_queued_frames))
         self.followers: dict[str, asyncio.Task[None]] = {}
         self.close_code = 1000
         self.close_reason = ""
-        key = self.settings.security_key
-        self.authenticated = key is None or _bearer_ok(websocket.headers.get("authorization"), key)
-        rate = self.settings.ws_max_frames_per_second
+        self.key = settings.auth.security_key
+        self.authenticated = self.key is None or key_matches(
+            bearer_token(websocket.headers.get("authorization")), self.key
+        )
+        rate = self.settings.max_frames_per_second
         self._tokens = rate
         self._refilled = time.monotonic()
         self._rejected = 0
@@ -112,7 +113,7 @@ class _Connection:
     # -- outgoing ------------------------------------------------------------------------------
 
     async def _send_loop(self) -> None:
-        timeout = self.settings.ws_send_timeout or None
+        timeout = self.settings.send_timeout or None
         while True:
             text = await self.outgoing.get()
             try:
@@ -139,7 +140,7 @@ class _Connection:
     # -- incoming ------------------------------------------------------------------------------
 
     async def _receive_loop(self) -> None:
-        deadline = asyncio.get_running_loop().time() + self.settings.ws_auth_timeout
+        deadline = asyncio.get_running_loop().time() + self.settings.auth_timeout
         while True:
             try:
                 async with asyncio.timeout_at(None if self.authenticated else deadline):
@@ -150,7 +151,7 @@ class _Connection:
             if message["type"] == "websocket.disconnect":
                 return
             if not self._take_token():
-                if self._rejected > self.settings.ws_max_frames_per_second:
+                if self._rejected > self.settings.max_frames_per_second:
                     self._close(_POLICY, "too many frames")
                     return
                 await self._error("too many frames; slow down", "rate_limited")
@@ -162,7 +163,7 @@ class _Connection:
 
     def _take_token(self) -> bool:
         """Token bucket: ``ws_max_frames_per_second`` per second, as big a burst."""
-        rate = self.settings.ws_max_frames_per_second
+        rate = self.settings.max_frames_per_second
         if not rate:
             return True
         now = time.monotonic()
@@ -179,7 +180,7 @@ class _Connection:
         text = message.get("text")
         if text is None:
             raise _FrameError("send JSON text frames, not binary ones", "invalid_frame")
-        limit = self.settings.ws_max_frame_bytes
+        limit = self.settings.max_frame_bytes
         if len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit:
             raise _FrameError(f"the frame is over the limit of {limit} bytes", "frame_too_large")
         try:
@@ -210,13 +211,7 @@ class _Connection:
                 await self._error(exc.detail, exc.code, frame)
 
     async def _authenticate(self, frame: dict[str, Any]) -> None:
-        key = self.settings.security_key
-        token = frame.get("token")
-        if (
-            key is None
-            or self.authenticated
-            or (isinstance(token, str) and hmac.compare_digest(token.encode(), key.encode()))
-        ):
+        if self.key is None or self.authenticated or key_matches(frame.get("token"), self.key):
             self.authenticated = True
             await self.outgoing.put(dumps({"event": "authenticated"}))
         else:
@@ -225,24 +220,26 @@ class _Connection:
             )
 
     async def _start(self, frame: dict[str, Any]) -> None:
-        workflow_id = _field(frame, "workflow_id", required=True)
+        workflow_id = forms.text(frame, "workflow_id", required=True)
+        assert workflow_id is not None
         message = forms.message(frame)
-        session_id = _field(frame, "session_id")
-        user_id = _field(frame, "user_id")
-        run_id = _field(frame, "run_id")
+        run_id = forms.text(frame, "run_id")
         component = self.manager.component(_KIND, workflow_id)
         self._check_room(run_id)
-        record = await self.manager.start_run(
-            component, message, session_id=session_id, user_id=user_id, run_id=run_id
+        _, stream = await self.manager.start_and_follow(
+            component,
+            message,
+            session_id=forms.text(frame, "session_id"),
+            user_id=forms.text(frame, "user_id"),
+            run_id=run_id,
         )
-        stream = await self.manager.open_stream(record.run_id, -1, meta=False)
-        assert stream is not None  # a new run has not ended
         self._follow(stream)
 
     async def _reconnect(self, frame: dict[str, Any]) -> None:
-        run_id = _field(frame, "run_id", required=True)
-        workflow_id = _field(frame, "workflow_id")
-        session_id = _field(frame, "session_id")
+        run_id = forms.text(frame, "run_id", required=True)
+        assert run_id is not None
+        workflow_id = forms.text(frame, "workflow_id")
+        session_id = forms.text(frame, "session_id")
         cursor = frame.get("last_event_index")
         if cursor is None:
             cursor = -1
@@ -258,21 +255,15 @@ class _Connection:
             record = await self.manager.get_run(run_id)
             buf = self.manager.buffers.get(run_id)
             status = buf.status if buf is not None else record.status
-            meta = {
-                "event": "replay",
-                "run_id": run_id,
-                "status": status.value,
-                "total_events": cursor + 1,
-                "source": "buffer" if buf is not None else "database",
-            }
-            await self.outgoing.put(dumps(meta))
+            meta = replay_meta(run_id, status, cursor + 1, from_buffer=buf is not None)
+            await self.outgoing.put(meta.data)
             return
         self._follow(stream)
 
     def _check_room(self, run_id: str | None) -> None:
         if run_id is not None and run_id in self.followers:
             raise _FrameError(f"this socket already follows run {run_id!r}", "already_following")
-        limit = self.settings.ws_max_runs_per_socket
+        limit = self.settings.max_runs_per_socket
         if len(self.followers) >= limit:
             raise _FrameError(f"this socket already follows {limit} runs", "too_many_runs")
 
@@ -293,21 +284,3 @@ class _Connection:
         except Exception:
             logger.exception("following run %s over a WebSocket failed", stream.run_id)
             await self._error("internal error", "internal_error", run_id=stream.run_id)
-
-
-def _field(frame: dict[str, Any], name: str, *, required: bool = False) -> Any:
-    value = frame.get(name)
-    if value is None or value == "":
-        if required:
-            raise InvalidRequest(f"{name} is required")
-        return None
-    if not isinstance(value, str):
-        raise InvalidRequest(f"{name} must be a string")
-    return value
-
-
-def _bearer_ok(authorization: str | None, key: str) -> bool:
-    if not authorization:
-        return False
-    scheme, _, token = authorization.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())

@@ -1,209 +1,42 @@
-"""Where runs and their events are kept: the :class:`Store` interface and its SQL implementation.
+"""The SQL backend: :class:`SQLStore` on SQLAlchemy's async engine, SQLite by default.
 
-The run manager only talks to :class:`Store`. :class:`SQLStore` implements it with SQLModel tables
-over SQLAlchemy's async engine: SQLite through aiosqlite (WAL) by default, any other async
-SQLAlchemy URL (PostgreSQL through asyncpg) with the same code.
+SQLModel tables over SQLAlchemy's async engine: SQLite through aiosqlite (WAL) here, and the same
+code for PostgreSQL (``postgres.py`` adds LISTEN/NOTIFY to it). Driver errors stop at this
+module: a taken ``(run_id, event_index)`` or run id becomes :class:`~agentos.errors.WriteConflict`
+or :class:`~agentos.errors.RunAlreadyExists`.
 
-Events are written by :meth:`Store.commit` in groups: one transaction holds a batch of events of
+Events are written by :meth:`SQLStore.commit` in groups: one transaction holds a batch of events of
 many runs plus the run updates that go with them, so a terminal event and its run's final status
 are committed together.
 
-Several instances may share one PostgreSQL database. Each run row names its owner
-(``instance_id``) and how long the owner's lease lasts (``lease_until``); the owner renews it
-(:meth:`Store.renew_leases`), another instance takes over a run whose lease expired with an atomic
-conditional update (:meth:`Store.claim_orphan`), and a commit made with ``owner=`` only updates
-runs that instance still owns. On PostgreSQL every commit also sends ``NOTIFY agentos_events,
-'<run_id>:<last_index>'`` for each run it wrote events of, in the same transaction, so instances
-tailing the run from the database wake up as soon as the events are visible (``notify.py``).
+Several instances may share one database. Each run row names its owner (``instance_id``) and how
+long the owner's lease lasts (``lease_until``); the owner renews it (:meth:`SQLStore.renew_leases`),
+another instance takes over a run whose lease expired with an atomic conditional update
+(:meth:`SQLStore.claim_orphan`), and a commit made with ``owner=`` only updates runs that
+instance still owns.
 """
 
 from __future__ import annotations
 
-import abc
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, SQLModel
 
-from agentos.errors import RunAlreadyExists
+from agentos.backends.base import Backend, Notifier, Store, register_backend
+from agentos.errors import RunAlreadyExists, WriteConflict
 from agentos.events import Event, RunStatus
+from agentos.records import RunRecord, RunUpdate
+from agentos.settings import Settings
 
-__all__ = [
-    "CONTROL_CHANNEL",
-    "EVENTS_CHANNEL",
-    "RunRecord",
-    "RunUpdate",
-    "SQLStore",
-    "Store",
-    "open_store",
-]
-
-#: PostgreSQL channel announcing committed events: payload ``<run_id>:<last event_index>``.
-EVENTS_CHANNEL = "agentos_events"
-#: PostgreSQL channel for requests to a run's owner: payload ``cancel:<run_id>``.
-CONTROL_CHANNEL = "agentos_control"
+__all__ = ["SQLStore"]
 
 _UNFINISHED = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
-# Any constant shared by all instances: serializes schema creation on PostgreSQL.
-_SCHEMA_LOCK = 0x6167_656E_746F_73
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """A run as the store keeps it."""
-
-    run_id: str
-    kind: str
-    component_id: str
-    session_id: str
-    status: RunStatus
-    input: str
-    user_id: str | None = None
-    content: str | None = None
-    error: str | None = None
-    created_at: float = field(default_factory=time.time)
-    updated_at: float = field(default_factory=time.time)
-    event_count: int = 0
-    instance_id: str | None = None
-    lease_until: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The run object of the HTTP API."""
-        from agentos.events import KINDS
-
-        return {
-            "run_id": self.run_id,
-            "session_id": self.session_id,
-            KINDS[self.kind].id_field: self.component_id,
-            "user_id": self.user_id,
-            "status": self.status.value,
-            "input": self.input,
-            "content": self.content,
-            "error": self.error,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "event_count": self.event_count,
-        }
-
-    def updated(self, update: RunUpdate) -> RunRecord:
-        changes = {k: v for k, v in update.changes().items() if k != "run_id"}
-        return replace(self, **changes)
-
-
-@dataclass(frozen=True)
-class RunUpdate:
-    """Fields of a run to change in the next group commit (None leaves a field alone)."""
-
-    run_id: str
-    status: RunStatus | None = None
-    content: str | None = None
-    error: str | None = None
-    event_count: int | None = None
-    lease_until: float | None = None
-    updated_at: float = field(default_factory=time.time)
-
-    def changes(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
-
-    def merge(self, later: RunUpdate) -> RunUpdate:
-        return replace(self, **{k: v for k, v in later.changes().items() if k != "run_id"})
-
-
-class Store(abc.ABC):
-    """The persistence the run manager needs. Implementations must be safe for one event loop."""
-
-    @abc.abstractmethod
-    async def open(self) -> None:
-        """Connect and create the schema if needed."""
-
-    @abc.abstractmethod
-    async def close(self) -> None:
-        """Release connections."""
-
-    @abc.abstractmethod
-    async def create_run(self, run: RunRecord) -> None:
-        """Insert a new run; raises RunAlreadyExists when its id is taken."""
-
-    @abc.abstractmethod
-    async def get_run(self, run_id: str) -> RunRecord | None:
-        """The run, with ``event_count`` counting its committed events."""
-
-    @abc.abstractmethod
-    async def list_runs(
-        self,
-        kind: str,
-        component_id: str,
-        *,
-        session_id: str | None = None,
-        user_id: str | None = None,
-        status: RunStatus | None = None,
-        limit: int = 100,
-    ) -> list[RunRecord]:
-        """Runs of one component, newest first."""
-
-    @abc.abstractmethod
-    async def commit(
-        self,
-        events: Sequence[tuple[str, Event]],
-        updates: Sequence[RunUpdate],
-        *,
-        owner: str | None = None,
-        runs: Sequence[RunRecord] = (),
-    ) -> None:
-        """Insert new runs, write events (run_id, event) and run updates in one transaction.
-
-        With ``owner``, updates only change runs that instance owns (or nobody does). An event whose
-        ``(run_id, event_index)`` is taken, or a new run whose id is, raises IntegrityError and
-        nothing is written.
-        """
-
-    @abc.abstractmethod
-    async def read_events(self, run_id: str, start: int, limit: int) -> list[Event]:
-        """Events with ``event_index >= start``, in order, at most ``limit``."""
-
-    @abc.abstractmethod
-    async def last_event(self, run_id: str) -> Event | None:
-        """The run's event with the highest index."""
-
-    @abc.abstractmethod
-    async def unfinished_runs(self, instance_id: str) -> list[RunRecord]:
-        """Runs owned by ``instance_id`` still PENDING or RUNNING."""
-
-    @abc.abstractmethod
-    async def renew_leases(self, instance_id: str, lease_until: float) -> dict[str, bool]:
-        """Extend the lease of every unfinished run ``instance_id`` owns.
-
-        Returns the renewed run ids, each mapped to whether a cancel was requested for it.
-        """
-
-    @abc.abstractmethod
-    async def expired_runs(self, now: float, limit: int) -> list[str]:
-        """Ids of unfinished runs whose lease ended before ``now``, oldest lease first."""
-
-    @abc.abstractmethod
-    async def claim_orphan(
-        self, run_id: str, instance_id: str, now: float, lease_until: float
-    ) -> RunRecord | None:
-        """Take over an unfinished run whose lease ended before ``now``.
-
-        Atomic: of several instances claiming the same run at once, exactly one gets the run
-        (now owned by it, lease until ``lease_until``); the others get None.
-        """
-
-    @abc.abstractmethod
-    async def request_cancel(self, run_id: str) -> bool:
-        """Ask the owner of an unfinished run to cancel it; False when the run has ended."""
-
-    @abc.abstractmethod
-    async def owned(self, run_ids: Sequence[str], instance_id: str) -> set[str]:
-        """Those of ``run_ids`` that ``instance_id`` owns."""
 
 
 class RunRow(SQLModel, table=True):
@@ -276,16 +109,6 @@ class SQLStore(Store):
     def is_sqlite(self) -> bool:
         return self.url.startswith("sqlite")
 
-    @property
-    def is_postgres(self) -> bool:
-        return self.url.startswith("postgresql")
-
-    @property
-    def dsn(self) -> str:
-        """The URL without SQLAlchemy's driver name, for a plain driver connection."""
-        url = make_url(self.url)
-        return url.set(drivername=url.get_backend_name()).render_as_string(hide_password=False)
-
     async def open(self) -> None:
         if self._engine is not None:
             return
@@ -300,11 +123,19 @@ class SQLStore(Store):
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         self._engine = engine
         async with engine.begin() as conn:
-            if self.is_postgres:
-                # Instances starting together would race on CREATE TABLE (duplicate pg_type
-                # rows); the lock makes them take turns, and the later ones find the tables.
-                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK)))
+            await self._before_schema(conn)
             await conn.run_sync(SQLModel.metadata.create_all, tables=[_runs, _events])
+
+    async def _before_schema(self, conn: AsyncConnection) -> None:
+        """Called in the schema transaction before the tables are created (a dialect's hook)."""
+
+    async def _after_write(
+        self, conn: AsyncConnection, events: Sequence[tuple[str, Event]]
+    ) -> None:
+        """Called in a commit's transaction after its writes (a dialect's hook)."""
+
+    async def _after_cancel_request(self, conn: AsyncConnection, run_id: str) -> None:
+        """Called in the transaction that set a run's cancel request (a dialect's hook)."""
 
     async def close(self) -> None:
         if self._engine is not None:
@@ -362,6 +193,18 @@ class SQLStore(Store):
         owner: str | None = None,
         runs: Sequence[RunRecord] = (),
     ) -> None:
+        try:
+            await self._commit(events, updates, owner, runs)
+        except IntegrityError as exc:
+            raise WriteConflict("an event index or run id is taken by another writer") from exc
+
+    async def _commit(
+        self,
+        events: Sequence[tuple[str, Event]],
+        updates: Sequence[RunUpdate],
+        owner: str | None,
+        runs: Sequence[RunRecord],
+    ) -> None:
         async with self.engine.begin() as conn:
             if runs:
                 await conn.execute(
@@ -398,11 +241,7 @@ class SQLStore(Store):
                     )
                 statement = statement.values({k: sa.bindparam("p_" + k) for k in shape})
                 await conn.execute(statement, params_list)
-            if events and self.is_postgres:
-                last: dict[str, int] = {}
-                for run_id, e in events:
-                    last[run_id] = max(e.index, last.get(run_id, -1))
-                await _notify(conn, EVENTS_CHANNEL, [f"{r}:{i}" for r, i in last.items()])
+            await self._after_write(conn, events)
 
     async def read_events(self, run_id: str, start: int, limit: int) -> list[Event]:
         query = (
@@ -483,8 +322,8 @@ class SQLStore(Store):
         )
         async with self.engine.begin() as conn:
             found = (await conn.execute(query)).rowcount == 1
-            if found and self.is_postgres:
-                await _notify(conn, CONTROL_CHANNEL, [f"cancel:{run_id}"])
+            if found:
+                await self._after_cancel_request(conn, run_id)
         return found
 
     async def owned(self, run_ids: Sequence[str], instance_id: str) -> set[str]:
@@ -495,14 +334,6 @@ class SQLStore(Store):
         )
         async with self.engine.connect() as conn:
             return {row[0] for row in (await conn.execute(query)).all()}
-
-
-async def _notify(conn: AsyncConnection, channel: str, payloads: list[str]) -> None:
-    """``pg_notify`` each payload; PostgreSQL delivers them when the transaction commits."""
-    await conn.execute(
-        sa.text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p"),
-        {"channel": channel, "payloads": payloads},
-    )
 
 
 _EVENT_COLUMNS = ("run_id", "event_index", "name", "terminal", "data")
@@ -519,6 +350,8 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
-def open_store(url: str) -> Store:
-    """The store for a database URL."""
-    return SQLStore(url)
+def _sqlite_backend(settings: Settings) -> Backend:
+    return Backend(SQLStore(settings.database.url), Notifier())
+
+
+register_backend("sqlite", _sqlite_backend)

@@ -91,9 +91,12 @@ def message(fields: Mapping[str, Any]) -> str:
     return value
 
 
-def text(fields: Mapping[str, Any], name: str) -> str | None:
+def text(fields: Mapping[str, Any], name: str, *, required: bool = False) -> str | None:
+    """An optional string field (a missing or empty one is None), or a required one."""
     value = fields.get(name)
     if value is None or value == "":
+        if required:
+            raise InvalidRequest(f"{name} is required")
         return None
     if not isinstance(value, str):
         raise InvalidRequest(f"{name} must be a string")

@@ -6,10 +6,10 @@ import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from agentos.component import Component
+from agentos.components.base import Component
 from agentos.context import RunContext
 from agentos.events import KINDS
-from agentos.models import Model
+from agentos.models.base import Model
 
 __all__ = ["Agent"]
 

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import hmac
-import time
 from collections.abc import Collection
-from urllib.parse import parse_qsl
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agentos.errors import AgentOSError, NotAuthenticated, NotAuthorized
-from agentos.tokens import verify_resume_token
+from agentos.errors import AgentOSError
+from agentos.http.auth import check_key, resume_token_valid
 
-__all__ = ["InstanceHeader", "SecurityGuard", "check_key", "resume_token_valid"]
+__all__ = ["InstanceHeader", "SecurityGuard", "error_json"]
+
+
+def error_json(exc: AgentOSError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one JSON shape of an error answer: ``{"detail": ..., "code": ...}``."""
+    return JSONResponse(
+        {"detail": exc.detail, "code": exc.code}, status_code=exc.status, headers=headers
+    )
 
 
 class SecurityGuard:
@@ -49,9 +53,7 @@ class SecurityGuard:
                 error = None
             if error is not None:
                 if scope["type"] == "http":
-                    await JSONResponse(
-                        {"detail": error.detail, "code": error.code}, status_code=error.status
-                    )(scope, receive, send)
+                    await error_json(error)(scope, receive, send)
                 else:
                     await send({"type": "websocket.close", "code": 1008, "reason": error.detail})
                 return
@@ -76,29 +78,3 @@ class InstanceHeader:
             await send(message)
 
         await self.app(scope, receive, send_with_header)
-
-
-def check_key(headers: Headers, key: str) -> AgentOSError | None:
-    authorization = headers.get("authorization")
-    if not authorization:
-        return NotAuthenticated("this server needs Authorization: Bearer <security key>")
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
-        return NotAuthorized("the security key is not valid")
-    return None
-
-
-def resume_token_valid(scope: Scope, key: str) -> bool:
-    """A ``GET /{kind}/{id}/runs/{run_id}/resume?token=...`` whose token was signed for that run.
-
-    The token stands in for the key on this one route only, for clients that cannot send
-    headers (a browser ``EventSource``); see PROTOCOL.md ("Clients").
-    """
-    if scope["type"] != "http" or scope["method"] != "GET":
-        return False
-    parts = scope["path"].split("/")
-    if len(parts) != 6 or parts[0] or parts[3] != "runs" or parts[5] != "resume":
-        return False
-    query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-    token = query.get("token")
-    return token is not None and verify_resume_token(key, parts[4], token, now=time.time())

@@ -16,37 +16,36 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from agentos import forms
-from agentos.component import Component
+from agentos.backends.base import Store
+from agentos.components.base import Component
 from agentos.errors import (
     AgentOSError,
     ComponentNotFound,
     InvalidRequest,
     ShuttingDown,
 )
-from agentos.events import KINDS, Event, Meta, RunStatus
-from agentos.middleware import InstanceHeader, SecurityGuard
+from agentos.events import KINDS, RunStatus
+from agentos.http import forms
+from agentos.http.auth import sign_resume_token
+from agentos.http.middleware import InstanceHeader, SecurityGuard, error_json
+from agentos.http.sse import event_stream
+from agentos.http.ws import WorkflowSockets
+from agentos.records import RunRecord
 from agentos.runs import RunManager
 from agentos.settings import Settings
-from agentos.store import RunRecord, Store
 from agentos.streams import RunStream
-from agentos.tokens import sign_resume_token
-from agentos.ws import WorkflowSockets
 
 __all__ = ["AgentOS"]
 
 logger = logging.getLogger("agentos.app")
 
-_SEP = "\n"
 _STATIC = Path(__file__).parent / "static"
 # The demo page and the browser client: public files, served without the security key.
 _PUBLIC_FILES = {"/": "index.html", "/static/agentos.js": "agentos.js"}
@@ -106,7 +105,7 @@ class AgentOS:
             *(Route(path, _static_file, methods=["GET"]) for path in _PUBLIC_FILES),
             Route("/health", self.health, methods=["GET"]),
             Route("/config", self.config, methods=["GET"]),
-            WebSocketRoute("/workflows/ws", WorkflowSockets(self.manager)),
+            WebSocketRoute("/workflows/ws", WorkflowSockets(self.manager, self.settings)),
             Route("/{kind}", self.list_components, methods=["GET"]),
             Route("/{kind}/{id}/runs", self.create_run, methods=["POST"]),
             Route("/{kind}/{id}/runs", self.list_runs, methods=["GET"]),
@@ -124,7 +123,7 @@ class AgentOS:
             },
         )
         app.add_middleware(
-            SecurityGuard, security_key=self.settings.security_key, public_paths=_PUBLIC_FILES
+            SecurityGuard, security_key=self.settings.auth.security_key, public_paths=_PUBLIC_FILES
         )
         app.add_middleware(InstanceHeader, instance_id=self.settings.instance_id)
         app.state.agent_os = self
@@ -173,7 +172,7 @@ class AgentOS:
             kind: [c.describe() for c in self.manager.list_components(kind)] for kind in KINDS
         }
         body["instance_id"] = self.settings.instance_id
-        body["security"] = self.settings.security_key is not None
+        body["security"] = self.settings.auth.security_key is not None
         return JSONResponse(body)
 
     async def list_components(self, request: Request) -> Response:
@@ -182,19 +181,27 @@ class AgentOS:
 
     async def create_run(self, request: Request) -> Response:
         component = self._component(request)
-        fields = await forms.read_fields(request, self.settings.max_body_bytes)
+        fields = await forms.read_fields(request, self.settings.http.max_body_bytes)
         message = forms.message(fields)
         stream = forms.flag(fields, "stream", True)
         background = forms.flag(fields, "background", False)
+        session_id = forms.text(fields, "session_id")
+        user_id = forms.text(fields, "user_id")
+        run_id = forms.client_run_id(request, fields)
+        run_stream: RunStream | None = None
         if stream:
-            self.manager.check_stream_capacity()
-        record = await self.manager.start_run(
-            component,
-            message,
-            session_id=forms.text(fields, "session_id"),
-            user_id=forms.text(fields, "user_id"),
-            run_id=forms.client_run_id(request, fields),
-        )
+            record, run_stream = await self.manager.start_and_follow(
+                component,
+                message,
+                session_id=session_id,
+                user_id=user_id,
+                run_id=run_id,
+                cancel_on_close=not background,
+            )
+        else:
+            record = await self.manager.start_run(
+                component, message, session_id=session_id, user_id=user_id, run_id=run_id
+            )
         headers = {
             "X-Run-Id": record.run_id,
             "X-Session-Id": record.session_id,
@@ -203,10 +210,8 @@ class AgentOS:
         token = self._resume_token(record.run_id)
         if token is not None:
             headers["X-Resume-Token"] = token
-        if stream:
-            run_stream = await self.manager.open_stream(record.run_id, -1, meta=False)
-            assert run_stream is not None
-            return self._sse(run_stream, headers, cancel_on_close=not background)
+        if run_stream is not None:
+            return self._sse(run_stream, headers)
         if background:
             body = {"run_id": record.run_id, "session_id": record.session_id, "status": "PENDING"}
             if token is not None:
@@ -243,7 +248,7 @@ class AgentOS:
         return JSONResponse(record.to_dict())
 
     async def cancel(self, request: Request) -> Response:
-        fields = await forms.read_fields(request, self.settings.max_body_bytes)
+        fields = await forms.read_fields(request, self.settings.http.max_body_bytes)
         record = await self._run(request, forms.text(fields, "session_id"))
         if not record.status.ended:
             record = await self.manager.cancel(record.run_id)
@@ -252,7 +257,7 @@ class AgentOS:
     async def resume(self, request: Request) -> Response:
         component = self._component(request)
         if request.method == "POST":
-            fields = await forms.read_fields(request, self.settings.max_body_bytes)
+            fields = await forms.read_fields(request, self.settings.http.max_body_bytes)
         else:
             fields = dict(request.query_params)
         cursor = fields.get("last_event_index")
@@ -274,7 +279,7 @@ class AgentOS:
 
     def _resume_token(self, run_id: str) -> str | None:
         """A token that opens ``GET .../runs/{run_id}/resume`` without the key (EventSource)."""
-        key, ttl = self.settings.security_key, self.settings.resume_token_ttl
+        key, ttl = self.settings.auth.security_key, self.settings.auth.resume_token_ttl
         if key is None or ttl <= 0:
             return None
         return sign_resume_token(key, run_id, ttl=ttl, now=time.time())
@@ -291,58 +296,8 @@ class AgentOS:
             session_id=session_id,
         )
 
-    def _sse(
-        self, run_stream: RunStream, headers: Mapping[str, str], *, cancel_on_close: bool = False
-    ) -> EventSourceResponse:
-        cache_limit = self.settings.sse_cache_max_bytes
-
-        async def frames() -> AsyncIterator[ServerSentEvent | bytes]:
-            yield ServerSentEvent(comment="ping", sep=_SEP)
-            # What was ready together goes out in one send: the same frames, fewer writes.
-            async for chunk in run_stream.chunks(cancel_on_close=cancel_on_close):
-                if len(chunk) == 1:
-                    yield sse_frame(chunk[0], cache_limit)
-                else:
-                    yield b"".join([sse_frame(item, cache_limit) for item in chunk])
-
-        def after_response() -> None:
-            # Inline mode: a client gone before the terminal event cancels the run, even when
-            # it left before the first frame (so the generator never started).
-            if cancel_on_close and not run_stream.terminal_sent:
-                self.manager.cancel_nowait(run_stream.run_id)
-
-        settings = self.settings
-        return EventSourceResponse(
-            frames(),
-            background=BackgroundTask(after_response),
-            headers=dict(headers),
-            ping=settings.ping_interval,
-            sep=_SEP,
-            ping_message_factory=lambda: ServerSentEvent(comment="ping", sep=_SEP),
-            send_timeout=settings.send_timeout or None,
-            shutdown_event=self._exit,
-            shutdown_grace_period=settings.shutdown_grace + 5.0,
-        )
-
-
-def sse_frame(item: Event | Meta, cache_limit: int = 512) -> bytes:
-    """The encoded SSE frame of an event or meta event.
-
-    The frame of an event whose JSON text is at most ``cache_limit`` bytes is encoded once and
-    kept on the event, so every subscriber of a run (and every replay from the buffer) sends the
-    same bytes without encoding them again. Larger events are encoded per send, so that the
-    buffer does not hold their payload twice.
-    """
-    if isinstance(item, Event):
-        frame = item.sse
-        if frame is None:
-            frame = ServerSentEvent(
-                item.data, event=item.name, id=str(item.index), sep=_SEP
-            ).encode()
-            if len(item.data) <= cache_limit:
-                object.__setattr__(item, "sse", frame)  # a cache, not part of the event's value
-        return frame
-    return ServerSentEvent(item.data, event=item.name, sep=_SEP).encode()
+    def _sse(self, run_stream: RunStream, headers: Mapping[str, str]) -> Response:
+        return event_stream(run_stream, headers, self.settings, shutdown=self._exit)
 
 
 async def _static_file(request: Request) -> Response:
@@ -358,15 +313,11 @@ def _kind(request: Request) -> str:
     return kind
 
 
-def _error_json(exc: AgentOSError) -> JSONResponse:
-    return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.status)
-
-
 async def _error_response(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, AgentOSError)
     if isinstance(exc, ComponentNotFound | ShuttingDown):
         logger.debug("%s %s: %s", request.method, request.url.path, exc.detail)
-    return _error_json(exc)
+    return error_json(exc)
 
 
 async def _http_error_response(request: Request, exc: Exception) -> Response:

@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from agentos.component import Component
+from agentos.components.base import Component
 from agentos.context import RunContext
 from agentos.events import KINDS
 

@@ -1,26 +1,14 @@
-"""Models: what turns an agent's input into streamed text.
-
-A model is any object with ``astream(message) -> AsyncIterator[str]``. :class:`EchoModel` streams the
-input back word by word, so everything runs offline with no API key.
-"""
+"""The echo model: streams the input back word by word, so everything runs offline."""
 
 from __future__ import annotations
 
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from typing import Protocol, runtime_checkable
 
-__all__ = ["EchoModel", "Model"]
+__all__ = ["EchoModel"]
 
 _WORDS = re.compile(r"\s*\S+")
-
-
-@runtime_checkable
-class Model(Protocol):
-    """Streams the chunks of a reply."""
-
-    def astream(self, message: str) -> AsyncIterator[str]: ...
 
 
 class EchoModel:

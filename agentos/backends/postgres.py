@@ -1,9 +1,9 @@
-"""Waking the followers of runs that another instance owns.
+"""The PostgreSQL backend: the SQL store plus LISTEN/NOTIFY between instances.
 
 A client may follow a run through any instance. The owner's followers wait on the run's buffer;
-an instance that does not hold the run tails it from the database (``RunStream._follow``) and,
-between reads, waits on the run's *signal* here. Something must set that signal when new events
-are committed elsewhere:
+an instance that does not hold the run tails it from the database (``RunStream``) and, between
+reads, waits on the run's signal (``backends/base.py``). Here, the owner's commit sends a
+notification in the same transaction, and every instance listens::
 
     owner: group commit ─ INSERT events, pg_notify('agentos_events', '<run_id>:<last>') ─ COMMIT
                                                                                           │
@@ -12,18 +12,8 @@ are committed elsewhere:
           │   so a woken follower always finds the events it was told about)
           └─▶ Notifier.wake(run_id) ──▶ followers of run_id read the database again
 
-:class:`Notifier` is the fallback and the SQLite case: nothing wakes a follower early, it reads
-again every ``tail_poll_interval`` seconds. :class:`PostgresNotifier` adds the LISTEN connection;
-the poll stays as a safety net (a notification lost while reconnecting costs one poll interval,
+The poll stays as a safety net (a notification lost while reconnecting costs one poll interval,
 and every follower is woken once the connection is back).
-
-A follower takes the signal *before* it reads, so a notification that arrives between its read
-and its wait still wakes it::
-
-    signal = notifier.watch(run_id)
-    events = await store.read_events(run_id, cursor + 1, page)
-    if not events:
-        await notifier.wait(signal, settings.tail_poll_interval)
 
 The ``agentos_control`` channel carries requests to a run's owner (``cancel:<run_id>``), so a
 cancel made on another instance reaches the owner at once rather than at its next lease renewal.
@@ -33,82 +23,76 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
-from agentos.settings import Settings
-from agentos.store import CONTROL_CHANNEL, EVENTS_CHANNEL, SQLStore, Store
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-__all__ = ["Notifier", "PostgresNotifier", "open_notifier"]
+from agentos.backends.base import Backend, CancelFn, Notifier, register_backend
+from agentos.backends.sql import SQLStore
+from agentos.events import Event
+from agentos.settings import Settings
+
+__all__ = ["PostgresNotifier", "PostgresStore"]
 
 logger = logging.getLogger("agentos.notify")
 
-CancelFn = Callable[[str], None]
+#: Channel announcing committed events: payload ``<run_id>:<last event_index>``.
+EVENTS_CHANNEL = "agentos_events"
+#: Channel for requests to a run's owner: payload ``cancel:<run_id>``.
+CONTROL_CHANNEL = "agentos_control"
+# Any constant shared by all instances: serializes schema creation.
+_SCHEMA_LOCK = 0x6167_656E_746F_73
 
 
-class Notifier:
-    """Per-run signals that followers wait on; this base class only times out (polling)."""
-
-    def __init__(self) -> None:
-        # Weak: a signal lives as long as some follower holds it.
-        self._signals: weakref.WeakValueDictionary[str, asyncio.Event] = (
-            weakref.WeakValueDictionary()
-        )
-        self._on_cancel: CancelFn | None = None
+class PostgresStore(SQLStore):
+    """:class:`SQLStore` on PostgreSQL: schema creation in turns, NOTIFY in each commit."""
 
     @property
-    def listening(self) -> bool:
-        """Whether notifications arrive now (if not, followers rely on polling)."""
-        return False
+    def dsn(self) -> str:
+        """The URL without SQLAlchemy's driver name, for a plain driver connection."""
+        url = make_url(self.url)
+        return url.set(drivername=url.get_backend_name()).render_as_string(hide_password=False)
 
-    def watch(self, run_id: str) -> asyncio.Event:
-        """The signal that the next wake-up of ``run_id`` sets; take it before reading."""
-        signal = self._signals.get(run_id)
-        if signal is None:
-            signal = asyncio.Event()
-            self._signals[run_id] = signal
-        return signal
+    async def _before_schema(self, conn: AsyncConnection) -> None:
+        # Instances starting together would race on CREATE TABLE (duplicate pg_type rows);
+        # the lock makes them take turns, and the later ones find the tables.
+        await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK)))
 
-    async def wait(self, signal: asyncio.Event, seconds: float) -> bool:
-        """Wait until ``signal`` is set or ``seconds`` pass; True when woken."""
-        try:
-            async with asyncio.timeout(seconds):
-                await signal.wait()
-        except TimeoutError:
-            return False
-        return True
+    async def _after_write(
+        self, conn: AsyncConnection, events: Sequence[tuple[str, Event]]
+    ) -> None:
+        if events:
+            last: dict[str, int] = {}
+            for run_id, event in events:
+                last[run_id] = max(event.index, last.get(run_id, -1))
+            await _notify(conn, EVENTS_CHANNEL, [f"{r}:{i}" for r, i in last.items()])
 
-    def wake(self, run_id: str) -> None:
-        """Wake the followers of ``run_id``."""
-        signal = self._signals.pop(run_id, None)
-        if signal is not None:
-            signal.set()
+    async def _after_cancel_request(self, conn: AsyncConnection, run_id: str) -> None:
+        await _notify(conn, CONTROL_CHANNEL, [f"cancel:{run_id}"])
 
-    def wake_all(self) -> None:
-        """Wake every follower (after missed notifications, or at shutdown)."""
-        signals = list(self._signals.values())
-        self._signals.clear()
-        for signal in signals:
-            signal.set()
 
-    async def start(self, on_cancel: CancelFn) -> None:
-        """Start listening; ``on_cancel(run_id)`` is called for cancel requests."""
-        self._on_cancel = on_cancel
-
-    async def aclose(self) -> None:
-        """Stop listening and wake every follower."""
-        self.wake_all()
+async def _notify(conn: AsyncConnection, channel: str, payloads: list[str]) -> None:
+    """``pg_notify`` each payload; PostgreSQL delivers them when the transaction commits."""
+    await conn.execute(
+        sa.text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p"),
+        {"channel": channel, "payloads": payloads},
+    )
 
 
 class PostgresNotifier(Notifier):
     """LISTEN on one dedicated asyncpg connection, reconnecting with backoff when it drops."""
 
-    def __init__(self, dsn: str, *, keepalive: float = 10.0, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self, dsn: str, *, keepalive: float, connect_timeout: float, ready_wait: float
+    ) -> None:
         super().__init__()
         self._dsn = dsn
         self._keepalive = keepalive
         self._connect_timeout = connect_timeout
+        self._ready_wait = ready_wait
         self._listening = False
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -123,7 +107,7 @@ class PostgresNotifier(Notifier):
             self._task = asyncio.create_task(self._listen(), name="agentos-listen")
         # Wait a little for the first connection; without it followers poll until it comes.
         try:
-            async with asyncio.timeout(5.0):
+            async with asyncio.timeout(self._ready_wait):
                 await self._ready.wait()
         except TimeoutError:
             logger.warning("LISTEN connection not ready; tailing by polling meanwhile")
@@ -181,8 +165,19 @@ class PostgresNotifier(Notifier):
             self._on_cancel(run_id)
 
 
-def open_notifier(settings: Settings, store: Store) -> Notifier:
-    """LISTEN/NOTIFY on PostgreSQL (unless ``tail_notify`` is off), polling otherwise."""
-    if settings.tail_notify and isinstance(store, SQLStore) and store.is_postgres:
-        return PostgresNotifier(store.dsn)
-    return Notifier()
+def _postgres_backend(settings: Settings) -> Backend:
+    """LISTEN/NOTIFY wake-ups unless ``tail_notify`` is off (then followers poll)."""
+    store = PostgresStore(settings.database.url)
+    if not settings.streams.tail_notify:
+        return Backend(store, Notifier())
+    database = settings.database
+    notifier = PostgresNotifier(
+        store.dsn,
+        keepalive=database.listen_keepalive,
+        connect_timeout=database.connect_timeout,
+        ready_wait=database.listen_ready_wait,
+    )
+    return Backend(store, notifier)
+
+
+register_backend("postgresql", _postgres_backend)

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from agentos.component import Component
+from agentos.components.base import Component
 from agentos.context import RunContext
 from agentos.events import KINDS
 

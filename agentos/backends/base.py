@@ -1,0 +1,220 @@
+"""The contracts of a backend: the :class:`Store` that keeps runs and events, the
+:class:`Notifier` that wakes followers, and the registry that picks both by database URL.
+
+    Settings.database.url ──scheme──▶ registry ──▶ Backend(store, notifier)
+        sqlite+aiosqlite://...           "sqlite"       SQLStore,      Notifier (polling)
+        postgresql+asyncpg://...         "postgresql"   PostgresStore, PostgresNotifier
+
+The run engine only knows these contracts: records (``agentos.records``), events and domain
+errors (``RunAlreadyExists``, ``WriteConflict``), never a driver's exceptions or types. A backend
+module registers itself with :func:`register_backend`; the built-in ones are imported only when a
+URL asks for them, so a SQLite server never imports asyncpg.
+
+A follower of a run that another instance owns reads the database, then waits on the run's
+*signal* (:meth:`Notifier.watch`) until woken or ``tail_poll_interval`` passes. The base
+:class:`Notifier` only times out (polling); a backend with push notifications (PostgreSQL
+LISTEN/NOTIFY, ``postgres.py``) wakes the signal as soon as the events are committed. A follower
+takes the signal *before* it reads, so a notification that arrives between its read and its wait
+still wakes it::
+
+    signal = notifier.watch(run_id)
+    events = await store.read_events(run_id, cursor + 1, page)
+    if not events:
+        await notifier.wait(signal, settings.streams.tail_poll_interval)
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import importlib
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from agentos.events import Event, RunStatus
+from agentos.records import RunRecord, RunUpdate
+from agentos.settings import Settings
+
+__all__ = ["Backend", "Notifier", "Store", "open_backend", "register_backend"]
+
+CancelFn = Callable[[str], None]
+
+
+class Store(abc.ABC):
+    """The persistence the run manager needs. Implementations must be safe for one event loop."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and create the schema if needed."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections."""
+
+    @abc.abstractmethod
+    async def create_run(self, run: RunRecord) -> None:
+        """Insert a new run; raises RunAlreadyExists when its id is taken."""
+
+    @abc.abstractmethod
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        """The run, with ``event_count`` counting its committed events."""
+
+    @abc.abstractmethod
+    async def list_runs(
+        self,
+        kind: str,
+        component_id: str,
+        *,
+        session_id: str | None = None,
+        user_id: str | None = None,
+        status: RunStatus | None = None,
+        limit: int = 100,
+    ) -> list[RunRecord]:
+        """Runs of one component, newest first."""
+
+    @abc.abstractmethod
+    async def commit(
+        self,
+        events: Sequence[tuple[str, Event]],
+        updates: Sequence[RunUpdate],
+        *,
+        owner: str | None = None,
+        runs: Sequence[RunRecord] = (),
+    ) -> None:
+        """Insert new runs, write events (run_id, event) and run updates in one transaction.
+
+        With ``owner``, updates only change runs that instance owns (or nobody does). An event whose
+        ``(run_id, event_index)`` is taken, or a new run whose id is, raises WriteConflict and
+        nothing is written.
+        """
+
+    @abc.abstractmethod
+    async def read_events(self, run_id: str, start: int, limit: int) -> list[Event]:
+        """Events with ``event_index >= start``, in order, at most ``limit``."""
+
+    @abc.abstractmethod
+    async def last_event(self, run_id: str) -> Event | None:
+        """The run's event with the highest index."""
+
+    @abc.abstractmethod
+    async def unfinished_runs(self, instance_id: str) -> list[RunRecord]:
+        """Runs owned by ``instance_id`` still PENDING or RUNNING."""
+
+    @abc.abstractmethod
+    async def renew_leases(self, instance_id: str, lease_until: float) -> dict[str, bool]:
+        """Extend the lease of every unfinished run ``instance_id`` owns.
+
+        Returns the renewed run ids, each mapped to whether a cancel was requested for it.
+        """
+
+    @abc.abstractmethod
+    async def expired_runs(self, now: float, limit: int) -> list[str]:
+        """Ids of unfinished runs whose lease ended before ``now``, oldest lease first."""
+
+    @abc.abstractmethod
+    async def claim_orphan(
+        self, run_id: str, instance_id: str, now: float, lease_until: float
+    ) -> RunRecord | None:
+        """Take over an unfinished run whose lease ended before ``now``.
+
+        Atomic: of several instances claiming the same run at once, exactly one gets the run
+        (now owned by it, lease until ``lease_until``); the others get None.
+        """
+
+    @abc.abstractmethod
+    async def request_cancel(self, run_id: str) -> bool:
+        """Ask the owner of an unfinished run to cancel it; False when the run has ended."""
+
+    @abc.abstractmethod
+    async def owned(self, run_ids: Sequence[str], instance_id: str) -> set[str]:
+        """Those of ``run_ids`` that ``instance_id`` owns."""
+
+
+class Notifier:
+    """Per-run signals that followers wait on; this base class only times out (polling)."""
+
+    def __init__(self) -> None:
+        # Weak: a signal lives as long as some follower holds it.
+        self._signals: weakref.WeakValueDictionary[str, asyncio.Event] = (
+            weakref.WeakValueDictionary()
+        )
+        self._on_cancel: CancelFn | None = None
+
+    @property
+    def listening(self) -> bool:
+        """Whether notifications arrive now (if not, followers rely on polling)."""
+        return False
+
+    def watch(self, run_id: str) -> asyncio.Event:
+        """The signal that the next wake-up of ``run_id`` sets; take it before reading."""
+        signal = self._signals.get(run_id)
+        if signal is None:
+            signal = asyncio.Event()
+            self._signals[run_id] = signal
+        return signal
+
+    async def wait(self, signal: asyncio.Event, seconds: float) -> bool:
+        """Wait until ``signal`` is set or ``seconds`` pass; True when woken."""
+        try:
+            async with asyncio.timeout(seconds):
+                await signal.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def wake(self, run_id: str) -> None:
+        """Wake the followers of ``run_id``."""
+        signal = self._signals.pop(run_id, None)
+        if signal is not None:
+            signal.set()
+
+    def wake_all(self) -> None:
+        """Wake every follower (after missed notifications, or at shutdown)."""
+        signals = list(self._signals.values())
+        self._signals.clear()
+        for signal in signals:
+            signal.set()
+
+    async def start(self, on_cancel: CancelFn) -> None:
+        """Start listening; ``on_cancel(run_id)`` is called for cancel requests."""
+        self._on_cancel = on_cancel
+
+    async def aclose(self) -> None:
+        """Stop listening and wake every follower."""
+        self.wake_all()
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A store and the notifier that goes with it."""
+
+    store: Store
+    notifier: Notifier
+
+
+BackendFactory = Callable[[Settings], Backend]
+
+_FACTORIES: dict[str, BackendFactory] = {}
+#: Built-in backends by URL scheme (the part before ``+driver``), imported on first use.
+_BUILT_IN = {"sqlite": "agentos.backends.sql", "postgresql": "agentos.backends.postgres"}
+
+
+def register_backend(scheme: str, factory: BackendFactory) -> None:
+    """Serve database URLs of ``scheme`` (e.g. ``"postgresql"``) with ``factory(settings)``."""
+    _FACTORIES[scheme] = factory
+
+
+def open_backend(settings: Settings, store: Store | None = None) -> Backend:
+    """The backend for ``settings.database.url`` (or around a given ``store``, with polling)."""
+    if store is not None:
+        return Backend(store, Notifier())
+    url = settings.database.url
+    scheme = url.partition(":")[0].partition("+")[0].lower()
+    if scheme not in _FACTORIES and scheme in _BUILT_IN:
+        importlib.import_module(_BUILT_IN[scheme])  # registers itself
+    factory = _FACTORIES.get(scheme)
+    if factory is None:
+        known = ", ".join(sorted({*_FACTORIES, *_BUILT_IN}))
+        raise ValueError(f"no backend for database URL scheme {scheme!r} (known: {known})")
+    return factory(settings)

@@ -1,0 +1,103 @@
+"""Runs as the store keeps them, the changes made to them, and the rules their ids follow.
+
+A :class:`RunRecord` is a snapshot of one run (immutable); a :class:`RunUpdate` is the set of
+fields to change in the next group commit. Both are database-neutral: every backend stores and
+returns them (``backends/``).
+
+Ids that come from outside (a client-chosen ``run_id``, ``session_id``, a component id) go into
+URL paths and response headers (``Location``, ``X-Run-Id``), so they are URL-safe and short
+(:func:`check_id`).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from agentos.errors import InvalidRequest
+from agentos.events import KINDS, RunStatus
+
+__all__ = ["MAX_ID_LENGTH", "RunRecord", "RunUpdate", "check_id", "is_valid_id"]
+
+#: Longest id (run, session, user, component) in characters; the database columns hold this.
+MAX_ID_LENGTH = 200
+_URL_SAFE_ID = re.compile(r"[A-Za-z0-9._~-]+")
+
+
+def is_valid_id(value: object) -> bool:
+    """Whether ``value`` is a URL-safe id (letters, digits, ``._~-``) of 1 to 200 characters."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_ID_LENGTH
+        and _URL_SAFE_ID.fullmatch(value) is not None
+    )
+
+
+def check_id(name: str, value: object) -> str:
+    """``value`` when it is a valid id; otherwise InvalidRequest naming the field."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LENGTH:
+        raise InvalidRequest(f"{name} must be a string of 1 to {MAX_ID_LENGTH} characters")
+    if not is_valid_id(value):
+        raise InvalidRequest(f"{name} must be URL-safe (letters, digits, ._~-)")
+    return value
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as the store keeps it."""
+
+    run_id: str
+    kind: str
+    component_id: str
+    session_id: str
+    status: RunStatus
+    input: str
+    user_id: str | None = None
+    content: str | None = None
+    error: str | None = None
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    event_count: int = 0
+    instance_id: str | None = None
+    lease_until: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run object of the HTTP API."""
+        return {
+            "run_id": self.run_id,
+            "session_id": self.session_id,
+            KINDS[self.kind].id_field: self.component_id,
+            "user_id": self.user_id,
+            "status": self.status.value,
+            "input": self.input,
+            "content": self.content,
+            "error": self.error,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "event_count": self.event_count,
+        }
+
+    def updated(self, update: RunUpdate) -> RunRecord:
+        changes = {k: v for k, v in update.changes().items() if k != "run_id"}
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class RunUpdate:
+    """Fields of a run to change in the next group commit (None leaves a field alone)."""
+
+    run_id: str
+    status: RunStatus | None = None
+    content: str | None = None
+    error: str | None = None
+    event_count: int | None = None
+    lease_until: float | None = None
+    updated_at: float = field(default_factory=time.time)
+
+    def changes(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    def merge(self, later: RunUpdate) -> RunUpdate:
+        return replace(self, **{k: v for k, v in later.changes().items() if k != "run_id"})
