@@ -13,12 +13,15 @@
      ├── Overloaded             max_active_runs / max_streams hit    503
      ├── EventsUnavailable      a stream can no longer be served     410
      ├── WriteConflict          another writer holds a run's event index (store -> committer)
+     ├── StoreUnavailable       the database cannot be reached or commit now (transient) 503
+     ├── DataRejected           the database refuses a value; retrying cannot help
      ├── CommitterStopped       the group committer no longer runs   503
      └── RunEnded               an event emitted after the run's terminal event
 
-The last three are raised and caught inside the server (a backend raises ``WriteConflict``
-instead of its driver's integrity error; the committer and the run manager use the other two for
-control flow); they reach a client only as a 503 when the committer has stopped.
+The last five are raised and caught inside the server: a backend translates its driver's errors
+into ``WriteConflict``, ``StoreUnavailable`` (retry with backoff) and ``DataRejected`` (isolate
+what carried the value); the committer and the run manager use ``CommitterStopped`` and
+``RunEnded`` for control flow. A client sees them only as a 503 while the database is down.
 
 Each error has a machine-readable ``code`` and an HTTP ``status``; the HTTP layer turns them into
 ``{"detail": ..., "code": ...}`` in one place. Errors carry their context (``run_id``) as attributes.
@@ -30,6 +33,7 @@ __all__ = [
     "AgentOSError",
     "CommitterStopped",
     "ComponentNotFound",
+    "DataRejected",
     "EventsUnavailable",
     "InvalidCursor",
     "InvalidRequest",
@@ -41,6 +45,7 @@ __all__ = [
     "RunEnded",
     "RunNotFound",
     "ShuttingDown",
+    "StoreUnavailable",
     "WriteConflict",
     "describe_error",
 ]
@@ -137,6 +142,20 @@ class WriteConflict(AgentOSError):
 
     status = 409
     code = "write_conflict"
+
+
+class StoreUnavailable(AgentOSError):
+    """The database cannot be reached, or cannot commit right now (locked, full, restarting)."""
+
+    status = 503
+    code = "database_unavailable"
+
+
+class DataRejected(AgentOSError):
+    """The database refuses a value it was given (for example text it cannot encode)."""
+
+    status = 422
+    code = "data_rejected"
 
 
 class CommitterStopped(AgentOSError):

@@ -18,18 +18,26 @@ instance still owns.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, SQLModel
 
 from agentos.backends.base import Backend, Notifier, Store, register_backend
-from agentos.errors import RunAlreadyExists, WriteConflict
+from agentos.errors import (
+    AgentOSError,
+    DataRejected,
+    RunAlreadyExists,
+    StoreUnavailable,
+    WriteConflict,
+)
 from agentos.events import Event, RunStatus
 from agentos.records import RunRecord, RunUpdate
 from agentos.settings import Settings
@@ -126,6 +134,24 @@ class SQLStore(Store):
             await self._before_schema(conn)
             await conn.run_sync(SQLModel.metadata.create_all, tables=[_runs, _events])
 
+    @contextlib.asynccontextmanager
+    async def _connect(self) -> AsyncIterator[AsyncConnection]:
+        """A connection; driver errors come out as the store's domain errors."""
+        try:
+            async with self.engine.connect() as conn:
+                yield conn
+        except Exception as exc:
+            raise _translate(exc) from exc
+
+    @contextlib.asynccontextmanager
+    async def _begin(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction; driver errors come out as the store's domain errors."""
+        try:
+            async with self.engine.begin() as conn:
+                yield conn
+        except Exception as exc:
+            raise _translate(exc) from exc
+
     async def _before_schema(self, conn: AsyncConnection) -> None:
         """Called in the schema transaction before the tables are created (a dialect's hook)."""
 
@@ -145,13 +171,13 @@ class SQLStore(Store):
     async def create_run(self, run: RunRecord) -> None:
         values = {**run.__dict__, "status": run.status.value}
         try:
-            async with self.engine.begin() as conn:
+            async with self._begin() as conn:
                 await conn.execute(_runs.insert().values(**values))
-        except IntegrityError as exc:
+        except WriteConflict as exc:
             raise RunAlreadyExists(run.run_id) from exc
 
     async def get_run(self, run_id: str) -> RunRecord | None:
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             row = (await conn.execute(_runs.select().where(_runs.c.run_id == run_id))).first()
             if row is None:
                 return None
@@ -181,7 +207,7 @@ class SQLStore(Store):
         if status is not None:
             query = query.where(_runs.c.status == status.value)
         query = query.order_by(_runs.c.created_at.desc(), _runs.c.run_id).limit(limit)
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             rows = (await conn.execute(query)).all()
         return [_record(row) for row in rows]
 
@@ -193,19 +219,7 @@ class SQLStore(Store):
         owner: str | None = None,
         runs: Sequence[RunRecord] = (),
     ) -> None:
-        try:
-            await self._commit(events, updates, owner, runs)
-        except IntegrityError as exc:
-            raise WriteConflict("an event index or run id is taken by another writer") from exc
-
-    async def _commit(
-        self,
-        events: Sequence[tuple[str, Event]],
-        updates: Sequence[RunUpdate],
-        owner: str | None,
-        runs: Sequence[RunRecord],
-    ) -> None:
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             if runs:
                 await conn.execute(
                     _runs.insert(), [{**r.__dict__, "status": r.status.value} for r in runs]
@@ -250,7 +264,7 @@ class SQLStore(Store):
             .order_by(_events.c.event_index)
             .limit(limit)
         )
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             rows = (await conn.execute(query)).all()
         return [Event(row[0], row[1], row[2], bool(row[3])) for row in rows]
 
@@ -261,7 +275,7 @@ class SQLStore(Store):
             .order_by(_events.c.event_index.desc())
             .limit(1)
         )
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             row = (await conn.execute(query)).first()
         return None if row is None else Event(row[0], row[1], row[2], bool(row[3]))
 
@@ -270,7 +284,7 @@ class SQLStore(Store):
             _runs.c.instance_id == instance_id,
             _runs.c.status.in_(_UNFINISHED),
         )
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             rows = (await conn.execute(query)).all()
         return [_record(row) for row in rows]
 
@@ -281,7 +295,7 @@ class SQLStore(Store):
             .values(lease_until=lease_until)
             .returning(_runs.c.run_id, _runs.c.cancel_requested)
         )
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             rows = (await conn.execute(query)).all()
         return {row[0]: bool(row[1]) for row in rows}
 
@@ -292,7 +306,7 @@ class SQLStore(Store):
             .order_by(_runs.c.lease_until)
             .limit(limit)
         )
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             return [row[0] for row in (await conn.execute(query)).all()]
 
     async def claim_orphan(
@@ -310,7 +324,7 @@ class SQLStore(Store):
             .values(instance_id=instance_id, lease_until=lease_until, updated_at=now)
             .returning(*_runs.c)
         )
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             row = (await conn.execute(query)).first()
         return None if row is None else _record(row)
 
@@ -320,7 +334,7 @@ class SQLStore(Store):
             .where(_runs.c.run_id == run_id, _runs.c.status.in_(_UNFINISHED))
             .values(cancel_requested=True)
         )
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             found = (await conn.execute(query)).rowcount == 1
             if found:
                 await self._after_cancel_request(conn, run_id)
@@ -332,8 +346,59 @@ class SQLStore(Store):
         query = sa.select(_runs.c.run_id).where(
             _runs.c.run_id.in_(list(run_ids)), _runs.c.instance_id == instance_id
         )
-        async with self.engine.connect() as conn:
+        async with self._connect() as conn:
             return {row[0] for row in (await conn.execute(query)).all()}
+
+
+#: PostgreSQL SQLSTATE classes: data exception, integrity violation; and those worth a retry
+#: (connection exception, insufficient resources, operator intervention, serialization failure).
+_DATA, _INTEGRITY = "22", "23"
+_TRANSIENT = ("08", "53", "57", "40")
+
+
+def _translate(exc: Exception) -> Exception:
+    """The store's error for a driver's: WriteConflict, DataRejected or StoreUnavailable.
+
+    SQLite refuses text with lone surrogates before any SQL runs (UnicodeEncodeError);
+    PostgreSQL refuses NUL characters and surrogates (SQLSTATE class 22). A lost connection, a
+    locked or full database and a server restarting are worth a retry; anything else the store
+    cannot judge is passed on as it is.
+    """
+    if isinstance(exc, AgentOSError):
+        return exc
+    if isinstance(exc, IntegrityError):
+        return WriteConflict("an event index or run id is taken by another writer")
+    if isinstance(exc, UnicodeError):
+        return DataRejected("the database cannot store this text (it holds lone surrogates)")
+    if isinstance(exc, (OSError, TimeoutError)):
+        return StoreUnavailable(f"the database cannot be reached: {type(exc).__name__}")
+    if isinstance(exc, DBAPIError):
+        orig = exc.orig
+        state = str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
+        if state.startswith(_INTEGRITY):
+            return WriteConflict("an event index or run id is taken by another writer")
+        if state.startswith(_DATA) or isinstance(orig, sqlite3.DataError):
+            return DataRejected("the database refuses a value of this request")
+        if (
+            exc.connection_invalidated
+            or state.startswith(_TRANSIENT)
+            or isinstance(orig, (sqlite3.OperationalError, sqlite3.InterfaceError))
+            or (not state and isinstance(orig, Exception) and _is_connection_error(orig))
+        ):
+            return StoreUnavailable(f"the database cannot commit now: {type(orig).__name__}")
+    return exc
+
+
+def _is_connection_error(orig: Exception) -> bool:
+    cause = orig.__cause__ or orig
+    name = type(cause).__name__
+    return isinstance(cause, (OSError, TimeoutError)) or name in (
+        "ConnectionDoesNotExistError",
+        "InterfaceError",
+        "InternalClientError",
+        "ConnectionFailureError",
+        "CannotConnectNowError",
+    )
 
 
 _EVENT_COLUMNS = ("run_id", "event_index", "name", "terminal", "data")
