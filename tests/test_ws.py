@@ -625,6 +625,28 @@ def test_limits_on_runs_per_socket(make_server: Callable[..., Server]) -> None:
     run(main())
 
 
+def test_a_start_refused_as_overloaded_creates_no_run(make_server: Callable[..., Server]) -> None:
+    """With no room for a stream, start-workflow is refused before its run exists."""
+    server = make_server(max_streams=0)
+
+    async def main() -> None:
+        async with opened(server) as ws:
+            for run_id in ("refused-1", None):
+                frame = {"action": "start-workflow", "workflow_id": "wf", "message": "hi"}
+                if run_id is not None:
+                    frame["run_id"] = run_id
+                await ws.send(json.dumps(frame))
+                error = await recv(ws)
+                assert (error["event"], error["code"]) == ("error", "overloaded"), error
+        await asyncio.sleep(0.5)  # a run started anyway would have ended by now
+        async with httpx.AsyncClient(base_url=server.base, timeout=10) as client:
+            runs = (await client.get("/workflows/wf/runs")).json()
+            assert runs == []
+            assert (await client.get("/workflows/wf/runs/refused-1")).status_code == 404
+
+    run(main())
+
+
 def test_a_flood_is_refused_then_closed(make_server: Callable[..., Server]) -> None:
     server = make_server(ws_max_frames_per_second=5)
     ping = json.dumps({"action": "ping"})

@@ -16,7 +16,6 @@ daemon thread, so both share a single implementation of the resume logic.
 from __future__ import annotations
 
 import asyncio
-import random
 import threading
 import uuid
 from collections.abc import Coroutine, Iterator
@@ -26,6 +25,7 @@ from typing import Any, Literal, TypeVar, overload
 
 import httpx
 
+from ._backoff import Backoff
 from ._errors import (
     APIStatusError,
     ClientClosed,
@@ -43,6 +43,7 @@ T = TypeVar("T")
 
 # Polls of the run object after its stream has ended, while the status catches up.
 _STATUS_POLLS = 20
+_STATUS_POLL_BACKOFF = Backoff(0.02, 0.5)
 
 
 class AsyncClient:
@@ -77,8 +78,7 @@ class AsyncClient:
     ) -> None:
         if max_reconnects < 0:
             raise ValueError("max_reconnects must be >= 0")
-        if backoff_initial < 0 or backoff_max < backoff_initial:
-            raise ValueError("need 0 <= backoff_initial <= backoff_max")
+        self._backoff_rule = Backoff(backoff_initial, backoff_max)
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.read_timeout = read_timeout
@@ -306,7 +306,7 @@ class AsyncClient:
                 run = await self.get_run(kind, id, run_id)
                 if run.status.is_terminal:
                     break
-                await asyncio.sleep(min(0.5, 0.02 * 2.0**attempt))
+                await asyncio.sleep(_STATUS_POLL_BACKOFF.delay(attempt + 1))
         return run
 
     @staticmethod
@@ -373,8 +373,7 @@ class AsyncClient:
         return APIStatusError(response.status_code, code=code, detail=detail, run_id=run_id)
 
     def _backoff(self, attempt: int) -> float:
-        delay = min(self.backoff_max, self.backoff_initial * 2.0 ** (attempt - 1))
-        return delay * random.uniform(0.5, 1.0)
+        return self._backoff_rule.delay(attempt)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator
@@ -33,6 +32,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.protocol import State
 
+from ._backoff import Backoff
 from ._errors import ClientError
 
 __all__ = ["WorkflowRun", "WorkflowSocket", "WorkflowSocketError"]
@@ -104,6 +104,7 @@ class WorkflowSocket:
         self.max_attempts = max(1, max_attempts)
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self._backoff_rule = Backoff(backoff, max_backoff)
         self.open_timeout = open_timeout
         self._conn: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -273,8 +274,7 @@ class WorkflowSocket:
             raise WorkflowSocketError(
                 f"the socket dropped {attempt} times in a row", code="connection_lost"
             )
-        delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
-        await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+        await asyncio.sleep(self._backoff_rule.delay(attempt))
 
     def _open(self) -> bool:
         return (
@@ -316,10 +316,7 @@ class WorkflowSocket:
                         raise WorkflowSocketError(
                             f"could not connect to {self.url}", code="connection_lost"
                         ) from exc
-                    await asyncio.sleep(
-                        min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
-                        * random.uniform(0.5, 1.0)
-                    )
+                    await asyncio.sleep(self._backoff_rule.delay(attempt))
                     continue
                 self._generation += 1
                 self._conn = conn
