@@ -10,8 +10,20 @@ then wakes anyone waiting for a flush. While one group commits, the next one gat
 
 Pending events are bounded by ``max_pending_events``: a run that emits faster than the database
 commits waits in :meth:`GroupCommitter.wait_for_space` (backpressure), it never grows memory.
-A failed commit is retried with backoff; nothing is published before it succeeds. A run whose
-events conflict with another writer's is dropped from the group (see ``_write``).
+
+A failed commit is judged by the store's error (``backends/``); nothing is published before
+its group commits::
+
+    StoreUnavailable (connection lost, locked, disk full)  ─▶ retry the group, backoff up to
+                                                              commit_retry_max_delay; health
+                                                              reports since when it fails
+    WriteConflict (another writer holds an index)          ─▶ commit run by run; the conflicting
+    DataRejected, or an error the store cannot judge        ─▶ run is dropped (on_conflict), a
+                                                              refused one ends with an error
+                                                              event (on_reject); the rest commit
+
+So no error class makes the committer retry forever one group it can never write: a poison value
+costs its own run, never the instance.
 
 Commits are made as this instance (``owner=``): a status update only applies to a run this
 instance still owns, so an instance that lost a run (its lease expired and another instance
@@ -22,11 +34,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from agentos.backends.base import Store
 from agentos.buffer import EventBuffer
-from agentos.errors import CommitterStopped, RunAlreadyExists, WriteConflict
+from agentos.errors import (
+    CommitterStopped,
+    RunAlreadyExists,
+    StoreUnavailable,
+    WriteConflict,
+    describe_error,
+)
 from agentos.events import Event
 from agentos.records import RunRecord, RunUpdate
 from agentos.settings import CommitSettings
@@ -48,6 +67,7 @@ class GroupCommitter:
         owner: str,
         on_commit: Callable[[list[tuple[str, Event]], list[RunUpdate]], None] | None = None,
         on_conflict: Callable[[str], None] | None = None,
+        on_reject: Callable[[str, int | None, str], None] | None = None,
     ) -> None:
         self._store = store
         self._buffers = buffers
@@ -55,6 +75,10 @@ class GroupCommitter:
         self._owner = owner
         self._on_commit = on_commit
         self._on_conflict = on_conflict
+        self._on_reject = on_reject
+        #: Whether the group being written had a run refused (its flush waiters wait one more
+        #: group: the error event that replaces what was refused).
+        self._rejected = False
         self._pending: list[tuple[str, Event]] = []
         self._updates: dict[str, RunUpdate] = {}
         self._waiters: list[asyncio.Future[None]] = []
@@ -68,10 +92,22 @@ class GroupCommitter:
         #: Counters for benchmarks and health: transactions and events written.
         self.commits = 0
         self.events_written = 0
+        #: When commits started failing (time.time()), None while they succeed; and why.
+        self.failing_since: float | None = None
+        self.last_error: str | None = None
 
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    @property
+    def running(self) -> bool:
+        """Whether the commit task is alive."""
+        return self._task is not None and not self._task.done()
+
+    def failing_for(self) -> float:
+        """Seconds commits have been failing without a success (0 while they succeed)."""
+        return 0.0 if self.failing_since is None else max(0.0, time.time() - self.failing_since)
 
     def start(self) -> None:
         if self._task is None:
@@ -85,19 +121,32 @@ class GroupCommitter:
             self._space.clear()
             await self._space.wait()
 
-    async def create(self, record: RunRecord) -> None:
+    async def create(self, record: RunRecord, timeout: float) -> None:
         """Insert a new run with the next group; returns once that group has committed.
 
         Many runs started at once then cost one transaction, not one each. The run id must be
         new (a server-made UUID): a clash would fail the whole group, so runs whose id a client
         chose are created with ``Store.create_run``, which reports the clash.
+
+        Raises StoreUnavailable after ``timeout`` seconds without a commit (the database is down
+        or stuck). A run not yet handed to a transaction is then never created; one that was is
+        created once the database is back, and ended as a run nobody executes (``leases.py``).
         """
-        if self._task is None or self._task.done():
+        if not self.running:
             raise CommitterStopped()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._creates.append((record, future))
+        entry = (record, future)
+        self._creates.append(entry)
         self._wake.set()
-        await future
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(future)
+        except TimeoutError:
+            if entry in self._creates:
+                self._creates.remove(entry)
+            raise StoreUnavailable(
+                f"the database did not commit within {timeout:g} s; try again later"
+            ) from None
 
     def put(self, run_id: str, event: Event) -> None:
         """Queue an event; callers keep a run's events in index order."""
@@ -112,7 +161,7 @@ class GroupCommitter:
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed and published."""
-        if self._task is None or self._task.done():
+        if not self.running:
             raise CommitterStopped()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(future)
@@ -170,6 +219,7 @@ class GroupCommitter:
             self._updates = {}
             self._waiters = []
         creates, self._creates = self._creates, []
+        self._rejected = False
         try:
             events, updates = await self._write(events, updates, creates)
         except BaseException:
@@ -181,6 +231,12 @@ class GroupCommitter:
         self._publish(events, updates)
         if len(self._pending) < self._settings.max_pending_events:
             self._space.set()
+        if self._rejected and waiters:
+            # A refused run's error event was queued for the next group: a flush made before
+            # it returns once that event is committed too.
+            self._waiters = waiters + self._waiters
+            self._wake.set()
+            waiters = []
         for waiter in waiters + [future for _, future in creates]:
             if not waiter.done():
                 waiter.set_result(None)
@@ -193,15 +249,17 @@ class GroupCommitter:
     ) -> tuple[list[tuple[str, Event]], list[RunUpdate]]:
         """Commit a group, new runs first; returns the events and updates committed.
 
-        Passing errors (a lost connection, a locked database) are retried with backoff while runs
-        wait behind the bound on pending events. A conflict (another writer already holds one of
-        the indices, e.g. an instance that declared the run lost) cannot succeed on retry: the
-        new runs are then created one by one and the group is committed run by run, and the
-        conflicting runs are handed to ``on_conflict``.
+        Passing errors (StoreUnavailable) are retried with backoff while runs wait behind the
+        bound on pending events. Any other error cannot succeed on retry: the new runs are then
+        created one by one and the group is committed run by run, so that only the runs it
+        belongs to are dropped (a conflict) or ended with an error (a refused value).
         """
         try:
             await self._commit(events, updates, [record for record, _ in creates])
-        except WriteConflict:
+        except (asyncio.CancelledError, StoreUnavailable):
+            raise  # unavailable only escapes while closing: nothing is judged refused then
+        except Exception as exc:
+            logger.warning("group commit failed (%s); committing run by run", describe_error(exc))
             await self._create_each(creates)
             return await self._write_each_run(events, updates)
         return events, updates
@@ -212,28 +270,45 @@ class GroupCommitter:
         updates: list[RunUpdate],
         runs: list[RunRecord] | None = None,
     ) -> None:
-        """One transaction, retried with backoff on passing errors; a conflict is raised."""
+        """One transaction, retried with backoff while the store is unavailable.
+
+        Any other error is raised at once: retrying cannot help it.
+        """
         delay = self._settings.retry_delay
         while True:
             try:
                 await self._store.commit(events, updates, owner=self._owner, runs=runs or [])
-                self.commits += 1
-                return
-            except (WriteConflict, asyncio.CancelledError):
-                raise
-            except Exception:
-                if self._closing and delay > 2:
+            except StoreUnavailable as exc:
+                if self.failing_since is None:
+                    self.failing_since = time.time()
+                self.last_error = exc.detail
+                if self._closing and delay >= self._settings.retry_max_delay:
                     raise
-                logger.exception("group commit of %d events failed; retrying", len(events))
+                logger.warning(
+                    "group commit of %d events failed (%s); retrying in %.2fs",
+                    len(events),
+                    exc.detail,
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._settings.retry_max_delay)
+                continue
+            self.commits += 1
+            self.failing_since = None
+            self.last_error = None
+            return
 
     async def _create_each(self, creates: list[tuple[RunRecord, asyncio.Future[None]]]) -> None:
-        """New runs one at a time: a run id that is taken fails only its own start."""
+        """New runs one at a time: a taken id or a refused value fails only its own start."""
         for record, future in creates:
             try:
-                await self._store.create_run(record)
-            except RunAlreadyExists as exc:
+                await self._commit([], [], [record])
+            except (asyncio.CancelledError, StoreUnavailable):
+                raise
+            except WriteConflict:
+                if not future.done():
+                    future.set_exception(RunAlreadyExists(record.run_id))
+            except Exception as exc:
                 if not future.done():
                     future.set_exception(exc)
 
@@ -251,17 +326,33 @@ class GroupCommitter:
             run_updates = [u for u in updates if u.run_id == run_id]
             try:
                 await self._commit(run_events, run_updates)
+            except (asyncio.CancelledError, StoreUnavailable):
+                raise
             except WriteConflict:
                 logger.error("run %s: events conflict with another writer; dropped", run_id)
-                # Its events queued since would land after the other writer's terminal event.
-                self._pending = [item for item in self._pending if item[0] != run_id]
-                self._updates.pop(run_id, None)
+                self._drop_run(run_id)
                 if self._on_conflict is not None:
                     self._on_conflict(run_id)
+                continue
+            except Exception as exc:
+                # A value the database refuses (or an error it cannot judge): retrying the same
+                # events cannot help. The run ends with an error event in their place.
+                reason = describe_error(exc)
+                logger.error("run %s: the database refused its events (%s)", run_id, reason)
+                self._drop_run(run_id)
+                self._rejected = True
+                first = run_events[0][1].index if run_events else None
+                if self._on_reject is not None:
+                    self._on_reject(run_id, first, reason)
                 continue
             kept_events += run_events
             kept_updates += run_updates
         return kept_events, kept_updates
+
+    def _drop_run(self, run_id: str) -> None:
+        """Forget what is queued for a run: it would land after events that never did."""
+        self._pending = [item for item in self._pending if item[0] != run_id]
+        self._updates.pop(run_id, None)
 
     def _publish(self, events: list[tuple[str, Event]], updates: list[RunUpdate]) -> None:
         by_run: dict[str, list[Event]] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -91,6 +92,7 @@ KINDS: dict[str, Kind] = {
 
 
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _orjson_same(value: Any) -> bool:
@@ -115,7 +117,10 @@ def dumps(obj: Any) -> str:
             pass
         else:
             return text
-    return _encoder.encode(obj)
+    text = _encoder.encode(obj)
+    if _SURROGATE.search(text) is not None:
+        text = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return text
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from agentos.backends.base import Store
@@ -61,12 +62,14 @@ class Leases:
         *,
         instance_id: str,
         page_size: int,
+        can_renew: Callable[[], bool] = lambda: True,
     ) -> None:
         self._store = store
         self._runs = runs
         self._settings = settings
         self._me = instance_id
         self._page_size = page_size
+        self._can_renew = can_renew
         self._strays: set[str] = set()
 
     async def recover(self) -> None:
@@ -116,7 +119,15 @@ class Leases:
                 logger.exception("lease renewal failed; retrying")
 
     async def renew_once(self) -> None:
-        """One round of lease renewal (the renewer task runs it every lease_renew_interval)."""
+        """One round of lease renewal (the renewer task runs it every lease_renew_interval).
+
+        Skipped while ``can_renew()`` is false (this instance's commits have been failing past
+        ``commit_stall_timeout``): its leases then expire and other instances take its runs
+        over, instead of the runs staying RUNNING for as long as this instance lives.
+        """
+        if not self._can_renew():
+            logger.warning("commits are failing: leases not renewed, other instances may reap")
+            return
         # Only runs active before the UPDATE starts can be judged by its result.
         candidates = self._runs.executing()
         renewed = await self._store.renew_leases(self._me, time.time() + self._settings.ttl)

@@ -19,11 +19,46 @@ from typing import Any
 from agentos.errors import InvalidRequest
 from agentos.events import KINDS, RunStatus
 
-__all__ = ["MAX_ID_LENGTH", "RunRecord", "RunUpdate", "check_id", "is_valid_id"]
+__all__ = [
+    "MAX_ID_LENGTH",
+    "RunRecord",
+    "RunUpdate",
+    "check_id",
+    "check_text",
+    "is_valid_id",
+    "storable",
+]
 
 #: Longest id (run, session, user, component) in characters; the database columns hold this.
 MAX_ID_LENGTH = 200
 _URL_SAFE_ID = re.compile(r"[A-Za-z0-9._~-]+")
+#: What no database column of ours can hold the same way everywhere: NUL (PostgreSQL refuses it)
+#: and lone surrogates (not Unicode scalar values: no UTF-8 encoding exists for them).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def check_text(name: str, value: str) -> str:
+    """``value`` when every database can store it; otherwise InvalidRequest naming the field.
+
+    A JSON body may spell a lone surrogate (``"\\ud800"``) or a NUL (``"\\u0000"``); text from
+    outside with either is refused at the edge, the same on SQLite and PostgreSQL.
+    """
+    found = _UNSTORABLE.search(value)
+    if found is not None:
+        what = "a NUL character" if found.group() == "\x00" else "a lone surrogate"
+        raise InvalidRequest(f"{name} holds {what} (U+{ord(found.group()):04X}), which is not text")
+    return value
+
+
+def storable(value: str | None) -> str | None:
+    """``value`` with NUL and lone surrogates replaced by U+FFFD, for a text column.
+
+    Used for what components produce (a run's final content, its error): their events carry the
+    exact text (JSON escapes both), the run object a copy every database can hold.
+    """
+    if value is None or _UNSTORABLE.search(value) is None:
+        return value
+    return _UNSTORABLE.sub("\ufffd", value)
 
 
 def is_valid_id(value: object) -> bool:

@@ -39,11 +39,12 @@ from agentos.errors import (
     RunEnded,
     RunNotFound,
     ShuttingDown,
+    StoreUnavailable,
     describe_error,
 )
 from agentos.events import RunStatus, make_event
 from agentos.leases import Leases
-from agentos.records import MAX_ID_LENGTH, RunRecord, RunUpdate, check_id
+from agentos.records import MAX_ID_LENGTH, RunRecord, RunUpdate, check_id, check_text, storable
 from agentos.settings import Settings
 from agentos.streams import RunStream, StreamSlots, StreamSource
 
@@ -62,6 +63,8 @@ class _ActiveRun:
     next_index: int = 0
     ended: bool = False
     cancel_reason: str | None = None
+    #: Why the database refused this run's events; the run then ends with this error.
+    failure: str | None = None
     task: asyncio.Task[None] | None = None
     #: Whether ``_drive`` has begun: a task cancelled before its first step never runs its body.
     started: bool = False
@@ -84,6 +87,7 @@ class RunManager:
             owner=settings.instance_id,
             on_commit=self._committed,
             on_conflict=self.lose,
+            on_reject=self.reject,
         )
         self.leases = Leases(
             self.store,
@@ -91,6 +95,7 @@ class RunManager:
             settings.leases,
             instance_id=settings.instance_id,
             page_size=settings.streams.replay_page_size,
+            can_renew=lambda: not self.stalled,
         )
         #: Streams being followed right now, against ``max_streams``.
         self.stream_slots = StreamSlots(settings.streams.max_open)
@@ -147,6 +152,14 @@ class RunManager:
         return len(self._tasks)
 
     @property
+    def stalled(self) -> bool:
+        """Whether commits have failed for ``commit_stall_timeout`` seconds, or stopped."""
+        committer = self.committer
+        if self._started and not self._closed.is_set() and not committer.running:
+            return True
+        return committer.failing_for() >= self.settings.commit.stall_timeout
+
+    @property
     def open_streams(self) -> int:
         """Streams being followed right now."""
         return self.stream_slots.count
@@ -199,7 +212,11 @@ class RunManager:
             task.cancel()
         await asyncio.gather(*self._lease_tasks, return_exceptions=True)
         await self.notifier.aclose()
-        await self.store.close()
+        try:
+            async with asyncio.timeout(self.settings.commit.close_timeout):
+                await self.store.close()
+        except TimeoutError:
+            logger.error("the store did not close in time; its connections are left to the OS")
         self._closed.set()
 
     def _cancel_all(self) -> None:
@@ -261,6 +278,7 @@ class RunManager:
     ) -> tuple[RunRecord, RunStream | None]:
         if not isinstance(message, str) or not message.strip():
             raise InvalidRequest("message must be a non-empty string")
+        check_text("message", message)
         for name, value in (("run_id", run_id), ("session_id", session_id)):
             if value is not None:
                 check_id(name, value)
@@ -268,6 +286,8 @@ class RunManager:
             not isinstance(user_id, str) or not 0 < len(user_id) <= MAX_ID_LENGTH
         ):
             raise InvalidRequest(f"user_id must be a string of 1 to {MAX_ID_LENGTH} characters")
+        if user_id is not None:
+            check_text("user_id", user_id)
         if not self.accepting:
             raise ShuttingDown("the server is shutting down; try another instance")
         # Check and reserve with no await in between: concurrent creates cannot overshoot.
@@ -322,10 +342,18 @@ class RunManager:
             instance_id=self.settings.instance_id,
             lease_until=now + self.settings.leases.ttl,
         )
+        timeout = self.settings.commit.create_timeout
         if run_id is None:
-            await self.committer.create(record)  # a fresh UUID: batched with other new runs
-        else:
-            await self.store.create_run(record)  # a client's id may be taken: 409
+            # A fresh UUID: batched with other new runs.
+            await self.committer.create(record, timeout)
+            return record
+        try:
+            async with asyncio.timeout(timeout):
+                await self.store.create_run(record)  # a client's id may be taken: 409
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"the database did not commit within {timeout:g} s; try again later"
+            ) from None
         return record
 
     def _launch(self, record: RunRecord, component: Component) -> None:
@@ -355,7 +383,7 @@ class RunManager:
         active.started = True
         try:
             self.committer.update(RunUpdate(record.run_id, status=RunStatus.RUNNING))
-            if active.cancel_reason is not None:
+            if active.cancel_reason is not None or active.failure is not None:
                 raise asyncio.CancelledError  # cancelled before this task had started
             timeout = self.settings.runs.timeout or None
             async with asyncio.timeout(timeout):
@@ -365,7 +393,11 @@ class RunManager:
             else:
                 status, fields = RunStatus.COMPLETED, {"content": content}
         except asyncio.CancelledError:
-            status, fields = RunStatus.CANCELLED, {"reason": active.cancel_reason or "cancelled"}
+            if active.failure is not None:
+                status, fields = RunStatus.ERROR, {"error": active.failure}
+            else:
+                reason = active.cancel_reason or "cancelled"
+                status, fields = RunStatus.CANCELLED, {"reason": reason}
         except TimeoutError:
             status, fields = RunStatus.ERROR, {"error": "timeout"}
         except Exception as exc:
@@ -394,8 +426,8 @@ class RunManager:
         update = RunUpdate(
             active.record.run_id,
             status=status,
-            content=fields.get("content"),
-            error=fields.get("error"),
+            content=storable(fields.get("content")),
+            error=storable(fields.get("error")),
             event_count=active.next_index,
         )
         self.committer.update(update)
@@ -442,6 +474,37 @@ class RunManager:
             if active.task is not None:
                 active.task.cancel()
         self.buffers.discard(run_id)
+
+    def reject(self, run_id: str, first_index: int | None, reason: str) -> None:
+        """The database refused events of a run (the committer dropped them and what followed):
+        end the run with an error event at the first index that did not commit.
+
+        A run still executing is stopped and ends through ``_drive``; one whose terminal event
+        was among the refused gets a plain error event in its place, once.
+        """
+        active = self._active.get(run_id)
+        if active is None:
+            return  # not executing here: the lease renewer ends it as a stray
+        if first_index is not None:
+            active.next_index = first_index
+        error = f"the database refused an event of this run ({reason})"
+        if not active.ended:
+            active.failure = error
+            if active.task is not None and active.started:
+                active.task.cancel()
+            return
+        if active.failure is not None:
+            logger.error("run %s: its error event was refused too; left to the leases", run_id)
+            return
+        active.failure = error
+        kind = active.component.kind
+        event = make_event(active.record, active.next_index, kind.error, {"error": error}, True)
+        active.next_index += 1
+        self.committer.put(run_id, event)
+        update = RunUpdate(
+            run_id, status=RunStatus.ERROR, error=error, event_count=active.next_index
+        )
+        self.committer.update(update)
 
     def _request_cancel(self, active: _ActiveRun, reason: str) -> None:
         if active.cancel_reason is None and not active.ended:

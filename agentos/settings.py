@@ -99,6 +99,11 @@ class CommitSettings:
     retry_max_delay: float = _setting(5.0, "commit_retry_max_delay")
     #: Seconds shutdown waits for the last groups to commit; what is left after is lost.
     close_timeout: float = _setting(10.0, "commit_close_timeout")
+    #: Seconds a create waits for its run to commit; then 503 ``database_unavailable``.
+    create_timeout: float = _setting(10.0, "create_timeout")
+    #: Seconds of failing commits after which /health says ``down`` (503) and this instance
+    #: stops renewing its leases, so that other instances take its runs over.
+    stall_timeout: float = _setting(30.0, "commit_stall_timeout")
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,8 @@ class HTTPSettings:
 
     #: Largest accepted request body in bytes (413 beyond).
     max_body_bytes: int = _setting(10 * 1024 * 1024, "max_body_bytes")
+    #: Seconds a client is told to wait (``Retry-After``) when the database cannot commit.
+    retry_after: int = _setting(5, "retry_after")
     #: Seconds uvicorn gives open connections on shutdown, beyond ``shutdown_grace``.
     graceful_shutdown_extra: float = _setting(15.0, "graceful_shutdown_extra")
 

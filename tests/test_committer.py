@@ -12,7 +12,7 @@ from agentos import Agent, AgentOS, EchoModel, Event, RunStatus, Settings
 from agentos.backends.sql import SQLStore
 from agentos.buffer import EventBuffer
 from agentos.committer import GroupCommitter
-from agentos.errors import CommitterStopped, WriteConflict
+from agentos.errors import CommitterStopped, StoreUnavailable, WriteConflict
 from agentos.records import RunRecord, RunUpdate
 
 
@@ -51,7 +51,7 @@ class ScriptedStore(SQLStore):
 
 
 async def test_events_are_published_only_after_commit_and_in_groups(tmp_path: Path) -> None:
-    store = ScriptedStore(f"sqlite+aiosqlite:///{tmp_path}/c.db", [OSError("gone")] * 2)
+    store = ScriptedStore(f"sqlite+aiosqlite:///{tmp_path}/c.db", [StoreUnavailable("gone")] * 2)
     await store.open()
     await store.create_run(record("r"))
     buffers = EventBuffer(Settings().buffer)
@@ -166,7 +166,9 @@ async def test_events_queued_behind_a_conflict_are_dropped_too(tmp_path: Path) -
 
 async def test_a_passing_error_while_committing_run_by_run_is_retried(tmp_path: Path) -> None:
     conflict = WriteConflict("duplicate key")
-    store = ScriptedStore(f"sqlite+aiosqlite:///{tmp_path}/c.db", [conflict, OSError("gone")])
+    store = ScriptedStore(
+        f"sqlite+aiosqlite:///{tmp_path}/c.db", [conflict, StoreUnavailable("gone")]
+    )
     await store.open()
     await store.create_run(record("r"))
     buffers = EventBuffer(Settings().buffer)
@@ -184,7 +186,7 @@ async def test_a_passing_error_while_committing_run_by_run_is_retried(tmp_path: 
 
 
 async def test_aclose_after_a_failed_commit_does_not_raise(tmp_path: Path) -> None:
-    store = ScriptedStore(f"sqlite+aiosqlite:///{tmp_path}/c.db", [OSError("gone")] * 100)
+    store = ScriptedStore(f"sqlite+aiosqlite:///{tmp_path}/c.db", [StoreUnavailable("gone")] * 100)
     await store.open()
     await store.create_run(record("r"))
     buffers = EventBuffer(Settings().buffer)

@@ -25,7 +25,9 @@ class Level(enum.IntEnum):
 
 
 def reference(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str)
+    """json.dumps, with lone surrogates as JSON escapes (UTF-8 cannot carry them raw)."""
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str)
+    return "".join(f"\\u{ord(c):04x}" if "\ud800" <= c <= "\udfff" else c for c in text)
 
 
 PAYLOADS: list[Any] = [
@@ -51,6 +53,13 @@ def test_dumps_is_json_dumps(payload: Any, fast: bool, monkeypatch: pytest.Monke
     if not fast:
         monkeypatch.setattr(events, "_orjson", None)
     assert dumps(payload) == reference(payload)
+
+
+@pytest.mark.parametrize("text", ["\ud800", "a\udfffb", "\ud83d", "\U0001f600\ud800\x00"])
+def test_lone_surrogates_are_escaped_and_round_trip(text: str) -> None:
+    data = dumps({"content": text, text: 1})
+    data.encode("utf-8")  # valid UTF-8: a database and a socket can carry it
+    assert json.loads(data) == {"content": text, text: 1}
 
 
 def test_sse_frame_is_encoded_once_and_shared() -> None:

@@ -113,6 +113,14 @@ class AgentOS:
             Route("/{kind}/{id}/runs/{run_id}/resume", self.resume, methods=["GET", "POST"]),
             Route("/{kind}/{id}/runs/{run_id}/cancel", self.cancel, methods=["POST"]),
         ]
+        retry_after = {"Retry-After": str(self.settings.http.retry_after)}
+
+        async def _error_response(request: Request, exc: Exception) -> Response:
+            assert isinstance(exc, AgentOSError)
+            if isinstance(exc, ComponentNotFound | ShuttingDown):
+                logger.debug("%s %s: %s", request.method, request.url.path, exc.detail)
+            return error_json(exc, retry_after if exc.status == 503 else None)
+
         app = Starlette(
             routes=routes,
             lifespan=self._lifespan,
@@ -154,9 +162,20 @@ class AgentOS:
     # -- routes --------------------------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
+        """``ok``; ``degraded`` while commits fail (retrying); ``down`` (503) once they have
+        failed for ``commit_stall_timeout`` seconds; ``shutting_down`` (503) while draining."""
         manager = self.manager
+        failing = manager.committer.failing_for()
+        if not manager.accepting:
+            status = "shutting_down"
+        elif manager.stalled:
+            status = "down"
+        elif failing > 0:
+            status = "degraded"
+        else:
+            status = "ok"
         body = {
-            "status": "ok" if manager.accepting else "shutting_down",
+            "status": status,
             "instance_id": self.settings.instance_id,
             "active_runs": manager.active_runs,
             "open_streams": manager.open_streams,
@@ -164,8 +183,12 @@ class AgentOS:
             "buffered_bytes": manager.buffers.total_bytes,
             "commits": manager.committer.commits,
             "events_written": manager.committer.events_written,
+            "pending_events": manager.committer.pending,
+            "commits_failing_for": round(failing, 3),
         }
-        return JSONResponse(body, status_code=200 if manager.accepting else 503)
+        code = 200 if status in ("ok", "degraded") else 503
+        headers = None if code == 200 else {"Retry-After": str(self.settings.http.retry_after)}
+        return JSONResponse(body, status_code=code, headers=headers)
 
     async def config(self, request: Request) -> Response:
         body: dict[str, Any] = {
@@ -311,13 +334,6 @@ def _kind(request: Request) -> str:
     if kind not in KINDS:
         raise HTTPException(404, f"no route {request.url.path}")
     return kind
-
-
-async def _error_response(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, AgentOSError)
-    if isinstance(exc, ComponentNotFound | ShuttingDown):
-        logger.debug("%s %s: %s", request.method, request.url.path, exc.detail)
-    return error_json(exc)
 
 
 async def _http_error_response(request: Request, exc: Exception) -> Response:

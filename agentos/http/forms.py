@@ -45,7 +45,8 @@ async def read_fields(request: Request, limit: int) -> dict[str, Any]:
         return data
     if content_type == "application/x-www-form-urlencoded":
         try:
-            return dict(parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=False))
+            pairs = parse_qsl(body.decode(), keep_blank_values=True, errors="strict")
+            return dict(pairs)
         except UnicodeDecodeError:
             raise InvalidRequest("the form body is not UTF-8") from None
     if content_type == "multipart/form-data":
