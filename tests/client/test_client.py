@@ -29,8 +29,8 @@ from agentos_client import (
     WaitTimeout,
 )
 
-from tests._proxy import TCPProxy
-from tests._servers import ServerProcess
+from tests.proxy import TCPProxy
+from tests.servers import ServerProcess
 
 KINDS = [("agents", "echo"), ("teams", "echo-team"), ("workflows", "echo-workflow")]
 MESSAGE = " ".join(f"w{i}" for i in range(12))
@@ -348,7 +348,7 @@ def test_local_and_remote_spellings_match(server: ServerProcess) -> None:
 
 
 def test_readme_example_runs(server: ServerProcess, capsys: pytest.CaptureFixture[str]) -> None:
-    readme = Path(__file__).resolve().parent.parent / "clients" / "python" / "README.md"
+    readme = Path(__file__).resolve().parents[2] / "clients" / "python" / "README.md"
     blocks = re.findall(r"```python\n(.*?)```", readme.read_text(), re.S)
     assert len(blocks) == 1
     code = blocks[0].replace("http://127.0.0.1:7777", server.url)

@@ -32,7 +32,7 @@ from tests.pgdb import _dsn, require, scratch_database
 
 pytestmark = [pytest.mark.nginx, pytest.mark.postgres, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LEASE_TTL = 3.0
 REAPER_INTERVAL = 0.5
 RENEW_INTERVAL = 0.5

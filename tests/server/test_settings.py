@@ -7,7 +7,7 @@ import pytest
 
 from agentos import Settings
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_defaults_documented_in_protocol() -> None:
