@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.proxy import TCPProxy
-from tests.servers import ServerProcess
+from tests.servers import ROOT, ServerProcess
 
 pytestmark = pytest.mark.browser
 
@@ -32,7 +32,7 @@ ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+ARTIFACTS = ROOT / "test-artifacts"
 WORDS = 40
 MESSAGE = " ".join(f"chunk{i:02d}" for i in range(WORDS))
 DELAY = 0.08  # seconds per word: the run takes about 3 s
