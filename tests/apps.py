@@ -7,7 +7,13 @@ from collections.abc import AsyncIterator
 
 from agentos import Agent, AgentOS, EchoModel, Settings, Team, Workflow
 
-WORDS = " ".join(f"w{i}" for i in range(20))
+
+def words(n: int, tag: str = "w") -> str:
+    """A message of ``n`` numbered words: ``w0 w1 w2 ...``."""
+    return " ".join(f"{tag}{i}" for i in range(n))
+
+
+WORDS = words(20)
 
 
 async def _fails_midway(message: str) -> AsyncIterator[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,27 +26,46 @@ class Frame:
         return self.id is None
 
 
-async def frames(response: httpx.Response) -> AsyncIterator[Frame]:
-    """Parse the frames of an open ``text/event-stream`` response (comments skipped)."""
-    event: str | None = None
-    id_: str | None = None
-    data: list[str] = []
-    async for line in response.aiter_lines():
+class _Parser:
+    """Lines in, frames out (comments skipped)."""
+
+    def __init__(self) -> None:
+        self.event: str | None = None
+        self.id: str | None = None
+        self.data: list[str] = []
+
+    def feed(self, line: str) -> Frame | None:
         if line == "":
-            if data:
-                yield Frame(event, id_, "\n".join(data))
-            event, id_, data = None, None, []
-            continue
+            frame = Frame(self.event, self.id, "\n".join(self.data)) if self.data else None
+            self.event, self.id, self.data = None, None, []
+            return frame
         if line.startswith(":"):
-            continue
+            return None
         field, _, value = line.partition(":")
         value = value[1:] if value.startswith(" ") else value
         if field == "event":
-            event = value
+            self.event = value
         elif field == "id":
-            id_ = value
+            self.id = value
         elif field == "data":
-            data.append(value)
+            self.data.append(value)
+        return None
+
+
+async def frames(response: httpx.Response) -> AsyncIterator[Frame]:
+    """The frames of an open ``text/event-stream`` response."""
+    parser = _Parser()
+    async for line in response.aiter_lines():
+        if frame := parser.feed(line):
+            yield frame
+
+
+def iter_frames(response: httpx.Response) -> Iterator[Frame]:
+    """:func:`frames` for a sync response."""
+    parser = _Parser()
+    for line in response.iter_lines():
+        if frame := parser.feed(line):
+            yield frame
 
 
 async def collect(response: httpx.Response) -> list[Frame]:

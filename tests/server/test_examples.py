@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from agentos import AgentOS
-from tests.conftest import ROOT
+from tests.servers import ROOT
 
 
 def readme_python() -> str:

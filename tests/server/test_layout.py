@@ -15,7 +15,7 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "agentos"
+PACKAGE = Path(__file__).resolve().parents[2] / "agentos"
 
 #: Third-party top-level modules, and the part of the package allowed to import them.
 _ONLY_IN = {

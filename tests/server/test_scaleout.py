@@ -13,12 +13,10 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,12 +25,13 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.apps import words
 from tests.pgdb import _dsn, require, scratch_database
+from tests.servers import ROOT, ServerProcess, free_port, wait_healthy
+from tests.sse import frames
 
 pytestmark = [pytest.mark.nginx, pytest.mark.postgres, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parent.parent
 LEASE_TTL = 3.0
 REAPER_INTERVAL = 0.5
 RENEW_INTERVAL = 0.5
@@ -43,60 +42,13 @@ LOSS_BOUND = LEASE_TTL + RENEW_INTERVAL + REAPER_INTERVAL + 3.0
 TERMINAL = {"RunCompleted", "RunError", "RunCancelled"}
 
 
-class Instance:
-    """One ``agentos serve`` process of the demo app."""
-
-    def __init__(self, instance_id: str, port: int, env: dict[str, str], log: Path) -> None:
-        self.instance_id = instance_id
-        self.port = port
-        self.env = env
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        env = {**self.env, "AGENTOS_INSTANCE_ID": self.instance_id}
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agentos", "serve", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--log-level", "warning"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-            )  # fmt: skip
-
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"{self.instance_id} did not start:\n{self.log.read_text()[-3000:]}")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def stop(self, timeout: float = 40.0) -> int:
-        """SIGTERM (a rolling restart's drain) and wait for the exit."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-
 @dataclass
 class Cluster:
     nginx_url: str
     db_url: str
-    instances: list[Instance]
+    instances: list[ServerProcess]
 
-    def by_id(self, instance_id: str) -> Instance:
+    def by_id(self, instance_id: str) -> ServerProcess:
         return next(i for i in self.instances if i.instance_id == instance_id)
 
 
@@ -141,23 +93,25 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("scaleout")
     with scratch_database() as db_url:
         env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
             "AGENTOS_DB_URL": db_url,
-            "AGENTOS_DEMO_DELAY": str(DEMO_DELAY),
             "AGENTOS_LEASE_TTL": str(LEASE_TTL),
             "AGENTOS_LEASE_RENEW_INTERVAL": str(RENEW_INTERVAL),
             "AGENTOS_REAPER_INTERVAL": str(REAPER_INTERVAL),
             "AGENTOS_TAIL_POLL_INTERVAL": "0.5",
             "AGENTOS_SHUTDOWN_GRACE": "10",
         }
-        instances = [Instance(f"inst{n}", free_port(), env, tmp / f"inst{n}.log") for n in range(3)]
+        instances = [
+            ServerProcess(
+                tmp, delay=DEMO_DELAY, instance_id=f"inst{n}", log_level="warning", env=env
+            )
+            for n in range(3)
+        ]
         port = free_port()
         conf = _nginx_config(tmp, port, [i.port for i in instances])
         proxy = None
         try:
             for instance in instances:
-                instance.start()
+                instance.launch()
             for instance in instances:
                 instance.wait_ready()
             with (tmp / "nginx.out").open("wb") as out:
@@ -166,23 +120,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                     stdout=subprocess.DEVNULL, stderr=out,
                 )  # fmt: skip
             url = f"http://127.0.0.1:{port}"
-            for _ in range(100):
-                try:
-                    if httpx.get(url + "/health", timeout=1.0).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.05)
-            else:
-                raise AssertionError((tmp / "nginx.out").read_text())
+            wait_healthy(
+                url,
+                alive=lambda: proxy is not None and proxy.poll() is None,
+                log=(tmp / "nginx.out").read_text,
+            )
             yield Cluster(url, db_url, instances)
         finally:
             if proxy is not None:
                 proxy.terminate()
                 proxy.wait(10)
             for instance in instances:
-                if instance.proc is not None and instance.proc.poll() is None:
-                    instance.proc.kill()
-                    instance.proc.wait(10)
+                instance.kill()
 
 
 # -- a resuming SSE client ---------------------------------------------------------------------
@@ -209,35 +158,14 @@ class Followed:
         assert self.ended
 
 
-async def _frames(response: httpx.Response) -> AsyncIterator[tuple[str, str, str | None]]:
-    """(event, data, id) of each SSE frame."""
-    event, data, event_id = "message", [], None
-    async for line in response.aiter_lines():
-        if line == "":
-            if data:
-                yield event, "\n".join(data), event_id
-            event, data, event_id = "message", [], None
-        elif line.startswith(":"):
-            continue
-        else:
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if name == "event":
-                event = value
-            elif name == "data":
-                data.append(value)
-            elif name == "id":
-                event_id = value
-
-
 async def _read_stream(response: httpx.Response, followed: Followed) -> None:
     followed.connections += 1
     followed.instances.append(response.headers.get("x-agentos-instance", "?"))
-    async for _event, data, event_id in _frames(response):
-        if event_id is None:
+    async for frame in frames(response):
+        if frame.id is None:
             continue  # meta frames
-        payload = json.loads(data)
-        assert payload["event_index"] == int(event_id) == followed.cursor + 1, (
+        payload = frame.payload
+        assert payload["event_index"] == int(frame.id) == followed.cursor + 1, (
             followed.run_id,
             payload,
         )
@@ -291,10 +219,6 @@ async def create(
     return response
 
 
-def _words(n: int, tag: str = "w") -> str:
-    return " ".join(f"{tag}{i}" for i in range(n))
-
-
 async def _db(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(_dsn(url))
     try:
@@ -325,7 +249,7 @@ async def test_client_run_id_gives_affinity(cluster: Cluster) -> None:
         for n in range(12):
             run_id = f"aff-{uuid.uuid4().hex}"
             response = await create(
-                client, cluster.nginx_url, _words(20), run_id=run_id,
+                client, cluster.nginx_url, words(20), run_id=run_id,
                 via="header" if n % 2 else "query",
             )  # fmt: skip
             assert response.headers["x-run-id"] == run_id
@@ -348,7 +272,7 @@ async def test_resume_on_another_instance(cluster: Cluster) -> None:
     """Without a client run id the run is born anywhere; resumes on every other instance get
     the same events (database replay, then live tail) with no gap or duplicate."""
     async with httpx.AsyncClient(timeout=20) as client:
-        created = [await create(client, cluster.nginx_url, _words(40)) for _ in range(4)]
+        created = [await create(client, cluster.nginx_url, words(40)) for _ in range(4)]
         deadline = time.monotonic() + 40
         jobs = []
         for response in created:
@@ -368,7 +292,7 @@ async def test_resume_on_another_instance(cluster: Cluster) -> None:
             remote = [f for f in group[:3] if f.instances[0] != origin]
             assert len(remote) == 2
         # Cancel on any instance reaches the owner.
-        response = await create(client, cluster.nginx_url, _words(400))
+        response = await create(client, cluster.nginx_url, words(400))
         run_id, origin = response.headers["x-run-id"], response.headers["x-agentos-instance"]
         other = next(i for i in cluster.instances if i.instance_id != origin)
         cancelled = await client.post(f"{other.url}/agents/echo/runs/{run_id}/cancel")
@@ -382,7 +306,7 @@ async def test_kill_9_with_runs_in_flight(cluster: Cluster) -> None:
     async with httpx.AsyncClient(timeout=httpx.Timeout(20, read=30)) as client:
         run_ids = []
         for _ in range(20):
-            response = await create(client, victim.url, _words(400))  # ~20 s each
+            response = await create(client, victim.url, words(400))  # ~20 s each
             assert response.headers["x-agentos-instance"] == victim.instance_id
             run_ids.append(response.headers["x-run-id"])
         deadline = time.monotonic() + 60
@@ -421,7 +345,6 @@ async def test_kill_9_with_runs_in_flight(cluster: Cluster) -> None:
             run_ids,
         )
     victim.start()  # the same instance id comes back for the next tests
-    victim.wait_ready()
 
 
 @pytest.mark.timeout(120)
@@ -450,7 +373,7 @@ async def test_rolling_restart_under_load(cluster: Cluster) -> None:
     async def client_loop(n: int, client: httpx.AsyncClient) -> list[Followed]:
         seen: list[Followed] = []
         while not done.is_set() or not seen:
-            message = _words(25, tag=f"c{n}x")
+            message = words(25, tag=f"c{n}x")
             if n % 2:
                 # No client run id: born on any instance, followed through whichever instance
                 # the run id hashes to (often another one, tailing from the database).
@@ -492,10 +415,9 @@ async def test_rolling_restart_under_load(cluster: Cluster) -> None:
             await asyncio.sleep(1.0)
             for instance in cluster.instances:
                 began = time.monotonic()
-                # uvicorn re-raises the signal after its graceful shutdown.
-                assert await asyncio.to_thread(instance.stop) in (0, -signal.SIGTERM)
+                assert await asyncio.to_thread(instance.terminate, 40.0)
                 drains.append(time.monotonic() - began)
-                instance.start()
+                instance.launch()
                 await asyncio.to_thread(instance.wait_ready)
                 await asyncio.sleep(0.5)
             done.set()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -13,47 +12,14 @@ from agentos.backends.sql import SQLStore
 from agentos.buffer import EventBuffer
 from agentos.committer import GroupCommitter
 from agentos.errors import CommitterStopped, StoreUnavailable, WriteConflict
-from agentos.records import RunRecord, RunUpdate
-
-
-def record(run_id: str) -> RunRecord:
-    return RunRecord(
-        run_id=run_id,
-        kind="agents",
-        component_id="a",
-        session_id="s",
-        status=RunStatus.RUNNING,
-        input="x",
-    )
-
-
-class ScriptedStore(SQLStore):
-    """Raises the given errors from the next commits, in order, then commits; counts the
-    events of each successful commit in ``batches``."""
-
-    def __init__(self, url: str, errors: list[Exception]) -> None:
-        super().__init__(url)
-        self.errors = errors
-        self.batches: list[int] = []
-
-    async def commit(
-        self,
-        events: Sequence[tuple[str, Event]],
-        updates: Sequence[RunUpdate],
-        *,
-        owner: str | None = None,
-        runs: Sequence[RunRecord] = (),
-    ) -> None:
-        if self.errors:
-            raise self.errors.pop(0)
-        await super().commit(events, updates, owner=owner, runs=runs)
-        self.batches.append(len(events))
+from agentos.records import RunUpdate
+from tests.storage import ScriptedStore, run_record
 
 
 async def test_events_are_published_only_after_commit_and_in_groups(tmp_path: Path) -> None:
     store = ScriptedStore(f"sqlite+aiosqlite:///{tmp_path}/c.db", [StoreUnavailable("gone")] * 2)
     await store.open()
-    await store.create_run(record("r"))
+    await store.create_run(run_record("r"))
     buffers = EventBuffer(Settings().buffer)
     buf = buffers.open("r")
     committer = GroupCommitter(store, buffers, Settings().commit, owner="test")
@@ -76,7 +42,7 @@ async def test_a_conflicting_run_is_dropped_and_others_commit(tmp_path: Path) ->
     store = SQLStore(f"sqlite+aiosqlite:///{tmp_path}/c.db")
     await store.open()
     for run_id in ("ok", "taken"):
-        await store.create_run(record(run_id))
+        await store.create_run(run_record(run_id))
     await store.commit([("taken", Event(0, "RunError", '{"error":"instance_lost"}', True))], [])
     buffers = EventBuffer(Settings().buffer)
     ok, taken = buffers.open("ok"), buffers.open("taken")
@@ -103,7 +69,7 @@ async def test_a_conflicting_run_is_dropped_and_others_commit(tmp_path: Path) ->
 async def test_backpressure_bounds_pending_events(tmp_path: Path) -> None:
     store = SQLStore(f"sqlite+aiosqlite:///{tmp_path}/c.db")
     await store.open()
-    await store.create_run(record("r"))
+    await store.create_run(run_record("r"))
     settings = Settings(max_pending_events=10)
     buffers = EventBuffer(settings.buffer)
     buffers.open("r")
@@ -143,7 +109,7 @@ async def test_events_queued_behind_a_conflict_are_dropped_too(tmp_path: Path) -
     # must not land after that terminal event.
     store = SQLStore(f"sqlite+aiosqlite:///{tmp_path}/c.db")
     await store.open()
-    await store.create_run(record("taken"))
+    await store.create_run(run_record("taken"))
     await store.commit([("taken", Event(0, "RunError", '{"error":"instance_lost"}', True))], [])
     settings = Settings(max_batch_events=1)
     buffers = EventBuffer(settings.buffer)
@@ -170,7 +136,7 @@ async def test_a_passing_error_while_committing_run_by_run_is_retried(tmp_path: 
         f"sqlite+aiosqlite:///{tmp_path}/c.db", [conflict, StoreUnavailable("gone")]
     )
     await store.open()
-    await store.create_run(record("r"))
+    await store.create_run(run_record("r"))
     buffers = EventBuffer(Settings().buffer)
     buf = buffers.open("r")
     committer = GroupCommitter(store, buffers, Settings().commit, owner="test")
@@ -188,7 +154,7 @@ async def test_a_passing_error_while_committing_run_by_run_is_retried(tmp_path: 
 async def test_aclose_after_a_failed_commit_does_not_raise(tmp_path: Path) -> None:
     store = ScriptedStore(f"sqlite+aiosqlite:///{tmp_path}/c.db", [StoreUnavailable("gone")] * 100)
     await store.open()
-    await store.create_run(record("r"))
+    await store.create_run(run_record("r"))
     buffers = EventBuffer(Settings().buffer)
     buffers.open("r")
     committer = GroupCommitter(store, buffers, Settings().commit, owner="test")
@@ -202,7 +168,7 @@ async def test_aclose_after_a_failed_commit_does_not_raise(tmp_path: Path) -> No
 async def test_emitters_do_not_wait_forever_on_a_stopped_committer(tmp_path: Path) -> None:
     store = SQLStore(f"sqlite+aiosqlite:///{tmp_path}/c.db")
     await store.open()
-    await store.create_run(record("r"))
+    await store.create_run(run_record("r"))
     settings = Settings(max_pending_events=2)
     buffers = EventBuffer(settings.buffer)
     buffers.open("r")

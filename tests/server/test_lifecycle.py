@@ -10,7 +10,7 @@ import httpx
 
 from agentos import AgentOS, Settings
 from tests import apps
-from tests.conftest import ProcessServer, ThreadServer
+from tests.servers import ServerProcess, ThreadServer
 from tests.sse import Frame, collect, events_only, frames
 
 
@@ -22,7 +22,7 @@ async def _resume(url: str, path: str, cursor: int = -1) -> list[Frame]:
 
 
 async def test_replay_after_restart_is_identical(
-    process_server: Callable[..., ProcessServer],
+    process_server: Callable[..., ServerProcess],
 ) -> None:
     server = process_server(AGENTOS_DEMO_DELAY="0")
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
@@ -43,7 +43,7 @@ async def test_replay_after_restart_is_identical(
 
 
 async def test_crash_mid_run_ends_with_interrupted_after_restart(
-    process_server: Callable[..., ProcessServer],
+    process_server: Callable[..., ServerProcess],
 ) -> None:
     server = process_server(AGENTOS_DEMO_DELAY="0.05")
     seen: list[Frame] = []
@@ -76,7 +76,7 @@ async def test_crash_mid_run_ends_with_interrupted_after_restart(
 
 
 async def test_sigterm_gives_grace_then_cancels_with_terminal_event(
-    process_server: Callable[..., ProcessServer],
+    process_server: Callable[..., ServerProcess],
 ) -> None:
     server = process_server(AGENTOS_DEMO_DELAY="0.5", AGENTOS_SHUTDOWN_GRACE="1.5")
     got: list[Frame] = []

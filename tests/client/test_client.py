@@ -29,12 +29,13 @@ from agentos_client import (
     WaitTimeout,
 )
 
-from tests._proxy import TCPProxy
-from tests._servers import ServerProcess
+from tests.apps import words
+from tests.proxy import TCPProxy
+from tests.servers import ROOT, ServerProcess
 
 KINDS = [("agents", "echo"), ("teams", "echo-team"), ("workflows", "echo-workflow")]
-MESSAGE = " ".join(f"w{i}" for i in range(12))
-LONG_MESSAGE = " ".join(f"x{i}" for i in range(400))
+MESSAGE = words(12)
+LONG_MESSAGE = words(400, "x")
 DELAY = 0.03
 # Quick retries so a test spends its time on the stream, not on sleeping.
 FAST: dict[str, Any] = {
@@ -348,7 +349,7 @@ def test_local_and_remote_spellings_match(server: ServerProcess) -> None:
 
 
 def test_readme_example_runs(server: ServerProcess, capsys: pytest.CaptureFixture[str]) -> None:
-    readme = Path(__file__).resolve().parent.parent / "clients" / "python" / "README.md"
+    readme = ROOT / "clients" / "python" / "README.md"
     blocks = re.findall(r"```python\n(.*?)```", readme.read_text(), re.S)
     assert len(blocks) == 1
     code = blocks[0].replace("http://127.0.0.1:7777", server.url)

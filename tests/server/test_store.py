@@ -14,9 +14,10 @@ from agentos.backends.base import Store, open_backend
 from agentos.backends.postgres import EVENTS_CHANNEL
 from agentos.errors import RunAlreadyExists, WriteConflict
 from agentos.events import Event, RunStatus
-from agentos.records import RunRecord, RunUpdate
+from agentos.records import RunUpdate
 from agentos.settings import Settings
 from tests.pgdb import _dsn, ascratch_database, db_url, pg_url, truncate
+from tests.storage import run_record
 
 
 def _store(url: str) -> Store:
@@ -37,24 +38,6 @@ async def store(db_url: str) -> AsyncIterator[Store]:
         await s.close()
 
 
-def _run(
-    run_id: str, *, instance: str = "i1", lease: float | None = None, **kw: object
-) -> RunRecord:
-    now = time.time()
-    return RunRecord(
-        run_id=run_id,
-        kind="agents",
-        component_id="echo",
-        session_id=str(kw.pop("session_id", "s1")),
-        status=RunStatus(kw.pop("status", RunStatus.RUNNING)),
-        input="hello wörld ✓",
-        created_at=float(kw.pop("created_at", now)),  # type: ignore[arg-type]
-        updated_at=now,
-        instance_id=instance,
-        lease_until=now + 30 if lease is None else lease,
-    )
-
-
 def _event(index: int, terminal: bool = False) -> Event:
     name = "RunCompleted" if terminal else "RunContent"
     return Event(
@@ -63,7 +46,7 @@ def _event(index: int, terminal: bool = False) -> Event:
 
 
 async def test_create_get_and_duplicate(store: Store) -> None:
-    record = _run("r1", created_at=1763700000.123456)
+    record = run_record("r1", input="hello wörld ✓", created_at=1763700000.123456)
     await store.create_run(record)
     got = await store.get_run("r1")
     assert got is not None
@@ -76,7 +59,7 @@ async def test_create_get_and_duplicate(store: Store) -> None:
 
 
 async def test_commit_read_and_count(store: Store) -> None:
-    await store.create_run(_run("r1"))
+    await store.create_run(run_record("r1"))
     await store.commit([("r1", _event(i)) for i in range(5)], [])
     got = await store.get_run("r1")
     assert got is not None and got.event_count == 5
@@ -95,8 +78,8 @@ async def test_commit_read_and_count(store: Store) -> None:
 
 
 async def test_taken_index_writes_nothing(store: Store) -> None:
-    await store.create_run(_run("r1"))
-    await store.create_run(_run("r2"))
+    await store.create_run(run_record("r1"))
+    await store.create_run(run_record("r2"))
     await store.commit([("r1", _event(0))], [])
     with pytest.raises(WriteConflict):
         await store.commit(
@@ -108,7 +91,7 @@ async def test_taken_index_writes_nothing(store: Store) -> None:
 
 
 async def test_owner_guard_on_updates(store: Store) -> None:
-    await store.create_run(_run("r1", instance="a"))
+    await store.create_run(run_record("r1", instance_id="a"))
     await store.commit([], [RunUpdate("r1", status=RunStatus.COMPLETED)], owner="b")
     got = await store.get_run("r1")
     assert got is not None and got.status is RunStatus.RUNNING
@@ -123,7 +106,13 @@ async def test_list_runs_and_unfinished(store: Store) -> None:
     for i in range(4):
         status = RunStatus.COMPLETED if i % 2 else RunStatus.RUNNING
         await store.create_run(
-            _run(f"r{i}", created_at=1000 + i, status=status, session_id=f"s{i % 2}")
+            run_record(
+                f"r{i}",
+                created_at=1000 + i,
+                status=status,
+                session_id=f"s{i % 2}",
+                instance_id="i1",
+            )
         )
     listed = await store.list_runs("agents", "echo")
     assert [r.run_id for r in listed] == ["r3", "r2", "r1", "r0"]
@@ -138,10 +127,12 @@ async def test_list_runs_and_unfinished(store: Store) -> None:
 
 
 async def test_renew_leases_and_cancel_requests(store: Store) -> None:
-    await store.create_run(_run("mine", instance="a", lease=1.0))
-    await store.create_run(_run("cancel-me", instance="a", lease=1.0))
-    await store.create_run(_run("done", instance="a", lease=1.0, status=RunStatus.COMPLETED))
-    await store.create_run(_run("theirs", instance="b", lease=1.0))
+    await store.create_run(run_record("mine", instance_id="a", lease_until=1.0))
+    await store.create_run(run_record("cancel-me", instance_id="a", lease_until=1.0))
+    await store.create_run(
+        run_record("done", instance_id="a", lease_until=1.0, status=RunStatus.COMPLETED)
+    )
+    await store.create_run(run_record("theirs", instance_id="b", lease_until=1.0))
     assert await store.request_cancel("cancel-me")
     assert not await store.request_cancel("done")
     assert not await store.request_cancel("unknown")
@@ -154,10 +145,12 @@ async def test_renew_leases_and_cancel_requests(store: Store) -> None:
 
 async def test_expired_runs_and_claim(store: Store) -> None:
     now = time.time()
-    await store.create_run(_run("old", instance="dead", lease=now - 10))
-    await store.create_run(_run("older", instance="dead", lease=now - 20))
-    await store.create_run(_run("alive", instance="b", lease=now + 30))
-    await store.create_run(_run("ended", instance="dead", lease=now - 10, status=RunStatus.ERROR))
+    await store.create_run(run_record("old", instance_id="dead", lease_until=now - 10))
+    await store.create_run(run_record("older", instance_id="dead", lease_until=now - 20))
+    await store.create_run(run_record("alive", instance_id="b", lease_until=now + 30))
+    await store.create_run(
+        run_record("ended", instance_id="dead", lease_until=now - 10, status=RunStatus.ERROR)
+    )
     assert await store.expired_runs(now, 10) == ["older", "old"]
     assert await store.expired_runs(now, 1) == ["older"]
     claimed = await store.claim_orphan("old", "me", now, now + 30)
@@ -176,7 +169,9 @@ async def test_concurrent_claims_have_one_winner(db_url: str) -> None:
     try:
         now = time.time()
         for i in range(5):
-            await stores[0].create_run(_run(f"orphan{i}", instance="dead", lease=now - 1))
+            await stores[0].create_run(
+                run_record(f"orphan{i}", instance_id="dead", lease_until=now - 1)
+            )
         for i in range(5):
             results = await asyncio.gather(
                 *(
@@ -199,7 +194,7 @@ async def test_schema_creation_is_safe_when_instances_start_together() -> None:
         stores = [_store(url) for _ in range(6)]
         try:
             await asyncio.gather(*(s.open() for s in stores))
-            await stores[0].create_run(_run("r1"))
+            await stores[0].create_run(run_record("r1"))
             assert await stores[5].get_run("r1") is not None
         finally:
             for s in stores:
@@ -218,8 +213,8 @@ async def test_commit_notifies_after_commit(pg_url: str) -> None:
             await listener.add_listener(
                 channel, lambda _c, _p, ch, msg: received.put_nowait((ch, msg))
             )
-        await store.create_run(_run("r1"))
-        await store.create_run(_run("r:2"))
+        await store.create_run(run_record("r1"))
+        await store.create_run(run_record("r:2"))
         await store.commit(
             [("r1", _event(0)), ("r:2", _event(0)), ("r1", _event(1)), ("r:2", _event(1))], []
         )

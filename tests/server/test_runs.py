@@ -3,37 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest_asyncio
 
 from agentos import Event, RunManager, RunStatus, Settings
-from agentos.backends.sql import SQLStore
 from agentos.components.base import Component
 from agentos.context import RunContext
 from agentos.events import KINDS
-from agentos.records import RunRecord, RunUpdate
-
-
-class GatedStore(SQLStore):
-    """Commits wait until ``gate`` is set."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        self.gate = asyncio.Event()
-        self.gate.set()
-
-    async def commit(
-        self,
-        events: Sequence[tuple[str, Event]],
-        updates: Sequence[RunUpdate],
-        *,
-        owner: str | None = None,
-        runs: Sequence[RunRecord] = (),
-    ) -> None:
-        await self.gate.wait()
-        await super().commit(events, updates, owner=owner, runs=runs)
+from tests.storage import ScriptedStore
 
 
 class Held(Component):
@@ -58,7 +37,7 @@ async def manager(tmp_path: Path) -> AsyncIterator[RunManager]:
         max_pending_events=2,
         shutdown_grace=1.0,
     )
-    manager = RunManager(settings, GatedStore(settings.database.url))
+    manager = RunManager(settings, ScriptedStore(settings.database.url))
     manager.register(Held(id="held"))
     await manager.start()
     yield manager
@@ -82,7 +61,7 @@ async def test_cancel_before_the_task_starts_still_ends_the_run(manager: RunMana
 
 async def test_cancel_while_finishing_waits_for_the_terminal_commit(manager: RunManager) -> None:
     store = manager.store
-    assert isinstance(store, GatedStore)
+    assert isinstance(store, ScriptedStore)
     held = manager.component("agents", "held")
     assert isinstance(held, Held)
     record = await manager.start_run(held, "go")

@@ -23,8 +23,8 @@ from agentos import Agent, AgentOS, EchoModel, Event, RunManager, RunStatus, Set
 from agentos.backends.sql import SQLStore
 from agentos.errors import DataRejected, InvalidRequest, StoreUnavailable
 from agentos.records import RunRecord, RunUpdate
-from tests.conftest import ThreadServer
 from tests.pgdb import db_url, pg_url
+from tests.servers import ThreadServer
 
 __all__ = ["db_url", "pg_url"]  # fixtures, imported for pytest
 

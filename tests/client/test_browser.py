@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests._proxy import TCPProxy
-from tests._servers import ServerProcess
+from tests.proxy import TCPProxy
+from tests.servers import ROOT, ServerProcess
 
 pytestmark = pytest.mark.browser
 
@@ -32,7 +32,7 @@ ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ARTIFACTS = ROOT / "test-artifacts"
 WORDS = 40
 MESSAGE = " ".join(f"chunk{i:02d}" for i in range(WORDS))
 DELAY = 0.08  # seconds per word: the run takes about 3 s

@@ -19,7 +19,9 @@ from agentos import Agent, EchoModel, Event, RunManager, RunStatus, Settings
 from agentos.backends.sql import SQLStore
 from agentos.events import Meta
 from agentos.records import RunRecord
+from tests.apps import words
 from tests.pgdb import db_url, pg_url
+from tests.storage import run_record
 
 __all__ = ["db_url", "pg_url"]  # fixtures, imported for pytest
 
@@ -67,10 +69,6 @@ def _events(items: list[Event | Meta]) -> list[Event]:
     return [i for i in items if isinstance(i, Event)]
 
 
-def _words(n: int) -> str:
-    return " ".join(f"w{i}" for i in range(n))
-
-
 async def _start(manager: RunManager, message: str, run_id: str | None = None) -> RunRecord:
     return await manager.start_run(manager.component("agents", "echo"), message, run_id=run_id)
 
@@ -82,7 +80,7 @@ async def test_tail_from_another_instance(make_manager: MakeManager, notify: boo
     assert other.notifier.listening == (
         notify and other.settings.database.url.startswith("postgresql")
     )
-    record = await _start(owner, _words(30))
+    record = await _start(owner, words(30))
     await asyncio.sleep(0.1)
     remote, local = await asyncio.gather(
         _collect(other, record.run_id), _collect(owner, record.run_id)
@@ -102,7 +100,7 @@ async def test_tail_from_another_instance(make_manager: MakeManager, notify: boo
 async def test_cancel_from_another_instance(make_manager: MakeManager) -> None:
     owner = await make_manager("a")
     other = await make_manager("b")
-    record = await _start(owner, _words(500))
+    record = await _start(owner, words(500))
     await asyncio.sleep(0.2)
     began = time.monotonic()
     final = await other.cancel(record.run_id)
@@ -115,7 +113,7 @@ async def test_cancel_from_another_instance(make_manager: MakeManager) -> None:
 
 async def test_owner_renews_its_leases(make_manager: MakeManager) -> None:
     owner = await make_manager("a")
-    record = await _start(owner, _words(200))
+    record = await _start(owner, words(200))
     first = record.lease_until
     assert first is not None
     await asyncio.sleep(1.2)
@@ -126,18 +124,7 @@ async def test_owner_renews_its_leases(make_manager: MakeManager) -> None:
 
 async def _orphan(store: SQLStore, run_id: str, events: int) -> None:
     """A run whose owner died after ``events`` events: RUNNING, lease expired long ago."""
-    now = time.time()
-    record = RunRecord(
-        run_id=run_id,
-        kind="agents",
-        component_id="echo",
-        session_id="s",
-        status=RunStatus.RUNNING,
-        input="x",
-        instance_id="dead",
-        lease_until=now - 5,
-    )
-    await store.create_run(record)
+    await store.create_run(run_record(run_id, instance_id="dead", lease_until=time.time() - 5))
     data = '{"event":"RunContent","event_index":%d,"run_id":"%s","content":"x"}'
     await store.commit(
         [(run_id, Event(i, "RunContent", data % (i, run_id))) for i in range(events)], []
@@ -180,7 +167,7 @@ async def test_live_owner_that_lost_its_lease_stops(make_manager: MakeManager) -
     the owner stops it, and every follower ends with the one terminal event."""
     owner = await make_manager("a", lease_renew_interval=1.9)
     other = await make_manager("b")
-    record = await _start(owner, _words(300))
+    record = await _start(owner, words(300))
     await asyncio.sleep(0.3)
     on_owner = asyncio.create_task(_collect(owner, record.run_id))
     on_other = asyncio.create_task(_collect(other, record.run_id))
@@ -211,18 +198,8 @@ async def test_a_run_this_instance_no_longer_executes_is_ended(make_manager: Mak
     # e.g. its terminal commit failed for good: the row says RUNNING, owned by "a", but no task
     # runs it. Renewal must not keep it alive forever.
     owner = await make_manager("a", lease_renew_interval=60.0, lease_ttl=120.0)
-    live = await _start(owner, _words(300))
-    now = time.time()
-    stray = RunRecord(
-        run_id="stray",
-        kind="agents",
-        component_id="echo",
-        session_id="s",
-        status=RunStatus.RUNNING,
-        input="x",
-        instance_id="a",
-        lease_until=now + 60,
-    )
+    live = await _start(owner, words(300))
+    stray = run_record("stray", instance_id="a", lease_until=time.time() + 60)
     await owner.store.create_run(stray)
     await owner.leases.renew_once()  # first sighting: could be a run being created right now
     assert (await owner.get_run("stray")).status is RunStatus.RUNNING

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from agentos import Agent, AgentOS, EchoModel, Event, Settings
+from tests.apps import words
 
 
 async def test_chunks_flatten_to_the_events(tmp_path: Path) -> None:
     agent = Agent(id="echo", model=EchoModel(0))
     settings = Settings(db_url=f"sqlite+aiosqlite:///{tmp_path}/a.db", instance_id="t")
     async with AgentOS(agents=[agent], settings=settings) as agent_os:
-        run = await agent.arun(" ".join(f"w{i}" for i in range(300)))
+        run = await agent.arun(words(300))
         stream = await agent_os.manager.open_stream(run.run_id, 10)
         assert stream is not None
         chunks = [chunk async for chunk in stream.chunks()]

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import random
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -20,11 +19,13 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from agentos import Agent, AgentOS, EchoModel, Settings, Workflow
-from tests.conftest import ThreadServer
+from tests.apps import words
+from tests.servers import ThreadServer, free_port
+from tests.sse import iter_frames
 
 T = TypeVar("T")
 
-MESSAGE = " ".join(f"w{i}" for i in range(12))
+MESSAGE = words(12)
 TERMINAL = {"WorkflowCompleted", "WorkflowError", "WorkflowCancelled"}
 KEY = "s3cret-key"
 
@@ -133,19 +134,9 @@ async def next_control(ws: ClientConnection, events: list[str]) -> dict[str, Any
 def sse_frames(server: Server, run_id: str, after: int = -1) -> list[tuple[str | None, str, str]]:
     """``(id, event, data)`` of every frame of a resume over SSE."""
     url = f"{server.base}/workflows/wf/runs/{run_id}/resume"
-    frames: list[tuple[str | None, str, str]] = []
     with httpx.stream("GET", url, params={"last_event_index": after}, timeout=20) as response:
         assert response.status_code == 200, response.read()
-        block: dict[str, str] = {}
-        for line in response.iter_lines():
-            if line == "":
-                if "data" in block:
-                    frames.append((block.get("id"), block["event"], block["data"]))
-                block = {}
-            elif not line.startswith(":"):
-                name, _, value = line.partition(":")
-                block[name] = value[1:] if value.startswith(" ") else value
-    return frames
+        return [(f.id, f.event or "", f.data) for f in iter_frames(response)]
 
 
 def reference(server: Server, run_id: str) -> list[str]:
@@ -898,10 +889,7 @@ def test_client_errors(make_server: Callable[..., Server]) -> None:
                 async with _client(server, security_key=key):
                     pass
             assert wrong.value.code == "auth_error"
-        free = socket.socket()
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-        free.close()
+        port = free_port()
         from agentos_client._ws import WorkflowSocket
 
         with pytest.raises(WorkflowSocketError) as lost:
