@@ -484,6 +484,9 @@ def test_a_socket_that_does_not_read_blocks_neither_the_run_nor_other_sockets(
 
 BAD_FRAMES: list[tuple[str, str | bytes, str]] = [
     ("not JSON", "{nope", "invalid_json"),
+    # json.loads raises RecursionError, not ValueError, on this: it must still be invalid_json.
+    ("nested too deep", "[" * 60_000, "invalid_json"),
+    ("an object nested too deep", '{"a":' * 12_000, "invalid_json"),
     ("a list", "[1, 2]", "invalid_frame"),
     ("a string", '"start-workflow"', "invalid_frame"),
     ("binary", b'{"action": "ping"}', "invalid_frame"),

@@ -160,6 +160,11 @@ class _Connection:
                 await self._handle(message)
             except _FrameError as exc:
                 await self._error(exc.detail, exc.code)
+            except Exception:
+                # Like a 500 over HTTP: logged, and the client learns only that it failed. The
+                # socket stays usable (an escaped error used to close it without a word).
+                logger.exception("a WebSocket frame could not be served")
+                await self._error("internal error", "internal_error")
 
     def _take_token(self) -> bool:
         """Token bucket: ``ws_max_frames_per_second`` per second, as big a burst."""
@@ -185,7 +190,7 @@ class _Connection:
             raise _FrameError(f"the frame is over the limit of {limit} bytes", "frame_too_large")
         try:
             frame = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             raise _FrameError("the frame is not valid JSON", "invalid_json") from None
         if not isinstance(frame, dict):
             raise _FrameError("the frame must be a JSON object", "invalid_frame")

@@ -237,7 +237,7 @@ class RunStream:
     def _decode(self, frame: SSEFrame) -> dict[str, Any]:
         try:
             data = json.loads(frame.data)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise StreamError(
                 f"frame {frame.event!r} is not JSON", code="bad_frame", run_id=self.run_id
             ) from exc
