@@ -1,13 +1,18 @@
-"""A small SSE reader for tests: frames as the wire carries them, over a real socket."""
+"""A small SSE reader for tests: frames as the wire carries them, over a real socket.
+
+Lines are split on CR, LF and CRLF only, by the client's line decoder: httpx's ``iter_lines``
+splits like ``str.splitlines()``, also on U+2028, U+2029 and U+0085, which JSON leaves unescaped.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from agentos_client._sse import SSELineDecoder
 
 
 @dataclass
@@ -31,7 +36,7 @@ async def frames(response: httpx.Response) -> AsyncIterator[Frame]:
     event: str | None = None
     id_: str | None = None
     data: list[str] = []
-    async for line in response.aiter_lines():
+    async for line in lines(response):
         if line == "":
             if data:
                 yield Frame(event, id_, "\n".join(data))
@@ -47,6 +52,21 @@ async def frames(response: httpx.Response) -> AsyncIterator[Frame]:
             id_ = value
         elif field == "data":
             data.append(value)
+
+
+async def lines(response: httpx.Response) -> AsyncIterator[str]:
+    """The lines of an open ``text/event-stream`` response, without their line ends."""
+    decoder = SSELineDecoder()
+    async for chunk in response.aiter_bytes():
+        for line in decoder.decode(chunk):
+            yield line
+
+
+def iter_lines(response: httpx.Response) -> Iterator[str]:
+    """:func:`lines` of a response opened with the sync client."""
+    decoder = SSELineDecoder()
+    for chunk in response.iter_bytes():
+        yield from decoder.decode(chunk)
 
 
 async def collect(response: httpx.Response) -> list[Frame]:

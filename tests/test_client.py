@@ -381,6 +381,28 @@ def test_non_stream_modes(server: ServerProcess) -> None:
     asyncio.run(main())
 
 
+# JSON escapes CR and LF inside strings but not these, which str.splitlines() (and so httpx's
+# aiter_lines) also takes for line ends; an SSE parser must split lines on CR, LF, CRLF only.
+TRICKY = "one\u2028two three\u2029four five\x85six seven\rheight \u2028\u2029\x85\r\nnine"
+
+
+def test_line_separators_inside_event_text(server: ServerProcess, proxy: TCPProxy) -> None:
+    async def main() -> None:
+        async with AsyncClient(proxy.url, **FAST) as client:
+            stream = client.arun("agents", "echo", TRICKY, stream=True, background=True)
+            events = await collect(stream, lambda e: e.event_index == 3 and proxy.cut())
+            assert stream.reconnects >= 1  # the rest came through the resume path
+            assert_complete(events)
+            content = "".join(e.content or "" for e in events if e.event == "RunContent")
+            assert content == TRICKY
+            assert events[-1].content == TRICKY
+            run_id = events[0].run_id
+            tail = await collect(client.resume("agents", "echo", run_id, last_event_index=1))
+            assert [e.data for e in tail] == [e.data for e in events[2:]]
+
+    asyncio.run(main())
+
+
 def test_resume_from_an_index_and_meta_events(server: ServerProcess) -> None:
     async def main() -> None:
         async with AsyncClient(server.url, **FAST) as client:

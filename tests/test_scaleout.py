@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ import asyncpg
 import httpx
 import pytest
 
+from tests import sse
 from tests.conftest import free_port
 from tests.pgdb import _dsn, require, scratch_database
 
@@ -209,35 +210,14 @@ class Followed:
         assert self.ended
 
 
-async def _frames(response: httpx.Response) -> AsyncIterator[tuple[str, str, str | None]]:
-    """(event, data, id) of each SSE frame."""
-    event, data, event_id = "message", [], None
-    async for line in response.aiter_lines():
-        if line == "":
-            if data:
-                yield event, "\n".join(data), event_id
-            event, data, event_id = "message", [], None
-        elif line.startswith(":"):
-            continue
-        else:
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if name == "event":
-                event = value
-            elif name == "data":
-                data.append(value)
-            elif name == "id":
-                event_id = value
-
-
 async def _read_stream(response: httpx.Response, followed: Followed) -> None:
     followed.connections += 1
     followed.instances.append(response.headers.get("x-agentos-instance", "?"))
-    async for _event, data, event_id in _frames(response):
-        if event_id is None:
+    async for frame in sse.frames(response):
+        if frame.id is None:
             continue  # meta frames
-        payload = json.loads(data)
-        assert payload["event_index"] == int(event_id) == followed.cursor + 1, (
+        payload = frame.payload
+        assert payload["event_index"] == int(frame.id) == followed.cursor + 1, (
             followed.run_id,
             payload,
         )

@@ -20,6 +20,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from agentos import Agent, AgentOS, EchoModel, Settings, Workflow
+from tests import sse
 from tests.conftest import ThreadServer
 
 T = TypeVar("T")
@@ -137,7 +138,7 @@ def sse_frames(server: Server, run_id: str, after: int = -1) -> list[tuple[str |
     with httpx.stream("GET", url, params={"last_event_index": after}, timeout=20) as response:
         assert response.status_code == 200, response.read()
         block: dict[str, str] = {}
-        for line in response.iter_lines():
+        for line in sse.iter_lines(response):
             if line == "":
                 if "data" in block:
                     frames.append((block.get("id"), block["event"], block["data"]))
@@ -363,7 +364,7 @@ def test_websocket_resumes_a_run_started_over_sse(server: Server) -> None:
     ) as response:
         assert response.status_code == 200
         run_id = response.headers["x-run-id"]
-        for line in response.iter_lines():
+        for line in sse.iter_lines(response):
             if line.startswith("data:"):
                 seen.append(line[5:].strip())
                 if len(seen) == 3:

@@ -34,7 +34,7 @@ import httpx
 
 from ._errors import StreamError, TransportError
 from ._models import Event, MetaEvent, RunEvent
-from ._sse import SSEDecoder, SSEFrame
+from ._sse import SSEFrame, aiter_frames
 
 if TYPE_CHECKING:
     from ._client import AsyncClient
@@ -200,11 +200,7 @@ class RunStream:
         self._create = None
 
     async def _read(self, response: httpx.Response) -> AsyncGenerator[Event, None]:
-        decoder = SSEDecoder()
-        async for line in response.aiter_lines():
-            frame = decoder.feed(line)
-            if frame is None:
-                continue
+        async for frame in aiter_frames(response.aiter_bytes()):
             if frame.id is None:
                 meta = MetaEvent(frame.event, self._decode(frame))
                 if meta.event == "error":
