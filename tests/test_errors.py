@@ -434,3 +434,19 @@ async def test_integers_in_requests_are_ascii_digits_only(
         assert response.status_code == 200, (kwargs, response.text)
     response = await client.get("/agents/echo/runs", params={"limit": "007"})
     assert response.status_code == 200
+
+
+async def test_a_trailing_slash_is_404_not_a_redirect_to_the_host_header(
+    client: httpx.AsyncClient, ended_run: dict
+) -> None:
+    # A redirect built from the Host header sends a client wherever the request said it was.
+    rid = ended_run["run_id"]
+    paths = ["/agents/", "/agents/echo/runs/", f"/agents/echo/runs/{rid}/", "/health/", "/config/"]
+    for path in paths:
+        for host in (None, "evil.example", "evil.example:443"):
+            headers = {"Host": host} if host else {}
+            response = await client.get(path, headers=headers)
+            assert response.status_code == 404, (path, host, response.status_code)
+            assert "location" not in response.headers, (path, host)
+            assert response.json()["code"] == "not_found"
+    assert (await client.get("/agents")).status_code == 200

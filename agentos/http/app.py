@@ -122,6 +122,9 @@ class AgentOS:
                 Exception: _internal_error_response,
             },
         )
+        # Starlette would answer "/agents/" with a redirect to an absolute URL built from the
+        # request's Host header: a client-chosen host in Location. Paths have one spelling.
+        app.router.redirect_slashes = False
         app.add_middleware(
             SecurityGuard, security_key=self.settings.auth.security_key, public_paths=_PUBLIC_FILES
         )
