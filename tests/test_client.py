@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -570,3 +571,34 @@ def test_resume_token_opens_one_run_only(secured: ServerProcess) -> None:
     # The token opens the stream, nothing else.
     run_url = f"{secured.url}/agents/echo/runs/{stream.run_id}"
     assert httpx.get(run_url, params={"token": token}, timeout=10).status_code == 401
+
+
+class _PlainUvicorn(ServerProcess):
+    """The test app under ``uvicorn`` itself rather than ``agentos serve``."""
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "uvicorn", "tests.apps:served_app", "--port", str(self.port)]
+
+
+@pytest.mark.parametrize("how", ["agentos serve", "uvicorn"])
+def test_resume_tokens_never_reach_the_log(tmp_path: Path, how: str) -> None:
+    kind = ServerProcess if how == "agentos serve" else _PlainUvicorn
+    with kind(tmp_path, delay=0.0, security_key=KEY) as server:
+        with Client(server.url, KEY, **FAST) as client:
+            run = client.run("agents", "echo", "hi there", background=True)
+        token = run.resume_token
+        assert token and run.run_id
+        resume = f"{server.url}/agents/echo/runs/{run.run_id}/resume"
+        asked = [
+            f"{resume}?token={token}",
+            f"{resume}?last_event_index=0&token={token}",
+            f"{resume}?tok%65n={token}",  # what the server decodes to "token"
+            f"{server.url}/agents/echo/runs/{run.run_id}?token={token}",  # 401, still logged
+        ]
+        for url in asked:
+            httpx.get(url, timeout=10)
+        assert httpx.get(asked[0], timeout=10).status_code == 200
+    log = server.log_path.read_text(errors="replace")
+    assert log.count("=[redacted]") >= len(asked), log[-3000:]  # the access log was on
+    assert token not in log
+    assert token.split(".")[1] not in log

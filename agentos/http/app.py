@@ -33,7 +33,7 @@ from agentos.errors import (
 )
 from agentos.events import KINDS, RunStatus
 from agentos.http import forms
-from agentos.http.auth import sign_resume_token
+from agentos.http.auth import redact_tokens_in_logs, sign_resume_token
 from agentos.http.middleware import InstanceHeader, SecurityGuard, error_json
 from agentos.http.sse import event_stream
 from agentos.http.ws import WorkflowSockets
@@ -130,10 +130,12 @@ class AgentOS:
         )
         app.add_middleware(InstanceHeader, instance_id=self.settings.instance_id)
         app.state.agent_os = self
+        redact_tokens_in_logs()
         return app
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        redact_tokens_in_logs()  # again, in case a logging set-up since then dropped the filter
         await self.manager.start()
         watcher = asyncio.create_task(self._watch_exit(), name="agentos-exit-watcher")
         try:
