@@ -177,6 +177,10 @@ class WebSocketSettings:
     send_timeout: float = _setting(30.0, "ws_send_timeout")
     #: Seconds a WebSocket has to authenticate when a security key is set (then closed, 1008).
     auth_timeout: float = _setting(30.0, "ws_auth_timeout")
+    #: Browser origins (``scheme://host[:port]``, comma-separated) whose pages may open a
+    #: WebSocket, besides the server's own origin (the ``Origin`` matches the ``Host``); ``*``
+    #: allows every origin. Requests without an ``Origin`` (not a browser) are always served.
+    allowed_origins: str = _setting("", "ws_allowed_origins")
 
 
 @dataclass(frozen=True)

@@ -700,6 +700,67 @@ def test_authentication_by_header(make_server: Callable[..., Server]) -> None:
     run(main())
 
 
+async def _origin_served(server: Server, origin: str | None) -> bool:
+    """Whether a handshake with this Origin (None: no header) is served; else it must be 403."""
+    try:
+        async with connect(server.ws_url, origin=origin) as ws:  # type: ignore[arg-type]
+            assert (await recv(ws))["event"] == "connected"
+            await ws.send(json.dumps({"action": "ping"}))
+            assert await recv(ws) == {"event": "pong"}
+            return True
+    except websockets.InvalidStatus as refused:
+        assert refused.response.status_code == 403
+        return False
+
+
+def test_only_the_servers_own_origin_by_default(make_server: Callable[..., Server]) -> None:
+    server = make_server()
+    port = server.base.rsplit(":", 1)[1]
+
+    async def main() -> None:
+        assert await _origin_served(server, None)  # not a browser
+        assert await _origin_served(server, server.base)  # a page this server served
+        assert await _origin_served(server, f"HTTP://127.0.0.1:{port}/")
+        for origin in (
+            "http://evil.example",
+            f"http://evil.example:{port}",
+            f"http://localhost:{port}",  # another host name is another origin
+            "http://127.0.0.1:1",
+            f"https://127.0.0.1:{port}x",
+            f"http://127.0.0.1@evil.example:{port}",
+            "null",
+            "",
+        ):
+            assert not await _origin_served(server, origin), origin
+
+    run(main())
+
+
+def test_same_origin_knows_default_ports() -> None:
+    from agentos.http.ws import _same_origin
+
+    assert _same_origin("http://a.example", "a.example:80")
+    assert _same_origin("https://a.example:443", "A.example")
+    assert not _same_origin("https://a.example", "a.example:80")
+    assert not _same_origin("ws://a.example", "a.example")
+    assert not _same_origin("http://a.example:99999", "a.example")
+
+
+def test_allowed_origins_setting(make_server: Callable[..., Server]) -> None:
+    listed = make_server(ws_allowed_origins="https://app.example, http://localhost:3000/")
+    anyone = make_server(ws_allowed_origins="*")
+
+    async def main() -> None:
+        assert await _origin_served(listed, "https://app.example")
+        assert await _origin_served(listed, "http://localhost:3000")
+        assert await _origin_served(listed, listed.base)  # its own origin stays allowed
+        assert not await _origin_served(listed, "http://app.example")
+        assert not await _origin_served(listed, "https://evil.example")
+        assert await _origin_served(anyone, "https://evil.example")
+
+    run(main())
+
+
 def test_unauthenticated_sockets_are_closed_after_the_auth_timeout(
     make_server: Callable[..., Server],
 ) -> None:
