@@ -14,6 +14,7 @@ also its environment variable without the ``AGENTOS_`` prefix::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import socket
 from collections.abc import Iterator, Mapping
@@ -41,8 +42,14 @@ def _setting(default: Any, name: str) -> Any:
     return field(default=default, metadata={"name": name})
 
 
-def _default_instance_id() -> str:
-    return socket.gethostname() or "agentos"
+def _default_instance_id(db_url: str) -> str:
+    """``agentos-`` and a hash of the host name and the database URL.
+
+    Stable across restarts of the same server on the same machine (restart recovery finds an
+    instance's runs by it), and it tells the clients it is sent to nothing about the host.
+    """
+    seed = f"{socket.gethostname()}\0{db_url}".encode("utf-8", "surrogatepass")
+    return "agentos-" + hashlib.sha256(seed).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -177,6 +184,10 @@ class WebSocketSettings:
     send_timeout: float = _setting(30.0, "ws_send_timeout")
     #: Seconds a WebSocket has to authenticate when a security key is set (then closed, 1008).
     auth_timeout: float = _setting(30.0, "ws_auth_timeout")
+    #: Browser origins (``scheme://host[:port]``, comma-separated) whose pages may open a
+    #: WebSocket, besides the server's own origin (the ``Origin`` matches the ``Host``); ``*``
+    #: allows every origin. Requests without an ``Origin`` (not a browser) are always served.
+    allowed_origins: str = _setting("", "ws_allowed_origins")
 
 
 @dataclass(frozen=True)
@@ -236,7 +247,8 @@ class Settings:
     http: HTTPSettings
     ws: WebSocketSettings
     leases: LeaseSettings
-    #: This instance's name; runs it owns are recovered by it after a restart.
+    #: This instance's name; runs it owns are recovered by it after a restart. Default:
+    #: ``agentos-`` and a hash of the host name and ``db_url`` (stable, and no host name).
     instance_id: str
     #: Delay in seconds between words of the demo echo model.
     demo_delay: float
@@ -254,10 +266,11 @@ class Settings:
                 per_section[section][f.name] = value
         for section, cls in _SECTIONS.items():
             object.__setattr__(self, section, cls(**per_section[section]))
-        instance_id = values.get("instance_id") or _default_instance_id()
+        instance_id = values.get("instance_id") or _default_instance_id(self.database.url)
         object.__setattr__(self, "instance_id", instance_id)
         object.__setattr__(self, "demo_delay", values.get("demo_delay", _TOP["demo_delay"]))
-        object.__setattr__(self, "_values", dict(values, instance_id=instance_id))
+        # Only what was given: a default instance id follows a db_url changed by replace().
+        object.__setattr__(self, "_values", dict(values))
         self._validate()
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -86,4 +86,6 @@ def __getattr__(name: str) -> object:
     # Built lazily so importing this module in tests does not read the environment.
     if name == "served":
         return agent_os()
+    if name == "served_app":  # for plain ``uvicorn tests.apps:served_app``
+        return agent_os().app
     raise AttributeError(name)

@@ -1,4 +1,8 @@
-"""A small SSE reader for tests: frames as the wire carries them, over a real socket."""
+"""A small SSE reader for tests: frames as the wire carries them, over a real socket.
+
+Lines are split on CR, LF and CRLF only, by the client's line decoder: httpx's ``iter_lines``
+splits like ``str.splitlines()``, also on U+2028, U+2029 and U+0085, which JSON leaves unescaped.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from agentos_client._sse import SSELineDecoder
 
 
 @dataclass
@@ -55,7 +60,7 @@ class _Parser:
 async def frames(response: httpx.Response) -> AsyncIterator[Frame]:
     """The frames of an open ``text/event-stream`` response."""
     parser = _Parser()
-    async for line in response.aiter_lines():
+    async for line in lines(response):
         if frame := parser.feed(line):
             yield frame
 
@@ -63,9 +68,24 @@ async def frames(response: httpx.Response) -> AsyncIterator[Frame]:
 def iter_frames(response: httpx.Response) -> Iterator[Frame]:
     """:func:`frames` for a sync response."""
     parser = _Parser()
-    for line in response.iter_lines():
+    for line in iter_lines(response):
         if frame := parser.feed(line):
             yield frame
+
+
+async def lines(response: httpx.Response) -> AsyncIterator[str]:
+    """The lines of an open ``text/event-stream`` response, without their line ends."""
+    decoder = SSELineDecoder()
+    async for chunk in response.aiter_bytes():
+        for line in decoder.decode(chunk):
+            yield line
+
+
+def iter_lines(response: httpx.Response) -> Iterator[str]:
+    """:func:`lines` of a response opened with the sync client."""
+    decoder = SSELineDecoder()
+    for chunk in response.iter_bytes():
+        yield from decoder.decode(chunk)
 
 
 async def collect(response: httpx.Response) -> list[Frame]:

@@ -33,7 +33,7 @@ from agentos.errors import (
 )
 from agentos.events import KINDS, RunStatus
 from agentos.http import forms
-from agentos.http.auth import sign_resume_token
+from agentos.http.auth import redact_tokens_in_logs, sign_resume_token
 from agentos.http.middleware import InstanceHeader, SecurityGuard, error_json
 from agentos.http.sse import event_stream
 from agentos.http.ws import WorkflowSockets
@@ -130,15 +130,20 @@ class AgentOS:
                 Exception: _internal_error_response,
             },
         )
+        # Starlette would answer "/agents/" with a redirect to an absolute URL built from the
+        # request's Host header: a client-chosen host in Location. Paths have one spelling.
+        app.router.redirect_slashes = False
         app.add_middleware(
             SecurityGuard, security_key=self.settings.auth.security_key, public_paths=_PUBLIC_FILES
         )
         app.add_middleware(InstanceHeader, instance_id=self.settings.instance_id)
         app.state.agent_os = self
+        redact_tokens_in_logs()
         return app
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        redact_tokens_in_logs()  # again, in case a logging set-up since then dropped the filter
         await self.manager.start()
         watcher = asyncio.create_task(self._watch_exit(), name="agentos-exit-watcher")
         try:

@@ -20,6 +20,9 @@ Both functions are pure: the caller passes the clock, which keeps them trivial t
 
     token = sign_resume_token(key, run_id, ttl=3600, now=time.time())
     assert verify_resume_token(key, run_id, token, now=time.time())
+
+A token in a URL would land in the access log: :func:`redact_tokens_in_logs` (installed by the
+app) rewrites every ``token=`` query value in uvicorn's log records to ``[redacted]``.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
+import re
 import time
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_plus
 
 from starlette.datastructures import Headers
 from starlette.types import Scope
@@ -39,6 +44,7 @@ __all__ = [
     "bearer_token",
     "check_key",
     "key_matches",
+    "redact_tokens_in_logs",
     "resume_token_valid",
     "sign_resume_token",
     "verify_resume_token",
@@ -47,6 +53,11 @@ __all__ = [
 _PURPOSE = b"agentos-resume-v1"
 # A real token is about 55 characters; refusing anything much longer keeps the work bounded.
 _MAX_TOKEN_LENGTH = 128
+# A name=value pair of a query string inside a log line (the access log's path, a WebSocket's URL).
+_QUERY_PAIR = re.compile(r"(?<=[?&])([^=&#\s\"]*)=([^&#\s\"]*)")
+# uvicorn logs each request's path and query to uvicorn.access, and each WebSocket's to
+# uvicorn.error.
+_URL_LOGGERS = ("uvicorn.access", "uvicorn.error")
 
 
 def _signature(key: str, run_id: str, expiry: int) -> str:
@@ -117,3 +128,43 @@ def resume_token_valid(scope: Scope, key: str) -> bool:
     query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
     token = query.get("token")
     return token is not None and verify_resume_token(key, parts[4], token, now=time.time())
+
+
+def redact_tokens_in_logs() -> None:
+    """Make uvicorn's loggers write ``token=[redacted]`` for any ``token=`` query value.
+
+    A filter on the logger (not on a handler) sees every record before any handler, including
+    handlers configured later; ``logging.config.dictConfig`` (uvicorn's ``--log-config``) keeps a
+    logger's filters. Idempotent: the app calls it when built and again at start-up.
+    """
+    for name in _URL_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RedactTokens) for f in logger.filters):
+            logger.addFilter(_RedactTokens())
+
+
+class _RedactTokens(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        # uvicorn's access formatter unpacks the arguments by position: keep their shape.
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {
+                k: _redact(v) if isinstance(v, str) else v for k, v in record.args.items()
+            }
+        elif not record.args and isinstance(record.msg, str):
+            record.msg = _redact(record.msg)
+        return True
+
+
+def _redact(text: str) -> str:
+    if "=" not in text:
+        return text
+    return _QUERY_PAIR.sub(_redact_pair, text)
+
+
+def _redact_pair(match: re.Match[str]) -> str:
+    name = match.group(1)
+    if unquote_plus(name).strip().lower() != "token":
+        return match.group(0)
+    return f"{name}=[redacted]"

@@ -7,6 +7,7 @@ InvalidRequest (422) with a message that names the field.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl
@@ -20,12 +21,15 @@ __all__ = ["client_run_id", "cursor", "flag", "integer", "message", "read_fields
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
+# An integer as text: an optional minus and ASCII digits. Python's int() also takes "0_1", "+1",
+# white space and any Unicode digit (U+0661, U+FF11); 18 digits keep it within a 64-bit column.
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
 
 
 async def read_fields(request: Request, limit: int) -> dict[str, Any]:
     """The request's fields from a JSON object, a urlencoded or a multipart form body."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and _INTEGER.fullmatch(declared) and int(declared) > limit:
         raise RequestTooLarge(f"the request body is over the limit of {limit} bytes")
     body = bytearray()
     async for chunk in request.stream():
@@ -120,21 +124,29 @@ def client_run_id(request: Request, fields: Mapping[str, Any]) -> str | None:
     return given.pop() if given else None
 
 
-def integer(value: str, name: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be an integer") from None
+def integer(value: Any, name: str) -> int:
+    """An integer field: a JSON integer, or text of an optional minus and ASCII digits."""
+    number = _integer(value)
+    if number is None:
+        raise InvalidRequest(f"{name} must be an integer (ASCII digits)")
+    return number
 
 
 def cursor(value: Any) -> int:
+    """``last_event_index`` (body, query or ``Last-Event-ID``); a missing or empty one is -1."""
     if value is None or value == "":
         return -1
+    number = _integer(value)
+    if number is None:
+        raise InvalidCursor("last_event_index must be an integer (ASCII digits)")
+    return number
+
+
+def _integer(value: Any) -> int | None:
     if isinstance(value, bool):
-        raise InvalidCursor("last_event_index must be an integer")
+        return None
     if isinstance(value, int):
         return value
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        raise InvalidCursor("last_event_index must be an integer") from None
+    if isinstance(value, str) and _INTEGER.fullmatch(value):
+        return int(value)
+    return None

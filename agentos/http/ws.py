@@ -12,6 +12,11 @@ waits for a socket: a slow socket only makes its own followers wait for room in 
 send that takes longer than ``ws_send_timeout`` closes the socket; the client reconnects and
 resumes with its last ``event_index``. Closing a socket cancels its followers, never its runs.
 
+A handshake whose ``Origin`` is neither the server's own (its host and port those of the ``Host``
+header) nor one of ``ws_allowed_origins`` is refused (HTTP 403) before anything is served: a page
+on another site must not use a browser's credentials for this server. No ``Origin``: not a
+browser, served.
+
 Incoming frames are bounded in size (``ws_max_frame_bytes``) and rate (a token bucket of
 ``ws_max_frames_per_second``); every frame that cannot be served gets an ``error`` frame and the
 socket stays usable, except a flood that goes on for a second's worth of frames past the limit,
@@ -26,7 +31,9 @@ import json
 import logging
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
+from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
@@ -45,6 +52,7 @@ logger = logging.getLogger("agentos.ws")
 _KIND = "workflows"
 #: Close codes: 1000 normal, 1008 policy violation (flood, no authentication in time, too slow).
 _POLICY = 1008
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class _FrameError(Exception):
@@ -65,10 +73,41 @@ class WorkflowSockets:
     def __init__(self, manager: RunManager, settings: Settings) -> None:
         self.manager = manager
         self.settings = settings
+        listed = (o.strip().lower().rstrip("/") for o in settings.ws.allowed_origins.split(","))
+        self.allowed_origins = frozenset(o for o in listed if o)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope)
+        if not self._origin_allowed(headers.get("origin"), headers.get("host")):
+            # Closing before accepting: uvicorn answers the handshake with 403.
+            await send({"type": "websocket.close", "code": _POLICY, "reason": "origin not allowed"})
+            return
         connection = _Connection(self.manager, self.settings, WebSocket(scope, receive, send))
         await connection.serve()
+
+    def _origin_allowed(self, origin: str | None, host: str | None) -> bool:
+        if origin is None or "*" in self.allowed_origins:
+            return True
+        origin = origin.strip().lower().rstrip("/")
+        return origin in self.allowed_origins or (host is not None and _same_origin(origin, host))
+
+
+def _same_origin(origin: str, host: str) -> bool:
+    """Whether a browser's ``Origin`` names the host and port the request was sent to."""
+    try:
+        sent_from = urlsplit(origin)
+        sent_to = urlsplit("//" + host.strip().lower())
+        default = _DEFAULT_PORTS.get(sent_from.scheme)
+        return (
+            default is not None
+            and sent_from.hostname is not None
+            and not sent_from.username
+            and not sent_from.path
+            and sent_from.hostname == sent_to.hostname
+            and (sent_from.port or default) == (sent_to.port or default)
+        )
+    except ValueError:  # a port that is not a number or out of range
+        return False
 
 
 class _Connection:
@@ -160,6 +199,11 @@ class _Connection:
                 await self._handle(message)
             except _FrameError as exc:
                 await self._error(exc.detail, exc.code)
+            except Exception:
+                # Like a 500 over HTTP: logged, and the client learns only that it failed. The
+                # socket stays usable (an escaped error used to close it without a word).
+                logger.exception("a WebSocket frame could not be served")
+                await self._error("internal error", "internal_error")
 
     def _take_token(self) -> bool:
         """Token bucket: ``ws_max_frames_per_second`` per second, as big a burst."""
@@ -185,7 +229,7 @@ class _Connection:
             raise _FrameError(f"the frame is over the limit of {limit} bytes", "frame_too_large")
         try:
             frame = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             raise _FrameError("the frame is not valid JSON", "invalid_json") from None
         if not isinstance(frame, dict):
             raise _FrameError("the frame must be a JSON object", "invalid_frame")

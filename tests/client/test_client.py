@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -382,6 +383,28 @@ def test_non_stream_modes(server: ServerProcess) -> None:
     asyncio.run(main())
 
 
+# JSON escapes CR and LF inside strings but not these, which str.splitlines() (and so httpx's
+# aiter_lines) also takes for line ends; an SSE parser must split lines on CR, LF, CRLF only.
+TRICKY = "one\u2028two three\u2029four five\x85six seven\rheight \u2028\u2029\x85\r\nnine"
+
+
+def test_line_separators_inside_event_text(server: ServerProcess, proxy: TCPProxy) -> None:
+    async def main() -> None:
+        async with AsyncClient(proxy.url, **FAST) as client:
+            stream = client.arun("agents", "echo", TRICKY, stream=True, background=True)
+            events = await collect(stream, lambda e: e.event_index == 3 and proxy.cut())
+            assert stream.reconnects >= 1  # the rest came through the resume path
+            assert_complete(events)
+            content = "".join(e.content or "" for e in events if e.event == "RunContent")
+            assert content == TRICKY
+            assert events[-1].content == TRICKY
+            run_id = events[0].run_id
+            tail = await collect(client.resume("agents", "echo", run_id, last_event_index=1))
+            assert [e.data for e in tail] == [e.data for e in events[2:]]
+
+    asyncio.run(main())
+
+
 def test_resume_from_an_index_and_meta_events(server: ServerProcess) -> None:
     async def main() -> None:
         async with AsyncClient(server.url, **FAST) as client:
@@ -549,3 +572,34 @@ def test_resume_token_opens_one_run_only(secured: ServerProcess) -> None:
     # The token opens the stream, nothing else.
     run_url = f"{secured.url}/agents/echo/runs/{stream.run_id}"
     assert httpx.get(run_url, params={"token": token}, timeout=10).status_code == 401
+
+
+class _PlainUvicorn(ServerProcess):
+    """The test app under ``uvicorn`` itself rather than ``agentos serve``."""
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "uvicorn", "tests.apps:served_app", "--port", str(self.port)]
+
+
+@pytest.mark.parametrize("how", ["agentos serve", "uvicorn"])
+def test_resume_tokens_never_reach_the_log(tmp_path: Path, how: str) -> None:
+    kind = ServerProcess if how == "agentos serve" else _PlainUvicorn
+    with kind(tmp_path, delay=0.0, security_key=KEY) as server:
+        with Client(server.url, KEY, **FAST) as client:
+            run = client.run("agents", "echo", "hi there", background=True)
+        token = run.resume_token
+        assert token and run.run_id
+        resume = f"{server.url}/agents/echo/runs/{run.run_id}/resume"
+        asked = [
+            f"{resume}?token={token}",
+            f"{resume}?last_event_index=0&token={token}",
+            f"{resume}?tok%65n={token}",  # what the server decodes to "token"
+            f"{server.url}/agents/echo/runs/{run.run_id}?token={token}",  # 401, still logged
+        ]
+        for url in asked:
+            httpx.get(url, timeout=10)
+        assert httpx.get(asked[0], timeout=10).status_code == 200
+    log = server.log_path.read_text(errors="replace")
+    assert log.count("=[redacted]") >= len(asked), log[-3000:]  # the access log was on
+    assert token not in log
+    assert token.split(".")[1] not in log

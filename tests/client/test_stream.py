@@ -101,6 +101,16 @@ def test_error_meta_frame_ends_the_stream() -> None:
     assert "expired" in str(caught.value)
 
 
+def test_a_frame_nested_too_deep_is_a_bad_frame() -> None:
+    # json.loads raises RecursionError, not ValueError, on this.
+    def handler(request: httpx.Request) -> httpx.Response:
+        return sse(f"id: 0\nevent: RunStarted\ndata: {'[' * 60_000}\n\n")
+
+    with pytest.raises(StreamError) as caught:
+        events_of(client_for(handler))
+    assert caught.value.code == "bad_frame"
+
+
 def test_meta_events_only_on_request_and_member_completion_is_not_terminal() -> None:
     body = (
         frame(None, "catch_up", status="RUNNING", missed_events=2, current_event_count=2),

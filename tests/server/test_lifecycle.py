@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
@@ -129,3 +132,28 @@ async def test_draining_server_refuses_new_runs(
             assert (await client.get("/health")).status_code == 503
             got = await collect(r)
     assert got[-1].event == "RunCompleted"  # within the grace period the run finishes normally
+
+
+def test_default_instance_id_hides_the_host_name_and_survives_a_restart(tmp_path: Path) -> None:
+    # It goes to every client (X-AgentOS-Instance, /health, /config), and restart recovery
+    # finds an instance's runs by it.
+    server = ServerProcess(tmp_path)
+    server.env = {k: v for k, v in server.env.items() if k != "AGENTOS_INSTANCE_ID"}
+    seen = []
+    for _ in range(2):
+        with server:
+            health = httpx.get(f"{server.url}/health", timeout=10)
+            config = httpx.get(f"{server.url}/config", timeout=10).json()
+            ids = {health.json()["instance_id"], health.headers["x-agentos-instance"]}
+            ids.add(config["instance_id"])
+            assert len(ids) == 1
+            seen.append(ids.pop())
+    assert seen[0] == seen[1], "the same server on the same machine keeps its id"
+    assert re.fullmatch("agentos-[0-9a-f]{16}", seen[0]), seen[0]  # a hash, not the name
+    assert socket.gethostname() not in seen[0] or re.fullmatch("[0-9a-f]+", socket.gethostname())
+    # The database is part of it: two servers on one machine with two databases differ.
+    other = tmp_path / "other.db"
+    assert Settings(db_url=f"sqlite+aiosqlite:///{other}").instance_id != seen[0]
+    assert Settings().replace(db_url=f"sqlite+aiosqlite:///{other}").instance_id == (
+        Settings(db_url=f"sqlite+aiosqlite:///{other}").instance_id
+    )

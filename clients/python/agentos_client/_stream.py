@@ -34,7 +34,7 @@ import httpx
 
 from ._errors import StreamError, TransportError
 from ._models import Event, MetaEvent, RunEvent
-from ._sse import SSEDecoder, SSEFrame
+from ._sse import SSEFrame, aiter_frames
 
 if TYPE_CHECKING:
     from ._client import AsyncClient
@@ -200,11 +200,7 @@ class RunStream:
         self._create = None
 
     async def _read(self, response: httpx.Response) -> AsyncGenerator[Event, None]:
-        decoder = SSEDecoder()
-        async for line in response.aiter_lines():
-            frame = decoder.feed(line)
-            if frame is None:
-                continue
+        async for frame in aiter_frames(response.aiter_bytes()):
             if frame.id is None:
                 meta = MetaEvent(frame.event, self._decode(frame))
                 if meta.event == "error":
@@ -237,7 +233,7 @@ class RunStream:
     def _decode(self, frame: SSEFrame) -> dict[str, Any]:
         try:
             data = json.loads(frame.data)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise StreamError(
                 f"frame {frame.event!r} is not JSON", code="bad_frame", run_id=self.run_id
             ) from exc

@@ -351,7 +351,7 @@ class WorkflowSocket:
             async for text in conn:
                 try:
                     frame = json.loads(text)
-                except ValueError:
+                except (ValueError, RecursionError):  # RecursionError: nested too deep
                     continue
                 if not isinstance(frame, dict):
                     continue

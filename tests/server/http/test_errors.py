@@ -383,3 +383,70 @@ async def test_a_streamed_create_over_the_stream_limit_starts_no_run(
                 assert r.status_code == 503 and r.json()["code"] == "overloaded"
             runs = (await client.get("/agents/echo/runs")).json()
             assert [r["run_id"] for r in runs] == [run_id]  # the 503s started nothing
+
+
+# Python's int() takes these (underscores, any Unicode digit, signs, white space); a cursor or a
+# number in a request is an optional minus and ASCII digits, nothing else.
+NOT_INTEGERS = [
+    "0_1",
+    "\u0661",
+    "\uff11",
+    "+1",
+    " 1",
+    "1 ",
+    "1\n",
+    "\u00b2",
+    "1" * 30,
+    "1.0",
+    "0x1",
+]
+
+
+async def test_integers_in_requests_are_ascii_digits_only(
+    client: httpx.AsyncClient, ended_run: dict
+) -> None:
+    resume = f"/agents/echo/runs/{ended_run['run_id']}/resume"
+    cases: list[tuple[str, str, dict, str]] = []
+    for text in NOT_INTEGERS:
+        cases += [
+            ("GET", resume, {"params": {"last_event_index": text}}, "invalid_cursor"),
+            ("POST", resume, {"data": {"last_event_index": text}}, "invalid_cursor"),
+            ("POST", resume, {"json": {"last_event_index": text}}, "invalid_cursor"),
+            ("GET", "/agents/echo/runs", {"params": {"limit": text}}, "invalid_request"),
+        ]
+        if text.isascii() and text.strip() == text:  # what a header can carry
+            cases.append(("GET", resume, {"headers": {"Last-Event-ID": text}}, "invalid_cursor"))
+    for value in (True, 1.0, [1], {"a": 1}):
+        cases.append(("POST", resume, {"json": {"last_event_index": value}}, "invalid_cursor"))
+    for method, url, kwargs, code in cases:
+        response = await client.request(method, url, **kwargs)
+        assert response.status_code == 422, (method, kwargs, response.status_code)
+        assert response.json()["code"] == code, (method, kwargs, response.text)
+    # What is an integer still is one: a JSON number, or ASCII digits with an optional minus.
+    for kwargs in (
+        {"params": {"last_event_index": "1"}},
+        {"headers": {"Last-Event-ID": "1"}},
+        {"json": {"last_event_index": 1}},
+        {"data": {"last_event_index": "-1"}},
+    ):
+        method = "POST" if "json" in kwargs or "data" in kwargs else "GET"
+        response = await client.request(method, resume, **kwargs)
+        assert response.status_code == 200, (kwargs, response.text)
+    response = await client.get("/agents/echo/runs", params={"limit": "007"})
+    assert response.status_code == 200
+
+
+async def test_a_trailing_slash_is_404_not_a_redirect_to_the_host_header(
+    client: httpx.AsyncClient, ended_run: dict
+) -> None:
+    # A redirect built from the Host header sends a client wherever the request said it was.
+    rid = ended_run["run_id"]
+    paths = ["/agents/", "/agents/echo/runs/", f"/agents/echo/runs/{rid}/", "/health/", "/config/"]
+    for path in paths:
+        for host in (None, "evil.example", "evil.example:443"):
+            headers = {"Host": host} if host else {}
+            response = await client.get(path, headers=headers)
+            assert response.status_code == 404, (path, host, response.status_code)
+            assert "location" not in response.headers, (path, host)
+            assert response.json()["code"] == "not_found"
+    assert (await client.get("/agents")).status_code == 200

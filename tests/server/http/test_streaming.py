@@ -8,7 +8,7 @@ from collections.abc import Callable
 import httpx
 
 from agentos import AgentOS, Settings
-from tests import apps
+from tests import apps, sse
 from tests.sse import collect, frames
 
 
@@ -21,7 +21,7 @@ async def test_first_comment_at_once_then_pings_when_idle(
         async with client.stream(
             "POST", "/agents/echo/runs", data={"message": "a b c", "background": "true"}
         ) as r:
-            async for line in r.aiter_lines():
+            async for line in sse.lines(r):
                 lines.append(line)
     assert lines[0] == ": ping"
     pings = [line for line in lines if line.startswith(":")]

@@ -19,6 +19,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from agentos import Agent, AgentOS, EchoModel, Settings, Workflow
+from tests import sse
 from tests.apps import words
 from tests.servers import ThreadServer, free_port
 from tests.sse import iter_frames
@@ -354,7 +355,7 @@ def test_websocket_resumes_a_run_started_over_sse(server: Server) -> None:
     ) as response:
         assert response.status_code == 200
         run_id = response.headers["x-run-id"]
-        for line in response.iter_lines():
+        for line in sse.iter_lines(response):
             if line.startswith("data:"):
                 seen.append(line[5:].strip())
                 if len(seen) == 3:
@@ -475,6 +476,9 @@ def test_a_socket_that_does_not_read_blocks_neither_the_run_nor_other_sockets(
 
 BAD_FRAMES: list[tuple[str, str | bytes, str]] = [
     ("not JSON", "{nope", "invalid_json"),
+    # json.loads raises RecursionError, not ValueError, on this: it must still be invalid_json.
+    ("nested too deep", "[" * 60_000, "invalid_json"),
+    ("an object nested too deep", '{"a":' * 12_000, "invalid_json"),
     ("a list", "[1, 2]", "invalid_frame"),
     ("a string", '"start-workflow"', "invalid_frame"),
     ("binary", b'{"action": "ping"}', "invalid_frame"),
@@ -705,6 +709,67 @@ def test_authentication_by_header(make_server: Callable[..., Server]) -> None:
             async with connect(server.ws_url, additional_headers={"Authorization": "Bearer wrong"}):
                 pass
         assert refused.value.response.status_code == 403
+
+    run(main())
+
+
+async def _origin_served(server: Server, origin: str | None) -> bool:
+    """Whether a handshake with this Origin (None: no header) is served; else it must be 403."""
+    try:
+        async with connect(server.ws_url, origin=origin) as ws:  # type: ignore[arg-type]
+            assert (await recv(ws))["event"] == "connected"
+            await ws.send(json.dumps({"action": "ping"}))
+            assert await recv(ws) == {"event": "pong"}
+            return True
+    except websockets.InvalidStatus as refused:
+        assert refused.response.status_code == 403
+        return False
+
+
+def test_only_the_servers_own_origin_by_default(make_server: Callable[..., Server]) -> None:
+    server = make_server()
+    port = server.base.rsplit(":", 1)[1]
+
+    async def main() -> None:
+        assert await _origin_served(server, None)  # not a browser
+        assert await _origin_served(server, server.base)  # a page this server served
+        assert await _origin_served(server, f"HTTP://127.0.0.1:{port}/")
+        for origin in (
+            "http://evil.example",
+            f"http://evil.example:{port}",
+            f"http://localhost:{port}",  # another host name is another origin
+            "http://127.0.0.1:1",
+            f"https://127.0.0.1:{port}x",
+            f"http://127.0.0.1@evil.example:{port}",
+            "null",
+            "",
+        ):
+            assert not await _origin_served(server, origin), origin
+
+    run(main())
+
+
+def test_same_origin_knows_default_ports() -> None:
+    from agentos.http.ws import _same_origin
+
+    assert _same_origin("http://a.example", "a.example:80")
+    assert _same_origin("https://a.example:443", "A.example")
+    assert not _same_origin("https://a.example", "a.example:80")
+    assert not _same_origin("ws://a.example", "a.example")
+    assert not _same_origin("http://a.example:99999", "a.example")
+
+
+def test_allowed_origins_setting(make_server: Callable[..., Server]) -> None:
+    listed = make_server(ws_allowed_origins="https://app.example, http://localhost:3000/")
+    anyone = make_server(ws_allowed_origins="*")
+
+    async def main() -> None:
+        assert await _origin_served(listed, "https://app.example")
+        assert await _origin_served(listed, "http://localhost:3000")
+        assert await _origin_served(listed, listed.base)  # its own origin stays allowed
+        assert not await _origin_served(listed, "http://app.example")
+        assert not await _origin_served(listed, "https://evil.example")
+        assert await _origin_served(anyone, "https://evil.example")
 
     run(main())
 
