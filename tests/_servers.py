@@ -7,6 +7,7 @@ database and port, the way a deploy or a crash would.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -33,6 +34,7 @@ class ServerProcess:
         delay: float = 0.02,
         security_key: str | None = None,
         env: dict[str, str] | None = None,
+        open_files: int | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -48,6 +50,7 @@ class ServerProcess:
         }
         if security_key:
             self.env["AGENTOS_SECURITY_KEY"] = security_key
+        self.open_files = open_files  # the process's RLIMIT_NOFILE, when given
         self._proc: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
@@ -65,7 +68,12 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                self.command(), env=self.env, cwd=_ROOT, stdout=log, stderr=subprocess.STDOUT
+                self.command(),
+                env=self.env,
+                cwd=_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=None if self.open_files is None else self._limit_open_files,
             )
         deadline = time.monotonic() + _START_TIMEOUT
         while time.monotonic() < deadline:
@@ -79,6 +87,10 @@ class ServerProcess:
             time.sleep(0.1)
         self.kill()
         raise RuntimeError(f"server did not become healthy in {_START_TIMEOUT} s: {self.log()}")
+
+    def _limit_open_files(self) -> None:
+        assert self.open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def stop(self) -> None:
         """Graceful stop (SIGTERM), then SIGKILL if it hangs."""
