@@ -6,6 +6,7 @@ stalled body, and the long SSE streams and WebSockets these deadlines must never
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
+from agentos.http.server import AcceptErrorFilter
 from tests._servers import ServerProcess
 
 HEADER_TIMEOUT = 1.0
@@ -154,3 +156,29 @@ async def test_an_idle_websocket_is_not_cut(server: ServerProcess) -> None:
         await ws.send(json.dumps({"action": "ping"}))
         frames = [json.loads(await ws.recv(decode=True)) for _ in range(2)]
         assert [frame["event"] for frame in frames] == ["connected", "pong"]
+
+
+def test_accept_errors_are_logged_once_then_one_counted_line_per_interval() -> None:
+    now = 0.0
+    accept_errors = AcceptErrorFilter(10.0, clock=lambda: now)
+    message = "socket.accept() out of system resource\nsocket: <asyncio.TransportSocket fd=9>"
+
+    def record(msg: str) -> logging.LogRecord:
+        error = OSError(24, "Too many open files")
+        return logging.LogRecord(
+            "asyncio", logging.ERROR, __file__, 1, msg, None, (OSError, error, None)
+        )
+
+    first = record(message)
+    assert accept_errors.filter(first)
+    assert first.exc_info is not None  # the first one keeps its traceback
+    assert not any(accept_errors.filter(record(message)) for _ in range(1000))
+    now = 10.0
+    summary = record(message)
+    assert accept_errors.filter(summary)
+    assert summary.getMessage() == (
+        "socket.accept() out of system resource (1000 more since the last such line)"
+    )
+    assert summary.exc_info is None
+    assert not accept_errors.filter(record(message))
+    assert accept_errors.filter(record("Task exception was never retrieved"))
