@@ -1,4 +1,9 @@
-"""``agentos serve [module:app] [--host H] [--port P]``: run a server under uvicorn."""
+"""``agentos serve [module:app] [--host H] [--port P]``: run a server under uvicorn.
+
+Beyond plain uvicorn, it puts a deadline on request heads, caps open connections and rate-limits
+the log of failing accepts (``http/server.py``; settings ``http_header_timeout``,
+``http_max_connections``, ``accept_error_log_interval``).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from typing import Any
 import uvicorn
 
 from agentos.http import AgentOS
+from agentos.http.server import AcceptErrorFilter, default_max_connections, guarded_protocol
 from agentos.settings import Settings
 
 __all__ = ["main"]
@@ -72,13 +78,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     app = target.app if isinstance(target, AgentOS) else target
     settings = agent_os.settings if agent_os is not None else Settings.from_env()
-    grace = settings.runs.shutdown_grace + settings.http.graceful_shutdown_extra
+    http = settings.http
+    grace = settings.runs.shutdown_grace + http.graceful_shutdown_extra
+    logging.getLogger("asyncio").addFilter(AcceptErrorFilter(http.accept_error_log_interval))
+    protocol = guarded_protocol(
+        http.header_timeout, http.max_connections or default_max_connections()
+    )
     config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
         timeout_graceful_shutdown=int(grace),
+        http=protocol,
     )
     _Server(config, agent_os).run()
 

@@ -7,6 +7,7 @@
      ├── InvalidRequest         a field is missing or invalid        422
      │    └── InvalidCursor     last_event_index out of range        422
      ├── RequestTooLarge        body over max_body_bytes             413
+     ├── RequestTimeout         body slower than http_body_timeout   408
      ├── NotAuthenticated       security key missing                 401
      ├── NotAuthorized          security key wrong                   403
      ├── ShuttingDown           the server is draining               503
@@ -40,6 +41,7 @@ __all__ = [
     "NotAuthenticated",
     "NotAuthorized",
     "Overloaded",
+    "RequestTimeout",
     "RequestTooLarge",
     "RunAlreadyExists",
     "RunEnded",
@@ -106,6 +108,13 @@ class InvalidCursor(InvalidRequest):
 class RequestTooLarge(AgentOSError):
     status = 413
     code = "body_too_large"
+
+
+class RequestTimeout(AgentOSError):
+    """The request body did not arrive in time; the answer closes the connection."""
+
+    status = 408
+    code = "request_timeout"
 
 
 class NotAuthenticated(AgentOSError):

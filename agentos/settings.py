@@ -164,6 +164,20 @@ class HTTPSettings:
     retry_after: int = _setting(5, "retry_after")
     #: Seconds uvicorn gives open connections on shutdown, beyond ``shutdown_grace``.
     graceful_shutdown_extra: float = _setting(15.0, "graceful_shutdown_extra")
+    #: Seconds a request body may take to arrive in full; a slower one gets 408 and the
+    #: connection is closed. 0 disables.
+    body_timeout: float = _setting(60.0, "http_body_timeout")
+    #: ``agentos serve``: seconds a connection has to send a complete request head, counted from
+    #: its opening or the end of its previous response; then it is closed. Never applies while a
+    #: response (an SSE stream) is under way, nor to WebSockets. 0 disables.
+    header_timeout: float = _setting(10.0, "http_header_timeout")
+    #: ``agentos serve``: open connections (HTTP and WebSocket). Past it a new connection takes
+    #: the place of the one that has waited longest for its request head, or is closed when none
+    #: waits. 0: the process's open-file limit minus 128 (kept for the database and files).
+    max_connections: int = _setting(0, "http_max_connections")
+    #: ``agentos serve``: repeated errors of the accept loop (``Too many open files``) are
+    #: logged once, then as one line with a count at most every this many seconds.
+    accept_error_log_interval: float = _setting(10.0, "accept_error_log_interval")
 
 
 @dataclass(frozen=True)

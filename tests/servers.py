@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -115,6 +116,7 @@ class ServerProcess:
         instance_id: str | None = None,
         log_level: str | None = None,
         env: Mapping[str, str] | None = None,
+        open_files: int | None = None,
     ) -> None:
         self.app = app
         self.log_level = log_level
@@ -135,6 +137,7 @@ class ServerProcess:
         if instance_id:
             self.env["AGENTOS_INSTANCE_ID"] = instance_id
         self.env.update(env or {})
+        self.open_files = open_files  # the process's RLIMIT_NOFILE, when given
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -152,8 +155,17 @@ class ServerProcess:
         """Start the process without waiting for it (several can then start side by side)."""
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                self.command(), env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+                self.command(),
+                env=self.env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=None if self.open_files is None else self._limit_open_files,
             )
+
+    def _limit_open_files(self) -> None:
+        assert self.open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def wait_ready(self, timeout: float = _START_TIMEOUT) -> None:
         try:

@@ -29,6 +29,7 @@ from agentos.errors import (
     AgentOSError,
     ComponentNotFound,
     InvalidRequest,
+    RequestTimeout,
     ShuttingDown,
 )
 from agentos.events import KINDS, RunStatus
@@ -119,6 +120,8 @@ class AgentOS:
             assert isinstance(exc, AgentOSError)
             if isinstance(exc, ComponentNotFound | ShuttingDown):
                 logger.debug("%s %s: %s", request.method, request.url.path, exc.detail)
+            if isinstance(exc, RequestTimeout):  # the rest of the body may still come: stop here
+                return error_json(exc, {"Connection": "close"})
             return error_json(exc, retry_after if exc.status == 503 else None)
 
         app = Starlette(
@@ -209,7 +212,9 @@ class AgentOS:
 
     async def create_run(self, request: Request) -> Response:
         component = self._component(request)
-        fields = await forms.read_fields(request, self.settings.http.max_body_bytes)
+        fields = await forms.read_fields(
+            request, self.settings.http.max_body_bytes, self.settings.http.body_timeout
+        )
         message = forms.message(fields)
         stream = forms.flag(fields, "stream", True)
         background = forms.flag(fields, "background", False)
@@ -276,7 +281,9 @@ class AgentOS:
         return JSONResponse(record.to_dict())
 
     async def cancel(self, request: Request) -> Response:
-        fields = await forms.read_fields(request, self.settings.http.max_body_bytes)
+        fields = await forms.read_fields(
+            request, self.settings.http.max_body_bytes, self.settings.http.body_timeout
+        )
         record = await self._run(request, forms.text(fields, "session_id"))
         if not record.status.ended:
             record = await self.manager.cancel(record.run_id)
@@ -285,7 +292,9 @@ class AgentOS:
     async def resume(self, request: Request) -> Response:
         component = self._component(request)
         if request.method == "POST":
-            fields = await forms.read_fields(request, self.settings.http.max_body_bytes)
+            fields = await forms.read_fields(
+                request, self.settings.http.max_body_bytes, self.settings.http.body_timeout
+            )
         else:
             fields = dict(request.query_params)
         cursor = fields.get("last_event_index")

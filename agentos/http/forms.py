@@ -6,6 +6,7 @@ InvalidRequest (422) with a message that names the field.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Mapping
@@ -15,7 +16,7 @@ from urllib.parse import parse_qsl
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from agentos.errors import InvalidCursor, InvalidRequest, RequestTooLarge
+from agentos.errors import InvalidCursor, InvalidRequest, RequestTimeout, RequestTooLarge
 
 __all__ = ["client_run_id", "cursor", "flag", "integer", "message", "read_fields", "text"]
 
@@ -26,16 +27,24 @@ _FALSE = {"false", "0", "no", "off"}
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
 
 
-async def read_fields(request: Request, limit: int) -> dict[str, Any]:
-    """The request's fields from a JSON object, a urlencoded or a multipart form body."""
+async def read_fields(request: Request, limit: int, timeout: float) -> dict[str, Any]:
+    """The request's fields from a JSON object, a urlencoded or a multipart form body.
+
+    The body must be at most ``limit`` bytes (RequestTooLarge) and arrive within ``timeout``
+    seconds, 0 for no limit (RequestTimeout).
+    """
     declared = request.headers.get("content-length")
     if declared is not None and _INTEGER.fullmatch(declared) and int(declared) > limit:
         raise RequestTooLarge(f"the request body is over the limit of {limit} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise RequestTooLarge(f"the request body is over the limit of {limit} bytes")
+    try:
+        async with asyncio.timeout(timeout or None):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise RequestTooLarge(f"the request body is over the limit of {limit} bytes")
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {timeout:g} s") from None
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if not body.strip():
         return {}

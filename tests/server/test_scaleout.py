@@ -83,13 +83,28 @@ http {{
     return conf
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def _nginx() -> str:
     nginx = shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx", "/sbin/nginx") if os.path.exists(p)), None
     )
     require("nginx", None if nginx else "no nginx binary (apt-get install nginx)")
     assert nginx is not None
+    return nginx
+
+
+def test_the_nginx_config_is_valid(tmp_path: Path) -> None:
+    conf = _nginx_config(tmp_path, free_port(), [free_port() for _ in range(3)])
+    checked = subprocess.run(
+        [_nginx(), "-t", "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log")],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    assert "[warn]" not in checked.stderr, checked.stderr
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    nginx = _nginx()
     tmp = tmp_path_factory.mktemp("scaleout")
     with scratch_database() as db_url:
         env = {
