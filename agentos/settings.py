@@ -60,6 +60,12 @@ class DatabaseSettings:
     url: str = _setting("sqlite+aiosqlite:///agentos.db", "db_url")
     #: Seconds to wait for a new database connection.
     connect_timeout: float = _setting(10.0, "db_connect_timeout")
+    #: Seconds a store operation waits for a connection from the pool, or (SQLite) for another
+    #: process's write lock; past it the operation fails and the committer retries.
+    timeout: float = _setting(5.0, "db_timeout")
+    #: Seconds one PostgreSQL statement may run before it fails (a hung server cannot stall
+    #: the committer, a stream or shutdown for longer).
+    command_timeout: float = _setting(60.0, "db_command_timeout")
     #: Seconds between keep-alive queries on the PostgreSQL LISTEN connection.
     listen_keepalive: float = _setting(10.0, "db_listen_keepalive")
     #: Seconds start-up waits for the first LISTEN connection before tailing by polling.

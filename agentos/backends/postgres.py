@@ -50,11 +50,23 @@ _SCHEMA_LOCK = 0x6167_656E_746F_73
 class PostgresStore(SQLStore):
     """:class:`SQLStore` on PostgreSQL: schema creation in turns, NOTIFY in each commit."""
 
+    def __init__(self, url: str, *, timeout: float = 5.0, command_timeout: float = 60.0) -> None:
+        super().__init__(url, timeout=timeout)
+        #: Seconds any one statement may take before it fails (StoreUnavailable).
+        self.command_timeout = command_timeout
+
     @property
     def dsn(self) -> str:
         """The URL without SQLAlchemy's driver name, for a plain driver connection."""
         url = make_url(self.url)
         return url.set(drivername=url.get_backend_name()).render_as_string(hide_password=False)
+
+    def _engine_options(self) -> dict[str, Any]:
+        # asyncpg: bounded connects, and no statement waits for ever on a hung server.
+        return {
+            "pool_timeout": self.timeout,
+            "connect_args": {"timeout": self.timeout, "command_timeout": self.command_timeout},
+        }
 
     async def _before_schema(self, conn: AsyncConnection) -> None:
         # Instances starting together would race on CREATE TABLE (duplicate pg_type rows);
@@ -167,10 +179,12 @@ class PostgresNotifier(Notifier):
 
 def _postgres_backend(settings: Settings) -> Backend:
     """LISTEN/NOTIFY wake-ups unless ``tail_notify`` is off (then followers poll)."""
-    store = PostgresStore(settings.database.url)
+    database = settings.database
+    store = PostgresStore(
+        database.url, timeout=database.timeout, command_timeout=database.command_timeout
+    )
     if not settings.streams.tail_notify:
         return Backend(store, Notifier())
-    database = settings.database
     notifier = PostgresNotifier(
         store.dsn,
         keepalive=database.listen_keepalive,

@@ -103,8 +103,11 @@ def _record(row: Any) -> RunRecord:
 class SQLStore(Store):
     """The store on any SQLAlchemy async database (SQLite by default, PostgreSQL)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
         self.url = url
+        #: Seconds to wait for a connection or (SQLite) for another writer's lock; past it the
+        #: operation fails as StoreUnavailable and the committer retries.
+        self.timeout = timeout
         self._engine: AsyncEngine | None = None
 
     @property
@@ -120,19 +123,33 @@ class SQLStore(Store):
     async def open(self) -> None:
         if self._engine is not None:
             return
-        kwargs: dict[str, Any] = {}
+        engine = create_async_engine(self.url, **self._engine_options())
         if self.is_sqlite:
-            memory = self.url.rstrip("/").endswith(("sqlite+aiosqlite:", ":memory:"))
-            if memory:
-                kwargs["poolclass"] = StaticPool
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        engine = create_async_engine(self.url, **kwargs)
-        if self.is_sqlite:
-            sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            busy_ms = int(self.timeout * 1000)
+
+            def pragmas(dbapi_conn: Any, _record: Any) -> None:
+                cursor = dbapi_conn.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+                cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+                cursor.close()
+
+            sa.event.listen(engine.sync_engine, "connect", pragmas)
         self._engine = engine
         async with engine.begin() as conn:
             await self._before_schema(conn)
             await conn.run_sync(SQLModel.metadata.create_all, tables=[_runs, _events])
+
+    def _engine_options(self) -> dict[str, Any]:
+        """Keyword arguments of the engine (a dialect's hook)."""
+        if not self.is_sqlite:
+            return {"pool_timeout": self.timeout}
+        options: dict[str, Any] = {
+            "connect_args": {"check_same_thread": False, "timeout": self.timeout}
+        }
+        if self.url.rstrip("/").endswith(("sqlite+aiosqlite:", ":memory:")):
+            options["poolclass"] = StaticPool
+        return options
 
     @contextlib.asynccontextmanager
     async def _connect(self) -> AsyncIterator[AsyncConnection]:
@@ -407,16 +424,8 @@ _SQLITE_INSERT_EVENTS = (
 )
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
-
-
 def _sqlite_backend(settings: Settings) -> Backend:
-    return Backend(SQLStore(settings.database.url), Notifier())
+    return Backend(SQLStore(settings.database.url, timeout=settings.database.timeout), Notifier())
 
 
 register_backend("sqlite", _sqlite_backend)

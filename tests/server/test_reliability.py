@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from agentos.backends.sql import SQLStore
 from agentos.errors import DataRejected, InvalidRequest, StoreUnavailable
 from agentos.records import RunRecord, RunUpdate
 from tests.pgdb import db_url, pg_url
-from tests.servers import ThreadServer
+from tests.servers import ServerProcess, ThreadServer
 
 __all__ = ["db_url", "pg_url"]  # fixtures, imported for pytest
 
@@ -278,3 +280,29 @@ def test_run_and_stream_limits_hold_under_concurrent_requests(
             assert health["open_streams"] <= 10
 
     asyncio.run(main())
+
+
+def test_sigterm_exits_in_bounded_time_while_the_database_is_locked(tmp_path: Path) -> None:
+    """Another process holds SQLite's write lock: commits cannot go through, and SIGTERM still
+    ends the server within shutdown_grace + shutdown_cancel_grace + commit_close_timeout (plus a
+    last db_timeout), not after the lock's wait."""
+    env = {
+        "AGENTOS_SHUTDOWN_GRACE": "1",
+        "AGENTOS_SHUTDOWN_CANCEL_GRACE": "1",
+        "AGENTOS_COMMIT_CLOSE_TIMEOUT": "2",
+        "AGENTOS_DB_TIMEOUT": "1",
+    }
+    with ServerProcess(tmp_path, delay=0.2, env=env) as server:
+        body = {"message": " ".join(["w"] * 100), "background": True, "stream": False}
+        r = httpx.post(f"{server.url}/agents/echo/runs", json=body, timeout=10)
+        assert r.status_code == 202, r.text
+        lock = sqlite3.connect(tmp_path / "agentos.db", timeout=5, isolation_level=None)
+        try:
+            lock.execute("BEGIN EXCLUSIVE")
+            time.sleep(1.0)  # the run's next commits now wait for the lock
+            started = time.monotonic()
+            assert server.terminate(timeout=30), server.log()
+            took = time.monotonic() - started
+        finally:
+            lock.close()
+    assert took < 1 + 1 + 2 + 1 + 4, f"exit took {took:.1f} s"
