@@ -126,7 +126,6 @@ class RunManager:
         if self.components.get(key, component) is not component:
             raise ValueError(f"two {component.kind.name} share the id {component.id!r}")
         self.components[key] = component
-        component.runtime.attach(self)
 
     def component(self, kind: str, component_id: str) -> Component:
         found = self.components.get((kind, component_id))

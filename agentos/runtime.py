@@ -7,7 +7,7 @@ first time it runs, one per event loop (close it with ``await component.aclose()
 ``aresume``, ``aget_run``, ``acancel_run``) goes through here::
 
     component.arun(...) ──▶ ComponentRuntime.manager() ──▶ RunManager.start_and_follow / start_run
-                                 │ attached by AgentOS (RunManager.register)
+                                 │ attached by the AgentOS that serves it
                                  └ or private: Settings.from_env(db_url="sqlite+aiosqlite://")
 """
 
@@ -47,7 +47,6 @@ class ComponentRuntime:
         if self._own is None or self._own[0] is not loop:
             manager = RunManager(Settings.from_env(db_url="sqlite+aiosqlite://"))
             manager.register(self._component)
-            self._attached = None  # register attached it; keep it as our own instead
             await manager.start()
             self._own = (loop, manager)
         return self._own[1]

@@ -86,6 +86,7 @@ class AgentOS:
                 if component.kind.name != kind:
                     raise TypeError(f"{component!r} is not one of the {kind}")
                 self.manager.register(component)
+                component.runtime.attach(self.manager)
         self._exit = anyio.Event()
         self.app = self._build_app()
 
