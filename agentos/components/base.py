@@ -54,7 +54,7 @@ class Component(abc.ABC):
         except Exception as exc:
             await ctx.emit(self.kind.error, error=describe_error(exc))
             raise
-        await ctx.emit(self.kind.completed, content=content)
+        await ctx.emit(self.kind.completed, content=content, **ctx.completed)
         return content
 
     def member_context(self, ctx: RunContext, field: str) -> RunContext:
@@ -66,12 +66,27 @@ class Component(abc.ABC):
     # -- the in-process API (agentos.runtime) ---------------------------------------------------
 
     async def aclose(self) -> None:
-        """Finish and close the private run manager of a component used on its own.
+        """Finish and close the private run manager of a component used on its own, and the
+        connections of its models (and its members' or steps').
 
         ``async with Agent(...) as agent:`` does it on exit. Components registered with an
         AgentOS are closed with it instead.
         """
         await self.runtime.aclose()
+        for part in self.parts():
+            await part.aclose()
+        for model in self.models():
+            aclose = getattr(model, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    def parts(self) -> list[Component]:
+        """The members or steps that are components themselves."""
+        return []
+
+    def models(self) -> list[object]:
+        """The models this component itself calls."""
+        return []
 
     async def __aenter__(self) -> Component:
         return self

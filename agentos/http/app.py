@@ -97,6 +97,12 @@ class AgentOS:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.manager.aclose()
+        await self._close_components()
+
+    async def _close_components(self) -> None:
+        """Close the components' model connections once no run uses them."""
+        for component in self.manager.components.values():
+            await component.aclose()
 
     # -- app -----------------------------------------------------------------------------------
 
@@ -138,6 +144,7 @@ class AgentOS:
         finally:
             watcher.cancel()
             await self.manager.aclose()
+            await self._close_components()
 
     async def _watch_exit(self) -> None:
         # uvicorn's SIGTERM reaches us through sse-starlette (AppStatus, or a stream's
