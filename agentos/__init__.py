@@ -32,7 +32,7 @@ from agentos.http import AgentOS
 from agentos.models import ChatModel, EchoModel, Model
 from agentos.records import RunRecord
 from agentos.runs import RunManager
-from agentos.sessions import MessageRecord, SessionRecord
+from agentos.sessions import MessageRecord, Session, SessionRecord
 from agentos.settings import Settings
 from agentos.tools import Tool, tool
 
@@ -71,6 +71,7 @@ __all__ = [
     "RunRecord",
     "RunStatus",
     "SQLStore",
+    "Session",
     "SessionActive",
     "SessionNotFound",
     "SessionRecord",

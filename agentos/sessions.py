@@ -27,7 +27,7 @@ from agentos.records import RunRecord
 if TYPE_CHECKING:
     from agentos.backends.base import Store
 
-__all__ = ["MessageRecord", "SessionLog", "SessionRecord", "Sessions"]
+__all__ = ["MessageRecord", "Session", "SessionLog", "SessionRecord", "Sessions"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,23 @@ class SessionRecord:
         }
 
 
+@dataclass(frozen=True)
+class Session:
+    """One session: its runs (oldest first) and their messages."""
+
+    session_id: str
+    runs: list[RunRecord]
+    messages: list[MessageRecord]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The session object of ``GET /sessions/{session_id}``."""
+        return {
+            "session_id": self.session_id,
+            "runs": [run.to_dict() for run in self.runs],
+            "messages": [message.to_dict() for message in self.messages],
+        }
+
+
 class SessionLog:
     """What one run sees of its session: the earlier turns, and where its own go."""
 
@@ -183,8 +200,11 @@ class Sessions:
 
     async def get_session(
         self, session_id: str, *, kind: str | None = None, component_id: str | None = None
-    ) -> tuple[list[RunRecord], list[MessageRecord]]:
-        """The session's runs (oldest first) and messages; SessionNotFound when it has none."""
+    ) -> Session:
+        """The session's runs (oldest first) and messages; SessionNotFound when it has none.
+
+        With ``kind``/``component_id``, only the runs of that component (and their messages).
+        """
         runs = await self._store.session_runs(session_id)
         if kind is not None or component_id is not None:
             runs = [
@@ -197,9 +217,16 @@ class Sessions:
             raise SessionNotFound(session_id)
         keep = {r.run_id for r in runs}
         messages = await self._store.session_messages(session_id)
-        return runs, [m for m in messages if m.run_id in keep]
+        return Session(session_id, runs, [m for m in messages if m.run_id in keep])
 
-    async def delete_session(self, session_id: str) -> None:
-        """Delete the session's runs, events and messages; SessionActive while one runs."""
+    async def delete_session(
+        self, session_id: str, *, kind: str | None = None, component_id: str | None = None
+    ) -> None:
+        """Delete the session's runs, events and messages; SessionActive while one runs.
+
+        With ``kind``/``component_id`` the session must hold runs of that component.
+        """
+        if kind is not None or component_id is not None:
+            await self.get_session(session_id, kind=kind, component_id=component_id)
         if not await self._store.delete_session(session_id):
             raise SessionNotFound(session_id)

@@ -18,6 +18,7 @@ from agentos.errors import describe_error
 from agentos.events import Event, Kind, Meta
 from agentos.records import RunRecord, is_valid_id
 from agentos.runtime import ComponentRuntime
+from agentos.sessions import Session, SessionRecord
 
 __all__ = ["Component"]
 
@@ -143,3 +144,27 @@ class Component(abc.ABC):
     async def acancel_run(self, run_id: str) -> RunRecord:
         """Cancel a run (idempotent); returns the run as it is afterwards."""
         return await self.runtime.acancel_run(run_id)
+
+    async def alist_sessions(
+        self, *, user_id: str | None = None, limit: int = 100
+    ) -> list[SessionRecord]:
+        """This component's sessions, most recently active first."""
+        return await self.runtime.alist_sessions(user_id, limit)
+
+    async def aget_session(self, session_id: str) -> Session:
+        """A session's runs of this component and their messages; raises SessionNotFound.
+
+        Example::
+
+            await agent.arun("my name is Ada", session_id="s1")
+            session = await agent.aget_session("s1")
+            [m.role for m in session.messages]    # ['user', 'assistant']
+        """
+        return await self.runtime.aget_session(session_id)
+
+    async def adelete_session(self, session_id: str) -> None:
+        """Delete a session, its runs and their events and messages.
+
+        Raises SessionNotFound, and SessionActive while one of its runs is going.
+        """
+        await self.runtime.adelete_session(session_id)

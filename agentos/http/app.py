@@ -112,6 +112,9 @@ class AgentOS:
             Route("/health", self.health, methods=["GET"]),
             Route("/config", self.config, methods=["GET"]),
             WebSocketRoute("/workflows/ws", WorkflowSockets(self.manager, self.settings)),
+            Route("/sessions", self.list_sessions, methods=["GET"]),
+            Route("/sessions/{session_id}", self.get_session, methods=["GET"]),
+            Route("/sessions/{session_id}", self.delete_session, methods=["DELETE"]),
             Route("/{kind}", self.list_components, methods=["GET"]),
             Route("/{kind}/{id}/runs", self.create_run, methods=["POST"]),
             Route("/{kind}/{id}/runs", self.list_runs, methods=["GET"]),
@@ -281,6 +284,30 @@ class AgentOS:
         if run_stream is None:
             return Response(status_code=204)
         return self._sse(run_stream, {"X-Run-Id": run_stream.run_id})
+
+    async def list_sessions(self, request: Request) -> Response:
+        params = request.query_params
+        kind = params.get("kind") or None
+        if kind is not None and kind not in KINDS:
+            raise InvalidRequest(f"kind must be one of {', '.join(KINDS)}")
+        limit = forms.integer(params.get("limit", "100"), "limit")
+        if not 1 <= limit <= 1000:
+            raise InvalidRequest("limit must be between 1 and 1000")
+        sessions = await self.manager.sessions.list_sessions(
+            user_id=params.get("user_id") or None,
+            kind=kind,
+            component_id=params.get("component_id") or None,
+            limit=limit,
+        )
+        return JSONResponse([s.to_dict() for s in sessions])
+
+    async def get_session(self, request: Request) -> Response:
+        session = await self.manager.sessions.get_session(request.path_params["session_id"])
+        return JSONResponse(session.to_dict())
+
+    async def delete_session(self, request: Request) -> Response:
+        await self.manager.sessions.delete_session(request.path_params["session_id"])
+        return Response(status_code=204)
 
     # -- helpers -------------------------------------------------------------------------------
 
