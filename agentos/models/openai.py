@@ -11,7 +11,7 @@ This is the only module that imports ``openai``; the SDK's errors stop here and 
 stream cut short: worth a retry) or :class:`~agentos.errors.ModelError`. The SDK's own retries
 are off (``max_retries=0``): the agent retries, and only before a call's first output.
 
-What the wire chunks become (``ChatCompletionChunk``)::
+What the wire chunks become (``ChatCompletionChunk``, read as the JSON objects they are)::
 
     choices[0].delta.content                       ──▶ ContentDelta
     choices[0].delta.reasoning_content / reasoning ──▶ ReasoningDelta (vLLM, DeepSeek, OpenRouter)
@@ -153,7 +153,17 @@ class OpenAIChat:
                 for t in tools
             ]
         try:
-            stream = await self.client().chat.completions.create(**params)
+            # The chunks come as the JSON objects on the wire (cast_to=object): the SDK still
+            # sends the request, decodes the SSE stream and raises its errors, but skips
+            # building a pydantic model per chunk, which cost more than all of agentos's own
+            # work per delta (bench/model_relay.py).
+            stream = await self.client().post(
+                "/chat/completions",
+                body=params,
+                cast_to=object,
+                stream=True,
+                stream_cls=openai.AsyncStream[object],
+            )
         except openai.APIError as exc:
             raise _translate(exc) from exc
         calls: dict[int, _PartialCall] = {}
@@ -161,28 +171,34 @@ class OpenAIChat:
         model: str | None = None
         try:
             async for chunk in stream:
-                model = chunk.model or model
-                if chunk.usage is not None:
-                    usage = chunk.usage
+                if not isinstance(chunk, dict):
+                    continue
+                if isinstance(chunk.get("model"), str):
+                    model = chunk["model"]
+                usage = chunk.get("usage")
+                if isinstance(usage, dict):
                     yield Usage(
-                        usage.prompt_tokens or 0,
-                        usage.completion_tokens or 0,
-                        usage.total_tokens or 0,
+                        _count(usage.get("prompt_tokens")),
+                        _count(usage.get("completion_tokens")),
+                        _count(usage.get("total_tokens")),
                     )
-                for choice in chunk.choices:
-                    if choice.index != 0:
+                for choice in chunk.get("choices") or ():
+                    if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                         continue
-                    delta = choice.delta
-                    extra = delta.model_extra or {}
-                    reasoning = extra.get("reasoning_content") or extra.get("reasoning")
-                    if isinstance(reasoning, str) and reasoning:
-                        yield ReasoningDelta(reasoning)
-                    if delta.content:
-                        yield ContentDelta(delta.content)
-                    for part in delta.tool_calls or ():
-                        _add_call_part(calls, part)
-                    if choice.finish_reason:
-                        finish = choice.finish_reason
+                    delta = choice.get("delta")
+                    if isinstance(delta, dict):
+                        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                        if isinstance(reasoning, str) and reasoning:
+                            yield ReasoningDelta(reasoning)
+                        content = delta.get("content")
+                        if isinstance(content, str) and content:
+                            yield ContentDelta(content)
+                        for part in delta.get("tool_calls") or ():
+                            if isinstance(part, dict):
+                                _add_call_part(calls, part)
+                    reason = choice.get("finish_reason")
+                    if isinstance(reason, str) and reason:
+                        finish = reason
         except openai.APIError as exc:
             raise _translate(exc) from exc
         finally:
@@ -197,20 +213,25 @@ class OpenAIChat:
         yield Finish(finish, model)
 
 
-def _add_call_part(calls: dict[int, _PartialCall], part: Any) -> None:
+def _add_call_part(calls: dict[int, _PartialCall], part: dict[str, Any]) -> None:
     """Fold one streamed piece of a tool call (index, id, name, arguments) into ``calls``."""
-    index = part.index
+    index = part.get("index")
     if not isinstance(index, int):  # servers that leave the index out send whole calls
         index = len(calls)
     call = calls.setdefault(index, _PartialCall())
-    if part.id:
-        call.id = part.id
-    function = part.function
-    if function is not None:
-        if function.name:
-            call.name += function.name
-        if function.arguments:
-            call.arguments.append(function.arguments)
+    if isinstance(part.get("id"), str) and part["id"]:
+        call.id = part["id"]
+    function = part.get("function")
+    if isinstance(function, dict):
+        name = function.get("name")
+        if isinstance(name, str) and name != call.name:  # some servers repeat the whole name
+            call.name += name
+        if isinstance(function.get("arguments"), str):
+            call.arguments.append(function["arguments"])
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _translate(exc: openai.APIError) -> ModelError:
