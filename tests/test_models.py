@@ -420,3 +420,37 @@ async def test_cancelling_a_run_closes_the_upstream_stream_at_once(
         assert record.status is RunStatus.CANCELLED
         await wait_for(lambda: fake.disconnects == 1, timeout=5)
         assert fake.completed == 0
+
+
+async def test_tool_call_shapes_of_other_servers(
+    fake: FakeOpenAI, model_settings: Settings
+) -> None:
+    """A name repeated in every delta (some servers), a call with no index (others)."""
+
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    def call(index: int | None, **function: str) -> dict[str, object]:
+        part: dict[str, object] = {"function": function}
+        if index is not None:
+            part["index"] = index
+            part["id"] = f"id{index}"
+        return chunk({"tool_calls": [part]})
+
+    fake.script(
+        Reply(
+            [
+                call(0, name="add", arguments='{"a": '),
+                call(0, name="add", arguments="1, "),
+                call(0, name="add", arguments='"b": 2}'),
+                call(None, name="add", arguments='{"a": 3, "b": 4}'),
+                chunk({}, "tool_calls"),
+            ]
+        ),
+        text_reply(["done"]),
+    )
+    agent = Agent(id="a", model=model(fake), tools=[add])
+    events = await run_events(agent, model_settings)
+    results = [e.payload()["result"] for e in events if e.name == "ToolCallCompleted"]
+    assert results == ["3", "7"]
+    assert events[-1].payload()["metrics"]["input_tokens"] == 11  # only the second call's usage

@@ -9,8 +9,12 @@ import pytest
 from agentos_client import APIStatusError, AsyncClient
 
 from agentos import Agent, AgentOS, OpenAIChat, RunStatus, SessionActive, SessionNotFound, Settings
+from agentos.records import RunUpdate
 from tests.conftest import ThreadServer
 from tests.fake_openai import MODEL, FakeOpenAI, Pause, Reply, chunk, text_reply, tool_reply
+from tests.pgdb import db_url, pg_url
+
+__all__ = ["db_url", "pg_url"]  # fixtures, imported for pytest
 
 
 @pytest.fixture
@@ -187,3 +191,96 @@ async def test_a_session_with_a_running_run_cannot_be_deleted(
             await agent.adelete_session("busy")
         await agent.acancel_run(run.run_id)
         await agent.adelete_session("busy")
+
+
+# -- the store contract, on SQLite and PostgreSQL ----------------------------------------------
+
+
+async def test_session_storage_on_each_backend(db_url: str) -> None:
+    import time
+    import uuid
+
+    from agentos.backends.base import open_backend
+    from agentos.events import Event
+    from agentos.records import RunRecord
+    from agentos.sessions import MessageRecord
+
+    store = open_backend(Settings(db_url=db_url)).store
+    await store.open()
+    try:
+        session, user = f"s-{uuid.uuid4().hex}", f"u-{uuid.uuid4().hex}"
+        now = time.time()
+        statuses = [RunStatus.COMPLETED, RunStatus.ERROR, RunStatus.COMPLETED, RunStatus.RUNNING]
+        runs = [
+            RunRecord(
+                run_id=f"{session}-{i}",
+                kind="agents",
+                component_id="chat",
+                session_id=session,
+                status=status,
+                input=f"m{i}",
+                user_id=user,
+                created_at=now + i,
+                updated_at=now + i,
+            )
+            for i, status in enumerate(statuses)
+        ]
+        for run in runs:
+            await store.create_run(run)
+        await store.commit([(runs[0].run_id, Event(0, "RunStarted", '{"x":1}'))], [])
+        for i, run in enumerate(runs[:3]):
+            await store.add_messages(
+                [
+                    MessageRecord(session, run.run_id, 0, "user", f"q{i} \u2028 ✓"),
+                    MessageRecord(
+                        session,
+                        run.run_id,
+                        1,
+                        "assistant",
+                        None,
+                        tool_calls=[{"id": "c", "name": "t", "arguments": "{}"}],
+                    ),
+                    MessageRecord(session, run.run_id, 2, "tool", "r", tool_call_id="c", name="t"),
+                ]
+            )
+        everything = await store.session_messages(session)
+        assert [(m.run_id[-1], m.position) for m in everything] == [
+            (str(i), p) for i in range(3) for p in range(3)
+        ]
+        assert everything[0].content == "q0 \u2028 ✓"
+        assert everything[1].tool_calls == [{"id": "c", "name": "t", "arguments": "{}"}]
+        assert everything[2].to_chat() == {
+            "role": "tool",
+            "content": "r",
+            "tool_call_id": "c",
+            "name": "t",
+        }
+        # History: completed runs only (run 1 failed), the last N, created before the new run.
+        history = await store.session_messages(session, last_runs=5, before=now + 3)
+        assert sorted({m.run_id[-1] for m in history}) == ["0", "2"]
+        history = await store.session_messages(session, last_runs=1, before=now + 3)
+        assert {m.run_id[-1] for m in history} == {"2"}
+        assert await store.session_messages(session, last_runs=5, before=now + 1) == [
+            m for m in everything if m.run_id.endswith("-0")
+        ]
+
+        listed = await store.list_sessions(user_id=user)
+        assert [(s.session_id, s.run_count, s.component_id) for s in listed] == [
+            (session, 4, "chat")
+        ]
+        assert listed[0].created_at == now and listed[0].updated_at == now + 3
+        assert await store.list_sessions(user_id=user, kind="teams") == []
+        assert [r.run_id for r in await store.session_runs(session)] == [r.run_id for r in runs]
+
+        with pytest.raises(SessionActive):
+            await store.delete_session(session)  # run 3 is RUNNING
+        assert len(await store.session_runs(session)) == 4
+        await store.commit([], [RunUpdate(runs[3].run_id, status=RunStatus.CANCELLED)])
+        assert await store.delete_session(session) is True
+        assert await store.session_runs(session) == []
+        assert await store.session_messages(session) == []
+        assert await store.read_events(runs[0].run_id, 0, 10) == []
+        assert await store.get_run(runs[0].run_id) is None
+        assert await store.delete_session(session) is False
+    finally:
+        await store.close()
