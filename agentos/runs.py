@@ -103,7 +103,7 @@ class RunManager:
             self.stream_slots,
             draining=lambda: self._closing,
         )
-        self.sessions = Sessions(self.store)
+        self.sessions = Sessions(self.store, forget=self.buffers.discard)
         self.components: dict[tuple[str, str], Component] = {}
         self._active: dict[str, _ActiveRun] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}

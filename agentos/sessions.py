@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -182,8 +183,10 @@ class SessionLog:
 class Sessions:
     """List, show and delete sessions (the ``/sessions`` routes and the in-process API)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, forget: Callable[[str], None] | None = None) -> None:
         self._store = store
+        #: Called with each deleted run's id (the run manager drops its buffered events).
+        self._forget = forget
 
     async def list_sessions(
         self,
@@ -228,5 +231,9 @@ class Sessions:
         """
         if kind is not None or component_id is not None:
             await self.get_session(session_id, kind=kind, component_id=component_id)
+        runs = await self._store.session_runs(session_id)
         if not await self._store.delete_session(session_id):
             raise SessionNotFound(session_id)
+        if self._forget is not None:
+            for run in runs:
+                self._forget(run.run_id)

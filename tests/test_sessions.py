@@ -79,7 +79,8 @@ async def test_session_history_over_http_and_the_session_routes(
     serve_thread: Callable[[AgentOS], ThreadServer],
 ) -> None:
     script_three_runs(fake)
-    url = serve_thread(AgentOS(agents=[make_agent(fake)], settings=settings)).url
+    agent_os = AgentOS(agents=[make_agent(fake)], settings=settings)
+    url = serve_thread(agent_os).url
     async with AsyncClient(url) as client:
         for message in ("I am Ada", "weather in Paris?", "bye"):
             run = await client.arun("agents", "chat", message, session_id="s1", user_id="ada")
@@ -109,7 +110,9 @@ async def test_session_history_over_http_and_the_session_routes(
         ]
         run_id = session["runs"][0]["run_id"]
 
+        assert agent_os.manager.buffers.get(run_id) is not None
         await client.delete_session("s1")
+        assert agent_os.manager.buffers.get(run_id) is None  # its events are gone from memory too
         with pytest.raises(APIStatusError) as missing:
             await client.get_session("s1")
         assert (missing.value.status_code, missing.value.code) == (404, "session_not_found")
