@@ -1,5 +1,8 @@
 """agentos: run agents, teams and workflows in the background and stream resumable events."""
 
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
+
 from agentos.backends import Store
 from agentos.backends.sql import SQLStore
 from agentos.components import Agent, Component, Step, Team, Workflow
@@ -10,6 +13,9 @@ from agentos.errors import (
     EventsUnavailable,
     InvalidCursor,
     InvalidRequest,
+    ModelError,
+    ModelTimeout,
+    ModelUnavailable,
     NotAuthenticated,
     NotAuthorized,
     Overloaded,
@@ -17,14 +23,22 @@ from agentos.errors import (
     RequestTooLarge,
     RunAlreadyExists,
     RunNotFound,
+    SessionActive,
+    SessionNotFound,
     ShuttingDown,
+    ToolRoundsExceeded,
 )
 from agentos.events import Event, Meta, RunStatus
 from agentos.http import AgentOS
-from agentos.models import EchoModel, Model
+from agentos.models import ChatModel, EchoModel, Model
 from agentos.records import RunRecord
 from agentos.runs import RunManager
+from agentos.sessions import MessageRecord, Session, SessionRecord
 from agentos.settings import Settings
+from agentos.tools import Tool, tool
+
+if _TYPE_CHECKING:
+    from agentos.models.openai import OpenAIChat
 
 __version__ = "0.1.0"
 
@@ -32,6 +46,7 @@ __all__ = [
     "Agent",
     "AgentOS",
     "AgentOSError",
+    "ChatModel",
     "Component",
     "ComponentNotFound",
     "EchoModel",
@@ -39,10 +54,15 @@ __all__ = [
     "EventsUnavailable",
     "InvalidCursor",
     "InvalidRequest",
+    "MessageRecord",
     "Meta",
     "Model",
+    "ModelError",
+    "ModelTimeout",
+    "ModelUnavailable",
     "NotAuthenticated",
     "NotAuthorized",
+    "OpenAIChat",
     "Overloaded",
     "RequestTimeout",
     "RequestTooLarge",
@@ -53,11 +73,27 @@ __all__ = [
     "RunRecord",
     "RunStatus",
     "SQLStore",
+    "Session",
+    "SessionActive",
+    "SessionNotFound",
+    "SessionRecord",
     "Settings",
     "ShuttingDown",
     "Step",
     "Store",
     "Team",
+    "Tool",
+    "ToolRoundsExceeded",
     "Workflow",
     "__version__",
+    "tool",
 ]
+
+
+def __getattr__(name: str) -> _Any:
+    # OpenAIChat needs the optional openai package: imported on first use.
+    if name == "OpenAIChat":
+        from agentos.models.openai import OpenAIChat
+
+        return OpenAIChat
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

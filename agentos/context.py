@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from agentos.settings import AgentSettings
+
+if TYPE_CHECKING:
+    from agentos.sessions import SessionLog
 
 __all__ = ["RunContext"]
 
@@ -16,9 +21,22 @@ class RunContext:
     Members of a team and steps of a workflow get a child context whose events carry the outer
     run's ``run_id`` and ``event_index`` plus fields that say where they come from
     (``member_id``/``step_id`` and ``member_run_id``).
+
+    ``session`` is the run's conversation (earlier turns, and where this run's go); members and
+    steps have none. ``completed`` holds fields a component adds to its completed event (an
+    agent's ``metrics``). ``settings`` are the agent limits of the server the run is on.
     """
 
-    __slots__ = ("_emit", "extra", "run_id", "session_id", "user_id")
+    __slots__ = (
+        "_emit",
+        "completed",
+        "extra",
+        "run_id",
+        "session",
+        "session_id",
+        "settings",
+        "user_id",
+    )
 
     def __init__(
         self,
@@ -28,12 +46,17 @@ class RunContext:
         session_id: str,
         user_id: str | None = None,
         extra: dict[str, Any] | None = None,
+        settings: AgentSettings | None = None,
+        session: SessionLog | None = None,
     ) -> None:
         self._emit = emit
         self.run_id = run_id
         self.session_id = session_id
         self.user_id = user_id
         self.extra: dict[str, Any] = extra or {}
+        self.settings = settings if settings is not None else AgentSettings()
+        self.session = session
+        self.completed: dict[str, Any] = {}
 
     async def emit(self, name: str, **fields: Any) -> None:
         """Emit an event of this run; it gets the next ``event_index``."""
@@ -47,4 +70,5 @@ class RunContext:
             session_id=self.session_id,
             user_id=self.user_id,
             extra={**self.extra, **extra},
+            settings=self.settings,
         )

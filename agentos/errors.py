@@ -13,6 +13,12 @@
      ├── ShuttingDown           the server is draining               503
      ├── Overloaded             max_active_runs / max_streams hit    503
      ├── EventsUnavailable      a stream can no longer be served     410
+     ├── SessionNotFound        no run has this session id           404
+     ├── SessionActive          delete of a session with a running run 409
+     ├── ModelError             the model server refused or failed (ends the run: RunError)
+     │    ├── ModelUnavailable  connection error, 429, 5xx: retried before the first output
+     │    └── ModelTimeout      no data from the model for model_read_timeout seconds
+     ├── ToolRoundsExceeded     the model kept calling tools past max_tool_rounds
      ├── WriteConflict          another writer holds a run's event index (store -> committer)
      ├── StoreUnavailable       the database cannot be reached or commit now (transient) 503
      ├── DataRejected           the database refuses a value; retrying cannot help
@@ -38,6 +44,9 @@ __all__ = [
     "EventsUnavailable",
     "InvalidCursor",
     "InvalidRequest",
+    "ModelError",
+    "ModelTimeout",
+    "ModelUnavailable",
     "NotAuthenticated",
     "NotAuthorized",
     "Overloaded",
@@ -46,8 +55,11 @@ __all__ = [
     "RunAlreadyExists",
     "RunEnded",
     "RunNotFound",
+    "SessionActive",
+    "SessionNotFound",
     "ShuttingDown",
     "StoreUnavailable",
+    "ToolRoundsExceeded",
     "WriteConflict",
     "describe_error",
 ]
@@ -185,6 +197,60 @@ class RunEnded(AgentOSError):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"run {run_id} has ended; no more events")
         self.run_id = run_id
+
+
+class SessionNotFound(AgentOSError):
+    status = 404
+    code = "session_not_found"
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"no session with id {session_id!r}")
+        self.session_id = session_id
+
+
+class SessionActive(AgentOSError):
+    """A session cannot be deleted while one of its runs is still going."""
+
+    status = 409
+    code = "session_active"
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session {session_id!r} has a run still going; cancel it first")
+        self.session_id = session_id
+
+
+class ModelError(AgentOSError):
+    """The model server refused a request or failed; the run ends with ``RunError``.
+
+    A model implementation (``agentos.models``) translates its SDK's errors into these at one
+    seam; the agent's loop decides what to retry.
+    """
+
+    status = 502
+    code = "model_error"
+
+
+class ModelUnavailable(ModelError):
+    """A failure worth another try: no connection, 429 (``retry_after`` seconds), 5xx, or a
+    stream cut short. The agent retries it only while the model call has emitted nothing."""
+
+    code = "model_unavailable"
+
+    def __init__(self, detail: str, *, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class ModelTimeout(ModelError):
+    """The model sent nothing for ``model_read_timeout`` seconds."""
+
+    code = "model_timeout"
+
+
+class ToolRoundsExceeded(AgentOSError):
+    """The model still called tools after ``max_tool_rounds`` rounds; the run ends."""
+
+    code = "tool_rounds_exceeded"
 
 
 def describe_error(exc: BaseException) -> str:

@@ -45,6 +45,7 @@ from agentos.errors import (
 from agentos.events import RunStatus, make_event
 from agentos.leases import Leases
 from agentos.records import MAX_ID_LENGTH, RunRecord, RunUpdate, check_id, check_text, storable
+from agentos.sessions import SessionLog, Sessions
 from agentos.settings import Settings
 from agentos.streams import RunStream, StreamSlots, StreamSource
 
@@ -107,6 +108,7 @@ class RunManager:
             self.stream_slots,
             draining=lambda: self._closing,
         )
+        self.sessions = Sessions(self.store, forget=self.buffers.discard)
         self.components: dict[tuple[str, str], Component] = {}
         self._active: dict[str, _ActiveRun] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -377,6 +379,8 @@ class RunManager:
             run_id=record.run_id,
             session_id=record.session_id,
             user_id=record.user_id,
+            settings=self.settings.agents,
+            session=SessionLog(self.store, record, self.settings.agents.history_runs),
         )
         status, fields = RunStatus.ERROR, {"error": "internal error"}
         active.started = True
@@ -390,7 +394,7 @@ class RunManager:
             if active.cancel_reason is not None:
                 status, fields = RunStatus.CANCELLED, {"reason": active.cancel_reason}
             else:
-                status, fields = RunStatus.COMPLETED, {"content": content}
+                status, fields = RunStatus.COMPLETED, {"content": content, **ctx.completed}
         except asyncio.CancelledError:
             if active.failure is not None:
                 status, fields = RunStatus.ERROR, {"error": active.failure}

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from agentos.events import Event, Meta
 from agentos.records import RunRecord
 from agentos.runs import RunManager
+from agentos.sessions import Session, SessionRecord
 from agentos.settings import Settings
 
 if TYPE_CHECKING:
@@ -107,6 +108,27 @@ class ComponentRuntime:
         kind = self._component.kind.name
         await manager.get_run(run_id, kind=kind, component_id=self._component.id)
         return await manager.cancel(run_id)
+
+    async def alist_sessions(self, user_id: str | None, limit: int) -> list[SessionRecord]:
+        manager = await self.manager()
+        return await manager.sessions.list_sessions(
+            user_id=user_id,
+            kind=self._component.kind.name,
+            component_id=self._component.id,
+            limit=limit,
+        )
+
+    async def aget_session(self, session_id: str) -> Session:
+        manager = await self.manager()
+        return await manager.sessions.get_session(
+            session_id, kind=self._component.kind.name, component_id=self._component.id
+        )
+
+    async def adelete_session(self, session_id: str) -> None:
+        manager = await self.manager()
+        await manager.sessions.delete_session(
+            session_id, kind=self._component.kind.name, component_id=self._component.id
+        )
 
 
 async def _empty() -> AsyncIterator[Event | Meta]:

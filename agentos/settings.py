@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 __all__ = [
+    "AgentSettings",
     "AuthSettings",
     "BufferSettings",
     "CommitSettings",
@@ -226,6 +227,30 @@ class LeaseSettings:
     end_attempts: int = _setting(3, "lease_end_attempts")
 
 
+@dataclass(frozen=True)
+class AgentSettings:
+    """Agents that call a model and tools (``components/agent.py``, ``tools.py``)."""
+
+    #: Model rounds that may call tools in one run; a run that needs more ends with RunError.
+    max_tool_rounds: int = _setting(10, "max_tool_rounds")
+    #: Seconds one tool call may take; then its error goes back to the model.
+    tool_timeout: float = _setting(60.0, "tool_timeout")
+    #: Bytes of a tool's result sent back to the model (UTF-8); the rest is cut off.
+    tool_result_bytes: int = _setting(16 * 1024, "tool_result_bytes")
+    #: Seconds the model may send nothing (before or between chunks) before the run ends.
+    model_read_timeout: float = _setting(60.0, "model_read_timeout")
+    #: Retries of a model call that failed (connection, 429, 5xx) before its first output.
+    model_retry_attempts: int = _setting(3, "model_retry_attempts")
+    #: Seconds before the first retry of a model call; doubled per retry.
+    model_retry_delay: float = _setting(0.5, "model_retry_delay")
+    #: Longest wait in seconds before a retry; a longer ``Retry-After`` is not waited for.
+    model_retry_max_delay: float = _setting(20.0, "model_retry_max_delay")
+    #: Earlier runs of its session an agent sees (their messages); 0 for none.
+    history_runs: int = _setting(10, "history_runs")
+    #: Model name of the demo's ``assistant`` agent (``agentos serve``); unset: echo only.
+    model: str | None = _setting(None, "model")
+
+
 _SECTIONS: dict[str, type[Any]] = {
     "database": DatabaseSettings,
     "auth": AuthSettings,
@@ -236,6 +261,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "http": HTTPSettings,
     "ws": WebSocketSettings,
     "leases": LeaseSettings,
+    "agents": AgentSettings,
 }
 #: Settings of the server as a whole, not of one part.
 _TOP: dict[str, Any] = {"instance_id": None, "demo_delay": 0.02}
@@ -267,6 +293,7 @@ class Settings:
     http: HTTPSettings
     ws: WebSocketSettings
     leases: LeaseSettings
+    agents: AgentSettings
     #: This instance's name; runs it owns are recovered by it after a restart. Default:
     #: ``agentos-`` and a hash of the host name and ``db_url`` (stable, and no host name).
     instance_id: str
@@ -343,6 +370,8 @@ class Settings:
                 raise ValueError(f"setting {name} must not be negative, got {value!r}")
         if self.auth.security_key == "":
             object.__setattr__(self, "auth", dataclasses.replace(self.auth, security_key=None))
+        if self.agents.model == "":
+            object.__setattr__(self, "agents", dataclasses.replace(self.agents, model=None))
         leases = self.leases
         if not 0 < leases.renew_interval < leases.ttl:
             raise ValueError("setting lease_renew_interval must be above 0 and below lease_ttl")

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from agentos.events import Event, RunStatus
 from agentos.records import RunRecord, RunUpdate
+from agentos.sessions import MessageRecord, SessionRecord
 from agentos.settings import Settings
 
 __all__ = ["Backend", "Notifier", "Store", "open_backend", "register_backend"]
@@ -129,6 +130,44 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def owned(self, run_ids: Sequence[str], instance_id: str) -> set[str]:
         """Those of ``run_ids`` that ``instance_id`` owns."""
+
+    # -- sessions (agentos.sessions) -------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def add_messages(self, messages: Sequence[MessageRecord]) -> None:
+        """Insert messages of a run (in one transaction)."""
+
+    @abc.abstractmethod
+    async def session_messages(
+        self, session_id: str, *, last_runs: int | None = None, before: float | None = None
+    ) -> list[MessageRecord]:
+        """A session's messages, oldest run first, each run's in order.
+
+        With ``last_runs``, only those of the last that many COMPLETED runs created before
+        ``before`` (the history a new run sees); without, those of every run.
+        """
+
+    @abc.abstractmethod
+    async def list_sessions(
+        self,
+        *,
+        user_id: str | None = None,
+        kind: str | None = None,
+        component_id: str | None = None,
+        limit: int = 100,
+    ) -> list[SessionRecord]:
+        """Sessions (one entry per session and component), most recently updated first."""
+
+    @abc.abstractmethod
+    async def session_runs(self, session_id: str) -> list[RunRecord]:
+        """A session's runs, oldest first."""
+
+    @abc.abstractmethod
+    async def delete_session(self, session_id: str) -> bool:
+        """Delete a session's runs, their events and messages; False when it has no run.
+
+        Raises SessionActive, deleting nothing, while one of its runs is unfinished.
+        """
 
 
 class Notifier:

@@ -19,6 +19,7 @@ instance still owns.
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
@@ -35,11 +36,13 @@ from agentos.errors import (
     AgentOSError,
     DataRejected,
     RunAlreadyExists,
+    SessionActive,
     StoreUnavailable,
     WriteConflict,
 )
 from agentos.events import Event, RunStatus
 from agentos.records import RunRecord, RunUpdate
+from agentos.sessions import MessageRecord, SessionRecord
 from agentos.settings import Settings
 
 __all__ = ["SQLStore"]
@@ -77,8 +80,23 @@ class EventRow(SQLModel, table=True):
     data: str = Field(sa_type=sa.Text)
 
 
+class MessageRow(SQLModel, table=True):
+    __tablename__ = "agentos_messages"
+
+    run_id: str = Field(primary_key=True, max_length=200)
+    position: int = Field(primary_key=True)
+    session_id: str = Field(max_length=200, index=True)
+    role: str = Field(max_length=20)
+    content: str | None = Field(default=None, sa_type=sa.Text)
+    tool_calls: str | None = Field(default=None, sa_type=sa.Text)
+    tool_call_id: str | None = Field(default=None, max_length=200)
+    name: str | None = Field(default=None, max_length=200)
+    created_at: float = Field(sa_type=sa.Double)
+
+
 _runs = RunRow.__table__  # type: ignore[attr-defined]
 _events = EventRow.__table__  # type: ignore[attr-defined]
+_messages = MessageRow.__table__  # type: ignore[attr-defined]
 
 
 def _record(row: Any) -> RunRecord:
@@ -138,7 +156,7 @@ class SQLStore(Store):
         self._engine = engine
         async with engine.begin() as conn:
             await self._before_schema(conn)
-            await conn.run_sync(SQLModel.metadata.create_all, tables=[_runs, _events])
+            await conn.run_sync(SQLModel.metadata.create_all, tables=[_runs, _events, _messages])
 
     def _engine_options(self) -> dict[str, Any]:
         """Keyword arguments of the engine (a dialect's hook)."""
@@ -365,6 +383,117 @@ class SQLStore(Store):
         )
         async with self._connect() as conn:
             return {row[0] for row in (await conn.execute(query)).all()}
+
+    # -- sessions ----------------------------------------------------------------------------------
+
+    async def add_messages(self, messages: Sequence[MessageRecord]) -> None:
+        if not messages:
+            return
+        rows = [
+            {
+                "run_id": m.run_id,
+                "position": m.position,
+                "session_id": m.session_id,
+                "role": m.role,
+                "content": m.content,
+                "tool_calls": m.tool_calls_json(),
+                "tool_call_id": m.tool_call_id,
+                "name": m.name,
+                "created_at": m.created_at,
+            }
+            for m in messages
+        ]
+        async with self._begin() as conn:
+            await conn.execute(_messages.insert(), rows)
+
+    async def session_messages(
+        self, session_id: str, *, last_runs: int | None = None, before: float | None = None
+    ) -> list[MessageRecord]:
+        query = (
+            sa.select(_messages)
+            .join(_runs, _runs.c.run_id == _messages.c.run_id)
+            .where(_messages.c.session_id == session_id)
+            .order_by(_runs.c.created_at, _runs.c.run_id, _messages.c.position)
+        )
+        if last_runs is not None:
+            recent = sa.select(_runs.c.run_id).where(
+                _runs.c.session_id == session_id, _runs.c.status == RunStatus.COMPLETED.value
+            )
+            if before is not None:
+                recent = recent.where(_runs.c.created_at < before)
+            recent = recent.order_by(_runs.c.created_at.desc()).limit(last_runs)
+            query = query.where(_messages.c.run_id.in_(recent.scalar_subquery()))
+        async with self._connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            MessageRecord(
+                session_id=row.session_id,
+                run_id=row.run_id,
+                position=row.position,
+                role=row.role,
+                content=row.content,
+                tool_calls=None if row.tool_calls is None else json.loads(row.tool_calls),
+                tool_call_id=row.tool_call_id,
+                name=row.name,
+                created_at=row.created_at,
+            )
+            for row in rows
+        ]
+
+    async def list_sessions(
+        self,
+        *,
+        user_id: str | None = None,
+        kind: str | None = None,
+        component_id: str | None = None,
+        limit: int = 100,
+    ) -> list[SessionRecord]:
+        updated = sa.func.max(_runs.c.updated_at)
+        query = sa.select(
+            _runs.c.session_id,
+            _runs.c.kind,
+            _runs.c.component_id,
+            sa.func.max(_runs.c.user_id),
+            sa.func.count(),
+            sa.func.min(_runs.c.created_at),
+            updated,
+        ).group_by(_runs.c.session_id, _runs.c.kind, _runs.c.component_id)
+        if user_id is not None:
+            query = query.where(_runs.c.user_id == user_id)
+        if kind is not None:
+            query = query.where(_runs.c.kind == kind)
+        if component_id is not None:
+            query = query.where(_runs.c.component_id == component_id)
+        query = query.order_by(updated.desc(), _runs.c.session_id).limit(limit)
+        async with self._connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [SessionRecord(*row) for row in rows]
+
+    async def session_runs(self, session_id: str) -> list[RunRecord]:
+        query = (
+            _runs.select()
+            .where(_runs.c.session_id == session_id)
+            .order_by(_runs.c.created_at, _runs.c.run_id)
+        )
+        async with self._connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_record(row) for row in rows]
+
+    async def delete_session(self, session_id: str) -> bool:
+        in_session = _runs.c.session_id == session_id
+        async with self._begin() as conn:
+            rows = (
+                await conn.execute(sa.select(_runs.c.run_id, _runs.c.status).where(in_session))
+            ).all()
+            if any(row[1] in _UNFINISHED for row in rows):
+                raise SessionActive(session_id)
+            if not rows:
+                return False
+            run_ids = sa.select(_runs.c.run_id).where(in_session).scalar_subquery()
+            await conn.execute(_events.delete().where(_events.c.run_id.in_(run_ids)))
+            await conn.execute(_messages.delete().where(_messages.c.session_id == session_id))
+            await conn.execute(_runs.delete().where(in_session))
+        return True
 
 
 #: PostgreSQL SQLSTATE classes: data exception, integrity violation; and those worth a retry

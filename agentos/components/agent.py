@@ -1,15 +1,17 @@
-"""Agents: a model, or your own async generator, streaming the reply."""
+"""Agents: a model (with tools and a session's history), or your own async generator."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+from agentos.chat import ChatLoop
 from agentos.components.base import Component
 from agentos.context import RunContext
 from agentos.events import KINDS
-from agentos.models.base import Model
+from agentos.models.base import ChatModel, Model
+from agentos.tools import Tool, as_tools
 
 __all__ = ["Agent"]
 
@@ -40,6 +42,21 @@ class Agent(Component):
 
         agent = Agent(id="oracle", fn=answer)
 
+    A chat model (:class:`~agentos.models.base.ChatModel`, such as ``OpenAIChat``) may call
+    ``tools`` (plain typed functions, or :func:`~agentos.tool`) and sees the earlier runs of its
+    session (the last ``history_runs``, default the ``history_runs`` setting)::
+
+        agent = Agent(
+            id="assistant",
+            model=OpenAIChat(model="gpt-4o-mini"),
+            instructions="Answer briefly.",
+            tools=[current_time, calculate],
+        )
+
+    Its run streams ``RunContent`` (and ``ReasoningContent``) per delta, ``ToolCallStarted`` and
+    ``ToolCallCompleted``/``ToolCallError`` per tool call, and ends with ``RunCompleted`` carrying
+    ``content`` and ``metrics`` (tokens, time to first token, duration, model).
+
     An exception raised by the model or the function ends the run with ``RunError``.
     """
 
@@ -48,9 +65,12 @@ class Agent(Component):
     def __init__(
         self,
         id: str,
-        model: Model | None = None,
+        model: Model | ChatModel | None = None,
         *,
         fn: AgentFn | None = None,
+        instructions: str = "",
+        tools: Sequence[Tool | Callable[..., Any]] = (),
+        history_runs: int | None = None,
         name: str | None = None,
         description: str = "",
     ) -> None:
@@ -59,11 +79,31 @@ class Agent(Component):
             raise ValueError("an Agent needs exactly one of model= or fn=")
         if fn is not None and not inspect.isasyncgenfunction(fn):
             raise TypeError("fn must be an async generator function (async def with yield)")
+        if history_runs is not None and history_runs < 0:
+            raise ValueError("history_runs must not be negative")
         self.model = model
         self.fn = fn
+        self.instructions = instructions
+        self.tools = as_tools(tools)
+        self._chat: ChatLoop | None = None
+        if isinstance(model, ChatModel):
+            self._chat = ChatLoop(
+                model, instructions=instructions, tools=self.tools, history_runs=history_runs
+            )
+        elif self.tools or instructions or history_runs is not None:
+            raise ValueError("instructions, tools and history_runs need a chat model")
+
+    def models(self) -> list[object]:
+        return [self.model] if self.model is not None else []
+
+    def describe(self) -> dict[str, Any]:
+        described = super().describe()
+        if self.tools:
+            described["tools"] = sorted(self.tools)
+        return described
 
     def _chunks(self, ctx: RunContext, message: str) -> AsyncIterator[Any]:
-        if self.model is not None:
+        if isinstance(self.model, Model):
             return self.model.astream(message)
         assert self.fn is not None
         if len(inspect.signature(self.fn).parameters) >= 2:
@@ -72,6 +112,8 @@ class Agent(Component):
 
     async def execute(self, ctx: RunContext, message: str) -> str:
         await ctx.emit(self.kind.started, input=message)
+        if self._chat is not None:
+            return await self._chat.run(ctx, message)
         parts: list[str] = []
         chunks = self._chunks(ctx, message)
         try:

@@ -18,6 +18,7 @@ from agentos.errors import describe_error
 from agentos.events import Event, Kind, Meta
 from agentos.records import RunRecord, is_valid_id
 from agentos.runtime import ComponentRuntime
+from agentos.sessions import Session, SessionRecord
 
 __all__ = ["Component"]
 
@@ -54,7 +55,7 @@ class Component(abc.ABC):
         except Exception as exc:
             await ctx.emit(self.kind.error, error=describe_error(exc))
             raise
-        await ctx.emit(self.kind.completed, content=content)
+        await ctx.emit(self.kind.completed, content=content, **ctx.completed)
         return content
 
     def member_context(self, ctx: RunContext, field: str) -> RunContext:
@@ -66,12 +67,27 @@ class Component(abc.ABC):
     # -- the in-process API (agentos.runtime) ---------------------------------------------------
 
     async def aclose(self) -> None:
-        """Finish and close the private run manager of a component used on its own.
+        """Finish and close the private run manager of a component used on its own, and the
+        connections of its models (and its members' or steps').
 
         ``async with Agent(...) as agent:`` does it on exit. Components registered with an
         AgentOS are closed with it instead.
         """
         await self.runtime.aclose()
+        for part in self.parts():
+            await part.aclose()
+        for model in self.models():
+            aclose = getattr(model, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    def parts(self) -> list[Component]:
+        """The members or steps that are components themselves."""
+        return []
+
+    def models(self) -> list[object]:
+        """The models this component itself calls."""
+        return []
 
     async def __aenter__(self) -> Component:
         return self
@@ -128,3 +144,27 @@ class Component(abc.ABC):
     async def acancel_run(self, run_id: str) -> RunRecord:
         """Cancel a run (idempotent); returns the run as it is afterwards."""
         return await self.runtime.acancel_run(run_id)
+
+    async def alist_sessions(
+        self, *, user_id: str | None = None, limit: int = 100
+    ) -> list[SessionRecord]:
+        """This component's sessions, most recently active first."""
+        return await self.runtime.alist_sessions(user_id, limit)
+
+    async def aget_session(self, session_id: str) -> Session:
+        """A session's runs of this component and their messages; raises SessionNotFound.
+
+        Example::
+
+            await agent.arun("my name is Ada", session_id="s1")
+            session = await agent.aget_session("s1")
+            [m.role for m in session.messages]    # ['user', 'assistant']
+        """
+        return await self.runtime.aget_session(session_id)
+
+    async def adelete_session(self, session_id: str) -> None:
+        """Delete a session, its runs and their events and messages.
+
+        Raises SessionNotFound, and SessionActive while one of its runs is going.
+        """
+        await self.runtime.adelete_session(session_id)

@@ -64,6 +64,9 @@ class Workflow(Component):
         if len(set(ids)) != len(ids):
             raise ValueError(f"step ids must be unique, got {ids}")
 
+    def parts(self) -> list[Component]:
+        return [step.runner for step in self.steps if isinstance(step.runner, Component)]
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "steps": [step.id for step in self.steps]}
 

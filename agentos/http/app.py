@@ -99,6 +99,12 @@ class AgentOS:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.manager.aclose()
+        await self._close_components()
+
+    async def _close_components(self) -> None:
+        """Close the components' model connections once no run uses them."""
+        for component in self.manager.components.values():
+            await component.aclose()
 
     # -- app -----------------------------------------------------------------------------------
 
@@ -108,6 +114,9 @@ class AgentOS:
             Route("/health", self.health, methods=["GET"]),
             Route("/config", self.config, methods=["GET"]),
             WebSocketRoute("/workflows/ws", WorkflowSockets(self.manager, self.settings)),
+            Route("/sessions", self.list_sessions, methods=["GET"]),
+            Route("/sessions/{session_id}", self.get_session, methods=["GET"]),
+            Route("/sessions/{session_id}", self.delete_session, methods=["DELETE"]),
             Route("/{kind}", self.list_components, methods=["GET"]),
             Route("/{kind}/{id}/runs", self.create_run, methods=["POST"]),
             Route("/{kind}/{id}/runs", self.list_runs, methods=["GET"]),
@@ -155,6 +164,7 @@ class AgentOS:
         finally:
             watcher.cancel()
             await self.manager.aclose()
+            await self._close_components()
 
     async def _watch_exit(self) -> None:
         # uvicorn's SIGTERM reaches us through sse-starlette (AppStatus, or a stream's
@@ -312,6 +322,30 @@ class AgentOS:
         if run_stream is None:
             return Response(status_code=204)
         return self._sse(run_stream, {"X-Run-Id": run_stream.run_id})
+
+    async def list_sessions(self, request: Request) -> Response:
+        params = request.query_params
+        kind = params.get("kind") or None
+        if kind is not None and kind not in KINDS:
+            raise InvalidRequest(f"kind must be one of {', '.join(KINDS)}")
+        limit = forms.integer(params.get("limit", "100"), "limit")
+        if not 1 <= limit <= 1000:
+            raise InvalidRequest("limit must be between 1 and 1000")
+        sessions = await self.manager.sessions.list_sessions(
+            user_id=params.get("user_id") or None,
+            kind=kind,
+            component_id=params.get("component_id") or None,
+            limit=limit,
+        )
+        return JSONResponse([s.to_dict() for s in sessions])
+
+    async def get_session(self, request: Request) -> Response:
+        session = await self.manager.sessions.get_session(request.path_params["session_id"])
+        return JSONResponse(session.to_dict())
+
+    async def delete_session(self, request: Request) -> Response:
+        await self.manager.sessions.delete_session(request.path_params["session_id"])
+        return Response(status_code=204)
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -259,6 +259,38 @@ class AsyncClient:
             raise ClientError("the run list is not a JSON list")
         return [Run.from_json(_as_object(item)) for item in data]
 
+    async def list_sessions(
+        self,
+        *,
+        user_id: str | None = None,
+        kind: str | None = None,
+        component_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Sessions ``{"session_id","kind","component_id","user_id","run_count",...}``, most
+        recently active first (one entry per session and component)."""
+        params: dict[str, Any] = {}
+        for name, value in (
+            ("user_id", user_id),
+            ("kind", kind),
+            ("component_id", component_id),
+            ("limit", limit),
+        ):
+            if value is not None:
+                params[name] = value
+        data = await self._json("GET", "/sessions", params=params)
+        if not isinstance(data, list):
+            raise ClientError("the session list is not a JSON list")
+        return [_as_object(item) for item in data]
+
+    async def get_session(self, session_id: str) -> dict[str, Any]:
+        """``{"session_id","runs","messages"}``; :class:`APIStatusError` 404 if unknown."""
+        return _as_object(await self._json("GET", f"/sessions/{session_id}"))
+
+    async def delete_session(self, session_id: str) -> None:
+        """Delete a session with its runs, events and messages (409 while a run is going)."""
+        await self._send("DELETE", f"/sessions/{session_id}")
+
     async def cancel(self, kind: str, id: str, run_id: str) -> RunStatus:
         """Ask the server to cancel a run; returns its status. Idempotent, and an ended run
         keeps its final status."""
@@ -590,6 +622,29 @@ class Client:
         return self._call(
             self._async.list_runs(kind, id, session_id=session_id, status=status, limit=limit)
         )
+
+    def list_sessions(
+        self,
+        *,
+        user_id: str | None = None,
+        kind: str | None = None,
+        component_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """See :meth:`AsyncClient.list_sessions`."""
+        return self._call(
+            self._async.list_sessions(
+                user_id=user_id, kind=kind, component_id=component_id, limit=limit
+            )
+        )
+
+    def get_session(self, session_id: str) -> dict[str, Any]:
+        """See :meth:`AsyncClient.get_session`."""
+        return self._call(self._async.get_session(session_id))
+
+    def delete_session(self, session_id: str) -> None:
+        """See :meth:`AsyncClient.delete_session`."""
+        self._call(self._async.delete_session(session_id))
 
     def cancel(self, kind: str, id: str, run_id: str) -> RunStatus:
         """See :meth:`AsyncClient.cancel`."""

@@ -1,0 +1,239 @@
+"""Sessions: the runs that share a ``session_id`` form a conversation kept in the store.
+
+An agent that talks to a chat model saves its run's messages (the user's message, the
+assistant's replies with their tool calls, the tools' results) when the run completes, and the
+next run of the same session starts with the messages of the last ``history_runs`` completed
+runs::
+
+    run 1 ──▶ [user, assistant]                    saved with run 1
+    run 2 ──▶ [user, assistant(tool_calls), tool, assistant]
+    run 3 sees run 1 and run 2's messages, then its own user message
+
+Only completed runs count: a run that failed or was cancelled leaves no half conversation.
+:class:`SessionLog` is what one run sees of its session (``RunContext.session``);
+:class:`Sessions` lists, shows and deletes sessions for the HTTP routes and the in-process API.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from agentos.errors import SessionNotFound
+from agentos.records import RunRecord
+
+if TYPE_CHECKING:
+    from agentos.backends.base import Store
+
+__all__ = ["MessageRecord", "Session", "SessionLog", "SessionRecord", "Sessions"]
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    """One message of a session, as the store keeps it (``position`` orders a run's messages)."""
+
+    session_id: str
+    run_id: str
+    position: int
+    role: str
+    content: str | None = None
+    #: The assistant's tool calls: ``[{"id", "name", "arguments"}]`` (arguments as JSON text).
+    tool_calls: list[dict[str, str]] | None = None
+    #: For a tool's result: the call it answers, and the tool's name.
+    tool_call_id: str | None = None
+    name: str | None = None
+    created_at: float = field(default_factory=time.time)
+
+    def to_chat(self) -> dict[str, Any]:
+        """The message as a chat model takes it (OpenAI chat format)."""
+        message: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": call["arguments"]},
+                }
+                for call in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        if self.name is not None and self.role == "tool":
+            message["name"] = self.name
+        return message
+
+    @classmethod
+    def from_chat(
+        cls, session_id: str, run_id: str, position: int, message: dict[str, Any]
+    ) -> MessageRecord:
+        calls = message.get("tool_calls") or None
+        return cls(
+            session_id=session_id,
+            run_id=run_id,
+            position=position,
+            role=message["role"],
+            content=message.get("content"),
+            tool_calls=[
+                {
+                    "id": c["id"],
+                    "name": c["function"]["name"],
+                    "arguments": c["function"]["arguments"],
+                }
+                for c in calls
+            ]
+            if calls
+            else None,
+            tool_call_id=message.get("tool_call_id"),
+            name=message.get("name"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The message object of the HTTP API."""
+        return {
+            "run_id": self.run_id,
+            "position": self.position,
+            "role": self.role,
+            "content": self.content,
+            "tool_calls": self.tool_calls,
+            "tool_call_id": self.tool_call_id,
+            "name": self.name,
+            "created_at": self.created_at,
+        }
+
+    def tool_calls_json(self) -> str | None:
+        return None if self.tool_calls is None else json.dumps(self.tool_calls)
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A session as listed: its runs of one component, their count and time span."""
+
+    session_id: str
+    kind: str
+    component_id: str
+    user_id: str | None
+    run_count: int
+    created_at: float
+    updated_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "kind": self.kind,
+            "component_id": self.component_id,
+            "user_id": self.user_id,
+            "run_count": self.run_count,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True)
+class Session:
+    """One session: its runs (oldest first) and their messages."""
+
+    session_id: str
+    runs: list[RunRecord]
+    messages: list[MessageRecord]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The session object of ``GET /sessions/{session_id}``."""
+        return {
+            "session_id": self.session_id,
+            "runs": [run.to_dict() for run in self.runs],
+            "messages": [message.to_dict() for message in self.messages],
+        }
+
+
+class SessionLog:
+    """What one run sees of its session: the earlier turns, and where its own go."""
+
+    __slots__ = ("_run", "_store", "history_runs")
+
+    def __init__(self, store: Store, run: RunRecord, history_runs: int) -> None:
+        self._store = store
+        self._run = run
+        #: Earlier completed runs whose messages :meth:`history` returns by default.
+        self.history_runs = history_runs
+
+    async def history(self, runs: int | None = None) -> list[dict[str, Any]]:
+        """Messages (chat format) of the session's last ``runs`` completed runs, oldest first."""
+        limit = self.history_runs if runs is None else runs
+        if limit <= 0:
+            return []
+        records = await self._store.session_messages(
+            self._run.session_id, last_runs=limit, before=self._run.created_at
+        )
+        return [record.to_chat() for record in records]
+
+    async def save(self, messages: list[dict[str, Any]]) -> None:
+        """Keep this run's messages (chat format); the next runs see them once it completed."""
+        run = self._run
+        await self._store.add_messages(
+            [
+                MessageRecord.from_chat(run.session_id, run.run_id, position, message)
+                for position, message in enumerate(messages)
+            ]
+        )
+
+
+class Sessions:
+    """List, show and delete sessions (the ``/sessions`` routes and the in-process API)."""
+
+    def __init__(self, store: Store, forget: Callable[[str], None] | None = None) -> None:
+        self._store = store
+        #: Called with each deleted run's id (the run manager drops its buffered events).
+        self._forget = forget
+
+    async def list_sessions(
+        self,
+        *,
+        user_id: str | None = None,
+        kind: str | None = None,
+        component_id: str | None = None,
+        limit: int = 100,
+    ) -> list[SessionRecord]:
+        """Sessions, most recently active first; one entry per session and component."""
+        return await self._store.list_sessions(
+            user_id=user_id, kind=kind, component_id=component_id, limit=limit
+        )
+
+    async def get_session(
+        self, session_id: str, *, kind: str | None = None, component_id: str | None = None
+    ) -> Session:
+        """The session's runs (oldest first) and messages; SessionNotFound when it has none.
+
+        With ``kind``/``component_id``, only the runs of that component (and their messages).
+        """
+        runs = await self._store.session_runs(session_id)
+        if kind is not None or component_id is not None:
+            runs = [
+                r
+                for r in runs
+                if (kind is None or r.kind == kind)
+                and (component_id is None or r.component_id == component_id)
+            ]
+        if not runs:
+            raise SessionNotFound(session_id)
+        keep = {r.run_id for r in runs}
+        messages = await self._store.session_messages(session_id)
+        return Session(session_id, runs, [m for m in messages if m.run_id in keep])
+
+    async def delete_session(
+        self, session_id: str, *, kind: str | None = None, component_id: str | None = None
+    ) -> None:
+        """Delete the session's runs, events and messages; SessionActive while one runs.
+
+        With ``kind``/``component_id`` the session must hold runs of that component.
+        """
+        if kind is not None or component_id is not None:
+            await self.get_session(session_id, kind=kind, component_id=component_id)
+        runs = await self._store.session_runs(session_id)
+        if not await self._store.delete_session(session_id):
+            raise SessionNotFound(session_id)
+        if self._forget is not None:
+            for run in runs:
+                self._forget(run.run_id)
