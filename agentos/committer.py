@@ -41,6 +41,7 @@ from agentos.backends.base import Store
 from agentos.buffer import EventBuffer
 from agentos.errors import (
     CommitterStopped,
+    DataRejected,
     RunAlreadyExists,
     StoreUnavailable,
     WriteConflict,
@@ -337,8 +338,10 @@ class GroupCommitter:
             except Exception as exc:
                 # A value the database refuses (or an error it cannot judge): retrying the same
                 # events cannot help. The run ends with an error event in their place.
-                reason = describe_error(exc)
-                logger.error("run %s: the database refused its events (%s)", run_id, reason)
+                # Only our own words reach the run's error event: a driver's message may hold
+                # SQL and values.
+                reason = exc.detail if isinstance(exc, DataRejected) else "a database error"
+                logger.error("run %s: the database refused its events: %s", run_id, exc)
                 self._drop_run(run_id)
                 self._rejected = True
                 first = run_events[0][1].index if run_events else None

@@ -42,12 +42,12 @@ from agentos.errors import (
     StoreUnavailable,
     describe_error,
 )
-from agentos.events import RunStatus, make_event
+from agentos.events import Meta, RunStatus, make_event
 from agentos.leases import Leases
 from agentos.records import MAX_ID_LENGTH, RunRecord, RunUpdate, check_id, check_text, storable
 from agentos.sessions import SessionLog, Sessions
 from agentos.settings import Settings
-from agentos.streams import RunStream, StreamSlots, StreamSource
+from agentos.streams import RunStream, StreamSlots, StreamSource, replay_meta
 
 if TYPE_CHECKING:
     from agentos.components.base import Component
@@ -298,11 +298,18 @@ class RunManager:
         if follow is not None:
             self.stream_slots.reserve()
         self._starting += 1
+        creating = asyncio.ensure_future(
+            self._create(component, message, session_id, user_id, run_id)
+        )
         try:
-            record = await self._create(component, message, session_id, user_id, run_id)
-        except BaseException:
+            record = await asyncio.shield(creating)
+        except BaseException as exc:
             if follow is not None:
                 self.stream_slots.release()
+            if isinstance(exc, asyncio.CancelledError):
+                # The caller left (a socket closed) while its run was being created: a run that
+                # gets created all the same is started and cancelled, so it ends like any other.
+                creating.add_done_callback(lambda done: self._start_orphan(done, component))
             raise
         finally:
             self._starting -= 1
@@ -356,6 +363,13 @@ class RunManager:
                 f"the database did not commit within {timeout:g} s; try again later"
             ) from None
         return record
+
+    def _start_orphan(self, created: asyncio.Future[RunRecord], component: Component) -> None:
+        if created.cancelled() or created.exception() is not None:
+            return
+        record = created.result()
+        self._launch(record, component)
+        self.cancel_nowait(record.run_id, "cancelled")
 
     def _launch(self, record: RunRecord, component: Component) -> None:
         active = _ActiveRun(record, component)
@@ -630,6 +644,14 @@ class RunManager:
             raise ShuttingDown("the server is shutting down; resume on another instance")
         self.stream_slots.reserve()  # Overloaded past max_streams; the stream gives it back
         return RunStream(self._streams, record, last_event_index, count, ended=ended, meta=meta)
+
+    async def replay_at_end(self, run_id: str, total_events: int) -> Meta:
+        """The ``replay`` meta event of a resume whose cursor is the run's terminal event."""
+        record = await self.get_run(run_id)
+        buf = self.buffers.get(run_id)
+        status = buf.status if buf is not None and buf.done else record.status
+        in_buffer = buf is not None and buf.first_index <= total_events
+        return replay_meta(run_id, status, total_events, from_buffer=in_buffer)
 
     def is_local(self, run_id: str) -> bool:
         return run_id in self._active

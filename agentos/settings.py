@@ -19,7 +19,7 @@ import os
 import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any
 
 __all__ = [
     "AgentSettings",
@@ -59,7 +59,7 @@ class DatabaseSettings:
 
     #: SQLAlchemy async URL of the run store; its scheme picks the backend (SQLite by default).
     url: str = _setting("sqlite+aiosqlite:///agentos.db", "db_url")
-    #: Seconds to wait for a new database connection.
+    #: Seconds to open (and to check with a keep-alive query) the PostgreSQL LISTEN connection.
     connect_timeout: float = _setting(10.0, "db_connect_timeout")
     #: Seconds a store operation waits for a connection from the pool, or (SQLite) for another
     #: process's write lock; past it the operation fails and the committer retries.
@@ -71,6 +71,10 @@ class DatabaseSettings:
     listen_keepalive: float = _setting(10.0, "db_listen_keepalive")
     #: Seconds start-up waits for the first LISTEN connection before tailing by polling.
     listen_ready_wait: float = _setting(5.0, "db_listen_ready_wait")
+    #: Seconds before the first reconnect of a lost LISTEN connection; doubled per failure.
+    reconnect_delay: float = _setting(0.1, "db_reconnect_delay")
+    #: Longest wait in seconds between two reconnects of the LISTEN connection.
+    reconnect_max_delay: float = _setting(5.0, "db_reconnect_max_delay")
 
 
 @dataclass(frozen=True)
@@ -299,8 +303,6 @@ class Settings:
     instance_id: str
     #: Delay in seconds between words of the demo echo model.
     demo_delay: float
-
-    _frozen: ClassVar[bool] = False
 
     def __init__(self, **values: Any) -> None:
         unknown = sorted(set(values) - set(_FLAT) - set(_TOP))

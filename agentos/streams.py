@@ -5,7 +5,7 @@ A :class:`RunStream` reads by cursor from wherever the next event is::
     cursor+1 in the buffer's window ──▶ RunBuffer.read      (memory; wait there when caught up)
     cursor+1 below the window       ──▶ Store.read_events   (trimmed or expired events)
     run not in this instance's buffer ─▶ Store.read_events   (then wait for a notification
-                                                              or tail_poll_interval; notify.py)
+                                                              or tail_poll_interval; backends/base.py)
 
 Events reach the buffer only after their commit, so the database always holds everything the
 buffer does and the two can be mixed freely. The cursor only moves forward by exactly one per
@@ -15,7 +15,7 @@ right after the terminal event.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
 from agentos.backends.base import Notifier, Store
@@ -132,7 +132,7 @@ class RunStream:
             },
         )
 
-    async def events(self, *, cancel_on_close: bool = False) -> AsyncIterator[Event | Meta]:
+    async def events(self) -> AsyncGenerator[Event | Meta, None]:
         """Yield meta events (if asked) and events until the terminal one.
 
         Closing the iterator before the terminal event calls ``on_abandon(run_id)`` when the
@@ -142,7 +142,7 @@ class RunStream:
             for item in chunk:
                 yield item
 
-    async def chunks(self) -> AsyncIterator[list[Event | Meta]]:
+    async def chunks(self) -> AsyncGenerator[list[Event | Meta], None]:
         """Like :meth:`events`, in lists: everything that was ready at once comes together.
 
         A server sends each list in one write; a burst of events then costs one send, not one

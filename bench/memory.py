@@ -69,4 +69,4 @@ def _send(event: Event) -> None:
     """Do to an event what streaming it does (encode its frame, if the server caches it)."""
     from agentos.http.sse import sse_frame
 
-    sse_frame(event, Settings().sse_cache_max_bytes)
+    sse_frame(event, Settings().streams.sse_cache_max_bytes)

@@ -187,7 +187,7 @@ async def gate_route(request: Request) -> JSONResponse:
 async def evict(request: Request) -> JSONResponse:
     agent_os: AgentOS = request.app.state.agent_os
     run_id = request.path_params["run_id"]
-    agent_os.manager.buffers._drop(run_id)  # bench only: as if its time to live had passed
+    agent_os.manager.buffers.discard(run_id)  # as if its time to live had passed
     return JSONResponse({"evicted": run_id})
 
 

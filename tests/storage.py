@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from agentos.backends.sql import SQLStore
+from agentos.errors import DataRejected, StoreUnavailable
 from agentos.events import Event, RunStatus
 from agentos.records import RunRecord, RunUpdate
 
@@ -31,14 +32,31 @@ def run_record(run_id: str, **fields: Any) -> RunRecord:
 class ScriptedStore(SQLStore):
     """The SQL store with commits a test steers: each commit waits until ``gate`` is set (it is
     at first), then raises the next of ``errors`` if any are left, else commits and counts its
-    events in ``batches``."""
+    events in ``batches``.
 
-    def __init__(self, url: str, errors: Iterable[Exception] = ()) -> None:
+    Also, like a database in trouble: while ``down`` is set every commit fails with
+    StoreUnavailable and every create hangs; a commit holding an event whose text contains
+    ``refuse_marker`` raises ``refuse`` (a value the database refuses). ``renewals`` counts
+    lease renewals.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        errors: Iterable[Exception] = (),
+        *,
+        refuse_marker: str | None = None,
+        refuse: type[Exception] = DataRejected,
+    ) -> None:
         super().__init__(url)
         self.errors = list(errors)
         self.gate = asyncio.Event()
         self.gate.set()
         self.batches: list[int] = []
+        self.down = False
+        self.refuse_marker = refuse_marker
+        self.refuse = refuse
+        self.renewals = 0
 
     async def commit(
         self,
@@ -51,5 +69,19 @@ class ScriptedStore(SQLStore):
         await self.gate.wait()
         if self.errors:
             raise self.errors.pop(0)
+        if self.down:
+            raise StoreUnavailable("the test database is down")
+        marker = self.refuse_marker
+        if marker is not None and any(marker in event.data for _, event in events):
+            raise self.refuse("refused by the test database")
         await super().commit(events, updates, owner=owner, runs=runs)
         self.batches.append(len(events))
+
+    async def create_run(self, run: RunRecord) -> None:
+        if self.down:
+            await asyncio.sleep(3600)  # a database that hangs rather than refuses
+        await super().create_run(run)
+
+    async def renew_leases(self, instance_id: str, lease_until: float) -> dict[str, bool]:
+        self.renewals += 1
+        return await super().renew_leases(instance_id, lease_until)

@@ -45,6 +45,11 @@ CancelFn = Callable[[str], None]
 class Store(abc.ABC):
     """The persistence the run manager needs. Implementations must be safe for one event loop."""
 
+    def notifier(self, settings: Settings) -> Notifier:
+        """The notifier that goes with this store: wakes followers when this database can push
+        (PostgreSQL LISTEN/NOTIFY); polling (the base :class:`Notifier`) by default."""
+        return Notifier()
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Connect and create the schema if needed."""
@@ -232,22 +237,27 @@ class Backend:
     notifier: Notifier
 
 
-BackendFactory = Callable[[Settings], Backend]
+#: Makes the store of a database URL's scheme from the settings.
+StoreFactory = Callable[[Settings], Store]
 
-_FACTORIES: dict[str, BackendFactory] = {}
+_FACTORIES: dict[str, StoreFactory] = {}
 #: Built-in backends by URL scheme (the part before ``+driver``), imported on first use.
 _BUILT_IN = {"sqlite": "agentos.backends.sql", "postgresql": "agentos.backends.postgres"}
 
 
-def register_backend(scheme: str, factory: BackendFactory) -> None:
+def register_backend(scheme: str, factory: StoreFactory) -> None:
     """Serve database URLs of ``scheme`` (e.g. ``"postgresql"``) with ``factory(settings)``."""
     _FACTORIES[scheme] = factory
 
 
 def open_backend(settings: Settings, store: Store | None = None) -> Backend:
-    """The backend for ``settings.database.url`` (or around a given ``store``, with polling)."""
-    if store is not None:
-        return Backend(store, Notifier())
+    """The store for ``settings.database.url`` (or the given one) and its notifier."""
+    if store is None:
+        store = _open_store(settings)
+    return Backend(store, store.notifier(settings))
+
+
+def _open_store(settings: Settings) -> Store:
     url = settings.database.url
     scheme = url.partition(":")[0].partition("+")[0].lower()
     if scheme not in _FACTORIES and scheme in _BUILT_IN:

@@ -30,10 +30,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from agentos.backends.base import Backend, CancelFn, Notifier, register_backend
+from agentos.backends.base import CancelFn, Notifier, register_backend
 from agentos.backends.sql import SQLStore
 from agentos.events import Event
-from agentos.settings import Settings
+from agentos.settings import DatabaseSettings, Settings
 
 __all__ = ["PostgresNotifier", "PostgresStore"]
 
@@ -50,7 +50,15 @@ _SCHEMA_LOCK = 0x6167_656E_746F_73
 class PostgresStore(SQLStore):
     """:class:`SQLStore` on PostgreSQL: schema creation in turns, NOTIFY in each commit."""
 
-    def __init__(self, url: str, *, timeout: float = 5.0, command_timeout: float = 60.0) -> None:
+    schemes = ("postgresql",)
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = DatabaseSettings.timeout,
+        command_timeout: float = DatabaseSettings.command_timeout,
+    ) -> None:
         super().__init__(url, timeout=timeout)
         #: Seconds any one statement may take before it fails (StoreUnavailable).
         self.command_timeout = command_timeout
@@ -67,6 +75,20 @@ class PostgresStore(SQLStore):
             "pool_timeout": self.timeout,
             "connect_args": {"timeout": self.timeout, "command_timeout": self.command_timeout},
         }
+
+    def notifier(self, settings: Settings) -> Notifier:
+        """LISTEN/NOTIFY wake-ups unless ``tail_notify`` is off (then followers poll)."""
+        if not settings.streams.tail_notify:
+            return Notifier()
+        database = settings.database
+        return PostgresNotifier(
+            self.dsn,
+            keepalive=database.listen_keepalive,
+            connect_timeout=database.connect_timeout,
+            ready_wait=database.listen_ready_wait,
+            retry_delay=database.reconnect_delay,
+            retry_max_delay=database.reconnect_max_delay,
+        )
 
     async def _before_schema(self, conn: AsyncConnection) -> None:
         # Instances starting together would race on CREATE TABLE (duplicate pg_type rows);
@@ -98,13 +120,22 @@ class PostgresNotifier(Notifier):
     """LISTEN on one dedicated asyncpg connection, reconnecting with backoff when it drops."""
 
     def __init__(
-        self, dsn: str, *, keepalive: float, connect_timeout: float, ready_wait: float
+        self,
+        dsn: str,
+        *,
+        keepalive: float,
+        connect_timeout: float,
+        ready_wait: float,
+        retry_delay: float,
+        retry_max_delay: float,
     ) -> None:
         super().__init__()
         self._dsn = dsn
         self._keepalive = keepalive
         self._connect_timeout = connect_timeout
         self._ready_wait = ready_wait
+        self._retry_delay = retry_delay
+        self._retry_max_delay = retry_max_delay
         self._listening = False
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -135,16 +166,16 @@ class PostgresNotifier(Notifier):
         import asyncpg  # type: ignore[import-untyped]  # optional dependency, untyped
 
         failures = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
-        delay = 0.1
+        delay = self._retry_delay
         while True:
             try:
                 conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
             except failures as exc:
                 logger.warning("LISTEN connection failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, self._retry_max_delay)
                 continue
-            delay = 0.1
+            delay = self._retry_delay
             closed = asyncio.Event()
             try:
                 conn.add_termination_listener(lambda _conn, closed=closed: closed.set())
@@ -177,21 +208,11 @@ class PostgresNotifier(Notifier):
             self._on_cancel(run_id)
 
 
-def _postgres_backend(settings: Settings) -> Backend:
-    """LISTEN/NOTIFY wake-ups unless ``tail_notify`` is off (then followers poll)."""
+def _postgres_store(settings: Settings) -> PostgresStore:
     database = settings.database
-    store = PostgresStore(
+    return PostgresStore(
         database.url, timeout=database.timeout, command_timeout=database.command_timeout
     )
-    if not settings.streams.tail_notify:
-        return Backend(store, Notifier())
-    notifier = PostgresNotifier(
-        store.dsn,
-        keepalive=database.listen_keepalive,
-        connect_timeout=database.connect_timeout,
-        ready_wait=database.listen_ready_wait,
-    )
-    return Backend(store, notifier)
 
 
-register_backend("postgresql", _postgres_backend)
+register_backend("postgresql", _postgres_store)

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, SQLModel
 
-from agentos.backends.base import Backend, Notifier, Store, register_backend
+from agentos.backends.base import Store, register_backend
 from agentos.errors import (
     AgentOSError,
     DataRejected,
@@ -43,7 +43,7 @@ from agentos.errors import (
 from agentos.events import Event, RunStatus
 from agentos.records import RunRecord, RunUpdate
 from agentos.sessions import MessageRecord, SessionRecord
-from agentos.settings import Settings
+from agentos.settings import DatabaseSettings, Settings
 
 __all__ = ["SQLStore"]
 
@@ -119,9 +119,18 @@ def _record(row: Any) -> RunRecord:
 
 
 class SQLStore(Store):
-    """The store on any SQLAlchemy async database (SQLite by default, PostgreSQL)."""
+    """The store on SQLite (through aiosqlite); :class:`PostgresStore` extends it to PostgreSQL."""
 
-    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+    #: URL schemes this class serves (its dialect's hooks are right for them).
+    schemes: tuple[str, ...] = ("sqlite",)
+
+    def __init__(self, url: str, *, timeout: float = DatabaseSettings.timeout) -> None:
+        scheme = url.partition(":")[0].partition("+")[0].lower()
+        if scheme not in self.schemes:
+            raise ValueError(
+                f"{type(self).__name__} serves {', '.join(self.schemes)} URLs, not {scheme!r}: "
+                "use open_backend(settings).store for the store of a URL"
+            )
         self.url = url
         #: Seconds to wait for a connection or (SQLite) for another writer's lock; past it the
         #: operation fails as StoreUnavailable and the committer retries.
@@ -517,7 +526,7 @@ def _translate(exc: Exception) -> Exception:
     if isinstance(exc, UnicodeError):
         return DataRejected("the database cannot store this text (it holds lone surrogates)")
     if isinstance(exc, (OSError, TimeoutError)):
-        return StoreUnavailable(f"the database cannot be reached: {type(exc).__name__}")
+        return StoreUnavailable("the database cannot be reached")
     if isinstance(exc, DBAPIError):
         orig = exc.orig
         state = str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
@@ -531,7 +540,7 @@ def _translate(exc: Exception) -> Exception:
             or isinstance(orig, (sqlite3.OperationalError, sqlite3.InterfaceError))
             or (not state and isinstance(orig, Exception) and _is_connection_error(orig))
         ):
-            return StoreUnavailable(f"the database cannot commit now: {type(orig).__name__}")
+            return StoreUnavailable("the database cannot commit now")
     return exc
 
 
@@ -553,8 +562,8 @@ _SQLITE_INSERT_EVENTS = (
 )
 
 
-def _sqlite_backend(settings: Settings) -> Backend:
-    return Backend(SQLStore(settings.database.url, timeout=settings.database.timeout), Notifier())
+def _sqlite_store(settings: Settings) -> SQLStore:
+    return SQLStore(settings.database.url, timeout=settings.database.timeout)
 
 
-register_backend("sqlite", _sqlite_backend)
+register_backend("sqlite", _sqlite_store)

@@ -35,7 +35,7 @@ from agentos.errors import (
 from agentos.events import KINDS, RunStatus
 from agentos.http import forms
 from agentos.http.auth import redact_tokens_in_logs, sign_resume_token
-from agentos.http.middleware import InstanceHeader, SecurityGuard, error_json
+from agentos.http.middleware import InstanceHeader, SecurityGuard, error_body, error_json
 from agentos.http.sse import event_stream
 from agentos.http.ws import WorkflowSockets
 from agentos.records import RunRecord
@@ -388,15 +388,10 @@ def _kind(request: Request) -> str:
 async def _http_error_response(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     codes = {404: "not_found", 405: "method_not_allowed"}
-    return JSONResponse(
-        {"detail": exc.detail, "code": codes.get(exc.status_code, "http_error")},
-        status_code=exc.status_code,
-        headers=exc.headers,
-    )
+    code = codes.get(exc.status_code, "http_error")
+    return error_body(exc.detail, code, exc.status_code, exc.headers)
 
 
 async def _internal_error_response(request: Request, exc: Exception) -> Response:
     logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-    return JSONResponse(
-        {"detail": "internal server error", "code": "internal_error"}, status_code=500
-    )
+    return error_body("internal server error", "internal_error", 500)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
@@ -11,14 +11,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agentos.errors import AgentOSError
 from agentos.http.auth import check_key, resume_token_valid
 
-__all__ = ["InstanceHeader", "SecurityGuard", "error_json"]
+__all__ = ["POLICY_VIOLATION", "InstanceHeader", "SecurityGuard", "error_body", "error_json"]
+
+#: WebSocket close code for a policy violation (no or bad credentials, flood, too slow).
+POLICY_VIOLATION = 1008
 
 
-def error_json(exc: AgentOSError, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_body(
+    detail: str, code: str, status: int, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
     """The one JSON shape of an error answer: ``{"detail": ..., "code": ...}``."""
-    return JSONResponse(
-        {"detail": exc.detail, "code": exc.code}, status_code=exc.status, headers=headers
-    )
+    return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)
+
+
+def error_json(exc: AgentOSError, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """The error answer of a domain error."""
+    return error_body(exc.detail, exc.code, exc.status, headers)
 
 
 class SecurityGuard:
@@ -55,7 +63,13 @@ class SecurityGuard:
                 if scope["type"] == "http":
                     await error_json(error)(scope, receive, send)
                 else:
-                    await send({"type": "websocket.close", "code": 1008, "reason": error.detail})
+                    await send(
+                        {
+                            "type": "websocket.close",
+                            "code": POLICY_VIOLATION,
+                            "reason": error.detail,
+                        }
+                    )
                 return
         await self.app(scope, receive, send)
 

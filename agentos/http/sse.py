@@ -14,7 +14,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
 from agentos.events import Event, Meta
-from agentos.settings import Settings
+from agentos.settings import Settings, StreamSettings
 from agentos.streams import RunStream
 
 __all__ = ["event_stream", "sse_frame"]
@@ -22,7 +22,7 @@ __all__ = ["event_stream", "sse_frame"]
 _SEP = "\n"
 
 
-def sse_frame(item: Event | Meta, cache_limit: int = 512) -> bytes:
+def sse_frame(item: Event | Meta, cache_limit: int = StreamSettings.sse_cache_max_bytes) -> bytes:
     """The encoded SSE frame of an event or meta event.
 
     The frame of an event whose JSON text is at most ``cache_limit`` bytes is encoded once and

@@ -41,9 +41,10 @@ from agentos.errors import AgentOSError, EventsUnavailable, InvalidCursor
 from agentos.events import dumps
 from agentos.http import forms
 from agentos.http.auth import bearer_token, key_matches
+from agentos.http.middleware import POLICY_VIOLATION
 from agentos.runs import RunManager
 from agentos.settings import Settings
-from agentos.streams import RunStream, replay_meta
+from agentos.streams import RunStream
 
 __all__ = ["WorkflowSockets"]
 
@@ -51,7 +52,7 @@ logger = logging.getLogger("agentos.ws")
 
 _KIND = "workflows"
 #: Close codes: 1000 normal, 1008 policy violation (flood, no authentication in time, too slow).
-_POLICY = 1008
+_POLICY = POLICY_VIOLATION
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -284,11 +285,10 @@ class _Connection:
         assert run_id is not None
         workflow_id = forms.text(frame, "workflow_id")
         session_id = forms.text(frame, "session_id")
-        cursor = frame.get("last_event_index")
-        if cursor is None:
-            cursor = -1
-        if isinstance(cursor, bool) or not isinstance(cursor, int):
+        raw = frame.get("last_event_index")
+        if isinstance(raw, str):  # a frame is JSON: the cursor is a JSON integer
             raise InvalidCursor("last_event_index must be an integer", run_id)
+        cursor = forms.cursor(raw)
         self._check_room(run_id)
         stream = await self.manager.open_stream(
             run_id, cursor, kind=_KIND, component_id=workflow_id, session_id=session_id
@@ -296,10 +296,7 @@ class _Connection:
         if stream is None:
             # The cursor is at the terminal event (SSE answers 204): say the run has ended and
             # that nothing follows.
-            record = await self.manager.get_run(run_id)
-            buf = self.manager.buffers.get(run_id)
-            status = buf.status if buf is not None else record.status
-            meta = replay_meta(run_id, status, cursor + 1, from_buffer=buf is not None)
+            meta = await self.manager.replay_at_end(run_id, cursor + 1)
             await self.outgoing.put(meta.data)
             return
         self._follow(stream)
@@ -321,10 +318,13 @@ class _Connection:
 
     async def _forward(self, stream: RunStream) -> None:
         try:
-            async for item in stream.events():
-                await self.outgoing.put(item.data)
+            async with contextlib.aclosing(stream.events()) as items:
+                async for item in items:
+                    await self.outgoing.put(item.data)
         except EventsUnavailable as exc:
             await self._error(exc.detail, exc.code, run_id=stream.run_id)
         except Exception:
             logger.exception("following run %s over a WebSocket failed", stream.run_id)
             await self._error("internal error", "internal_error", run_id=stream.run_id)
+        finally:
+            stream.release()

@@ -63,7 +63,9 @@ def _imports(path: Path) -> Iterator[str]:
             continue
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            yield "." * node.level + (node.module or "")  # relative: refused below
+        elif isinstance(node, ast.ImportFrom) and node.module:
             # ``from package import module`` depends on that module; ``from module import name``
             # on the module (the graph keeps only names that are modules of the package).
             yield node.module
@@ -92,6 +94,16 @@ def test_third_party_imports_stay_in_their_subpackage() -> None:
             if allowed is not None and not _within(module, allowed):
                 wrong.append(f"{module} imports {imported} (only {', '.join(allowed)} may)")
     assert not wrong, "\n".join(wrong)
+
+
+def test_imports_are_absolute() -> None:
+    relative = [
+        f"{module}: {imported}"
+        for module, path in _modules().items()
+        for imported in _imports(path)
+        if imported.startswith(".")
+    ]
+    assert not relative, "use absolute imports (the rules read them): " + ", ".join(relative)
 
 
 def test_the_core_does_not_import_the_http_layer_or_a_backend() -> None:
@@ -167,3 +179,8 @@ def test_the_rules_catch_a_violation(tmp_path: Path) -> None:
     )
     assert set(_imports(bad)) == {"sqlalchemy", "typing", "typing.TYPE_CHECKING"}
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
+    relative = tmp_path / "rel.py"
+    relative.write_text("from . import x\nfrom ..y import z\n")
+    assert set(_imports(relative)) == {".", "..y"}
+    assert _is_core("agentos.runs") and not _is_core("agentos.http.app")
+    assert not _is_core("agentos.cli") and not _is_core("agentos.http")

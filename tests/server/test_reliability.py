@@ -12,7 +12,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -21,12 +21,11 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from agentos import Agent, AgentOS, EchoModel, Event, RunManager, RunStatus, Settings, Workflow
-from agentos.backends.sql import SQLStore
-from agentos.errors import DataRejected, InvalidRequest, StoreUnavailable
-from agentos.records import RunRecord, RunUpdate
+from agentos import Agent, AgentOS, EchoModel, RunManager, RunStatus, Settings, Workflow
+from agentos.errors import DataRejected, InvalidRequest
 from tests.pgdb import db_url, pg_url
 from tests.servers import ServerProcess, ThreadServer
+from tests.storage import ScriptedStore
 
 __all__ = ["db_url", "pg_url"]  # fixtures, imported for pytest
 
@@ -122,40 +121,6 @@ async def test_text_a_component_makes_is_kept_exactly_in_events() -> None:
         assert events[-1].payload()["content"] == "a\ud800b\x00c\u2028"
 
 
-class _RefusingStore(SQLStore):
-    """Refuses (like a database refusing a value) every commit holding a marked event; while
-    ``down`` is set, every commit fails as if the database were unreachable."""
-
-    def __init__(self, url: str, refuse: type[Exception] = DataRejected) -> None:
-        super().__init__(url)
-        self.refuse = refuse
-        self.down = False
-        self.renewals = 0
-
-    async def commit(
-        self,
-        events: Sequence[tuple[str, Event]],
-        updates: Sequence[RunUpdate],
-        *,
-        owner: str | None = None,
-        runs: Sequence[RunRecord] = (),
-    ) -> None:
-        if self.down:
-            raise StoreUnavailable("the test database is down")
-        if any("REFUSE" in event.data for _, event in events):
-            raise self.refuse("refused by the test database")
-        await super().commit(events, updates, owner=owner, runs=runs)
-
-    async def create_run(self, run: RunRecord) -> None:
-        if self.down:
-            await asyncio.sleep(3600)  # a database that hangs rather than refuses
-        await super().create_run(run)
-
-    async def renew_leases(self, instance_id: str, lease_until: float) -> dict[str, bool]:
-        self.renewals += 1
-        return await super().renew_leases(instance_id, lease_until)
-
-
 @pytest.mark.parametrize("refuse", [DataRejected, RuntimeError], ids=["refused", "unknown"])
 async def test_a_refused_event_ends_only_its_run(tmp_path: Path, refuse: type[Exception]) -> None:
     async def poisoned(message: str) -> AsyncIterator[str]:
@@ -163,7 +128,9 @@ async def test_a_refused_event_ends_only_its_run(tmp_path: Path, refuse: type[Ex
             await asyncio.sleep(0.005)
             yield "REFUSE" if i == 10 else f"w{i} "
 
-    store = _RefusingStore(f"sqlite+aiosqlite:///{tmp_path}/r.db", refuse)
+    store = ScriptedStore(
+        f"sqlite+aiosqlite:///{tmp_path}/r.db", refuse_marker="REFUSE", refuse=refuse
+    )
     manager = RunManager(Settings(instance_id="t"), store)
     bad, good = Agent(id="bad", fn=poisoned), Agent(id="good", model=EchoModel(0.005))
     manager.register(bad)
@@ -194,7 +161,7 @@ async def test_a_refused_event_ends_only_its_run(tmp_path: Path, refuse: type[Ex
 def test_creates_wait_a_bounded_time_while_the_database_cannot_commit(
     tmp_path: Path, serve_thread: Callable[[AgentOS], ThreadServer]
 ) -> None:
-    store = _RefusingStore(f"sqlite+aiosqlite:///{tmp_path}/d.db")
+    store = ScriptedStore(f"sqlite+aiosqlite:///{tmp_path}/d.db")
     settings = Settings(
         instance_id="t",
         create_timeout=0.5,

@@ -6,9 +6,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 import pytest_asyncio
 
-from agentos import Event, RunManager, RunStatus, Settings
+from agentos import Agent, EchoModel, Event, RunManager, RunStatus, Settings
 from agentos.components.base import Component
 from agentos.context import RunContext
 from agentos.events import KINDS
@@ -83,3 +84,29 @@ async def test_cancel_while_finishing_waits_for_the_terminal_commit(manager: Run
     final = await asyncio.wait_for(manager.wait(record.run_id), 5)
     assert final.status is RunStatus.COMPLETED
     assert [e.name for e in await _terminals(manager, record.run_id)] == ["RunCompleted"]
+
+
+async def test_a_start_whose_caller_leaves_mid_create_still_ends_its_run(tmp_path: Path) -> None:
+    """A socket closed while its run was being created: the run, created all the same, is
+    started and cancelled (one terminal event), not left PENDING; its stream slot is given back."""
+    manager = RunManager(Settings(db_url=f"sqlite+aiosqlite:///{tmp_path}/c.db", instance_id="t"))
+    agent = Agent(id="echo", model=EchoModel(0.01))
+    manager.register(agent)
+    await manager.start()
+    try:
+        starting = asyncio.create_task(manager.start_and_follow(agent, "hello there"))
+        await asyncio.sleep(0)  # inside the create
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        for _ in range(100):
+            runs = await manager.store.list_runs("agents", "echo")
+            if runs and all(r.status.ended for r in runs):
+                break
+            await asyncio.sleep(0.02)
+        assert [r.status for r in runs] == [RunStatus.CANCELLED]
+        events = await manager.store.read_events(runs[0].run_id, 0, 100)
+        assert [e.terminal for e in events].count(True) == 1
+        assert manager.open_streams == 0
+    finally:
+        await manager.aclose()

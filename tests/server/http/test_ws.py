@@ -620,9 +620,12 @@ def test_limits_on_runs_per_socket(make_server: Callable[..., Server]) -> None:
     run(main())
 
 
-def test_a_start_refused_as_overloaded_creates_no_run(make_server: Callable[..., Server]) -> None:
-    """With no room for a stream, start-workflow is refused before its run exists."""
-    server = make_server(max_streams=0)
+@pytest.mark.parametrize("limit", ["max_streams", "max_active_runs"])
+def test_a_start_refused_as_overloaded_creates_no_run(
+    make_server: Callable[..., Server], limit: str
+) -> None:
+    """With no room for a stream or a run, start-workflow is refused before its run exists."""
+    server = make_server(**{limit: 0})
 
     async def main() -> None:
         async with opened(server) as ws:
