@@ -184,8 +184,6 @@ class LeaseSettings:
     renew_interval: float = _setting(5.0, "lease_renew_interval")
     #: Seconds between this instance's looks for runs whose owner's lease expired.
     reaper_interval: float = _setting(5.0, "reaper_interval")
-    #: Tries to write the terminal event of a run nobody executes, when its index is taken.
-    end_attempts: int = _setting(3, "lease_end_attempts")
 
 
 _SECTIONS: dict[str, type[Any]] = {
