@@ -129,6 +129,12 @@ class StreamSettings:
     tail_poll_interval: float = _setting(0.5, "tail_poll_interval")
     #: On PostgreSQL, wake such tails at once with LISTEN/NOTIFY (polling stays the fallback).
     tail_notify: bool = _setting(True, "tail_notify")
+    #: Seconds at most between a tail's reads while the database cannot be reached (the first
+    #: retry comes after ``tail_poll_interval``, then the delay doubles up to this).
+    tail_retry_max_delay: float = _setting(5.0, "tail_retry_max_delay")
+    #: Seconds a tail rides out a database outage; past that its stream ends with the error
+    #: ``database_unavailable`` and the client resumes by cursor later.
+    tail_outage_budget: float = _setting(60.0, "tail_outage_budget")
     #: Seconds between SSE keep-alive comments on an idle stream.
     ping_interval: float = _setting(15.0, "ping_interval")
     #: Events whose JSON text is at most this many bytes keep their encoded SSE frame, shared
@@ -150,6 +156,8 @@ class HTTPSettings:
     max_body_bytes: int = _setting(10 * 1024 * 1024, "max_body_bytes")
     #: Seconds uvicorn gives open connections on shutdown, beyond ``shutdown_grace``.
     graceful_shutdown_extra: float = _setting(15.0, "graceful_shutdown_extra")
+    #: Seconds a 503 ``database_unavailable`` answer asks the client to wait (``Retry-After``).
+    unavailable_retry_after: int = _setting(5, "unavailable_retry_after")
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,10 @@ from sqlalchemy.util import await_
 from agentos import Agent, EchoModel, Event, RunManager, RunStatus, Settings
 from agentos.backends.base import Store
 from agentos.backends.sql import SQLStore
+from agentos.errors import StoreUnavailable
 from agentos.events import Meta
 from agentos.records import RunRecord, RunUpdate
+from tests.conftest import wait_for
 from tests.pgdb import db_url, pg_url
 
 __all__ = ["db_url", "pg_url"]  # fixtures, imported for pytest
@@ -290,6 +292,64 @@ async def _wait_briefly(event: asyncio.Event, seconds: float) -> None:
     """Wait for ``event``, at most ``seconds`` (a fenced owner waits for the reaper's lock)."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), seconds)
+
+
+class _Outage:
+    """Makes a store's reads fail as during a database outage while ``down`` is True."""
+
+    def __init__(self, store: Store) -> None:
+        self.down = False
+        self.failed = 0
+        for name in ("read_events", "get_run"):
+            setattr(store, name, self._failing(getattr(store, name)))
+
+    def _failing(self, read: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def failing(*args: Any) -> Any:
+            if self.down:
+                self.failed += 1
+                raise StoreUnavailable("the database cannot be reached: OSError")
+            return await read(*args)
+
+        return failing
+
+
+async def test_a_tail_rides_out_a_database_outage(make_manager: MakeManager) -> None:
+    owner = await make_manager("a")
+    other = await make_manager("b", tail_poll_interval=0.05, tail_retry_max_delay=0.2)
+    outage = _Outage(other.store)
+    record = await _start(owner, _words(120))
+    follower = asyncio.create_task(_collect(other, record.run_id))
+    await wait_for(lambda: owner.buffers.get(record.run_id).next_index > 10)  # type: ignore[union-attr]
+    outage.down = True
+    await wait_for(lambda: outage.failed >= 3)
+    outage.down = False
+    items = await asyncio.wait_for(follower, 20)
+    assert not [i for i in items if isinstance(i, Meta) and i.name == "error"]
+    stored = await owner.store.read_events(record.run_id, 0, 10_000)
+    assert [(e.index, e.data) for e in _events(items)] == [(e.index, e.data) for e in stored]
+    assert stored[-1].name == "RunCompleted"
+
+
+async def test_a_tail_ends_cleanly_when_the_outage_lasts_and_resumes(
+    make_manager: MakeManager,
+) -> None:
+    owner = await make_manager("a")
+    other = await make_manager("b", tail_poll_interval=0.05, tail_outage_budget=0.5)
+    outage = _Outage(other.store)
+    record = await _start(owner, _words(120))
+    follower = asyncio.create_task(_collect(other, record.run_id))
+    await wait_for(lambda: owner.buffers.get(record.run_id).next_index > 10)  # type: ignore[union-attr]
+    outage.down = True
+    first = await asyncio.wait_for(follower, 20)
+    last = first[-1]
+    assert isinstance(last, Meta) and last.name == "error"
+    assert last.fields["code"] == "database_unavailable"
+    outage.down = False
+    seen = _events(first)
+    rest = _events(await _collect(other, record.run_id, after=seen[-1].index if seen else -1))
+    stored = await owner.store.read_events(record.run_id, 0, 10_000)
+    assert [(e.index, e.data) for e in seen + rest] == [(e.index, e.data) for e in stored]
+    assert stored[-1].name == "RunCompleted"
 
 
 async def test_a_run_this_instance_no_longer_executes_is_ended(make_manager: MakeManager) -> None:

@@ -30,6 +30,7 @@ from agentos.errors import (
     ComponentNotFound,
     InvalidRequest,
     ShuttingDown,
+    StoreUnavailable,
 )
 from agentos.events import KINDS, RunStatus
 from agentos.http import forms
@@ -317,6 +318,9 @@ async def _error_response(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, AgentOSError)
     if isinstance(exc, ComponentNotFound | ShuttingDown):
         logger.debug("%s %s: %s", request.method, request.url.path, exc.detail)
+    if isinstance(exc, StoreUnavailable):
+        seconds = request.app.state.agent_os.settings.http.unavailable_retry_after
+        return error_json(exc, {"Retry-After": str(seconds)})
     return error_json(exc)
 
 
