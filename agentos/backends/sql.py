@@ -228,15 +228,18 @@ class SQLStore(Store):
                     _runs.insert(), [{**r.__dict__, "status": r.status.value} for r in runs]
                 )
             # The fence (see Store.commit) must hold the run rows until COMMIT. On PostgreSQL the
-            # rows are locked before the events go in: a claim in progress (end_run) holds its
-            # row, so this waits for it, then finds the new owner. On SQLite the INSERT takes the
-            # database's one write lock (a SELECT first would run before the transaction), so
-            # the check comes right after it and nothing can change the owner until COMMIT.
-            if owner is not None and fenced and not self.is_sqlite:
-                await _check_owner(conn, fenced, owner)
+            # rows are locked before anything is written: a claim in progress (end_run) holds
+            # its row, so this waits for it, then finds the new owner. Every row the commit
+            # touches is locked at once, in run_id order as renew_leases does, so transactions
+            # never wait for each other in a circle. On SQLite the INSERT takes the database's
+            # one write lock (a SELECT first would run before the transaction began), so the
+            # check comes right after it, and nothing can change an owner until COMMIT.
+            if owner is not None and not self.is_sqlite:
+                touched = sorted({*fenced, *(update.run_id for update in updates)})
+                _check_fence(fenced, await _owners(conn, touched), owner)
             await self._write(conn, events, updates, owner)
-            if owner is not None and fenced and self.is_sqlite:
-                await _check_owner(conn, fenced, owner)
+            if owner is not None and self.is_sqlite and fenced:
+                _check_fence(fenced, await _owners(conn, fenced), owner)
             await self._after_write(conn, events)
 
     async def _write(
@@ -389,17 +392,23 @@ def _owned_by(owner: str) -> Any:
     return sa.or_(_runs.c.instance_id == owner, _runs.c.instance_id.is_(None))
 
 
-async def _check_owner(conn: AsyncConnection, run_ids: Sequence[str], owner: str) -> None:
-    """WriteConflict unless ``owner`` owns every run of ``run_ids`` (sorted); on PostgreSQL
-    their rows stay locked until the transaction ends."""
+async def _owners(conn: AsyncConnection, run_ids: Sequence[str]) -> dict[str, str | None]:
+    """The owner of each run of ``run_ids`` (sorted) that exists; on PostgreSQL their rows stay
+    locked, in that order, until the transaction ends."""
+    if not run_ids:
+        return {}
     query = (
-        sa.select(_runs.c.run_id)
-        .where(_runs.c.run_id.in_(run_ids), _owned_by(owner))
+        sa.select(_runs.c.run_id, _runs.c.instance_id)
+        .where(_runs.c.run_id.in_(run_ids))
         .order_by(_runs.c.run_id)
         .with_for_update(key_share=True)
     )
-    owned = {row[0] for row in (await conn.execute(query)).all()}
-    lost = [run_id for run_id in run_ids if run_id not in owned]
+    return {row[0]: row[1] for row in (await conn.execute(query)).all()}
+
+
+def _check_fence(run_ids: Sequence[str], owners: dict[str, str | None], owner: str) -> None:
+    """WriteConflict unless ``owner`` owns (or nobody owns) every run of ``run_ids``."""
+    lost = [r for r in run_ids if r not in owners or owners[r] not in (owner, None)]
     if lost:
         raise WriteConflict(f"{len(lost)} run(s) of this commit are owned by another instance")
 
