@@ -5,9 +5,14 @@ Several instances on one database (see ``README.md (Scale out)``)::
     owner, every lease_renew_interval ── renew_leases(me) ──▶ lease_until = now + lease_ttl
           │                                └─▶ runs it no longer owns: taken over, stop them
           │                                └─▶ runs with cancel_requested: cancel them
-    every instance, every reaper_interval ── expired_runs(now) ── claim_orphan(run, me)
-          (atomic conditional UPDATE: one claimer wins) ──▶ terminal error "instance_lost"
-          at the next event_index, status ERROR (the (run_id, event_index) key is the last guard)
+    every instance, every reaper_interval ── expired_runs(now) ── end_run(run, me, expired)
+          one transaction: conditional UPDATE (one claimer wins) ─▶ read the last event ─▶
+          terminal error "instance_lost" at the next event_index ─▶ status ERROR
+
+The claim fences the former owner: its commits check ownership in the transaction that writes
+(``Store.commit``), so once the claim has committed none of its events land, and the terminal
+index the claimer read cannot be taken. Its committer then reports the conflict and the run
+manager stops the run there (``RunManager.lose``) without a terminal event of its own.
 
 A cancel for a run another instance owns sets ``cancel_requested`` (and, on PostgreSQL, notifies
 the owner at once); the owner cancels it as if the request had come to it.
@@ -24,9 +29,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from agentos.backends.base import Store
-from agentos.errors import WriteConflict
-from agentos.events import KINDS, RunStatus, make_event
+from agentos.backends.base import Ending, Store
+from agentos.events import KINDS, Event, RunStatus, make_event
 from agentos.records import RunRecord, RunUpdate
 from agentos.settings import LeaseSettings
 
@@ -75,39 +79,16 @@ class Leases:
     async def recover(self) -> None:
         """Give every run this instance left unfinished its terminal event."""
         for record in await self._store.unfinished_runs(self._me):
-            await self.end_unfinished(record, "interrupted")
-            logger.warning("run %s was interrupted by a restart; marked ERROR", record.run_id)
+            if await self.end_unfinished(record, "interrupted"):
+                logger.warning("run %s was interrupted by a restart; marked ERROR", record.run_id)
 
-    async def end_unfinished(self, record: RunRecord, error: str) -> None:
-        """End a run nobody executes any more: terminal error event, status ERROR.
-
-        The caller owns the run in the database. If its last event is already terminal (the
-        owner died between the event and the status), only the status is set.
-        """
-        kind = KINDS[record.kind]
-        me = self._me
-        attempts = max(1, self._settings.end_attempts)
-        for attempt in range(attempts):
-            last = await self._store.last_event(record.run_id)
-            if last is not None and last.terminal:
-                status = kind.status_of(last.name)
-                update = RunUpdate(record.run_id, status=status, event_count=last.index + 1)
-                await self._store.commit([], [update], owner=me)
-                return
-            index = 0 if last is None else last.index + 1
-            event = make_event(record, index, kind.error, {"error": error}, True)
-            update = RunUpdate(
-                record.run_id, status=RunStatus.ERROR, error=error, event_count=index + 1
-            )
-            try:
-                await self._store.commit([(record.run_id, event)], [update], owner=me)
-                return
-            except WriteConflict:
-                # The previous owner wrote that index meanwhile (it was alive after all): read
-                # the last event again; it stops writing once it sees the run is not its own.
-                if attempt == attempts - 1:
-                    raise
-                await asyncio.sleep(0.1)
+    async def end_unfinished(self, record: RunRecord, error: str) -> bool:
+        """End a run of this instance that nobody executes any more (terminal error event,
+        status ERROR); False when it was not this instance's to end (any more)."""
+        ended = await self._store.end_run(
+            record.run_id, self._me, _ending(error), now=time.time(), expired=False
+        )
+        return ended is not None
 
     async def renew_forever(self) -> None:
         """Keep this instance's leases alive; stop runs taken over; cancel runs asked to."""
@@ -156,8 +137,8 @@ class Leases:
             record = await self._store.get_run(run_id)
             if record is None or record.status.ended or self._runs.is_local(run_id):
                 continue
-            await self.end_unfinished(record, "interrupted")
-            logger.warning("run %s was no longer executed by this instance; marked ERROR", run_id)
+            if await self.end_unfinished(record, "interrupted"):
+                logger.warning("run %s was no longer executed here; marked ERROR", run_id)
 
     async def reap_forever(self) -> None:
         while True:
@@ -174,10 +155,29 @@ class Leases:
         for run_id in await self._store.expired_runs(now, self._page_size):
             if self._runs.is_local(run_id):
                 continue  # ours and running: the renewer is only late
-            record = await self._store.claim_orphan(run_id, self._me, now, now + self._settings.ttl)
-            if record is None:
-                continue  # another instance was first
-            await self.end_unfinished(record, "instance_lost")
+            ending = _ending("instance_lost")
+            if await self._store.end_run(run_id, self._me, ending, now=now, expired=True) is None:
+                continue  # another instance was first, or the owner renewed meanwhile
             logger.warning("run %s: its owner's lease expired; marked ERROR", run_id)
             ended.append(run_id)
         return ended
+
+
+def _ending(error: str) -> Ending:
+    """How a run nobody executes ends: the terminal error ``error`` after its last event, or,
+    when the last event is terminal already (its owner died between the event and the status),
+    only the status that event implies."""
+
+    def ending(record: RunRecord, last: Event | None) -> tuple[Event | None, RunUpdate]:
+        kind = KINDS[record.kind]
+        if last is not None and last.terminal:
+            status = kind.status_of(last.name)
+            return None, RunUpdate(record.run_id, status=status, event_count=last.index + 1)
+        index = 0 if last is None else last.index + 1
+        event = make_event(record, index, kind.error, {"error": error}, True)
+        update = RunUpdate(
+            record.run_id, status=RunStatus.ERROR, error=error, event_count=index + 1
+        )
+        return event, update
+
+    return ending

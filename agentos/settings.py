@@ -152,6 +152,12 @@ class StreamSettings:
     tail_poll_interval: float = _setting(0.5, "tail_poll_interval")
     #: On PostgreSQL, wake such tails at once with LISTEN/NOTIFY (polling stays the fallback).
     tail_notify: bool = _setting(True, "tail_notify")
+    #: Seconds at most between a tail's reads while the database cannot be reached (the first
+    #: retry comes after ``tail_poll_interval``, then the delay doubles up to this).
+    tail_retry_max_delay: float = _setting(5.0, "tail_retry_max_delay")
+    #: Seconds a tail rides out a database outage; past that its stream ends with the error
+    #: ``database_unavailable`` and the client resumes by cursor later.
+    tail_outage_budget: float = _setting(60.0, "tail_outage_budget")
     #: Seconds between SSE keep-alive comments on an idle stream.
     ping_interval: float = _setting(15.0, "ping_interval")
     #: Events whose JSON text is at most this many bytes keep their encoded SSE frame, shared
@@ -227,8 +233,6 @@ class LeaseSettings:
     renew_interval: float = _setting(5.0, "lease_renew_interval")
     #: Seconds between this instance's looks for runs whose owner's lease expired.
     reaper_interval: float = _setting(5.0, "reaper_interval")
-    #: Tries to write the terminal event of a run nobody executes, when its index is taken.
-    end_attempts: int = _setting(3, "lease_end_attempts")
 
 
 @dataclass(frozen=True)

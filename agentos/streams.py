@@ -11,21 +11,36 @@ Events reach the buffer only after their commit, so the database always holds ev
 buffer does and the two can be mixed freely. The cursor only moves forward by exactly one per
 event, so there is no gap and no duplicate whatever the buffer does meanwhile. The stream ends
 right after the terminal event.
+
+A database outage (``StoreUnavailable``) does not break a stream that reads the database: the
+read is retried with backoff (from ``tail_poll_interval`` up to ``tail_retry_max_delay``) and the
+stream goes on where it was. An outage longer than ``tail_outage_budget`` ends the stream with
+the ``error`` meta event ``database_unavailable`` (the client resumes by cursor later); on a
+draining instance it ends without one, as tails there do.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from agentos.backends.base import Notifier, Store
 from agentos.buffer import EventBuffer
-from agentos.errors import EventsUnavailable, Overloaded
+from agentos.errors import EventsUnavailable, Overloaded, StoreUnavailable
 from agentos.events import Event, Meta, RunStatus
 from agentos.records import RunRecord
 from agentos.settings import StreamSettings
 
 __all__ = ["RunStream", "StreamSlots", "StreamSource", "replay_meta"]
+
+logger = logging.getLogger("agentos.streams")
+
+_T = TypeVar("_T")
 
 
 class StreamSlots:
@@ -160,6 +175,8 @@ class RunStream:
                     yield events
                 for item in chunk:
                     if isinstance(item, Meta) and item.name == "error":
+                        if item.fields["code"] == StoreUnavailable.code:
+                            raise StoreUnavailable(item.fields["error"])
                         raise EventsUnavailable(item.fields["error"], self.run_id)
         finally:
             self.release()
@@ -172,6 +189,19 @@ class RunStream:
             on_abandon(self.run_id)
 
     async def _follow(self) -> AsyncIterator[list[Event | Meta]]:
+        source = self._source
+        try:
+            async with contextlib.aclosing(self._read_on()) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        except StoreUnavailable:
+            if not source.draining():
+                logger.warning("run %s: the database stayed unavailable; stream ended", self.run_id)
+                yield [
+                    self._error("the database is unavailable; resume later", "database_unavailable")
+                ]
+
+    async def _read_on(self) -> AsyncGenerator[list[Event | Meta]]:
         source = self._source
         page = source.settings.replay_page_size
         cursor = self.after
@@ -194,12 +224,13 @@ class RunStream:
             else:
                 # Taken before the read, so a notification between read and wait still counts.
                 signal = source.notifier.watch(self.run_id)
-                batch = await source.store.read_events(self.run_id, cursor + 1, page)
+                read = functools.partial(source.store.read_events, self.run_id, cursor + 1, page)
+                batch = await self._retry(read)
                 if not batch:
                     buf = source.buffers.get(self.run_id)
                     if buf is not None and cursor + 1 >= buf.first_index:
                         continue  # the run's buffer appeared meanwhile: read from it
-                    record = await source.store.get_run(self.run_id)
+                    record = await self._retry(functools.partial(source.store.get_run, self.run_id))
                     if record is None or (record.status.ended and record.event_count <= cursor + 1):
                         yield [
                             self._error(
@@ -231,6 +262,28 @@ class RunStream:
                     yield ready
                     return
             yield ready
+
+    async def _retry(self, read: Callable[[], Awaitable[_T]]) -> _T:
+        """``read()``, retried with backoff while the database is unavailable; the last
+        StoreUnavailable once the outage outlasts ``tail_outage_budget`` or the instance drains."""
+        settings = self._source.settings
+        loop = asyncio.get_running_loop()
+        delay = min(settings.tail_poll_interval, settings.tail_retry_max_delay)
+        give_up: float | None = None
+        while True:
+            try:
+                return await read()
+            except StoreUnavailable as exc:
+                now = loop.time()
+                if give_up is None:
+                    give_up = now + settings.tail_outage_budget
+                    logger.info(
+                        "run %s: reading the database failed (%s); retrying", self.run_id, exc
+                    )
+                if now >= give_up or self._source.draining():
+                    raise
+                await asyncio.sleep(min(delay, give_up - now))
+                delay = min(delay * 2, settings.tail_retry_max_delay)
 
     def _subscribed(self, count: int, status: RunStatus) -> Meta:
         return Meta(

@@ -37,9 +37,12 @@ from agentos.records import RunRecord, RunUpdate
 from agentos.sessions import MessageRecord, SessionRecord
 from agentos.settings import Settings
 
-__all__ = ["Backend", "Notifier", "Store", "open_backend", "register_backend"]
+__all__ = ["Backend", "Ending", "Notifier", "Store", "open_backend", "register_backend"]
 
 CancelFn = Callable[[str], None]
+#: What ends a run, given the run and its last event (None when it has none): the terminal
+#: event to append (None when the last event is terminal already) and the run's final update.
+Ending = Callable[[RunRecord, Event | None], tuple[Event | None, RunUpdate]]
 
 
 class Store(abc.ABC):
@@ -90,9 +93,13 @@ class Store(abc.ABC):
     ) -> None:
         """Insert new runs, write events (run_id, event) and run updates in one transaction.
 
-        With ``owner``, updates only change runs that instance owns (or nobody does). An event whose
-        ``(run_id, event_index)`` is taken, or a new run whose id is, raises WriteConflict and
-        nothing is written.
+        With ``owner``, the commit is fenced: an event of a run that another instance owns (one
+        that :meth:`end_run` took over) raises WriteConflict and nothing is written, and updates
+        only change runs ``owner`` owns (others are skipped silently). Ownership is checked in
+        the transaction that writes, so once ``end_run`` has committed, nothing the former
+        owner commits for that run lands, whatever index it holds. An event whose
+        ``(run_id, event_index)`` is taken, or a new run whose id is, also raises WriteConflict
+        and nothing is written. (Runs owned by nobody are writable by anyone.)
         """
 
     @abc.abstractmethod
@@ -119,13 +126,24 @@ class Store(abc.ABC):
         """Ids of unfinished runs whose lease ended before ``now``, oldest lease first."""
 
     @abc.abstractmethod
-    async def claim_orphan(
-        self, run_id: str, instance_id: str, now: float, lease_until: float
+    async def end_run(
+        self,
+        run_id: str,
+        instance_id: str,
+        ending: Ending,
+        *,
+        now: float,
+        expired: bool,
     ) -> RunRecord | None:
-        """Take over an unfinished run whose lease ended before ``now``.
+        """Take an unfinished run and end it, in one transaction; the run as taken, or None.
 
-        Atomic: of several instances claiming the same run at once, exactly one gets the run
-        (now owned by it, lease until ``lease_until``); the others get None.
+        With ``expired``, ``instance_id`` claims the run from whoever owns it, provided its
+        lease ended before ``now`` (the reaper); without, the run must be ``instance_id``'s
+        already (restart recovery). In the same transaction as the claim, the run's last event
+        is read and what ``ending(run, last_event)`` returns is written: the terminal event, if
+        any, and the final update. Of several instances ending the same run at once, exactly
+        one does; the others get None. The former owner is fenced out from the claim on (see
+        :meth:`commit`), so the terminal index cannot be taken by it.
         """
 
     @abc.abstractmethod

@@ -11,9 +11,11 @@ are committed together.
 
 Several instances may share one database. Each run row names its owner (``instance_id``) and how
 long the owner's lease lasts (``lease_until``); the owner renews it (:meth:`SQLStore.renew_leases`),
-another instance takes over a run whose lease expired with an atomic conditional update
-(:meth:`SQLStore.claim_orphan`), and a commit made with ``owner=`` only updates runs that
-instance still owns.
+another instance takes over a run whose lease expired and ends it in one transaction
+(:meth:`SQLStore.end_run`: conditional UPDATE, last event, terminal event, final status). A commit
+made with ``owner=`` is fenced: it checks, holding the run rows, that ``owner`` still owns every
+run it writes events for, and only updates runs ``owner`` owns. So the terminal index the
+claimer picked can never be taken by the former owner, and nothing it commits later lands.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, SQLModel
 
-from agentos.backends.base import Store, register_backend
+from agentos.backends.base import Ending, Store, register_backend
 from agentos.errors import (
     AgentOSError,
     DataRejected,
@@ -263,43 +265,64 @@ class SQLStore(Store):
         owner: str | None = None,
         runs: Sequence[RunRecord] = (),
     ) -> None:
+        fenced = sorted({run_id for run_id, _ in events})
         async with self._begin() as conn:
             if runs:
                 await conn.execute(
                     _runs.insert(), [{**r.__dict__, "status": r.status.value} for r in runs]
                 )
-            if events:
-                rows = [(run_id, e.index, e.name, e.terminal, e.data) for run_id, e in events]
-                if self.is_sqlite:
-                    # Straight to the driver: SQLAlchemy's per-row parameter processing cost
-                    # more than SQLite's own inserts (profile of 1,000 concurrent runs).
-                    await conn.exec_driver_sql(_SQLITE_INSERT_EVENTS, rows)
-                else:
-                    await conn.execute(
-                        _events.insert(),
-                        [dict(zip(_EVENT_COLUMNS, row, strict=True)) for row in rows],
-                    )
-            # One statement per set of changed columns, executed for all runs that share it
-            # (a group's runs mostly change the same columns: RUNNING, or their final status).
-            shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-            for update in updates:
-                values = update.changes()
-                run_id = values.pop("run_id")
-                if "status" in values:
-                    values["status"] = values["status"].value
-                shape = tuple(sorted(values))
-                params = {"p_" + k: v for k, v in values.items()}
-                params["p__run_id"] = run_id
-                shapes.setdefault(shape, []).append(params)
-            for shape, params_list in shapes.items():
-                statement = _runs.update().where(_runs.c.run_id == sa.bindparam("p__run_id"))
-                if owner is not None:
-                    statement = statement.where(
-                        sa.or_(_runs.c.instance_id == owner, _runs.c.instance_id.is_(None))
-                    )
-                statement = statement.values({k: sa.bindparam("p_" + k) for k in shape})
-                await conn.execute(statement, params_list)
+            # The fence (see Store.commit) must hold the run rows until COMMIT. On PostgreSQL the
+            # rows are locked before anything is written: a claim in progress (end_run) holds
+            # its row, so this waits for it, then finds the new owner. Every row the commit
+            # touches is locked at once, in run_id order as renew_leases does, so transactions
+            # never wait for each other in a circle. On SQLite the INSERT takes the database's
+            # one write lock (a SELECT first would run before the transaction began), so the
+            # check comes right after it, and nothing can change an owner until COMMIT.
+            if owner is not None and not self.is_sqlite:
+                touched = sorted({*fenced, *(update.run_id for update in updates)})
+                _check_fence(fenced, await _owners(conn, touched), owner)
+            await self._write(conn, events, updates, owner)
+            if owner is not None and self.is_sqlite and fenced:
+                _check_fence(fenced, await _owners(conn, fenced), owner)
             await self._after_write(conn, events)
+
+    async def _write(
+        self,
+        conn: AsyncConnection,
+        events: Sequence[tuple[str, Event]],
+        updates: Sequence[RunUpdate],
+        owner: str | None,
+    ) -> None:
+        """Insert events and apply run updates (only to runs ``owner`` owns, when given)."""
+        if events:
+            rows = [(run_id, e.index, e.name, e.terminal, e.data) for run_id, e in events]
+            if self.is_sqlite:
+                # Straight to the driver: SQLAlchemy's per-row parameter processing cost
+                # more than SQLite's own inserts (profile of 1,000 concurrent runs).
+                await conn.exec_driver_sql(_SQLITE_INSERT_EVENTS, rows)
+            else:
+                await conn.execute(
+                    _events.insert(),
+                    [dict(zip(_EVENT_COLUMNS, row, strict=True)) for row in rows],
+                )
+        # One statement per set of changed columns, executed for all runs that share it
+        # (a group's runs mostly change the same columns: RUNNING, or their final status).
+        shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for update in updates:
+            values = update.changes()
+            run_id = values.pop("run_id")
+            if "status" in values:
+                values["status"] = values["status"].value
+            shape = tuple(sorted(values))
+            params = {"p_" + k: v for k, v in values.items()}
+            params["p__run_id"] = run_id
+            shapes.setdefault(shape, []).append(params)
+        for shape, params_list in shapes.items():
+            statement = _runs.update().where(_runs.c.run_id == sa.bindparam("p__run_id"))
+            if owner is not None:
+                statement = statement.where(_owned_by(owner))
+            statement = statement.values({k: sa.bindparam("p_" + k) for k in shape})
+            await conn.execute(statement, params_list)
 
     async def read_events(self, run_id: str, start: int, limit: int) -> list[Event]:
         query = (
@@ -313,15 +336,8 @@ class SQLStore(Store):
         return [Event(row[0], row[1], row[2], bool(row[3])) for row in rows]
 
     async def last_event(self, run_id: str) -> Event | None:
-        query = (
-            sa.select(_events.c.event_index, _events.c.name, _events.c.data, _events.c.terminal)
-            .where(_events.c.run_id == run_id)
-            .order_by(_events.c.event_index.desc())
-            .limit(1)
-        )
         async with self._connect() as conn:
-            row = (await conn.execute(query)).first()
-        return None if row is None else Event(row[0], row[1], row[2], bool(row[3]))
+            return await _last_event(conn, run_id)
 
     async def unfinished_runs(self, instance_id: str) -> list[RunRecord]:
         query = _runs.select().where(
@@ -333,9 +349,18 @@ class SQLStore(Store):
         return [_record(row) for row in rows]
 
     async def renew_leases(self, instance_id: str, lease_until: float) -> dict[str, bool]:
+        # The rows are locked in run_id order, as a commit's fence locks them: two transactions
+        # of one instance then never wait for each other in a circle (PostgreSQL; SQLite has
+        # one writer and ignores FOR UPDATE).
+        mine = (
+            sa.select(_runs.c.run_id)
+            .where(_runs.c.instance_id == instance_id, _runs.c.status.in_(_UNFINISHED))
+            .order_by(_runs.c.run_id)
+            .with_for_update(key_share=True)
+        )
         query = (
             _runs.update()
-            .where(_runs.c.instance_id == instance_id, _runs.c.status.in_(_UNFINISHED))
+            .where(_runs.c.run_id.in_(mine), _runs.c.status.in_(_UNFINISHED))
             .values(lease_until=lease_until)
             .returning(_runs.c.run_id, _runs.c.cancel_requested)
         )
@@ -353,24 +378,36 @@ class SQLStore(Store):
         async with self._connect() as conn:
             return [row[0] for row in (await conn.execute(query)).all()]
 
-    async def claim_orphan(
-        self, run_id: str, instance_id: str, now: float, lease_until: float
+    async def end_run(
+        self,
+        run_id: str,
+        instance_id: str,
+        ending: Ending,
+        *,
+        now: float,
+        expired: bool,
     ) -> RunRecord | None:
-        # One conditional UPDATE: on PostgreSQL a concurrent claimer waits for the row lock, then
-        # re-checks the condition against the committed row, which no longer matches.
-        query = (
+        # The conditional UPDATE comes first: on PostgreSQL it locks the row (a concurrent
+        # claimer waits, then re-checks the condition against the committed row, which no
+        # longer matches; the owner's fence waits too), on SQLite it takes the write lock. The
+        # last event read after it is then final: the former owner can add none.
+        condition = _runs.c.lease_until < now if expired else _runs.c.instance_id == instance_id
+        claim = (
             _runs.update()
-            .where(
-                _runs.c.run_id == run_id,
-                _runs.c.status.in_(_UNFINISHED),
-                _runs.c.lease_until < now,
-            )
-            .values(instance_id=instance_id, lease_until=lease_until, updated_at=now)
+            .where(_runs.c.run_id == run_id, _runs.c.status.in_(_UNFINISHED), condition)
+            .values(instance_id=instance_id, updated_at=now)
             .returning(*_runs.c)
         )
         async with self._begin() as conn:
-            row = (await conn.execute(query)).first()
-        return None if row is None else _record(row)
+            row = (await conn.execute(claim)).first()
+            if row is None:
+                return None
+            record = _record(row)
+            event, update = ending(record, await _last_event(conn, run_id))
+            events = [] if event is None else [(run_id, event)]
+            await self._write(conn, events, [update], instance_id)
+            await self._after_write(conn, events)
+        return record
 
     async def request_cancel(self, run_id: str) -> bool:
         query = (
@@ -503,6 +540,43 @@ class SQLStore(Store):
             await conn.execute(_messages.delete().where(_messages.c.session_id == session_id))
             await conn.execute(_runs.delete().where(in_session))
         return True
+
+
+def _owned_by(owner: str) -> Any:
+    """The condition that a run row is ``owner``'s (or nobody's)."""
+    return sa.or_(_runs.c.instance_id == owner, _runs.c.instance_id.is_(None))
+
+
+async def _owners(conn: AsyncConnection, run_ids: Sequence[str]) -> dict[str, str | None]:
+    """The owner of each run of ``run_ids`` (sorted) that exists; on PostgreSQL their rows stay
+    locked, in that order, until the transaction ends."""
+    if not run_ids:
+        return {}
+    query = (
+        sa.select(_runs.c.run_id, _runs.c.instance_id)
+        .where(_runs.c.run_id.in_(run_ids))
+        .order_by(_runs.c.run_id)
+        .with_for_update(key_share=True)
+    )
+    return {row[0]: row[1] for row in (await conn.execute(query)).all()}
+
+
+def _check_fence(run_ids: Sequence[str], owners: dict[str, str | None], owner: str) -> None:
+    """WriteConflict unless ``owner`` owns (or nobody owns) every run of ``run_ids``."""
+    lost = [r for r in run_ids if r not in owners or owners[r] not in (owner, None)]
+    if lost:
+        raise WriteConflict(f"{len(lost)} run(s) of this commit are owned by another instance")
+
+
+async def _last_event(conn: AsyncConnection, run_id: str) -> Event | None:
+    query = (
+        sa.select(_events.c.event_index, _events.c.name, _events.c.data, _events.c.terminal)
+        .where(_events.c.run_id == run_id)
+        .order_by(_events.c.event_index.desc())
+        .limit(1)
+    )
+    row = (await conn.execute(query)).first()
+    return None if row is None else Event(row[0], row[1], row[2], bool(row[3]))
 
 
 #: PostgreSQL SQLSTATE classes: data exception, integrity violation; and those worth a retry

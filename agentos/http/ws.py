@@ -37,7 +37,7 @@ from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
-from agentos.errors import AgentOSError, EventsUnavailable, InvalidCursor
+from agentos.errors import AgentOSError, EventsUnavailable, InvalidCursor, StoreUnavailable
 from agentos.events import dumps
 from agentos.http import forms
 from agentos.http.auth import bearer_token, key_matches
@@ -321,7 +321,7 @@ class _Connection:
             async with contextlib.aclosing(stream.events()) as items:
                 async for item in items:
                     await self.outgoing.put(item.data)
-        except EventsUnavailable as exc:
+        except (EventsUnavailable, StoreUnavailable) as exc:
             await self._error(exc.detail, exc.code, run_id=stream.run_id)
         except Exception:
             logger.exception("following run %s over a WebSocket failed", stream.run_id)

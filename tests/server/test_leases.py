@@ -8,19 +8,26 @@ its own LISTEN connection) on a shared database. The multi-process version with 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from sqlalchemy import event as sa_event
+from sqlalchemy import text
+from sqlalchemy.util import await_
 
 from agentos import Agent, EchoModel, Event, RunManager, RunStatus, Settings
+from agentos.backends.base import Store
 from agentos.backends.sql import SQLStore
+from agentos.errors import StoreUnavailable
 from agentos.events import Meta
-from agentos.records import RunRecord
+from agentos.records import RunRecord, RunUpdate
 from tests.apps import words
 from tests.pgdb import db_url, pg_url
+from tests.servers import wait_for
 from tests.storage import run_record
 
 __all__ = ["db_url", "pg_url"]  # fixtures, imported for pytest
@@ -175,8 +182,6 @@ async def test_live_owner_that_lost_its_lease_stops(make_manager: MakeManager) -
     store = other.store
     assert isinstance(store, SQLStore)
     async with store.engine.begin() as conn:  # the lease runs out
-        from sqlalchemy import text
-
         await conn.execute(
             text("UPDATE agentos_runs SET lease_until = 0 WHERE run_id = :r"), {"r": record.run_id}
         )
@@ -192,6 +197,146 @@ async def test_live_owner_that_lost_its_lease_stops(make_manager: MakeManager) -
     await asyncio.wait_for(owner.wait(record.run_id), 5)
     got = await store.get_run(record.run_id)
     assert got is not None and got.status is RunStatus.ERROR
+
+
+class _Gate:
+    """Holds the owner's next commit of one run's events (numbered, not yet committed) until
+    ``release`` is set; ``held`` are the indexes it holds, ``done`` is set once it returns."""
+
+    def __init__(self, store: Store, run_id: str) -> None:
+        self.run_id = run_id
+        self.held: list[int] = []
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+        self.done = asyncio.Event()
+        self._commit = store.commit
+        store.commit = self._gated  # type: ignore[method-assign]  # what the committer calls
+
+    async def _gated(
+        self,
+        events: Sequence[tuple[str, Event]],
+        updates: Sequence[RunUpdate],
+        *,
+        owner: str | None = None,
+        runs: Sequence[RunRecord] = (),
+    ) -> None:
+        mine = [event.index for run_id, event in events if run_id == self.run_id]
+        if not mine or self.holding.is_set():
+            return await self._commit(events, updates, owner=owner, runs=runs)
+        self.held = mine
+        self.holding.set()
+        await self.release.wait()
+        try:
+            await self._commit(events, updates, owner=owner, runs=runs)
+        finally:
+            self.done.set()
+
+
+async def test_the_claim_fences_out_the_owner(make_manager: MakeManager) -> None:
+    """The race of a reaper with a live owner that lost its lease, made to happen every time:
+    the owner's commit of events it has numbered goes on while the reaper takes the run over
+    (after the reaper looked at the last event, before it wrote the terminal one). None of the
+    owner's events land; the run has one terminal event, the reaper's, with no gap before it;
+    the owner stops the run at once (not at its next lease renewal, which never comes here)."""
+    owner = await make_manager("a", lease_renew_interval=30.0, lease_ttl=60.0)
+    reaper = await make_manager("b")
+    record = await _start(owner, words(300))
+    gate = _Gate(owner.store, record.run_id)
+    await asyncio.wait_for(gate.holding.wait(), 10)
+    store = reaper.store
+    assert isinstance(store, SQLStore)
+    async with store.engine.begin() as conn:  # the owner's lease runs out
+        await conn.execute(
+            text("UPDATE agentos_runs SET lease_until = 0 WHERE run_id = :r"), {"r": record.run_id}
+        )
+
+    def owner_commits_now(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        # Runs inside SQLAlchemy's greenlet, so it may wait for a coroutine (await_): the owner
+        # commits while the reaper is between reading the last event and writing its own.
+        if "ORDER BY agentos_events.event_index DESC" in statement and not gate.release.is_set():
+            gate.release.set()
+            await_(_wait_briefly(gate.done, 1.0))
+
+    sa_event.listen(store.engine.sync_engine, "before_cursor_execute", owner_commits_now)
+    try:
+        assert await reaper.leases.reap_once() == [record.run_id]
+    finally:
+        sa_event.remove(store.engine.sync_engine, "before_cursor_execute", owner_commits_now)
+    await asyncio.wait_for(owner.wait(record.run_id), 5)  # the owner stopped the run
+    stored = await store.read_events(record.run_id, 0, 10_000)
+    assert [e.index for e in stored] == list(range(len(stored)))
+    assert [e.terminal for e in stored].count(True) == 1
+    assert stored[-1].payload()["error"] == "instance_lost"
+    assert stored[-1].index == gate.held[0]  # none of the held events landed
+    got = await store.get_run(record.run_id)
+    assert got is not None and got.status is RunStatus.ERROR and got.error == "instance_lost"
+    assert got.event_count == len(stored)
+    items = await _collect(owner, record.run_id)  # followers on the former owner see the same
+    assert [(e.index, e.data) for e in _events(items)] == [(e.index, e.data) for e in stored]
+
+
+async def _wait_briefly(event: asyncio.Event, seconds: float) -> None:
+    """Wait for ``event``, at most ``seconds`` (a fenced owner waits for the reaper's lock)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
+
+
+class _Outage:
+    """Makes a store's reads fail as during a database outage while ``down`` is True."""
+
+    def __init__(self, store: Store) -> None:
+        self.down = False
+        self.failed = 0
+        for name in ("read_events", "get_run"):
+            setattr(store, name, self._failing(getattr(store, name)))
+
+    def _failing(self, read: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def failing(*args: Any) -> Any:
+            if self.down:
+                self.failed += 1
+                raise StoreUnavailable("the database cannot be reached: OSError")
+            return await read(*args)
+
+        return failing
+
+
+async def test_a_tail_rides_out_a_database_outage(make_manager: MakeManager) -> None:
+    owner = await make_manager("a")
+    other = await make_manager("b", tail_poll_interval=0.05, tail_retry_max_delay=0.2)
+    outage = _Outage(other.store)
+    record = await _start(owner, words(120))
+    follower = asyncio.create_task(_collect(other, record.run_id))
+    await wait_for(lambda: owner.buffers.get(record.run_id).next_index > 10)  # type: ignore[union-attr]
+    outage.down = True
+    await wait_for(lambda: outage.failed >= 3)
+    outage.down = False
+    items = await asyncio.wait_for(follower, 20)
+    assert not [i for i in items if isinstance(i, Meta) and i.name == "error"]
+    stored = await owner.store.read_events(record.run_id, 0, 10_000)
+    assert [(e.index, e.data) for e in _events(items)] == [(e.index, e.data) for e in stored]
+    assert stored[-1].name == "RunCompleted"
+
+
+async def test_a_tail_ends_cleanly_when_the_outage_lasts_and_resumes(
+    make_manager: MakeManager,
+) -> None:
+    owner = await make_manager("a")
+    other = await make_manager("b", tail_poll_interval=0.05, tail_outage_budget=0.5)
+    outage = _Outage(other.store)
+    record = await _start(owner, words(120))
+    follower = asyncio.create_task(_collect(other, record.run_id))
+    await wait_for(lambda: owner.buffers.get(record.run_id).next_index > 10)  # type: ignore[union-attr]
+    outage.down = True
+    first = await asyncio.wait_for(follower, 20)
+    last = first[-1]
+    assert isinstance(last, Meta) and last.name == "error"
+    assert last.fields["code"] == "database_unavailable"
+    outage.down = False
+    seen = _events(first)
+    rest = _events(await _collect(other, record.run_id, after=seen[-1].index if seen else -1))
+    stored = await owner.store.read_events(record.run_id, 0, 10_000)
+    assert [(e.index, e.data) for e in seen + rest] == [(e.index, e.data) for e in stored]
+    assert stored[-1].name == "RunCompleted"
 
 
 async def test_a_run_this_instance_no_longer_executes_is_ended(make_manager: MakeManager) -> None:

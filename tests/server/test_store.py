@@ -10,11 +10,11 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from agentos.backends.base import Store, open_backend
+from agentos.backends.base import Ending, Store, open_backend
 from agentos.backends.postgres import EVENTS_CHANNEL
 from agentos.errors import RunAlreadyExists, WriteConflict
 from agentos.events import Event, RunStatus
-from agentos.records import RunUpdate
+from agentos.records import RunRecord, RunUpdate
 from agentos.settings import Settings
 from tests.pgdb import _dsn, ascratch_database, db_url, pg_url, truncate
 from tests.storage import run_record
@@ -143,7 +143,22 @@ async def test_renew_leases_and_cancel_requests(store: Store) -> None:
         assert got is not None and got.lease_until == lease
 
 
-async def test_expired_runs_and_claim(store: Store) -> None:
+def _end_with(error: str, seen: list[Event | None] | None = None) -> Ending:
+    """An ending that appends a terminal event ``error`` (and notes the last event it saw)."""
+
+    def ending(record: RunRecord, last: Event | None) -> tuple[Event | None, RunUpdate]:
+        if seen is not None:
+            seen.append(last)
+        index = 0 if last is None else last.index + 1
+        update = RunUpdate(
+            record.run_id, status=RunStatus.ERROR, error=error, event_count=index + 1
+        )
+        return _event(index, terminal=True), update
+
+    return ending
+
+
+async def test_expired_runs_and_end_run(store: Store) -> None:
     now = time.time()
     await store.create_run(run_record("old", instance_id="dead", lease_until=now - 10))
     await store.create_run(run_record("older", instance_id="dead", lease_until=now - 20))
@@ -153,12 +168,40 @@ async def test_expired_runs_and_claim(store: Store) -> None:
     )
     assert await store.expired_runs(now, 10) == ["older", "old"]
     assert await store.expired_runs(now, 1) == ["older"]
-    claimed = await store.claim_orphan("old", "me", now, now + 30)
-    assert claimed is not None and claimed.instance_id == "me" and claimed.lease_until == now + 30
-    assert await store.claim_orphan("old", "other", now, now + 30) is None
-    assert await store.claim_orphan("alive", "me", now, now + 30) is None
-    assert await store.claim_orphan("ended", "me", now, now + 30) is None
+    await store.commit([("old", _event(i)) for i in range(3)], [], owner="dead")
+    seen: list[Event | None] = []
+    claimed = await store.end_run("old", "me", _end_with("lost", seen), now=now, expired=True)
+    assert claimed is not None and claimed.instance_id == "me" and claimed.run_id == "old"
+    assert [e.index if e else None for e in seen] == [2]  # the ending saw the last event
+    got = await store.get_run("old")
+    assert got is not None and got.status is RunStatus.ERROR and got.error == "lost"
+    assert got.event_count == 4 and got.instance_id == "me"
+    assert [e.terminal for e in await store.read_events("old", 0, 10)] == [False] * 3 + [True]
+    for run_id in ("old", "alive", "ended"):
+        assert await store.end_run(run_id, "other", _end_with("x"), now=now, expired=True) is None
     assert await store.expired_runs(now, 10) == ["older"]
+    # Without ``expired``: only the owner's own runs, whatever their lease (restart recovery).
+    assert await store.end_run("alive", "me", _end_with("x"), now=now, expired=False) is None
+    assert await store.end_run("alive", "b", _end_with("x"), now=now, expired=False) is not None
+
+
+async def test_the_former_owner_is_fenced_out(store: Store) -> None:
+    """Once another instance ended a run, its former owner's commits write nothing for it,
+    whatever index it holds; its other runs commit as before."""
+    now = time.time()
+    await store.create_run(run_record("lost", instance_id="a", lease_until=now - 1))
+    await store.create_run(run_record("kept", instance_id="a"))
+    await store.commit([("lost", _event(0))], [], owner="a")
+    assert await store.end_run("lost", "b", _end_with("lost"), now=now, expired=True)
+    for events in ([("lost", _event(1))], [("kept", _event(0)), ("lost", _event(5))]):
+        with pytest.raises(WriteConflict):
+            await store.commit(events, [RunUpdate("lost", status=RunStatus.COMPLETED)], owner="a")
+    assert [e.index for e in await store.read_events("lost", 0, 10)] == [0, 1]
+    assert await store.read_events("kept", 0, 10) == []  # nothing of a fenced commit lands
+    got = await store.get_run("lost")
+    assert got is not None and got.status is RunStatus.ERROR
+    await store.commit([("kept", _event(0))], [], owner="a")
+    assert [e.index for e in await store.read_events("kept", 0, 10)] == [0]
 
 
 async def test_concurrent_claims_have_one_winner(db_url: str) -> None:
@@ -172,10 +215,11 @@ async def test_concurrent_claims_have_one_winner(db_url: str) -> None:
             await stores[0].create_run(
                 run_record(f"orphan{i}", instance_id="dead", lease_until=now - 1)
             )
+            await stores[0].commit([(f"orphan{i}", _event(0))], [])
         for i in range(5):
             results = await asyncio.gather(
                 *(
-                    s.claim_orphan(f"orphan{i}", f"inst{n}", now, now + 30)
+                    s.end_run(f"orphan{i}", f"inst{n}", _end_with("lost"), now=now, expired=True)
                     for n, s in enumerate(stores)
                 )
             )
@@ -183,6 +227,7 @@ async def test_concurrent_claims_have_one_winner(db_url: str) -> None:
             assert len(winners) == 1
             got = await stores[0].get_run(f"orphan{i}")
             assert got is not None and got.instance_id == winners[0].instance_id
+            assert [e.index for e in await stores[0].read_events(f"orphan{i}", 0, 10)] == [0, 1]
     finally:
         for s in stores:
             await s.close()

@@ -204,6 +204,8 @@ class RunStream:
             if frame.id is None:
                 meta = MetaEvent(frame.event, self._decode(frame))
                 if meta.event == "error":
+                    if meta.data.get("code") == "database_unavailable" and self._resumable:
+                        raise _Retry("the server's database is unavailable")
                     raise StreamError(
                         str(meta.data.get("error") or "the server ended the stream"),
                         code=_opt_str(meta.data.get("code")),
