@@ -27,6 +27,7 @@ from typing import Protocol
 from agentos.backends.base import Store
 from agentos.errors import WriteConflict
 from agentos.events import KINDS, RunStatus, make_event
+from agentos.logs import run_fields
 from agentos.records import RunRecord, RunUpdate
 from agentos.settings import LeaseSettings
 
@@ -71,12 +72,18 @@ class Leases:
         self._page_size = page_size
         self._can_renew = can_renew
         self._strays: set[str] = set()
+        #: Runs of lost instances this instance ended (for metrics).
+        self.reaps = 0
 
     async def recover(self) -> None:
         """Give every run this instance left unfinished its terminal event."""
         for record in await self._store.unfinished_runs(self._me):
             await self.end_unfinished(record, "interrupted")
-            logger.warning("run %s was interrupted by a restart; marked ERROR", record.run_id)
+            logger.warning(
+                "run %s was interrupted by a restart; marked ERROR",
+                record.run_id,
+                extra=run_fields(record),
+            )
 
     async def end_unfinished(self, record: RunRecord, error: str) -> None:
         """End a run nobody executes any more: terminal error event, status ERROR.
@@ -157,7 +164,11 @@ class Leases:
             if record is None or record.status.ended or self._runs.is_local(run_id):
                 continue
             await self.end_unfinished(record, "interrupted")
-            logger.warning("run %s was no longer executed by this instance; marked ERROR", run_id)
+            logger.warning(
+                "run %s was no longer executed by this instance; marked ERROR",
+                run_id,
+                extra=run_fields(record),
+            )
 
     async def reap_forever(self) -> None:
         while True:
@@ -178,6 +189,9 @@ class Leases:
             if record is None:
                 continue  # another instance was first
             await self.end_unfinished(record, "instance_lost")
-            logger.warning("run %s: its owner's lease expired; marked ERROR", run_id)
+            self.reaps += 1
+            logger.warning(
+                "run %s: its owner's lease expired; marked ERROR", run_id, extra=run_fields(record)
+            )
             ended.append(run_id)
         return ended
