@@ -42,7 +42,7 @@ def value(
 async def scrape(http: httpx.AsyncClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     response = await http.get("/metrics", headers=AUTH)
     assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
+    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     return parse(response.text)
 
 
