@@ -88,7 +88,9 @@ def cli() -> None:
     "--log-level",
     default="info",
     show_default=True,
-    type=click.Choice(["critical", "error", "warning", "info", "debug"], case_sensitive=False),
+    type=click.Choice(
+        ["critical", "error", "warning", "info", "debug", "trace"], case_sensitive=False
+    ),
     help="Log level; the format is AGENTOS_LOG_FORMAT (text or json).",
 )
 def serve(app: str | None, host: str, port: int, log_level: str) -> None:
@@ -319,7 +321,8 @@ def runs_list(
         _print_json([run.data for run in found])
         return
     table = Table("run_id", "status", "created", "events", "session_id")
-    table.columns[0].no_wrap = True
+    for column in table.columns:
+        column.no_wrap = True
     for run in found:
         table.add_row(
             run.run_id,
