@@ -1,45 +1,164 @@
-"""``agentos serve [module:app] [--host H] [--port P]``: run a server under uvicorn.
+"""The ``agentos`` command: serve an app, or look at a running server over HTTP.
 
-Beyond plain uvicorn, it puts a deadline on request heads, caps open connections and rate-limits
-the log of failing accepts (``http/server.py``; settings ``http_header_timeout``,
-``http_max_connections``, ``accept_error_log_interval``).
+::
+
+    agentos serve [module:app] [--host H] [--port P] [--log-level L]
+    agentos health
+    agentos agents list | agents get ID             (and teams, workflows)
+    agentos runs list agents/echo [--status S] [--session-id S] [--limit N]
+    agentos runs get agents/echo RUN_ID
+    agentos runs tail agents/echo RUN_ID [--from N]     follows live, resumes after drops
+    agentos runs cancel agents/echo RUN_ID
+
+Client commands talk to ``--url`` (``AGENTOS_URL``, default http://127.0.0.1:7777) with the key
+from ``AGENTOS_SECURITY_KEY`` (or ``AGENTOS_API_KEY``), through ``agentos_client``; ``--json``
+prints what the server answered. Exit codes: 0 ok; 1 the run a command waited for ended in
+ERROR or CANCELLED; 2 usage error, not found or refused (4xx); 3 server unreachable or
+unavailable (5xx).
+
+Beyond plain uvicorn, ``serve`` puts a deadline on request heads, caps open connections and
+rate-limits the log of failing accepts (``http/server.py``; settings ``http_header_timeout``,
+``http_max_connections``, ``accept_error_log_interval``), and logs as text or JSON lines
+(``logs.py``; setting ``log_format``).
 """
 
 from __future__ import annotations
 
-import argparse
+import asyncio
 import importlib
+import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, NoReturn, TypeVar
 
+import click
 import uvicorn
-
-from agentos.http import AgentOS
-from agentos.http.server import AcceptErrorFilter, default_max_connections, guarded_protocol
-from agentos.settings import Settings
+from agentos_client import APIStatusError, AsyncClient, ClientError, Run, RunEvent, TransportError
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 __all__ = ["main"]
+
+T = TypeVar("T")
+
+#: Exit codes (README, "Command line").
+EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+_KINDS = ("agents", "teams", "workflows")
+_DEFAULT_URL = "http://127.0.0.1:7777"
+
+_out = Console(highlight=False, soft_wrap=True)
+_err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    _err.print(Text(f"agentos: {message}"))
+    sys.exit(code)
+
+
+_url = click.option(
+    "--url",
+    envvar="AGENTOS_URL",
+    default=_DEFAULT_URL,
+    show_default=True,
+    help="The server (env AGENTOS_URL).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Run agentos, or look at a running server (key from AGENTOS_SECURITY_KEY or AGENTOS_API_KEY).
+
+    Exit codes: 0 ok, 1 a run waited for ended in ERROR or CANCELLED, 2 usage error, not found
+    or refused, 3 server unreachable or unavailable.
+    """
+
+
+# -- serve -------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("app", required=False, metavar="[MODULE:APP]")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--port", default=7777, show_default=True, type=int, help="Port to bind.")
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(
+        ["critical", "error", "warning", "info", "debug", "trace"], case_sensitive=False
+    ),
+    help="Log level; the format is AGENTOS_LOG_FORMAT (text or json).",
+)
+def serve(app: str | None, host: str, port: int, log_level: str) -> None:
+    """Serve MODULE:APP (an AgentOS, or an ASGI app built by one) under uvicorn; with no app, the
+    built-in demo (agents/echo, teams/echo-team, workflows/echo-workflow)."""
+    from agentos import logs
+    from agentos.http import AgentOS
+    from agentos.http.server import AcceptErrorFilter, default_max_connections, guarded_protocol
+    from agentos.settings import Settings
+
+    try:
+        env_settings = Settings.from_env()
+    except (TypeError, ValueError) as exc:
+        _fail(str(exc), EXIT_USAGE)
+    context = logs.configure(log_level, env_settings.monitoring.log_format)
+    if app:
+        target = _load(app)
+    else:
+        from agentos.demo import demo_os
+
+        target = demo_os(env_settings)
+    agent_os = (
+        target
+        if isinstance(target, AgentOS)
+        else getattr(target.state, "agent_os", None)
+        if hasattr(target, "state")
+        else None
+    )
+    asgi = target.app if isinstance(target, AgentOS) else target
+    settings = agent_os.settings if agent_os is not None else env_settings
+    context.instance = settings.instance_id
+    http = settings.http
+    grace = settings.runs.shutdown_grace + http.graceful_shutdown_extra
+    logging.getLogger("asyncio").addFilter(AcceptErrorFilter(http.accept_error_log_interval))
+    protocol = guarded_protocol(
+        http.header_timeout, http.max_connections or default_max_connections()
+    )
+    config = uvicorn.Config(
+        asgi,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        log_config=None,  # logs.configure() set the handler; uvicorn's loggers propagate to it
+        timeout_graceful_shutdown=int(grace),
+        http=protocol,
+    )
+    _Server(config, agent_os).run()
 
 
 def _load(target: str) -> Any:
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
-        raise SystemExit(f"agentos: expected module:attribute, got {target!r}")
+        _fail(f"expected module:attribute, got {target!r}", EXIT_USAGE)
     sys.path.insert(0, os.getcwd())
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        _fail(f"cannot import {module_name} ({exc})", EXIT_USAGE)
     try:
         return getattr(module, attr)
     except AttributeError:
-        raise SystemExit(f"agentos: {module_name} has no attribute {attr!r}") from None
+        _fail(f"{module_name} has no attribute {attr!r}", EXIT_USAGE)
 
 
 class _Server(uvicorn.Server):
     """uvicorn, plus: the first SIGTERM/SIGINT starts agentos's drain at once."""
 
-    def __init__(self, config: uvicorn.Config, agent_os: AgentOS | None) -> None:
+    def __init__(self, config: uvicorn.Config, agent_os: Any) -> None:
         super().__init__(config)
         self.agent_os = agent_os
 
@@ -52,47 +171,268 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="agentos", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve an app (default: the built-in demo)")
-    serve.add_argument("app", nargs="?", help="module:attribute of an AgentOS or ASGI app")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=7777)
-    serve.add_argument("--log-level", default="info")
-    args = parser.parse_args(argv)
+# -- the client commands -----------------------------------------------------------------------
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    if args.app:
-        target = _load(args.app)
+
+def _key() -> str | None:
+    return os.environ.get("AGENTOS_SECURITY_KEY") or os.environ.get("AGENTOS_API_KEY") or None
+
+
+def _call(url: str, work: Callable[[AsyncClient], Awaitable[T]], **options: Any) -> T:
+    """Run ``work`` with a client; client errors become a one-line message and an exit code."""
+
+    async def go() -> T:
+        async with AsyncClient(url, _key(), **options) as client:
+            return await work(client)
+
+    try:
+        return asyncio.run(go())
+    except TransportError as exc:
+        _fail(f"cannot reach {url}: {exc}", EXIT_UNAVAILABLE)
+    except APIStatusError as exc:
+        _fail(str(exc), EXIT_UNAVAILABLE if exc.status_code >= 500 else EXIT_USAGE)
+    except ClientError as exc:
+        _fail(str(exc), EXIT_UNAVAILABLE)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _component(value: str) -> tuple[str, str]:
+    kind, slash, component_id = value.partition("/")
+    if not slash or kind not in _KINDS or not component_id:
+        raise click.BadParameter(f"expected KIND/ID with KIND one of {', '.join(_KINDS)}")
+    return kind, component_id
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _time(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return ""
+    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the server's JSON answer.")
+@_url
+def health(url: str, as_json: bool) -> None:
+    """The server's health: exit 0 when ok or degraded, 3 when down, draining or unreachable."""
+
+    data = _call(url, lambda c: c.health())
+    if as_json:
+        _print_json(data)
     else:
-        from agentos.demo import demo_os
+        table = Table(show_header=False, box=None)
+        for name, value in data.items():
+            table.add_row(name, Text(str(value)))
+        _out.print(table)
+    if data.get("status") not in ("ok", "degraded"):
+        sys.exit(EXIT_UNAVAILABLE)
 
-        target = demo_os(Settings.from_env())
-    agent_os = (
-        target
-        if isinstance(target, AgentOS)
-        else getattr(target.state, "agent_os", None)
-        if hasattr(target, "state")
-        else None
-    )
-    app = target.app if isinstance(target, AgentOS) else target
-    settings = agent_os.settings if agent_os is not None else Settings.from_env()
-    http = settings.http
-    grace = settings.runs.shutdown_grace + http.graceful_shutdown_extra
-    logging.getLogger("asyncio").addFilter(AcceptErrorFilter(http.accept_error_log_interval))
-    protocol = guarded_protocol(
-        http.header_timeout, http.max_connections or default_max_connections()
-    )
-    config = uvicorn.Config(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        timeout_graceful_shutdown=int(grace),
-        http=protocol,
-    )
-    _Server(config, agent_os).run()
+
+def _component_group(kind: str) -> click.Group:
+    @click.group(name=kind, help=f"The {kind} a server serves.")
+    def group() -> None:
+        pass
+
+    def listed(client: AsyncClient) -> Awaitable[list[dict[str, Any]]]:
+        return client.list_components(kind)
+
+    @group.command(name="list")
+    @click.option("--json", "as_json", is_flag=True, help="Print the server's JSON answer.")
+    @_url
+    def list_(url: str, as_json: bool) -> None:
+        """List them."""
+        items = _call(url, listed)
+        if as_json:
+            _print_json(items)
+            return
+        table = Table("id", "name", "description")
+        for item in items:
+            table.add_row(
+                Text(str(item.get("id"))),
+                Text(str(item.get("name") or "")),
+                Text(_short(item.get("description") or "")),
+            )
+        _out.print(table)
+
+    @group.command()
+    @click.argument("component_id", metavar="ID")
+    @click.option("--json", "as_json", is_flag=True, help="Print the server's JSON answer.")
+    @_url
+    def get(url: str, component_id: str, as_json: bool) -> None:
+        """Show one of them."""
+        found = [item for item in _call(url, listed) if item.get("id") == component_id]
+        if not found:
+            _fail(f"no {kind} {component_id!r} on {url}", EXIT_USAGE)
+        if as_json:
+            _print_json(found[0])
+            return
+        table = Table(show_header=False, box=None)
+        for name, value in found[0].items():
+            table.add_row(name, Text(_short(value, 200)))
+        _out.print(table)
+
+    return group
+
+
+for _kind in _KINDS:
+    cli.add_command(_component_group(_kind))
+
+
+@cli.group()
+def runs() -> None:
+    """The runs of one component, named KIND/ID (e.g. agents/echo)."""
+
+
+_COMPONENT = click.argument("component", metavar="KIND/ID")
+
+
+@runs.command(name="list")
+@_COMPONENT
+@click.option("--status", help="Only runs with this status (PENDING, RUNNING, COMPLETED ...).")
+@click.option("--session-id", help="Only runs of this session.")
+@click.option("--limit", type=int, default=100, show_default=True, help="At most this many.")
+@click.option("--json", "as_json", is_flag=True, help="Print the server's JSON answer.")
+@_url
+def runs_list(
+    url: str, component: str, status: str | None, session_id: str | None, limit: int, as_json: bool
+) -> None:
+    """List runs, newest first."""
+    kind, component_id = _component(component)
+    try:
+        found = _call(
+            url,
+            lambda c: c.list_runs(
+                kind, component_id, session_id=session_id, status=status, limit=limit
+            ),
+        )
+    except ValueError:  # the client checks the status name
+        raise click.BadParameter(f"unknown status {status!r}", param_hint="--status") from None
+    if as_json:
+        _print_json([run.data for run in found])
+        return
+    table = Table("run_id", "status", "created", "events", "session_id")
+    for column in table.columns:
+        column.no_wrap = True
+    for run in found:
+        table.add_row(
+            run.run_id,
+            run.status.value,
+            _time(run.created_at),
+            str(run.event_count or 0),
+            Text(run.session_id or ""),
+        )
+    _out.print(table)
+
+
+@runs.command(name="get")
+@_COMPONENT
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the server's JSON answer.")
+@_url
+def runs_get(url: str, component: str, run_id: str, as_json: bool) -> None:
+    """Show one run."""
+    kind, component_id = _component(component)
+    run = _call(url, lambda c: c.get_run(kind, component_id, run_id))
+    if as_json:
+        _print_json(run.data)
+        return
+    _print_run(run)
+
+
+def _print_run(run: Run) -> None:
+    table = Table(show_header=False, box=None)
+    for name, value in run.data.items():
+        if name in ("created_at", "updated_at"):
+            value = f"{_time(value)} ({value})"
+        table.add_row(name, Text(_short(value, 200) if value is not None else ""))
+    _out.print(table)
+
+
+@runs.command(name="cancel")
+@_COMPONENT
+@click.argument("run_id")
+@_url
+def runs_cancel(url: str, component: str, run_id: str) -> None:
+    """Cancel a run (an ended run keeps its status); prints the status."""
+    kind, component_id = _component(component)
+    status = _call(url, lambda c: c.cancel(kind, component_id, run_id))
+    _out.print(Text(status.value))
+
+
+@runs.command(name="tail")
+@_COMPONENT
+@click.argument("run_id")
+@click.option(
+    "--from",
+    "cursor",
+    type=int,
+    default=-1,
+    show_default=True,
+    help="Start after this event index (-1: from the first event).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print each event's JSON on one line.")
+@click.option(
+    "--max-reconnects",
+    type=int,
+    default=30,
+    show_default=True,
+    help="Reconnect attempts in a row before giving up (exit 3).",
+)
+@_url
+def runs_tail(
+    url: str, component: str, run_id: str, cursor: int, as_json: bool, max_reconnects: int
+) -> None:
+    """Follow a run's events live until it ends; resumes after a dropped connection or a server
+    restart, each event printed once. Exit 0 when it completed, 1 when it ended in ERROR or
+    CANCELLED."""
+    kind, component_id = _component(component)
+    if cursor < -1:
+        raise click.BadParameter("must be -1 or more", param_hint="--from")
+
+    async def work(client: AsyncClient) -> RunEvent | None:
+        async with client.resume(kind, component_id, run_id, cursor) as stream:
+            async for event in stream:
+                if isinstance(event, RunEvent):
+                    _print_event(event, as_json)
+            return stream.terminal_event
+
+    terminal = _call(url, work, max_reconnects=max_reconnects)
+    if terminal is None:  # nothing after the cursor: the run had ended there
+        run = _call(url, lambda c: c.get_run(kind, component_id, run_id))
+        failed = run.status.value in ("ERROR", "CANCELLED")
+    else:
+        failed = terminal.event.endswith(("Error", "Cancelled"))
+    sys.exit(EXIT_RUN_FAILED if failed else EXIT_OK)
+
+
+def _print_event(event: RunEvent, as_json: bool) -> None:
+    if as_json:
+        click.echo(event.to_json())
+        return
+    line = Text(f"{event.event_index:>5} ", style="dim")
+    line.append(event.event, style="bold red" if event.event.endswith("Error") else "bold")
+    who = event.member_id or event.step_id
+    if who:
+        line.append(f" [{who}]")
+    detail = event.error if event.error is not None else event.content
+    if detail is not None:
+        line.append(" " + _short(detail, 200))
+    _out.print(line)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The ``agentos`` console script."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="agentos")
 
 
 if __name__ == "__main__":

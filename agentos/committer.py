@@ -45,9 +45,9 @@ from agentos.errors import (
     RunAlreadyExists,
     StoreUnavailable,
     WriteConflict,
-    describe_error,
 )
 from agentos.events import Event
+from agentos.logs import error_summary
 from agentos.records import RunRecord, RunUpdate
 from agentos.settings import CommitSettings
 
@@ -90,9 +90,15 @@ class GroupCommitter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._stopped = False
-        #: Counters for benchmarks and health: transactions and events written.
+        #: Counters for benchmarks, health and metrics: transactions and events written, and
+        #: transactions that failed (each failed try counts).
         self.commits = 0
         self.events_written = 0
+        self.commit_failures = 0
+        #: Called after each committed transaction with its duration in seconds and its number
+        #: of events (``http/metrics.py`` feeds its histograms from it); once per group, not
+        #: per event.
+        self.observer: Callable[[float, int], None] | None = None
         #: When commits started failing (time.time()), None while they succeed; and why.
         self.failing_since: float | None = None
         self.last_error: str | None = None
@@ -260,7 +266,7 @@ class GroupCommitter:
         except (asyncio.CancelledError, StoreUnavailable):
             raise  # unavailable only escapes while closing: nothing is judged refused then
         except Exception as exc:
-            logger.warning("group commit failed (%s); committing run by run", describe_error(exc))
+            logger.warning("group commit failed (%s); committing run by run", error_summary(exc))
             await self._create_each(creates)
             return await self._write_each_run(events, updates)
         return events, updates
@@ -277,9 +283,11 @@ class GroupCommitter:
         """
         delay = self._settings.retry_delay
         while True:
+            started = time.perf_counter()
             try:
                 await self._store.commit(events, updates, owner=self._owner, runs=runs or [])
             except StoreUnavailable as exc:
+                self.commit_failures += 1
                 if self.failing_since is None:
                     self.failing_since = time.time()
                 self.last_error = exc.detail
@@ -294,6 +302,11 @@ class GroupCommitter:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._settings.retry_max_delay)
                 continue
+            except Exception:
+                self.commit_failures += 1
+                raise
+            if self.observer is not None:
+                self.observer(time.perf_counter() - started, len(events))
             self.commits += 1
             self.failing_since = None
             self.last_error = None
@@ -330,7 +343,11 @@ class GroupCommitter:
             except (asyncio.CancelledError, StoreUnavailable):
                 raise
             except WriteConflict:
-                logger.error("run %s: events conflict with another writer; dropped", run_id)
+                logger.error(
+                    "run %s: events conflict with another writer; dropped",
+                    run_id,
+                    extra={"run_id": run_id},
+                )
                 self._drop_run(run_id)
                 if self._on_conflict is not None:
                     self._on_conflict(run_id)
@@ -341,7 +358,12 @@ class GroupCommitter:
                 # Only our own words reach the run's error event: a driver's message may hold
                 # SQL and values.
                 reason = exc.detail if isinstance(exc, DataRejected) else "a database error"
-                logger.error("run %s: the database refused its events: %s", run_id, exc)
+                logger.error(
+                    "run %s: the database refused its events (%s)",
+                    run_id,
+                    error_summary(exc),
+                    extra={"run_id": run_id},
+                )
                 self._drop_run(run_id)
                 self._rejected = True
                 first = run_events[0][1].index if run_events else None

@@ -31,6 +31,7 @@ from typing import Protocol
 
 from agentos.backends.base import Ending, Store
 from agentos.events import KINDS, Event, RunStatus, make_event
+from agentos.logs import run_fields
 from agentos.records import RunRecord, RunUpdate
 from agentos.settings import LeaseSettings
 
@@ -75,12 +76,18 @@ class Leases:
         self._page_size = page_size
         self._can_renew = can_renew
         self._strays: set[str] = set()
+        #: Runs of lost instances this instance ended (for metrics).
+        self.reaps = 0
 
     async def recover(self) -> None:
         """Give every run this instance left unfinished its terminal event."""
         for record in await self._store.unfinished_runs(self._me):
             if await self.end_unfinished(record, "interrupted"):
-                logger.warning("run %s was interrupted by a restart; marked ERROR", record.run_id)
+                logger.warning(
+                    "run %s was interrupted by a restart; marked ERROR",
+                    record.run_id,
+                    extra=run_fields(record),
+                )
 
     async def end_unfinished(self, record: RunRecord, error: str) -> bool:
         """End a run of this instance that nobody executes any more (terminal error event,
@@ -138,7 +145,11 @@ class Leases:
             if record is None or record.status.ended or self._runs.is_local(run_id):
                 continue
             if await self.end_unfinished(record, "interrupted"):
-                logger.warning("run %s was no longer executed here; marked ERROR", run_id)
+                logger.warning(
+                    "run %s was no longer executed here; marked ERROR",
+                    run_id,
+                    extra=run_fields(record),
+                )
 
     async def reap_forever(self) -> None:
         while True:
@@ -156,9 +167,13 @@ class Leases:
             if self._runs.is_local(run_id):
                 continue  # ours and running: the renewer is only late
             ending = _ending("instance_lost")
-            if await self._store.end_run(run_id, self._me, ending, now=now, expired=True) is None:
+            taken = await self._store.end_run(run_id, self._me, ending, now=now, expired=True)
+            if taken is None:
                 continue  # another instance was first, or the owner renewed meanwhile
-            logger.warning("run %s: its owner's lease expired; marked ERROR", run_id)
+            self.reaps += 1
+            logger.warning(
+                "run %s: its owner's lease expired; marked ERROR", run_id, extra=run_fields(taken)
+            )
             ended.append(run_id)
         return ended
 

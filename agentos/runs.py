@@ -44,6 +44,7 @@ from agentos.errors import (
 )
 from agentos.events import Meta, RunStatus, make_event
 from agentos.leases import Leases
+from agentos.logs import bind_run
 from agentos.records import MAX_ID_LENGTH, RunRecord, RunUpdate, check_id, check_text, storable
 from agentos.sessions import SessionLog, Sessions
 from agentos.settings import Settings
@@ -120,6 +121,10 @@ class RunManager:
         self._sweeper: asyncio.Task[None] | None = None
         self._lease_tasks: list[asyncio.Task[None]] = []
         self._grace_timer: asyncio.TimerHandle | None = None
+        #: Counters for metrics: runs started by (kind, component id), and ended by (kind,
+        #: component id, status). One increment per run; components and statuses are few.
+        self.runs_started: dict[tuple[str, str], int] = {}
+        self.runs_ended: dict[tuple[str, str, str], int] = {}
 
     # -- registry ------------------------------------------------------------------------------
 
@@ -379,6 +384,8 @@ class RunManager:
         active.task = task
         self._tasks[record.run_id] = task
         task.add_done_callback(lambda _: self._release(record.run_id))
+        key = (record.kind, record.component_id)
+        self.runs_started[key] = self.runs_started.get(key, 0) + 1
 
     def _release(self, run_id: str) -> None:
         self._tasks.pop(run_id, None)
@@ -398,6 +405,8 @@ class RunManager:
         )
         status, fields = RunStatus.ERROR, {"error": "internal error"}
         active.started = True
+        bind_run(record)  # this task's log lines carry the run's ids
+        logger.info("run started")
         try:
             self.committer.update(RunUpdate(record.run_id, status=RunStatus.RUNNING))
             if active.cancel_reason is not None or active.failure is not None:
@@ -448,6 +457,16 @@ class RunManager:
             event_count=active.next_index,
         )
         self.committer.update(update)
+        record = active.record
+        key = (record.kind, record.component_id, status.value)
+        self.runs_ended[key] = self.runs_ended.get(key, 0) + 1
+        # The status and a short reason, never the run's content (it may hold the message).
+        reason = fields.get("reason") or fields.get("error")
+        if status is RunStatus.COMPLETED or not isinstance(reason, str):
+            logger.info("run ended: %s (%d events)", status.value, active.next_index)
+        else:
+            reason = reason.partition(":")[0]  # an exception's type, not its text
+            logger.info("run ended: %s, %s (%d events)", status.value, reason, active.next_index)
         try:
             await self.committer.flush()
         except CommitterStopped:

@@ -29,6 +29,7 @@ __all__ = [
     "DatabaseSettings",
     "HTTPSettings",
     "LeaseSettings",
+    "MonitoringSettings",
     "RunSettings",
     "Settings",
     "StreamSettings",
@@ -259,6 +260,16 @@ class AgentSettings:
     model: str | None = _setting(None, "model")
 
 
+@dataclass(frozen=True)
+class MonitoringSettings:
+    """Metrics and logs (``http/metrics.py``, ``logs.py``)."""
+
+    #: Serve ``GET /metrics`` without the security key (for a scraper that cannot send it).
+    metrics_public: bool = _setting(False, "metrics_public")
+    #: ``agentos serve`` log lines: ``text`` (readable) or ``json`` (one object per line).
+    log_format: str = _setting("text", "log_format")
+
+
 _SECTIONS: dict[str, type[Any]] = {
     "database": DatabaseSettings,
     "auth": AuthSettings,
@@ -270,6 +281,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "ws": WebSocketSettings,
     "leases": LeaseSettings,
     "agents": AgentSettings,
+    "monitoring": MonitoringSettings,
 }
 #: Settings of the server as a whole, not of one part.
 _TOP: dict[str, Any] = {"instance_id": None, "demo_delay": 0.02}
@@ -302,6 +314,7 @@ class Settings:
     ws: WebSocketSettings
     leases: LeaseSettings
     agents: AgentSettings
+    monitoring: MonitoringSettings
     #: This instance's name; runs it owns are recovered by it after a restart. Default:
     #: ``agentos-`` and a hash of the host name and ``db_url`` (stable, and no host name).
     instance_id: str
@@ -383,6 +396,8 @@ class Settings:
             raise ValueError("setting lease_renew_interval must be above 0 and below lease_ttl")
         if leases.reaper_interval <= 0:
             raise ValueError("setting reaper_interval must be above 0")
+        if self.monitoring.log_format not in ("text", "json"):
+            raise ValueError("setting log_format must be text or json")
 
 
 def _parse(name: str, type_name: str, raw: str) -> Any:

@@ -35,6 +35,7 @@ from agentos.errors import (
 from agentos.events import KINDS, RunStatus
 from agentos.http import forms
 from agentos.http.auth import redact_tokens_in_logs, sign_resume_token
+from agentos.http.metrics import Metrics
 from agentos.http.middleware import InstanceHeader, SecurityGuard, error_body, error_json
 from agentos.http.sse import event_stream
 from agentos.http.ws import WorkflowSockets
@@ -109,11 +110,14 @@ class AgentOS:
     # -- app -----------------------------------------------------------------------------------
 
     def _build_app(self) -> Starlette:
+        sockets = WorkflowSockets(self.manager, self.settings)
+        self.metrics = Metrics(self.manager, lambda: sockets.followers)
         routes = [
             *(Route(path, _static_file, methods=["GET"]) for path in _PUBLIC_FILES),
             Route("/health", self.health, methods=["GET"]),
+            Route("/metrics", self.metrics.endpoint, methods=["GET"]),
             Route("/config", self.config, methods=["GET"]),
-            WebSocketRoute("/workflows/ws", WorkflowSockets(self.manager, self.settings)),
+            WebSocketRoute("/workflows/ws", sockets),
             Route("/sessions", self.list_sessions, methods=["GET"]),
             Route("/sessions/{session_id}", self.get_session, methods=["GET"]),
             Route("/sessions/{session_id}", self.delete_session, methods=["DELETE"]),
@@ -146,8 +150,12 @@ class AgentOS:
         # Starlette would answer "/agents/" with a redirect to an absolute URL built from the
         # request's Host header: a client-chosen host in Location. Paths have one spelling.
         app.router.redirect_slashes = False
+        public = [
+            *_PUBLIC_FILES,
+            *(["/metrics"] if self.settings.monitoring.metrics_public else []),
+        ]
         app.add_middleware(
-            SecurityGuard, security_key=self.settings.auth.security_key, public_paths=_PUBLIC_FILES
+            SecurityGuard, security_key=self.settings.auth.security_key, public_paths=public
         )
         app.add_middleware(InstanceHeader, instance_id=self.settings.instance_id)
         app.state.agent_os = self

@@ -30,6 +30,7 @@ import contextlib
 import json
 import logging
 import time
+import weakref
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -76,6 +77,12 @@ class WorkflowSockets:
         self.settings = settings
         listed = (o.strip().lower().rstrip("/") for o in settings.ws.allowed_origins.split(","))
         self.allowed_origins = frozenset(o for o in listed if o)
+        self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
+
+    @property
+    def followers(self) -> int:
+        """Runs followed over the open sockets right now (for metrics; read at scrape time)."""
+        return sum(len(connection.followers) for connection in list(self._connections))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
@@ -84,7 +91,11 @@ class WorkflowSockets:
             await send({"type": "websocket.close", "code": _POLICY, "reason": "origin not allowed"})
             return
         connection = _Connection(self.manager, self.settings, WebSocket(scope, receive, send))
-        await connection.serve()
+        self._connections.add(connection)
+        try:
+            await connection.serve()
+        finally:
+            self._connections.discard(connection)
 
     def _origin_allowed(self, origin: str | None, host: str | None) -> bool:
         if origin is None or "*" in self.allowed_origins:

@@ -3,6 +3,8 @@
 - only ``agentos/http/`` imports Starlette or sse-starlette (and, with ``cli.py``, uvicorn);
 - only ``agentos/backends/`` imports a database driver or SQLAlchemy;
 - only ``agentos/models/`` imports a model provider's SDK;
+- only ``agentos/http/metrics.py`` imports prometheus_client; only ``cli.py`` click, rich and the
+  Python client;
 - the core (the flat modules of ``agentos/``) imports none of them, nor ``agentos.http``, and of
   ``backends/`` and ``models/`` only their contracts (``base.py``);
 - no two modules of the package import each other, directly or through others.
@@ -30,6 +32,10 @@ _ONLY_IN = {
     "redis": ("agentos.backends",),
     "openai": ("agentos.models",),
     "anthropic": ("agentos.models",),
+    "prometheus_client": ("agentos.http.metrics",),
+    "click": ("agentos.cli",),
+    "rich": ("agentos.cli",),
+    "agentos_client": ("agentos.cli",),
 }
 #: Modules outside the core that wire everything together.
 _TOP = {"agentos", "agentos.__main__", "agentos.cli", "agentos.demo"}

@@ -230,6 +230,25 @@ class AsyncClient:
             meta=meta,
         )
 
+    async def health(self) -> dict[str, Any]:
+        """``GET /health``: the JSON body, also when the server answers 503 (``down``,
+        ``shutting_down``); look at its ``status``."""
+        self._check_open()
+        try:
+            response = await self._http.get("/health")
+        except httpx.TransportError as exc:
+            raise TransportError(f"GET /health: {exc!r}") from exc
+        if response.status_code not in (200, 503):
+            raise self._status_error(response, run_id=None)
+        return _as_object(_decode(response))
+
+    async def list_components(self, kind: str) -> list[dict[str, Any]]:
+        """The components of ``kind`` the server serves (``GET /{kind}``), as JSON objects."""
+        data = await self._json("GET", f"/{kind}")
+        if not isinstance(data, list):
+            raise ClientError("the component list is not a JSON list")
+        return [_as_object(item) for item in data]
+
     async def get_run(self, kind: str, id: str, run_id: str) -> Run:
         """The run object; :class:`APIStatusError` with ``status_code == 404`` if unknown."""
         data = await self._json("GET", f"/{kind}/{id}/runs/{run_id}", run_id=run_id)
@@ -604,6 +623,14 @@ class Client:
             kind, id, run_id, last_event_index, session_id=session_id, meta=meta
         )
         return SyncRunStream(self, stream)
+
+    def health(self) -> dict[str, Any]:
+        """See :meth:`AsyncClient.health`."""
+        return self._call(self._async.health())
+
+    def list_components(self, kind: str) -> list[dict[str, Any]]:
+        """See :meth:`AsyncClient.list_components`."""
+        return self._call(self._async.list_components(kind))
 
     def get_run(self, kind: str, id: str, run_id: str) -> Run:
         """See :meth:`AsyncClient.get_run`."""

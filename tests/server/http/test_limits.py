@@ -80,11 +80,16 @@ def _length(data: bytes) -> int:
     return 0
 
 
-def test_slowloris_is_closed_and_health_answers_at_the_open_file_limit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_slowloris_is_closed_and_health_answers_at_the_open_file_limit(
+    tmp_path: Path, log_format: str
+) -> None:
     """More unfinished request heads than the process has file descriptors: the server stays
-    reachable, closes them after the head deadline, and logs a line, not megabytes."""
+    reachable, closes them after the head deadline, and logs a line, not megabytes (in either
+    log format)."""
     open_files, attackers = 256, 400
-    srv = ServerProcess(tmp_path, env={"AGENTOS_HTTP_HEADER_TIMEOUT": "1"}, open_files=open_files)
+    env = {"AGENTOS_HTTP_HEADER_TIMEOUT": "1", "AGENTOS_LOG_FORMAT": log_format}
+    srv = ServerProcess(tmp_path, env=env, open_files=open_files)
     socks: list[socket.socket] = []
     with srv:
         try:

@@ -1,0 +1,171 @@
+"""Log lines with the run they are about: ``run_id``, ``session_id``, ``component``, ``instance``.
+
+A run's task sets its context once (:func:`bind_run`, in ``runs.py``); every line logged from that
+task, or from a task it starts (a team's members), carries the run's fields without each call
+passing them. Code outside the run's task passes them with ``extra=run_fields(record)``::
+
+    logger.warning("run %s: its owner's lease expired", run_id, extra=run_fields(record))
+
+:func:`configure` (called by ``agentos serve``) sends every logger, uvicorn's included, to one
+handler on stderr, as readable text (the default) or as one JSON object per line
+(``AGENTOS_LOG_FORMAT=json``): ``time``, ``level``, ``logger``, ``message`` and the context fields
+that are known. Log calls never pass a security key, a resume token or a run's message or content;
+uvicorn's URL logs have their ``token=`` values redacted (``http/auth.py``).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+__all__ = [
+    "CONTEXT_FIELDS",
+    "ContextFilter",
+    "JSONFormatter",
+    "bind_run",
+    "configure",
+    "error_summary",
+    "run_fields",
+]
+
+#: The context fields a log line may carry, in the order they are written.
+CONTEXT_FIELDS = ("run_id", "session_id", "component", "instance")
+
+_RUN: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "agentos_log_run", default=None
+)
+
+
+class _RunLike(Protocol):
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def component_id(self) -> str: ...
+
+
+def run_fields(record: _RunLike) -> dict[str, str]:
+    """The context fields of a run, for ``extra=``."""
+    return {
+        "run_id": record.run_id,
+        "session_id": record.session_id,
+        "component": f"{record.kind}/{record.component_id}",
+    }
+
+
+def bind_run(record: _RunLike) -> None:
+    """Attach a run's fields to every line logged from the current task (and tasks it starts).
+
+    Call it at the start of the run's own task: the task's context is its own copy, so the
+    binding ends with the task.
+    """
+    _RUN.set(run_fields(record))
+
+
+def error_summary(exc: BaseException) -> str:
+    """An error for a log line: our own errors' fixed text, only the type of any other.
+
+    A database driver's error text can quote the statement's parameters (events, messages).
+    """
+    detail = getattr(exc, "detail", None)
+    if isinstance(detail, str) and type(exc).__module__ == "agentos.errors":
+        return f"{type(exc).__name__}: {detail}"
+    return type(exc).__name__
+
+
+class ContextFilter(logging.Filter):
+    """Adds the bound run's fields and this instance's id to each record (on a handler, so that
+    it sees every record that reaches it, whichever logger it came from)."""
+
+    def __init__(self, instance: str | None = None) -> None:
+        super().__init__()
+        self.instance = instance
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        bound = _RUN.get()
+        if bound is not None:
+            for name, value in bound.items():
+                if getattr(record, name, None) is None:
+                    setattr(record, name, value)
+        if self.instance is not None and getattr(record, "instance", None) is None:
+            record.instance = self.instance
+        return True
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line; non-ASCII escaped, so any text stays one valid line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        body: dict[str, Any] = {
+            "time": _iso_time(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in CONTEXT_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                body[name] = str(value)
+        if record.exc_info:
+            body["exc"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            body["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(body)
+
+
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: message run_id=... session_id=... component=...``."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        context = " ".join(
+            f"{name}={value}"
+            for name in CONTEXT_FIELDS[:-1]  # the instance is the same on every line
+            if (value := getattr(record, name, None)) is not None
+        )
+        if not context:
+            return line
+        head, newline, rest = line.partition("\n")  # keep a traceback below the line
+        return f"{head} {context}{newline}{rest}"
+
+
+def configure(level: str = "info", fmt: str = "text", instance: str | None = None) -> ContextFilter:
+    """Send every log record (agentos's, uvicorn's, libraries') to stderr in ``fmt``.
+
+    Returns the context filter, whose ``instance`` can be set once the instance id is known.
+    Replaces the root logger's handlers; uvicorn's loggers propagate to it (serve uvicorn with
+    ``log_config=None``).
+    """
+    if fmt not in ("text", "json"):
+        raise ValueError("the log format must be text or json")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
+    context = ContextFilter(instance)
+    handler.addFilter(context)
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
+        uvicorn_logger = logging.getLogger(name)
+        for old in uvicorn_logger.handlers[:]:
+            uvicorn_logger.removeHandler(old)
+        uvicorn_logger.propagate = True
+    return context
+
+
+def _iso_time(created: float) -> str:
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+    return f"{seconds}.{int(created % 1 * 1000):03d}Z"

@@ -1,0 +1,207 @@
+"""The ``agentos`` command, run as users run it: a subprocess against a real server subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.apps import words
+from tests.servers import ROOT, ServerProcess, free_port
+
+KEY = "cli-key"
+pytestmark = pytest.mark.slow
+
+
+def agentos(
+    *args: str, url: str | None = None, key: str | None = KEY, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agentos", *args],
+        env=_env(url, key),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def _env(url: str | None, key: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTOS_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "clients" / "python")])
+    env["COLUMNS"] = "200"  # rich tables: room for whole run ids
+    if url is not None:
+        env["AGENTOS_URL"] = url
+    if key is not None:
+        env["AGENTOS_API_KEY"] = key
+    return env
+
+
+def start_run(url: str, message: str) -> str:
+    response = httpx.post(
+        f"{url}/agents/echo/runs",
+        json={"message": message, "stream": False, "background": True},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=10,
+    )
+    assert response.status_code == 202, response.text
+    run_id: str = response.json()["run_id"]
+    return run_id
+
+
+def wait_ended(url: str, run_id: str) -> dict[str, Any]:
+    for _ in range(400):
+        run: dict[str, Any] = httpx.get(
+            f"{url}/agents/echo/runs/{run_id}", headers={"Authorization": f"Bearer {KEY}"}
+        ).json()
+        if run["status"] in ("COMPLETED", "ERROR", "CANCELLED"):
+            return run
+        time.sleep(0.05)
+    raise AssertionError(f"run {run_id} did not end")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with ServerProcess(tmp_path_factory.mktemp("cli"), security_key=KEY, delay=0.02) as served:
+        yield served
+
+
+def test_serve_help_shows_each_option_with_its_default() -> None:
+    result = agentos("serve", "--help")
+    assert result.returncode == 0
+    for option, default in (("--host", "127.0.0.1"), ("--port", "7777"), ("--log-level", "info")):
+        assert option in result.stdout
+        assert f"[default: {default}]" in result.stdout
+
+
+def test_serve_of_an_app_that_cannot_be_imported_says_so_in_one_line() -> None:
+    result = agentos("serve", "no_such_package_xyz:app", "--port", str(free_port()))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot import no_such_package_xyz" in lines[0], result.stderr
+    missing = agentos("serve", "tests.apps:nothing_here", "--port", str(free_port()))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "no attribute 'nothing_here'" in missing.stderr
+
+
+def test_health(server: ServerProcess) -> None:
+    result = agentos("health", url=server.url)
+    assert result.returncode == 0 and "ok" in result.stdout
+    as_json = json.loads(agentos("health", "--json", url=server.url).stdout)
+    assert as_json["status"] == "ok" and "active_runs" in as_json
+    down = agentos("health", url=f"http://127.0.0.1:{free_port()}")
+    assert down.returncode == 3 and "cannot reach" in down.stderr
+    assert "Traceback" not in down.stderr
+
+
+def test_components(server: ServerProcess) -> None:
+    listed = agentos("agents", "list", url=server.url)
+    assert listed.returncode == 0 and "echo" in listed.stdout
+    agents = json.loads(agentos("agents", "list", "--json", url=server.url).stdout)
+    assert [a["id"] for a in agents] == ["echo"]
+    team = json.loads(agentos("teams", "get", "echo-team", "--json", url=server.url).stdout)
+    assert team["members"] == ["echo-a", "echo-b"]
+    workflow = agentos("workflows", "get", "echo-workflow", url=server.url)
+    assert workflow.returncode == 0 and "Echo workflow" in workflow.stdout
+    missing = agentos("agents", "get", "nope", url=server.url)
+    assert missing.returncode == 2 and "nope" in missing.stderr
+    refused = agentos("agents", "list", url=server.url, key="wrong")
+    assert refused.returncode == 2 and "not_authorized" in refused.stderr
+    no_key = agentos("agents", "list", url=server.url, key=None)
+    assert no_key.returncode == 2 and "not_authenticated" in no_key.stderr
+
+
+@pytest.fixture(scope="module")
+def ended_run(server: ServerProcess) -> str:
+    """A completed run of agents/echo with 7 events (RunStarted, 5 words, RunCompleted)."""
+    run_id = start_run(server.url, words(5))
+    wait_ended(server.url, run_id)
+    return run_id
+
+
+def test_runs_list_get(server: ServerProcess, ended_run: str) -> None:
+    run_id = ended_run
+
+    table = agentos("runs", "list", "agents/echo", url=server.url)
+    assert table.returncode == 0 and run_id in table.stdout
+    listed = json.loads(agentos("runs", "list", "agents/echo", "--json", url=server.url).stdout)
+    assert run_id in [r["run_id"] for r in listed]
+    done = agentos("runs", "list", "agents/echo", "--status", "completed", "--json", url=server.url)
+    assert run_id in [r["run_id"] for r in json.loads(done.stdout)]
+    bad_status = agentos("runs", "list", "agents/echo", "--status", "soon", url=server.url)
+    assert bad_status.returncode == 2
+    bad_component = agentos("runs", "list", "echo", url=server.url)
+    assert bad_component.returncode == 2 and "KIND/ID" in bad_component.stderr
+
+    got = json.loads(agentos("runs", "get", "agents/echo", run_id, "--json", url=server.url).stdout)
+    assert got["status"] == "COMPLETED" and got["event_count"] == 7
+    shown = agentos("runs", "get", "agents/echo", run_id, url=server.url)
+    assert shown.returncode == 0 and "COMPLETED" in shown.stdout
+    missing = agentos("runs", "get", "agents/echo", "no-such-run", url=server.url)
+    assert missing.returncode == 2 and "run_not_found" in missing.stderr
+
+
+def test_runs_tail_of_an_ended_run(server: ServerProcess, ended_run: str) -> None:
+    run_id = ended_run
+    tail = agentos("runs", "tail", "agents/echo", run_id, url=server.url)
+    assert tail.returncode == 0, tail.stderr
+    lines = tail.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == [str(i) for i in range(7)]
+    assert "RunStarted" in lines[0] and "RunCompleted" in lines[-1]
+    events = agentos("runs", "tail", "agents/echo", run_id, "--from", "4", "--json", url=server.url)
+    assert [json.loads(line)["event_index"] for line in events.stdout.splitlines()] == [5, 6]
+    nothing_left = agentos("runs", "tail", "agents/echo", run_id, "--from", "6", url=server.url)
+    assert nothing_left.returncode == 0 and nothing_left.stdout == ""
+
+
+def test_runs_cancel_then_tail_exits_1(server: ServerProcess) -> None:
+    run_id = start_run(server.url, words(2000))  # 40 s at 0.02 s a word
+    cancelled = agentos("runs", "cancel", "agents/echo", run_id, url=server.url)
+    assert cancelled.returncode == 0 and cancelled.stdout.strip() == "CANCELLED"
+    tail = agentos("runs", "tail", "agents/echo", run_id, "--json", url=server.url)
+    assert tail.returncode == 1
+    last = json.loads(tail.stdout.splitlines()[-1])
+    assert last["event"] == "RunCancelled"
+    missing = agentos("runs", "cancel", "agents/echo", "no-such-run", url=server.url)
+    assert missing.returncode == 2
+
+
+def test_tail_follows_a_run_across_a_server_restart(tmp_path: Path) -> None:
+    """kill -9 and a restart on the same port mid-run: the run ends with RunError
+    "interrupted" (restart recovery), and the tail shows every event once, then exits 1."""
+    with ServerProcess(tmp_path, security_key=KEY, delay=0.1) as server:
+        run_id = start_run(server.url, words(300))  # 30 s: still running at the restart
+        with subprocess.Popen(
+            [sys.executable, "-m", "agentos", "runs", "tail", "agents/echo", run_id, "--json"],
+            env=_env(server.url, KEY),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        ) as tail:
+            assert tail.stdout is not None and tail.stderr is not None
+            try:
+                seen = [json.loads(tail.stdout.readline()) for _ in range(4)]
+                server.kill()
+                server.start()
+                # Read on through the same buffered reader (communicate() would skip what it
+                # holds); the test's timeout bounds a tail that never ends.
+                out = tail.stdout.read()
+                err = tail.stderr.read()
+                tail.wait(timeout=10)
+            finally:
+                tail.kill()
+    events = seen + [json.loads(line) for line in out.splitlines()]
+    indices = [event["event_index"] for event in events]
+    assert indices == list(range(len(events))), indices  # no gap, no duplicate
+    assert events[-1]["event"] == "RunError" and events[-1]["error"] == "interrupted"
+    assert tail.returncode == 1, err
