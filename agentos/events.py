@@ -123,7 +123,7 @@ def dumps(obj: Any) -> str:
     return text
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Event:
     """One committed event of a run: its index, name, JSON text and whether it ends the run."""
 

@@ -32,6 +32,9 @@ __all__ = [
 #: Longest id (run, session, user, component) in characters; the database columns hold this.
 MAX_ID_LENGTH = 200
 _URL_SAFE_ID = re.compile(r"[A-Za-z0-9._~-]+")
+#: Fields of a run that can be as large as a message; lists cut them.
+_LARGE_FIELDS = ("input", "content", "error")
+
 #: What no database column of ours can hold the same way everywhere: NUL (PostgreSQL refuses it)
 #: and lone surrogates (not Unicode scalar values: no UTF-8 encoding exists for them).
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -113,6 +116,19 @@ class RunRecord:
             "updated_at": self.updated_at,
             "event_count": self.event_count,
         }
+
+    def to_list_item(self, max_chars: int) -> dict[str, Any]:
+        """The run object as ``GET .../runs`` lists it: ``input``, ``content`` and ``error`` cut
+        to ``max_chars`` characters, and ``"truncated"`` saying whether any was."""
+        item = self.to_dict()
+        truncated = False
+        for name in _LARGE_FIELDS:
+            value = item[name]
+            if value is not None and len(value) > max_chars:
+                item[name] = value[:max_chars]
+                truncated = True
+        item["truncated"] = truncated
+        return item
 
     def updated(self, update: RunUpdate) -> RunRecord:
         changes = {k: v for k, v in update.changes().items() if k != "run_id"}

@@ -165,6 +165,11 @@ class StreamSettings:
     #: by every subscriber; larger ones are encoded per send (a copy of a big payload per
     #: buffered event would cost more memory than encoding saves time).
     sse_cache_max_bytes: int = _setting(512, "sse_cache_max_bytes")
+    #: Bytes of events one subscriber (an SSE stream or a WebSocket) may have queued or in
+    #: flight: past it, its stream waits for the client to read (by cursor: runs never wait).
+    #: A single larger event goes alone. Pages read from the database for a stream are sized
+    #: to it as well (by the largest event the stream has seen).
+    max_queued_bytes: int = _setting(1024 * 1024, "stream_max_queued_bytes")
     #: Seconds a single SSE send may block before the stream is dropped.
     send_timeout: float = _setting(30.0, "send_timeout")
     #: Seconds, beyond ``shutdown_grace``, that open streams get on shutdown to deliver the
@@ -180,6 +185,12 @@ class HTTPSettings:
     max_body_bytes: int = _setting(10 * 1024 * 1024, "max_body_bytes")
     #: Seconds a client is told to wait (``Retry-After``) when the database cannot commit.
     retry_after: int = _setting(5, "retry_after")
+    #: Bytes of run objects in one ``GET .../runs`` response; the runs past it are left out and
+    #: ``X-Next-Offset`` says where the next page starts.
+    list_max_bytes: int = _setting(1024 * 1024, "list_max_bytes")
+    #: Characters of ``input``, ``content`` and ``error`` in a listed run; longer ones are cut
+    #: and the run is marked ``"truncated": true`` (``GET .../runs/{run_id}`` has them whole).
+    list_max_field_chars: int = _setting(1000, "list_max_field_chars")
     #: Seconds uvicorn gives open connections on shutdown, beyond ``shutdown_grace``.
     graceful_shutdown_extra: float = _setting(15.0, "graceful_shutdown_extra")
     #: Seconds a request body may take to arrive in full; a slower one gets 408 and the

@@ -17,6 +17,11 @@ read is retried with backoff (from ``tail_poll_interval`` up to ``tail_retry_max
 stream goes on where it was. An outage longer than ``tail_outage_budget`` ends the stream with
 the ``error`` meta event ``database_unavailable`` (the client resumes by cursor later); on a
 draining instance it ends without one, as tails there do.
+
+Memory per stream is bounded by ``stream_max_queued_bytes``: a page read from the database holds
+about that many bytes of events (its size follows the largest event the stream has seen; the
+first page is one event), and streams that read the same events at the same time share one copy
+of each (:class:`SharedEvents`), so many subscribers replaying a large run cost it once.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from agentos.backends.base import Notifier, Store
@@ -36,7 +42,7 @@ from agentos.events import Event, Meta, RunStatus
 from agentos.records import RunRecord
 from agentos.settings import StreamSettings
 
-__all__ = ["RunStream", "StreamSlots", "StreamSource", "replay_meta"]
+__all__ = ["RunStream", "SharedEvents", "StreamSlots", "StreamSource", "replay_meta"]
 
 logger = logging.getLogger("agentos.streams")
 
@@ -65,6 +71,47 @@ class StreamSlots:
         self.count -= 1
 
 
+class SharedEvents:
+    """Events read from the database, one copy per event while any stream holds it.
+
+    Streams that ask for the same page at the same time wait for one read; a page's events
+    that another stream still holds are replaced by that stream's copy (an ``event_index``
+    never names two different events of a run), and the page's own copies are freed at once.
+    """
+
+    def __init__(self) -> None:
+        self._events: weakref.WeakValueDictionary[tuple[str, int], Event] = (
+            weakref.WeakValueDictionary()
+        )
+        self._reads: dict[tuple[str, int, int], asyncio.Future[list[Event]]] = {}
+
+    async def read(self, store: Store, run_id: str, start: int, limit: int) -> list[Event]:
+        """``store.read_events(run_id, start, limit)``, shared as above."""
+        key = (run_id, start, limit)
+        read = self._reads.get(key)
+        if read is None:
+            read = asyncio.ensure_future(store.read_events(run_id, start, limit))
+            self._reads[key] = read
+            read.add_done_callback(lambda done: self._read_done(key, done))
+        # One waiter's cancellation must not cancel the others' read.
+        return self.share(run_id, await asyncio.shield(read))
+
+    def _read_done(self, key: tuple[str, int, int], read: asyncio.Future[list[Event]]) -> None:
+        self._reads.pop(key, None)
+        if not read.cancelled():
+            read.exception()  # retrieved here: every waiter may have been cancelled meanwhile
+
+    def share(self, run_id: str, events: list[Event]) -> list[Event]:
+        shared: list[Event] = []
+        for event in events:
+            key = (run_id, event.index)
+            known = self._events.get(key)
+            if known is None:
+                self._events[key] = known = event
+            shared.append(known)
+        return shared
+
+
 @dataclass(frozen=True)
 class StreamSource:
     """What every stream of one instance reads from and counts against."""
@@ -76,6 +123,7 @@ class StreamSource:
     slots: StreamSlots
     #: True while the instance drains: tails of other instances' runs end (clients go elsewhere).
     draining: Callable[[], bool]
+    shared: SharedEvents = field(default_factory=SharedEvents)
 
 
 def replay_meta(run_id: str, status: RunStatus, total_events: int, *, from_buffer: bool) -> Meta:
@@ -95,7 +143,9 @@ class RunStream:
     """The events of one run after ``after``, preceded by meta events when ``meta`` is set.
 
     The stream holds a slot of ``source.slots``, taken before it was made: it gives the slot back
-    when iterating ends, or when it is dropped without being iterated.
+    when iterating ends, or when it is dropped without being iterated. It keeps the run's status
+    from ``record``, not the record: a run's input and content can be large, and a stream may
+    stay open for long.
     """
 
     def __init__(
@@ -112,7 +162,7 @@ class RunStream:
         self._source = source
         self._on_abandon = on_abandon
         self._holds_slot = True
-        self.record = record
+        self.status = record.status
         self.run_id = record.run_id
         self.after = after
         self.count = count
@@ -132,11 +182,11 @@ class RunStream:
 
     def first_meta(self) -> Meta:
         """``replay`` for an ended run, ``catch_up`` for a live one."""
-        status = self.record.status.value
+        status = self.status.value
         if self.ended:
             buf = self._source.buffers.get(self.run_id)
             in_buffer = buf is not None and buf.first_index <= self.after + 1
-            return replay_meta(self.run_id, self.record.status, self.count, from_buffer=in_buffer)
+            return replay_meta(self.run_id, self.status, self.count, from_buffer=in_buffer)
         return Meta(
             "catch_up",
             {
@@ -204,6 +254,9 @@ class RunStream:
     async def _read_on(self) -> AsyncGenerator[list[Event | Meta]]:
         source = self._source
         page = source.settings.replay_page_size
+        max_bytes = source.settings.max_queued_bytes
+        db_page = 1  # until the stream has seen how large its events are
+        largest = 0
         cursor = self.after
         subscribed = self.ended or not self.meta
         while True:
@@ -224,8 +277,13 @@ class RunStream:
             else:
                 # Taken before the read, so a notification between read and wait still counts.
                 signal = source.notifier.watch(self.run_id)
-                read = functools.partial(source.store.read_events, self.run_id, cursor + 1, page)
+                read = functools.partial(
+                    source.shared.read, source.store, self.run_id, cursor + 1, db_page
+                )
                 batch = await self._retry(read)
+                if batch:
+                    largest = max(largest, *(len(event.data) for event in batch))
+                    db_page = max(1, min(page, max_bytes // max(1, largest)))
                 if not batch:
                     buf = source.buffers.get(self.run_id)
                     if buf is not None and cursor + 1 >= buf.first_index:
@@ -238,11 +296,13 @@ class RunStream:
                             )
                         ]
                         return
+                    status = record.status
+                    del record  # its input and content can be large, and a tail waits long
                     if source.draining():
                         return  # a draining instance stops tailing; the client resumes elsewhere
                     if not subscribed:
                         subscribed = True
-                        yield [self._subscribed(cursor + 1, record.status)]
+                        yield [self._subscribed(cursor + 1, status)]
                     await source.notifier.wait(signal, source.settings.tail_poll_interval)
                     continue
             ready: list[Event | Meta] = []

@@ -32,7 +32,7 @@ from agentos.errors import (
     RequestTimeout,
     ShuttingDown,
 )
-from agentos.events import KINDS, RunStatus
+from agentos.events import KINDS, RunStatus, dumps
 from agentos.http import forms
 from agentos.http.auth import redact_tokens_in_logs, sign_resume_token
 from agentos.http.metrics import Metrics
@@ -51,6 +51,8 @@ logger = logging.getLogger("agentos.app")
 _STATIC = Path(__file__).parent / "static"
 # The demo page and the browser client: public files, served without the security key.
 _PUBLIC_FILES = {"/": "index.html", "/static/agentos.js": "agentos.js"}
+#: Most runs one ``GET .../runs`` lists, and the furthest ``offset`` it starts at.
+_MAX_LIST = 1000
 
 
 class AgentOS:
@@ -283,17 +285,20 @@ class AgentOS:
                 f"status must be one of {', '.join(s.value for s in RunStatus)}"
             ) from None
         limit = forms.integer(params.get("limit", "100"), "limit")
-        if not 1 <= limit <= 1000:
-            raise InvalidRequest("limit must be between 1 and 1000")
+        if not 1 <= limit <= _MAX_LIST:
+            raise InvalidRequest(f"limit must be between 1 and {_MAX_LIST}")
+        offset = forms.integer(params.get("offset", "0"), "offset")
+        if not 0 <= offset <= _MAX_LIST:
+            raise InvalidRequest(f"offset must be between 0 and {_MAX_LIST}")
         records = await self.manager.list_runs(
             component.kind.name,
             component.id,
             session_id=params.get("session_id") or None,
             user_id=params.get("user_id") or None,
             status=status_filter,
-            limit=limit,
+            limit=offset + limit,
         )
-        return JSONResponse([r.to_dict() for r in records])
+        return self._run_list(records[offset:], offset)
 
     async def get_run(self, request: Request) -> Response:
         record = await self._run(request, request.query_params.get("session_id") or None)
@@ -375,6 +380,24 @@ class AgentOS:
             component_id=component.id,
             session_id=session_id,
         )
+
+    def _run_list(self, records: Sequence[RunRecord], offset: int) -> Response:
+        """The JSON list of ``records`` within ``list_max_bytes`` (at least one run); when runs
+        are left out, ``X-Next-Offset`` is the ``offset`` that lists them."""
+        budget = self.settings.http.list_max_bytes
+        max_chars = self.settings.http.list_max_field_chars
+        items: list[bytes] = []
+        size = 2  # the brackets
+        headers: dict[str, str] = {}
+        for record in records:
+            item = dumps(record.to_list_item(max_chars)).encode("utf-8")
+            if items and size + 1 + len(item) > budget:
+                headers["X-Next-Offset"] = str(offset + len(items))
+                break
+            items.append(item)
+            size += len(item) + (1 if len(items) > 1 else 0)
+        body = b"[" + b",".join(items) + b"]"
+        return Response(body, media_type="application/json", headers=headers)
 
     def _sse(self, run_stream: RunStream, headers: Mapping[str, str]) -> Response:
         return event_stream(run_stream, headers, self.settings, shutdown=self._exit)

@@ -5,10 +5,13 @@ A socket is served by three kinds of task around one bounded outgoing queue::
     client ──frames──▶ receiver ──(pong, errors)──────────────┐
                           │ start-workflow / reconnect          ▼
                           └──▶ follower per run ──frames──▶ outgoing queue ──▶ sender ──▶ client
-                                 (RunStream.events)         (ws_max_queued_frames)  (ws_send_timeout)
+                                 (RunStream.events)         (ws_max_queued_frames,  (ws_send_timeout)
+                                                             stream_max_queued_bytes)
 
 Followers read their run by cursor, like an SSE stream (see :mod:`agentos.streams`), so a run never
-waits for a socket: a slow socket only makes its own followers wait for room in its own queue. A
+waits for a socket: a slow socket only makes its own followers wait for room in its own queue
+(bounded in frames and in bytes: a socket that never reads holds about ``stream_max_queued_bytes``,
+or one larger frame, plus the frame being sent). A
 send that takes longer than ``ws_send_timeout`` closes the socket; the client reconnects and
 resumes with its last ``event_index``. Closing a socket cancels its followers, never its runs.
 
@@ -26,6 +29,7 @@ which is closed with 1008. See PROTOCOL.md (WebSocket details).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -64,6 +68,51 @@ class _FrameError(Exception):
         super().__init__(detail)
         self.detail = detail
         self.code = code
+
+
+class _Outbox:
+    """The frames waiting for a socket's sender, bounded in count and in size.
+
+    ``put`` waits while the box holds ``max_frames`` frames or a new frame would take it past
+    ``max_bytes`` characters of JSON text; an empty box takes any frame, so one larger than the
+    bound still goes (alone). Waiting puts go in the order they came, so a large frame waiting
+    for an empty box is not passed over by small ones forever.
+    """
+
+    def __init__(self, max_frames: int, max_bytes: int) -> None:
+        self.max_frames = max(1, max_frames)
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._frames: collections.deque[str] = collections.deque()
+        self._waiting: collections.deque[object] = collections.deque()
+        self._changed = asyncio.Condition()
+
+    def _has_room(self, text: str) -> bool:
+        if not self._frames:
+            return True
+        return len(self._frames) < self.max_frames and self.size + len(text) <= self.max_bytes
+
+    async def put(self, text: str) -> None:
+        turn = object()
+        async with self._changed:
+            self._waiting.append(turn)
+            try:
+                await self._changed.wait_for(
+                    lambda: self._waiting[0] is turn and self._has_room(text)
+                )
+                self._frames.append(text)
+                self.size += len(text)
+            finally:
+                self._waiting.remove(turn)
+                self._changed.notify_all()
+
+    async def get(self) -> str:
+        async with self._changed:
+            await self._changed.wait_for(lambda: bool(self._frames))
+            text = self._frames.popleft()
+            self.size -= len(text)
+            self._changed.notify_all()
+            return text
 
 
 class WorkflowSockets:
@@ -129,7 +178,7 @@ class _Connection:
         self.manager = manager
         self.settings = settings.ws
         self.websocket = websocket
-        self.outgoing: asyncio.Queue[str] = asyncio.Queue(max(1, self.settings.max_queued_frames))
+        self.outgoing = _Outbox(self.settings.max_queued_frames, settings.streams.max_queued_bytes)
         self.followers: dict[str, asyncio.Task[None]] = {}
         self.close_code = 1000
         self.close_reason = ""

@@ -263,7 +263,12 @@ class AsyncClient:
         status: RunStatus | str | None = None,
         limit: int | None = None,
     ) -> list[Run]:
-        """Runs of one component, newest first, optionally filtered."""
+        """Runs of one component, newest first, optionally filtered.
+
+        Listed runs carry ``input``, ``content`` and ``error`` cut to the server's
+        ``list_max_field_chars`` (``run.data["truncated"]`` says so); :meth:`get_run` has them
+        whole. A list the server sends in pages (``X-Next-Offset``) is read to ``limit`` runs.
+        """
         params: dict[str, Any] = {}
         if session_id is not None:
             params["session_id"] = session_id
@@ -271,12 +276,21 @@ class AsyncClient:
             params["status"] = RunStatus(str.upper(status)).value
         if limit is not None:
             params["limit"] = limit
-        data = await self._json("GET", f"/{kind}/{id}/runs", params=params)
-        if isinstance(data, dict):
-            data = data.get("runs", data.get("data"))
-        if not isinstance(data, list):
-            raise ClientError("the run list is not a JSON list")
-        return [Run.from_json(_as_object(item)) for item in data]
+        runs: list[Run] = []
+        while True:
+            response = await self._send("GET", f"/{kind}/{id}/runs", params=params)
+            data = _decode(response)
+            if isinstance(data, dict):
+                data = data.get("runs", data.get("data"))
+            if not isinstance(data, list):
+                raise ClientError("the run list is not a JSON list")
+            runs.extend(Run.from_json(_as_object(item)) for item in data)
+            next_offset = response.headers.get("x-next-offset")
+            wanted = limit if limit is not None else 100
+            if not data or next_offset is None or len(runs) >= wanted:
+                return runs
+            params["offset"] = next_offset
+            params["limit"] = wanted - len(runs)
 
     async def list_sessions(
         self,
