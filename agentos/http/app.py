@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from agentos.errors import (
 )
 from agentos.events import KINDS, RunStatus
 from agentos.http import forms
-from agentos.http.auth import redact_tokens_in_logs, sign_resume_token
+from agentos.http.auth import Authenticator, Principal, authorize, redact_tokens_in_logs
 from agentos.http.middleware import InstanceHeader, SecurityGuard, error_json
 from agentos.http.sse import event_stream
 from agentos.http.ws import WorkflowSockets
@@ -87,6 +86,7 @@ class AgentOS:
                     raise TypeError(f"{component!r} is not one of the {kind}")
                 self.manager.register(component)
         self._exit = anyio.Event()
+        self.authenticator = Authenticator(settings.auth)
         self.app = self._build_app()
 
     def get_app(self) -> Starlette:
@@ -106,7 +106,9 @@ class AgentOS:
             *(Route(path, _static_file, methods=["GET"]) for path in _PUBLIC_FILES),
             Route("/health", self.health, methods=["GET"]),
             Route("/config", self.config, methods=["GET"]),
-            WebSocketRoute("/workflows/ws", WorkflowSockets(self.manager, self.settings)),
+            WebSocketRoute(
+                "/workflows/ws", WorkflowSockets(self.manager, self.settings, self.authenticator)
+            ),
             Route("/{kind}", self.list_components, methods=["GET"]),
             Route("/{kind}/{id}/runs", self.create_run, methods=["POST"]),
             Route("/{kind}/{id}/runs", self.list_runs, methods=["GET"]),
@@ -137,7 +139,7 @@ class AgentOS:
         # request's Host header: a client-chosen host in Location. Paths have one spelling.
         app.router.redirect_slashes = False
         app.add_middleware(
-            SecurityGuard, security_key=self.settings.auth.security_key, public_paths=_PUBLIC_FILES
+            SecurityGuard, authenticator=self.authenticator, public_paths=_PUBLIC_FILES
         )
         app.add_middleware(InstanceHeader, instance_id=self.settings.instance_id)
         app.state.agent_os = self
@@ -203,7 +205,7 @@ class AgentOS:
             kind: [c.describe() for c in self.manager.list_components(kind)] for kind in KINDS
         }
         body["instance_id"] = self.settings.instance_id
-        body["security"] = self.settings.auth.security_key is not None
+        body["security"] = self.authenticator.enabled
         return JSONResponse(body)
 
     async def list_components(self, request: Request) -> Response:
@@ -211,6 +213,7 @@ class AgentOS:
         return JSONResponse([c.describe() for c in self.manager.list_components(kind)])
 
     async def create_run(self, request: Request) -> Response:
+        caller = authorize(request.scope, "runs:write")
         component = self._component(request)
         fields = await forms.read_fields(
             request, self.settings.http.max_body_bytes, self.settings.http.body_timeout
@@ -219,7 +222,7 @@ class AgentOS:
         stream = forms.flag(fields, "stream", True)
         background = forms.flag(fields, "background", False)
         session_id = forms.text(fields, "session_id")
-        user_id = forms.text(fields, "user_id")
+        user_id = caller.user_for_new(forms.text(fields, "user_id"))
         run_id = forms.client_run_id(request, fields)
         run_stream: RunStream | None = None
         if stream:
@@ -240,7 +243,7 @@ class AgentOS:
             "X-Session-Id": record.session_id,
             "Location": f"/{record.kind}/{record.component_id}/runs/{record.run_id}",
         }
-        token = self._resume_token(record.run_id)
+        token = self.authenticator.resume_token(record.run_id, record.user_id)
         if token is not None:
             headers["X-Resume-Token"] = token
         if run_stream is not None:
@@ -254,6 +257,7 @@ class AgentOS:
         return JSONResponse(final.to_dict(), headers=headers)
 
     async def list_runs(self, request: Request) -> Response:
+        caller = authorize(request.scope, "runs:read")
         component = self._component(request)
         params = request.query_params
         status = params.get("status")
@@ -266,30 +270,38 @@ class AgentOS:
         limit = forms.integer(params.get("limit", "100"), "limit")
         if not 1 <= limit <= 1000:
             raise InvalidRequest("limit must be between 1 and 1000")
+        user_id = params.get("user_id") or None
+        if caller.owner is not None:
+            if user_id not in (None, caller.owner):
+                return JSONResponse([])  # only the caller's own runs are ever listed
+            user_id = caller.owner
         records = await self.manager.list_runs(
             component.kind.name,
             component.id,
             session_id=params.get("session_id") or None,
-            user_id=params.get("user_id") or None,
+            user_id=user_id,
             status=status_filter,
             limit=limit,
         )
         return JSONResponse([r.to_dict() for r in records])
 
     async def get_run(self, request: Request) -> Response:
-        record = await self._run(request, request.query_params.get("session_id") or None)
+        caller = authorize(request.scope, "runs:read")
+        record = await self._run(request, caller, request.query_params.get("session_id") or None)
         return JSONResponse(record.to_dict())
 
     async def cancel(self, request: Request) -> Response:
+        caller = authorize(request.scope, "runs:cancel")
         fields = await forms.read_fields(
             request, self.settings.http.max_body_bytes, self.settings.http.body_timeout
         )
-        record = await self._run(request, forms.text(fields, "session_id"))
+        record = await self._run(request, caller, forms.text(fields, "session_id"))
         if not record.status.ended:
             record = await self.manager.cancel(record.run_id)
         return JSONResponse(record.to_dict())
 
     async def resume(self, request: Request) -> Response:
+        caller = authorize(request.scope, "runs:read")
         component = self._component(request)
         if request.method == "POST":
             fields = await forms.read_fields(
@@ -307,6 +319,7 @@ class AgentOS:
             kind=component.kind.name,
             component_id=component.id,
             session_id=forms.text(fields, "session_id"),
+            owner=caller.owner,
         )
         if run_stream is None:
             return Response(status_code=204)
@@ -314,23 +327,17 @@ class AgentOS:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _resume_token(self, run_id: str) -> str | None:
-        """A token that opens ``GET .../runs/{run_id}/resume`` without the key (EventSource)."""
-        key, ttl = self.settings.auth.security_key, self.settings.auth.resume_token_ttl
-        if key is None or ttl <= 0:
-            return None
-        return sign_resume_token(key, run_id, ttl=ttl, now=time.time())
-
     def _component(self, request: Request) -> Component:
         return self.manager.component(_kind(request), request.path_params["id"])
 
-    async def _run(self, request: Request, session_id: str | None) -> RunRecord:
+    async def _run(self, request: Request, caller: Principal, session_id: str | None) -> RunRecord:
         component = self._component(request)
         return await self.manager.get_run(
             request.path_params["run_id"],
             kind=component.kind.name,
             component_id=component.id,
             session_id=session_id,
+            owner=caller.owner,
         )
 
     def _sse(self, run_stream: RunStream, headers: Mapping[str, str]) -> Response:
