@@ -292,12 +292,16 @@ class Authenticator:
 class JWTVerifier:
     """Verifies bearer JWTs with PyJWT and reads their user and scopes.
 
-    Settings are checked when it is built: a public key that is not PEM, or an algorithm
-    list that names ``none`` or nothing usable, is a ValueError at start-up.
+    Settings are checked when it is built: a secret under 32 bytes, a public key that is not
+    PEM, or an algorithm list that names ``none`` or nothing usable, is a ValueError at start-up.
     """
 
     def __init__(self, settings: AuthSettings) -> None:
         self.secret = settings.jwt_secret
+        if self.secret is not None and len(self.secret.encode()) < 32:
+            # RFC 7518 3.2: an HS256 key shorter than the hash is guessable; PyJWT warns on
+            # every request. Refused once, at start-up.
+            raise ValueError("setting jwt_secret must be at least 32 bytes long")
         self.public_key = _load_public_key(settings.jwt_public_key)
         self.jwks: _JWKS | None = None
         if settings.jwt_jwks_url or settings.jwt_jwks_file:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -531,3 +534,28 @@ def test_no_response_to_user_b_contains_user_as_run_ids(
     body = answer.text + "".join(answer.headers.values())
     for run_id in alices:
         assert run_id not in body, (method, path, params, answer.status_code)
+
+
+def test_the_readme_token_minting_example_works(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    match = re.search(r"TOKEN=\$\(python -c '([^']+)'\)", readme)
+    assert match is not None, "README: the minting example is gone"
+    minted = subprocess.run(
+        [sys.executable, "-c", match.group(1)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    settings = Settings(
+        db_url=f"sqlite+aiosqlite:///{tmp_path / 'agentos.db'}",
+        instance_id="readme",
+        demo_delay=0.0,
+        jwt_secret="change-me-to-32-or-more-random-bytes",
+    )
+    server = ThreadServer(apps.build(settings).app)
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            data = {"message": "hi", "stream": "false"}
+            run = http.post("/agents/echo/runs", data=data, headers=bearer(minted))
+            assert run.status_code == 200 and run.json()["user_id"] == "alice"
+            assert http.post("/agents/echo/runs", data=data).status_code == 401
+    finally:
+        server.stop()
