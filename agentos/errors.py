@@ -8,8 +8,11 @@
      │    └── InvalidCursor     last_event_index out of range        422
      ├── RequestTooLarge        body over max_body_bytes             413
      ├── RequestTimeout         body slower than http_body_timeout   408
-     ├── NotAuthenticated       security key missing                 401
-     ├── NotAuthorized          security key wrong                   403
+     ├── NotAuthenticated       no credential                        401
+     │    └── InvalidToken      JWT or resume token not valid        401
+     ├── NotAuthorized          security key wrong; user_id not yours 403
+     │    └── MissingScope      the credential lacks a scope         403
+     ├── AuthUnavailable        the JWT signing keys cannot be fetched 503
      ├── ShuttingDown           the server is draining               503
      ├── Overloaded             max_active_runs / max_streams hit    503
      ├── EventsUnavailable      a stream can no longer be served     410
@@ -38,12 +41,15 @@ from __future__ import annotations
 
 __all__ = [
     "AgentOSError",
+    "AuthUnavailable",
     "CommitterStopped",
     "ComponentNotFound",
     "DataRejected",
     "EventsUnavailable",
     "InvalidCursor",
     "InvalidRequest",
+    "InvalidToken",
+    "MissingScope",
     "ModelError",
     "ModelTimeout",
     "ModelUnavailable",
@@ -91,7 +97,8 @@ class RunNotFound(AgentOSError):
     code = "run_not_found"
 
     def __init__(self, run_id: str) -> None:
-        super().__init__(f"no run with id {run_id!r}")
+        # The id is not echoed: another user's run and no run read exactly the same.
+        super().__init__("no such run")
         self.run_id = run_id
 
 
@@ -137,6 +144,29 @@ class NotAuthenticated(AgentOSError):
 class NotAuthorized(AgentOSError):
     status = 403
     code = "not_authorized"
+
+
+class InvalidToken(NotAuthenticated):
+    """A bearer JWT (or resume token) that does not verify: signature, expiry, issuer, ..."""
+
+    code = "invalid_token"
+
+
+class MissingScope(NotAuthorized):
+    """The caller is known but its credential does not grant ``scope``."""
+
+    code = "insufficient_scope"
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(f"this needs the scope {scope!r}")
+        self.scope = scope
+
+
+class AuthUnavailable(AgentOSError):
+    """The JWT signing keys (JWKS) cannot be fetched now; the caller may retry."""
+
+    status = 503
+    code = "auth_unavailable"
 
 
 class ShuttingDown(AgentOSError):

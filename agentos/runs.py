@@ -601,8 +601,13 @@ class RunManager:
         kind: str | None = None,
         component_id: str | None = None,
         session_id: str | None = None,
+        owner: str | None = None,
     ) -> RunRecord:
-        """The run object; RunNotFound when unknown or not of that component or session."""
+        """The run object; RunNotFound when unknown or not of that component, session or owner.
+
+        ``owner``: the user whose runs alone the caller may see (None: any run). Another user's
+        run is "not found", never "forbidden", so that its existence does not leak.
+        """
         active = self._active.get(run_id)
         if active is not None:
             record = active.record
@@ -618,6 +623,7 @@ class RunManager:
             (kind is not None and record.kind != kind)
             or (component_id is not None and record.component_id != component_id)
             or (session_id is not None and record.session_id != session_id)
+            or (owner is not None and record.user_id != owner)
         ):
             raise RunNotFound(run_id)
         return record
@@ -634,14 +640,15 @@ class RunManager:
         kind: str | None = None,
         component_id: str | None = None,
         session_id: str | None = None,
+        owner: str | None = None,
         meta: bool = True,
     ) -> RunStream | None:
         """Check a resume request and prepare its stream; None when nothing is left to send.
 
-        Raises RunNotFound (unknown run, other component or session) and InvalidCursor.
+        Raises RunNotFound (unknown run, other component, session or owner) and InvalidCursor.
         """
         record = await self.get_run(
-            run_id, kind=kind, component_id=component_id, session_id=session_id
+            run_id, kind=kind, component_id=component_id, session_id=session_id, owner=owner
         )
         buf = self.buffers.get(run_id)
         count = buf.next_index if buf is not None else record.event_count
@@ -664,9 +671,11 @@ class RunManager:
         self.stream_slots.reserve()  # Overloaded past max_streams; the stream gives it back
         return RunStream(self._streams, record, last_event_index, count, ended=ended, meta=meta)
 
-    async def replay_at_end(self, run_id: str, total_events: int) -> Meta:
+    async def replay_at_end(
+        self, run_id: str, total_events: int, *, owner: str | None = None
+    ) -> Meta:
         """The ``replay`` meta event of a resume whose cursor is the run's terminal event."""
-        record = await self.get_run(run_id)
+        record = await self.get_run(run_id, owner=owner)
         buf = self.buffers.get(run_id)
         status = buf.status if buf is not None and buf.done else record.status
         in_buffer = buf is not None and buf.first_index <= total_events

@@ -164,8 +164,12 @@ class SessionLog:
         limit = self.history_runs if runs is None else runs
         if limit <= 0:
             return []
+        # Only the same user's turns: a session id another user chose too shares nothing.
         records = await self._store.session_messages(
-            self._run.session_id, last_runs=limit, before=self._run.created_at
+            self._run.session_id,
+            last_runs=limit,
+            before=self._run.created_at,
+            user_id=self._run.user_id,
         )
         return [record.to_chat() for record in records]
 
@@ -202,20 +206,26 @@ class Sessions:
         )
 
     async def get_session(
-        self, session_id: str, *, kind: str | None = None, component_id: str | None = None
+        self,
+        session_id: str,
+        *,
+        kind: str | None = None,
+        component_id: str | None = None,
+        owner: str | None = None,
     ) -> Session:
         """The session's runs (oldest first) and messages; SessionNotFound when it has none.
 
-        With ``kind``/``component_id``, only the runs of that component (and their messages).
+        With ``kind``/``component_id``, only the runs of that component (and their messages);
+        with ``owner``, only that user's runs (another user's session is not found).
         """
         runs = await self._store.session_runs(session_id)
-        if kind is not None or component_id is not None:
-            runs = [
-                r
-                for r in runs
-                if (kind is None or r.kind == kind)
-                and (component_id is None or r.component_id == component_id)
-            ]
+        runs = [
+            r
+            for r in runs
+            if (kind is None or r.kind == kind)
+            and (component_id is None or r.component_id == component_id)
+            and (owner is None or r.user_id == owner)
+        ]
         if not runs:
             raise SessionNotFound(session_id)
         keep = {r.run_id for r in runs}
@@ -223,15 +233,23 @@ class Sessions:
         return Session(session_id, runs, [m for m in messages if m.run_id in keep])
 
     async def delete_session(
-        self, session_id: str, *, kind: str | None = None, component_id: str | None = None
+        self,
+        session_id: str,
+        *,
+        kind: str | None = None,
+        component_id: str | None = None,
+        owner: str | None = None,
     ) -> None:
         """Delete the session's runs, events and messages; SessionActive while one runs.
 
-        With ``kind``/``component_id`` the session must hold runs of that component.
+        With ``kind``/``component_id`` the session must hold runs of that component; with
+        ``owner``, every run of the session must be that user's (else it is not found).
         """
         if kind is not None or component_id is not None:
             await self.get_session(session_id, kind=kind, component_id=component_id)
         runs = await self._store.session_runs(session_id)
+        if owner is not None and any(r.user_id != owner for r in runs):
+            raise SessionNotFound(session_id)
         if not await self._store.delete_session(session_id):
             raise SessionNotFound(session_id)
         if self._forget is not None:

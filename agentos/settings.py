@@ -37,6 +37,8 @@ __all__ = [
 ]
 
 _PREFIX = "AGENTOS_"
+# Never shown by repr().
+_SECRETS = frozenset({"security_key", "jwt_secret", "resume_token_secret"})
 
 
 def _setting(default: Any, name: str) -> Any:
@@ -86,6 +88,42 @@ class AuthSettings:
     security_key: str | None = _setting(None, "security_key")
     #: Seconds a run-scoped resume token (``?token=`` on GET resume) stays valid; 0 disables.
     resume_token_ttl: float = _setting(3600.0, "resume_token_ttl")
+    #: Key that signs resume tokens; default: the security key. Set it to have resume tokens
+    #: under JWT authentication without a security key.
+    resume_token_secret: str | None = _setting(None, "resume_token_secret")
+    #: Shared secret of HS256 JWTs (``Authorization: Bearer <jwt>``); turns JWT auth on.
+    jwt_secret: str | None = _setting(None, "jwt_secret")
+    #: Public key of RS256/ES256 JWTs: PEM text, or the path of a PEM file.
+    jwt_public_key: str | None = _setting(None, "jwt_public_key")
+    #: URL of a JWKS document with the JWT signing keys (fetched, cached, refreshed on unknown kid).
+    jwt_jwks_url: str | None = _setting(None, "jwt_jwks_url")
+    #: Path of a JWKS document with the JWT signing keys (re-read on an unknown kid).
+    jwt_jwks_file: str | None = _setting(None, "jwt_jwks_file")
+    #: Required ``iss`` claim of JWTs; unset: not checked.
+    jwt_issuer: str | None = _setting(None, "jwt_issuer")
+    #: Required ``aud`` claim of JWTs (comma-separated: any of them); unset: not checked.
+    jwt_audience: str | None = _setting(None, "jwt_audience")
+    #: Accepted JWT algorithms, comma-separated; default: HS256 with a secret, RS256 and ES256
+    #: with a public key or JWKS. ``none`` is never accepted.
+    jwt_algorithms: str = _setting("", "jwt_algorithms")
+    #: Seconds of clock skew allowed on ``exp`` and ``nbf``.
+    jwt_leeway: float = _setting(30.0, "jwt_leeway")
+    #: Least seconds between two JWKS fetches (an unknown ``kid`` triggers one).
+    jwks_refresh_min_interval: float = _setting(60.0, "jwks_refresh_min_interval")
+    #: Seconds a JWKS fetch may take.
+    jwks_timeout: float = _setting(5.0, "jwks_timeout")
+    #: Largest JWKS document accepted, in bytes.
+    jwks_max_bytes: int = _setting(1024 * 1024, "jwks_max_bytes")
+
+    @property
+    def jwt_enabled(self) -> bool:
+        """Whether bearer JWTs are accepted (a secret, a public key or a JWKS is configured)."""
+        return any((self.jwt_secret, self.jwt_public_key, self.jwt_jwks_url, self.jwt_jwks_file))
+
+    @property
+    def enabled(self) -> bool:
+        """Whether requests need a credential at all (else the server is open)."""
+        return self.security_key is not None or self.jwt_enabled
 
 
 @dataclass(frozen=True)
@@ -354,7 +392,7 @@ class Settings:
         raise dataclasses.FrozenInstanceError(f"cannot assign to setting {name!r}")
 
     def __repr__(self) -> str:
-        shown = {k: v for k, v in self.values().items() if k != "security_key"}
+        shown = {k: v for k, v in self.values().items() if k not in _SECRETS}
         return f"Settings({', '.join(f'{k}={v!r}' for k, v in sorted(shown.items()))})"
 
     def __eq__(self, other: object) -> bool:
@@ -398,8 +436,14 @@ class Settings:
         for name, value in self.values().items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
                 raise ValueError(f"setting {name} must not be negative, got {value!r}")
-        if self.auth.security_key == "":
-            object.__setattr__(self, "auth", dataclasses.replace(self.auth, security_key=None))
+        # An empty variable (AGENTOS_SECURITY_KEY=) means unset, never an empty secret.
+        empty: dict[str, Any] = {
+            f.name: None
+            for f in fields(AuthSettings)
+            if f.name != "jwt_algorithms" and getattr(self.auth, f.name) == ""
+        }
+        if empty:
+            object.__setattr__(self, "auth", dataclasses.replace(self.auth, **empty))
         if self.agents.model == "":
             object.__setattr__(self, "agents", dataclasses.replace(self.agents, model=None))
         leases = self.leases

@@ -37,9 +37,28 @@ from agentos.records import RunRecord, RunUpdate
 from agentos.sessions import MessageRecord, SessionRecord
 from agentos.settings import Settings
 
-__all__ = ["Backend", "Ending", "Notifier", "Store", "open_backend", "register_backend"]
+__all__ = [
+    "ANY_USER",
+    "Backend",
+    "Ending",
+    "Notifier",
+    "Store",
+    "open_backend",
+    "register_backend",
+]
 
 CancelFn = Callable[[str], None]
+
+
+class _AnyUser:
+    """The type of :data:`ANY_USER`."""
+
+    def __repr__(self) -> str:
+        return "ANY_USER"
+
+
+#: A ``user_id`` filter that does not filter (``None`` means "runs without a user").
+ANY_USER = _AnyUser()
 #: What ends a run, given the run and its last event (None when it has none): the terminal
 #: event to append (None when the last event is terminal already) and the run's final update.
 Ending = Callable[[RunRecord, Event | None], tuple[Event | None, RunUpdate]]
@@ -162,12 +181,18 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def session_messages(
-        self, session_id: str, *, last_runs: int | None = None, before: float | None = None
+        self,
+        session_id: str,
+        *,
+        last_runs: int | None = None,
+        before: float | None = None,
+        user_id: object = ANY_USER,
     ) -> list[MessageRecord]:
         """A session's messages, oldest run first, each run's in order.
 
         With ``last_runs``, only those of the last that many COMPLETED runs created before
-        ``before`` (the history a new run sees); without, those of every run.
+        ``before`` (the history a new run sees); without, those of every run. With ``user_id``
+        (None included: runs without a user), only the runs of that user.
         """
 
     @abc.abstractmethod

@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, SQLModel
 
-from agentos.backends.base import Ending, Store, register_backend
+from agentos.backends.base import ANY_USER, Ending, Store, register_backend
 from agentos.errors import (
     AgentOSError,
     DataRejected,
@@ -453,7 +453,12 @@ class SQLStore(Store):
             await conn.execute(_messages.insert(), rows)
 
     async def session_messages(
-        self, session_id: str, *, last_runs: int | None = None, before: float | None = None
+        self,
+        session_id: str,
+        *,
+        last_runs: int | None = None,
+        before: float | None = None,
+        user_id: object = ANY_USER,
     ) -> list[MessageRecord]:
         query = (
             sa.select(_messages)
@@ -461,12 +466,17 @@ class SQLStore(Store):
             .where(_messages.c.session_id == session_id)
             .order_by(_runs.c.created_at, _runs.c.run_id, _messages.c.position)
         )
+        if user_id is not ANY_USER:
+            query = query.where(
+                _runs.c.user_id.is_(None) if user_id is None else _runs.c.user_id == user_id
+            )
         if last_runs is not None:
             recent = sa.select(_runs.c.run_id).where(
                 _runs.c.session_id == session_id, _runs.c.status == RunStatus.COMPLETED.value
             )
             if before is not None:
                 recent = recent.where(_runs.c.created_at < before)
+
             recent = recent.order_by(_runs.c.created_at.desc()).limit(last_runs)
             query = query.where(_messages.c.run_id.in_(recent.scalar_subquery()))
         async with self._connect() as conn:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from agentos.errors import (
 )
 from agentos.events import KINDS, RunStatus, dumps
 from agentos.http import forms
-from agentos.http.auth import redact_tokens_in_logs, sign_resume_token
+from agentos.http.auth import Authenticator, Principal, authorize, redact_tokens_in_logs
 from agentos.http.metrics import Metrics
 from agentos.http.middleware import InstanceHeader, SecurityGuard, error_body, error_json
 from agentos.http.sse import event_stream
@@ -91,6 +90,7 @@ class AgentOS:
                 self.manager.register(component)
                 component.runtime.attach(self.manager)
         self._exit = anyio.Event()
+        self.authenticator = Authenticator(settings.auth)
         self.app = self._build_app()
 
     def get_app(self) -> Starlette:
@@ -112,12 +112,12 @@ class AgentOS:
     # -- app -----------------------------------------------------------------------------------
 
     def _build_app(self) -> Starlette:
-        sockets = WorkflowSockets(self.manager, self.settings)
+        sockets = WorkflowSockets(self.manager, self.settings, self.authenticator)
         self.metrics = Metrics(self.manager, lambda: sockets.followers)
         routes = [
             *(Route(path, _static_file, methods=["GET"]) for path in _PUBLIC_FILES),
             Route("/health", self.health, methods=["GET"]),
-            Route("/metrics", self.metrics.endpoint, methods=["GET"]),
+            Route("/metrics", self.scrape, methods=["GET"]),
             Route("/config", self.config, methods=["GET"]),
             WebSocketRoute("/workflows/ws", sockets),
             Route("/sessions", self.list_sessions, methods=["GET"]),
@@ -156,9 +156,7 @@ class AgentOS:
             *_PUBLIC_FILES,
             *(["/metrics"] if self.settings.monitoring.metrics_public else []),
         ]
-        app.add_middleware(
-            SecurityGuard, security_key=self.settings.auth.security_key, public_paths=public
-        )
+        app.add_middleware(SecurityGuard, authenticator=self.authenticator, public_paths=public)
         app.add_middleware(InstanceHeader, instance_id=self.settings.instance_id)
         app.state.agent_os = self
         redact_tokens_in_logs()
@@ -224,7 +222,7 @@ class AgentOS:
             kind: [c.describe() for c in self.manager.list_components(kind)] for kind in KINDS
         }
         body["instance_id"] = self.settings.instance_id
-        body["security"] = self.settings.auth.security_key is not None
+        body["security"] = self.authenticator.enabled
         return JSONResponse(body)
 
     async def list_components(self, request: Request) -> Response:
@@ -232,6 +230,7 @@ class AgentOS:
         return JSONResponse([c.describe() for c in self.manager.list_components(kind)])
 
     async def create_run(self, request: Request) -> Response:
+        caller = authorize(request.scope, "runs:write")
         component = self._component(request)
         fields = await forms.read_fields(
             request, self.settings.http.max_body_bytes, self.settings.http.body_timeout
@@ -240,7 +239,7 @@ class AgentOS:
         stream = forms.flag(fields, "stream", True)
         background = forms.flag(fields, "background", False)
         session_id = forms.text(fields, "session_id")
-        user_id = forms.text(fields, "user_id")
+        user_id = caller.user_for_new(forms.text(fields, "user_id"))
         run_id = forms.client_run_id(request, fields)
         run_stream: RunStream | None = None
         if stream:
@@ -261,7 +260,7 @@ class AgentOS:
             "X-Session-Id": record.session_id,
             "Location": f"/{record.kind}/{record.component_id}/runs/{record.run_id}",
         }
-        token = self._resume_token(record.run_id)
+        token = self.authenticator.resume_token(record.run_id, record.user_id)
         if token is not None:
             headers["X-Resume-Token"] = token
         if run_stream is not None:
@@ -275,6 +274,7 @@ class AgentOS:
         return JSONResponse(final.to_dict(), headers=headers)
 
     async def list_runs(self, request: Request) -> Response:
+        caller = authorize(request.scope, "runs:read")
         component = self._component(request)
         params = request.query_params
         status = params.get("status")
@@ -290,30 +290,38 @@ class AgentOS:
         offset = forms.integer(params.get("offset", "0"), "offset")
         if not 0 <= offset <= _MAX_LIST:
             raise InvalidRequest(f"offset must be between 0 and {_MAX_LIST}")
+        user_id = params.get("user_id") or None
+        if caller.owner is not None:
+            if user_id not in (None, caller.owner):
+                return JSONResponse([])  # only the caller's own runs are ever listed
+            user_id = caller.owner
         records = await self.manager.list_runs(
             component.kind.name,
             component.id,
             session_id=params.get("session_id") or None,
-            user_id=params.get("user_id") or None,
+            user_id=user_id,
             status=status_filter,
             limit=offset + limit,
         )
         return self._run_list(records[offset:], offset)
 
     async def get_run(self, request: Request) -> Response:
-        record = await self._run(request, request.query_params.get("session_id") or None)
+        caller = authorize(request.scope, "runs:read")
+        record = await self._run(request, caller, request.query_params.get("session_id") or None)
         return JSONResponse(record.to_dict())
 
     async def cancel(self, request: Request) -> Response:
+        caller = authorize(request.scope, "runs:cancel")
         fields = await forms.read_fields(
             request, self.settings.http.max_body_bytes, self.settings.http.body_timeout
         )
-        record = await self._run(request, forms.text(fields, "session_id"))
+        record = await self._run(request, caller, forms.text(fields, "session_id"))
         if not record.status.ended:
             record = await self.manager.cancel(record.run_id)
         return JSONResponse(record.to_dict())
 
     async def resume(self, request: Request) -> Response:
+        caller = authorize(request.scope, "runs:read")
         component = self._component(request)
         if request.method == "POST":
             fields = await forms.read_fields(
@@ -331,12 +339,20 @@ class AgentOS:
             kind=component.kind.name,
             component_id=component.id,
             session_id=forms.text(fields, "session_id"),
+            owner=caller.owner,
         )
         if run_stream is None:
             return Response(status_code=204)
         return self._sse(run_stream, {"X-Run-Id": run_stream.run_id})
 
+    async def scrape(self, request: Request) -> Response:
+        """``GET /metrics``: the operator key or the ``admin`` scope, unless ``metrics_public``."""
+        if not self.settings.monitoring.metrics_public:
+            authorize(request.scope, "admin")
+        return await self.metrics.endpoint(request)
+
     async def list_sessions(self, request: Request) -> Response:
+        caller = authorize(request.scope, "sessions:read")
         params = request.query_params
         kind = params.get("kind") or None
         if kind is not None and kind not in KINDS:
@@ -344,8 +360,13 @@ class AgentOS:
         limit = forms.integer(params.get("limit", "100"), "limit")
         if not 1 <= limit <= 1000:
             raise InvalidRequest("limit must be between 1 and 1000")
+        user_id = params.get("user_id") or None
+        if caller.owner is not None:
+            if user_id not in (None, caller.owner):
+                return JSONResponse([])  # only the caller's own sessions are ever listed
+            user_id = caller.owner
         sessions = await self.manager.sessions.list_sessions(
-            user_id=params.get("user_id") or None,
+            user_id=user_id,
             kind=kind,
             component_id=params.get("component_id") or None,
             limit=limit,
@@ -353,32 +374,30 @@ class AgentOS:
         return JSONResponse([s.to_dict() for s in sessions])
 
     async def get_session(self, request: Request) -> Response:
-        session = await self.manager.sessions.get_session(request.path_params["session_id"])
+        caller = authorize(request.scope, "sessions:read")
+        session_id = request.path_params["session_id"]
+        session = await self.manager.sessions.get_session(session_id, owner=caller.owner)
         return JSONResponse(session.to_dict())
 
     async def delete_session(self, request: Request) -> Response:
-        await self.manager.sessions.delete_session(request.path_params["session_id"])
+        caller = authorize(request.scope, "sessions:write")
+        session_id = request.path_params["session_id"]
+        await self.manager.sessions.delete_session(session_id, owner=caller.owner)
         return Response(status_code=204)
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _resume_token(self, run_id: str) -> str | None:
-        """A token that opens ``GET .../runs/{run_id}/resume`` without the key (EventSource)."""
-        key, ttl = self.settings.auth.security_key, self.settings.auth.resume_token_ttl
-        if key is None or ttl <= 0:
-            return None
-        return sign_resume_token(key, run_id, ttl=ttl, now=time.time())
-
     def _component(self, request: Request) -> Component:
         return self.manager.component(_kind(request), request.path_params["id"])
 
-    async def _run(self, request: Request, session_id: str | None) -> RunRecord:
+    async def _run(self, request: Request, caller: Principal, session_id: str | None) -> RunRecord:
         component = self._component(request)
         return await self.manager.get_run(
             request.path_params["run_id"],
             kind=component.kind.name,
             component_id=component.id,
             session_id=session_id,
+            owner=caller.owner,
         )
 
     def _run_list(self, records: Sequence[RunRecord], offset: int) -> Response:

@@ -1,4 +1,4 @@
-"""ASGI middleware in front of every route: the security key and the instance header."""
+"""ASGI middleware in front of every route: who is calling, and the instance header."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentos.errors import AgentOSError
-from agentos.http.auth import check_key, resume_token_valid
+from agentos.http.auth import Authenticator, Principal, set_principal
 
 __all__ = ["POLICY_VIOLATION", "InstanceHeader", "SecurityGuard", "error_body", "error_json"]
 
@@ -30,48 +30,56 @@ def error_json(exc: AgentOSError, headers: Mapping[str, str] | None = None) -> J
 
 
 class SecurityGuard:
-    """Security key check (every route but /health) and draining state, before any route."""
+    """Who is calling (every route but /health and the public files), before any route.
+
+    Resolves the request's :class:`~agentos.http.auth.Principal` from its ``Authorization``
+    header (or a resume token) and records it in the scope's state, where routes read it with
+    :func:`~agentos.http.auth.authorize`; a request without a valid credential is answered here.
+    """
 
     def __init__(
-        self, app: ASGIApp, security_key: str | None, public_paths: Collection[str] = ()
+        self, app: ASGIApp, authenticator: Authenticator, public_paths: Collection[str] = ()
     ) -> None:
         self.app = app
-        self.security_key = security_key
+        self.authenticator = authenticator
         self.public_paths = frozenset(public_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        key = self.security_key
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        if not self.authenticator.enabled:
+            set_principal(scope, Principal.operator_key())  # an open server: everyone may
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] == "/health" or scope["path"] in self.public_paths:
+            set_principal(scope, _NOBODY)
+            await self.app(scope, receive, send)
+            return
         if (
-            key is not None
-            and scope["type"] in ("http", "websocket")
-            and scope["path"] != "/health"
-            and scope["path"] not in self.public_paths
+            scope["type"] == "websocket"
+            and scope["path"] == "/workflows/ws"
+            and "authorization" not in Headers(scope=scope)
         ):
-            headers = Headers(scope=scope)
-            if (
-                scope["type"] == "websocket"
-                and scope["path"] == "/workflows/ws"
-                and "authorization" not in headers
-            ):
-                # Browsers cannot set headers on a WebSocket: it authenticates in-band (ws.py).
-                await self.app(scope, receive, send)
-                return
-            error = check_key(headers, key)
-            if error is not None and resume_token_valid(scope, key):
-                error = None
-            if error is not None:
-                if scope["type"] == "http":
-                    await error_json(error)(scope, receive, send)
-                else:
-                    await send(
-                        {
-                            "type": "websocket.close",
-                            "code": POLICY_VIOLATION,
-                            "reason": error.detail,
-                        }
-                    )
-                return
+            # Browsers cannot set headers on a WebSocket: it authenticates in-band (ws.py).
+            await self.app(scope, receive, send)
+            return
+        try:
+            principal = await self.authenticator.from_request(scope)
+        except AgentOSError as error:
+            if scope["type"] == "http":
+                await error_json(error)(scope, receive, send)
+            else:
+                await send(
+                    {"type": "websocket.close", "code": POLICY_VIOLATION, "reason": error.detail}
+                )
+            return
+        set_principal(scope, principal)
         await self.app(scope, receive, send)
+
+
+# Public routes need no credential and grant nothing.
+_NOBODY = Principal(user_id=None, scopes=frozenset())
 
 
 class InstanceHeader:

@@ -45,7 +45,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 from agentos.errors import AgentOSError, EventsUnavailable, InvalidCursor, StoreUnavailable
 from agentos.events import dumps
 from agentos.http import forms
-from agentos.http.auth import bearer_token, key_matches
+from agentos.http.auth import Authenticator, Principal, principal_of
 from agentos.http.middleware import POLICY_VIOLATION
 from agentos.runs import RunManager
 from agentos.settings import Settings
@@ -121,9 +121,12 @@ class WorkflowSockets:
     Example: ``WebSocketRoute("/workflows/ws", WorkflowSockets(manager, settings))``.
     """
 
-    def __init__(self, manager: RunManager, settings: Settings) -> None:
+    def __init__(
+        self, manager: RunManager, settings: Settings, authenticator: Authenticator | None = None
+    ) -> None:
         self.manager = manager
         self.settings = settings
+        self.authenticator = authenticator or Authenticator(settings.auth)
         listed = (o.strip().lower().rstrip("/") for o in settings.ws.allowed_origins.split(","))
         self.allowed_origins = frozenset(o for o in listed if o)
         self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
@@ -139,7 +142,13 @@ class WorkflowSockets:
             # Closing before accepting: uvicorn answers the handshake with 403.
             await send({"type": "websocket.close", "code": _POLICY, "reason": "origin not allowed"})
             return
-        connection = _Connection(self.manager, self.settings, WebSocket(scope, receive, send))
+        connection = _Connection(
+            self.manager,
+            self.settings,
+            WebSocket(scope, receive, send),
+            self.authenticator,
+            principal_of(scope),
+        )
         self._connections.add(connection)
         try:
             await connection.serve()
@@ -174,7 +183,14 @@ def _same_origin(origin: str, host: str) -> bool:
 class _Connection:
     """One socket: its authentication state, rate limit, followed runs and outgoing queue."""
 
-    def __init__(self, manager: RunManager, settings: Settings, websocket: WebSocket) -> None:
+    def __init__(
+        self,
+        manager: RunManager,
+        settings: Settings,
+        websocket: WebSocket,
+        authenticator: Authenticator | None = None,
+        principal: Principal | None = None,
+    ) -> None:
         self.manager = manager
         self.settings = settings.ws
         self.websocket = websocket
@@ -182,10 +198,12 @@ class _Connection:
         self.followers: dict[str, asyncio.Task[None]] = {}
         self.close_code = 1000
         self.close_reason = ""
-        self.key = settings.auth.security_key
-        self.authenticated = self.key is None or key_matches(
-            bearer_token(websocket.headers.get("authorization")), self.key
-        )
+        self.authenticator = authenticator or Authenticator(settings.auth)
+        # From an Authorization header on the upgrade (checked by the security middleware),
+        # else set by the in-band authenticate frame; anyone is the operator on an open server.
+        if principal is None and not self.authenticator.enabled:
+            principal = Principal.operator_key()
+        self.principal = principal
         rate = self.settings.max_frames_per_second
         self._tokens = rate
         self._refilled = time.monotonic()
@@ -315,32 +333,44 @@ class _Connection:
             except (AgentOSError, _FrameError) as exc:
                 await self._error(exc.detail, exc.code, frame)
 
+    @property
+    def authenticated(self) -> bool:
+        return self.principal is not None
+
     async def _authenticate(self, frame: dict[str, Any]) -> None:
-        if self.key is None or self.authenticated or key_matches(frame.get("token"), self.key):
-            self.authenticated = True
-            await self.outgoing.put(dumps({"event": "authenticated"}))
-        else:
-            await self.outgoing.put(
-                dumps({"event": "auth_error", "error": "the security key is not valid"})
-            )
+        if self.principal is None:
+            token = frame.get("token")
+            try:
+                self.principal = await self.authenticator.authenticate(
+                    token if isinstance(token, str) else ""
+                )
+            except AgentOSError as exc:
+                await self.outgoing.put(
+                    dumps({"event": "auth_error", "error": exc.detail, "code": exc.code})
+                )
+                return
+        await self.outgoing.put(dumps({"event": "authenticated"}))
 
     async def _start(self, frame: dict[str, Any]) -> None:
         workflow_id = forms.text(frame, "workflow_id", required=True)
         assert workflow_id is not None
         message = forms.message(frame)
         run_id = forms.text(frame, "run_id")
+        caller = self._caller("runs:write")
+        user_id = caller.user_for_new(forms.text(frame, "user_id"))
         component = self.manager.component(_KIND, workflow_id)
         self._check_room(run_id)
         _, stream = await self.manager.start_and_follow(
             component,
             message,
             session_id=forms.text(frame, "session_id"),
-            user_id=forms.text(frame, "user_id"),
+            user_id=user_id,
             run_id=run_id,
         )
         self._follow(stream)
 
     async def _reconnect(self, frame: dict[str, Any]) -> None:
+        owner = self._caller("runs:read").owner
         run_id = forms.text(frame, "run_id", required=True)
         assert run_id is not None
         workflow_id = forms.text(frame, "workflow_id")
@@ -351,15 +381,24 @@ class _Connection:
         cursor = forms.cursor(raw)
         self._check_room(run_id)
         stream = await self.manager.open_stream(
-            run_id, cursor, kind=_KIND, component_id=workflow_id, session_id=session_id
+            run_id,
+            cursor,
+            kind=_KIND,
+            component_id=workflow_id,
+            session_id=session_id,
+            owner=owner,
         )
         if stream is None:
             # The cursor is at the terminal event (SSE answers 204): say the run has ended and
             # that nothing follows.
-            meta = await self.manager.replay_at_end(run_id, cursor + 1)
+            meta = await self.manager.replay_at_end(run_id, cursor + 1, owner=owner)
             await self.outgoing.put(meta.data)
             return
         self._follow(stream)
+
+    def _caller(self, scope: str) -> Principal:
+        assert self.principal is not None  # _handle serves these actions only once authenticated
+        return self.principal.require(scope)
 
     def _check_room(self, run_id: str | None) -> None:
         if run_id is not None and run_id in self.followers:

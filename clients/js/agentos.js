@@ -82,6 +82,9 @@ export class AgentOSClient {
    * @param {string} [options.baseUrl=""] server origin, "" for the page's own
    * @param {string|null} [options.securityKey] sent as "Authorization: Bearer" on POST and
    *   fetch(); an EventSource uses the run's resume token instead (the key is never in a URL)
+   * @param {string|null} [options.token] a JWT from your identity provider, sent the same way
+   * @param {(() => Promise<string>)|null} [options.refreshToken] returns a fresh JWT; called
+   *   once when a request is answered 401 (an expired token), which is then sent again
    * @param {Storage|null} [options.storage=sessionStorage] where the followed run is kept
    * @param {string} [options.storageKey="agentos.run"]
    * @param {string[]} [options.eventNames] extra event names to listen for
@@ -92,6 +95,8 @@ export class AgentOSClient {
   constructor({
     baseUrl = "",
     securityKey = null,
+    token = null,
+    refreshToken = null,
     storage = globalThis.sessionStorage ?? null,
     storageKey = "agentos.run",
     eventNames = [],
@@ -101,6 +106,8 @@ export class AgentOSClient {
   } = {}) {
     this.baseUrl = baseUrl.replace(/\/+$/, "");
     this.securityKey = securityKey || null;
+    this.token = token || null;
+    this.refreshToken = refreshToken;
     this.storage = storage;
     this.storageKey = storageKey;
     this.eventNames = [...new Set([...EVENT_NAMES, ...eventNames])];
@@ -111,8 +118,19 @@ export class AgentOSClient {
 
   _headers(extra = {}) {
     const headers = { ...extra };
-    if (this.securityKey) headers.Authorization = `Bearer ${this.securityKey}`;
+    const credential = this.token || this.securityKey;
+    if (credential) headers.Authorization = `Bearer ${credential}`;
     return headers;
+  }
+
+  /** fetch() with the credential; on 401, one more try after refreshToken() (if given). */
+  async _fetch(url, init = {}) {
+    const sent = this.token;
+    const response = await fetch(url, { ...init, headers: this._headers(init.headers) });
+    if (response.status !== 401 || !this.refreshToken) return response;
+    // Another request may have refreshed the token meanwhile: use that one if so.
+    if (this.token === sent) this.token = await this.refreshToken();
+    return fetch(url, { ...init, headers: this._headers(init.headers) });
   }
 
   /**
@@ -123,9 +141,9 @@ export class AgentOSClient {
     const fields = { message, stream: "false", background: "true", run_id: runId || newRunId() };
     if (sessionId) fields.session_id = sessionId;
     if (userId) fields.user_id = userId;
-    const response = await fetch(`${this.baseUrl}/${kind}/${encodeURIComponent(id)}/runs`, {
+    const response = await this._fetch(`${this.baseUrl}/${kind}/${encodeURIComponent(id)}/runs`, {
       method: "POST",
-      headers: this._headers({ "Content-Type": "application/x-www-form-urlencoded" }),
+      headers: { "Content-Type": "application/x-www-form-urlencoded" },
       body: new URLSearchParams(fields),
     });
     if (response.status !== 202) throw await errorFrom(response, fields.run_id);
@@ -199,9 +217,9 @@ export class AgentOSClient {
 
   /** GET the run object (needs the security key when the server has one). */
   async getRun(kind, id, runId) {
-    const response = await fetch(
+    const response = await this._fetch(
       `${this.baseUrl}/${kind}/${encodeURIComponent(id)}/runs/${encodeURIComponent(runId)}`,
-      { headers: this._headers({ Accept: "application/json" }) },
+      { headers: { Accept: "application/json" } },
     );
     if (!response.ok) throw await errorFrom(response, runId);
     return response.json();
@@ -209,9 +227,9 @@ export class AgentOSClient {
 
   /** Ask the server to cancel a run; resolves with the run object. */
   async cancel(kind, id, runId) {
-    const response = await fetch(
+    const response = await this._fetch(
       `${this.baseUrl}/${kind}/${encodeURIComponent(id)}/runs/${encodeURIComponent(runId)}/cancel`,
-      { method: "POST", headers: this._headers({ Accept: "application/json" }) },
+      { method: "POST", headers: { Accept: "application/json" } },
     );
     if (!response.ok) throw await errorFrom(response, runId);
     return response.json();
@@ -389,11 +407,10 @@ export class RunFollower {
     const abort = new AbortController();
     let response = null;
     try {
-      response = await fetch(url, {
-        headers: this.state.resumeToken ? {} : this.client._headers(),
-        cache: "no-store",
-        signal: abort.signal,
-      });
+      const init = { cache: "no-store", signal: abort.signal };
+      response = this.state.resumeToken
+        ? await fetch(url, init) // the resume token in the URL is the credential
+        : await this.client._fetch(url, init);
     } catch {
       response = null; // offline, refused, reset: retry below
     }

@@ -24,6 +24,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "agentos"
 _ONLY_IN = {
     "starlette": ("agentos.http",),
     "sse_starlette": ("agentos.http",),
+    "jwt": ("agentos.http",),
     "uvicorn": ("agentos.http", "agentos.cli"),
     "sqlalchemy": ("agentos.backends",),
     "sqlmodel": ("agentos.backends",),

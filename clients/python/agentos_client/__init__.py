@@ -17,6 +17,7 @@ error hierarchy.
 
 from __future__ import annotations
 
+from ._auth import TokenProvider
 from ._client import AsyncClient, Client, SyncRunStream
 from ._errors import (
     APIStatusError,
@@ -47,6 +48,7 @@ __all__ = [
     "RunStream",
     "StreamError",
     "SyncRunStream",
+    "TokenProvider",
     "TransportError",
     "WaitTimeout",
     "WorkflowRun",

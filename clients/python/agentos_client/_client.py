@@ -25,6 +25,7 @@ from typing import Any, Literal, TypeVar, overload
 
 import httpx
 
+from ._auth import BearerAuth, TokenProvider
 from ._backoff import Backoff
 from ._errors import (
     APIStatusError,
@@ -59,6 +60,10 @@ class AsyncClient:
     - ``backoff_initial=0.25`` and ``backoff_max=5.0``: the wait before attempt ``n`` is
       ``min(backoff_max, backoff_initial * 2**(n-1))``, scaled by a random 50-100 %.
     - ``security_key``: sent as ``Authorization: Bearer <key>`` on every request.
+    - ``token``: a JWT from your identity provider, sent the same way (instead of the key).
+    - ``token_provider``: a callable (plain or async) returning a fresh token; called when
+      there is no token yet, and again once per request answered 401 (an expired JWT), which
+      is then sent once more.
     - ``transport``: an ``httpx.AsyncBaseTransport``, for tests.
 
     Use it as an async context manager, or call :meth:`aclose` when done.
@@ -69,6 +74,8 @@ class AsyncClient:
         base_url: str,
         security_key: str | None = None,
         *,
+        token: str | None = None,
+        token_provider: TokenProvider | None = None,
         timeout: float = 30.0,
         read_timeout: float = 45.0,
         max_reconnects: int = 10,
@@ -86,11 +93,16 @@ class AsyncClient:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         headers = {"Accept": "application/json"}
-        if security_key:
-            headers["Authorization"] = f"Bearer {security_key}"
+        credential = token or security_key or None
+        self._auth = (
+            BearerAuth(credential, token_provider)
+            if credential is not None or token_provider is not None
+            else None
+        )
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             headers=headers,
+            auth=self._auth,
             timeout=httpx.Timeout(timeout),
             transport=transport,
         )

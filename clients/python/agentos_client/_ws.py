@@ -32,6 +32,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.protocol import State
 
+from ._auth import BearerAuth, TokenProvider
 from ._backoff import Backoff
 from ._errors import ClientError
 
@@ -91,6 +92,8 @@ class WorkflowSocket:
         base_url: str,
         *,
         security_key: str | None = None,
+        token: str | None = None,
+        token_provider: TokenProvider | None = None,
         max_attempts: int = 5,
         backoff: float = 0.25,
         max_backoff: float = 5.0,
@@ -101,6 +104,7 @@ class WorkflowSocket:
             url = "ws" + url[4:]
         self.url = url + "/workflows/ws"
         self.security_key = security_key
+        self._auth = BearerAuth(token or security_key or None, token_provider)
         self.max_attempts = max(1, max_attempts)
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -329,22 +333,28 @@ class WorkflowSocket:
             async with asyncio.timeout(self.open_timeout):
                 greeting = json.loads(await conn.recv())
                 if greeting.get("requires_auth"):
-                    if self.security_key is None:
-                        raise WorkflowSocketError(
-                            "the server needs a security key", code="auth_error"
-                        )
-                    await conn.send(
-                        json.dumps({"action": "authenticate", "token": self.security_key})
-                    )
-                    answer = json.loads(await conn.recv())
-                    if answer.get("event") != "authenticated":
-                        raise WorkflowSocketError(
-                            str(answer.get("error", "authentication failed")), code="auth_error"
-                        )
+                    await self._authenticate(conn)
         except BaseException:
             await conn.close()
             raise
         return conn
+
+    async def _authenticate(self, conn: ClientConnection) -> None:
+        """The in-band ``authenticate`` frame; with a token provider, one retry with a new token."""
+        token = await self._auth.current()
+        for attempt in (1, 2):
+            if token is None:
+                raise WorkflowSocketError("the server needs a token", code="auth_error")
+            await conn.send(json.dumps({"action": "authenticate", "token": token}))
+            answer = json.loads(await conn.recv())
+            if answer.get("event") == "authenticated":
+                return
+            if attempt == 1 and self._auth.provider is not None:
+                token = await self._auth.fresh()
+                continue
+            raise WorkflowSocketError(
+                str(answer.get("error", "authentication failed")), code="auth_error"
+            )
 
     async def _read(self, conn: ClientConnection, generation: int) -> None:
         try:
