@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agentos.errors import SessionNotFound
-from agentos.records import RunRecord
+from agentos.records import MAX_ID_LENGTH, RunRecord, storable
 
 if TYPE_CHECKING:
     from agentos.backends.base import Store
@@ -69,25 +69,27 @@ class MessageRecord:
     def from_chat(
         cls, session_id: str, run_id: str, position: int, message: dict[str, Any]
     ) -> MessageRecord:
+        # What a model or a tool wrote may hold anything: the columns get a copy every database
+        # can store (NUL and lone surrogates replaced; ids and names cut to their column).
         calls = message.get("tool_calls") or None
         return cls(
             session_id=session_id,
             run_id=run_id,
             position=position,
             role=message["role"],
-            content=message.get("content"),
+            content=storable(message.get("content")),
             tool_calls=[
                 {
-                    "id": c["id"],
-                    "name": c["function"]["name"],
-                    "arguments": c["function"]["arguments"],
+                    "id": _short_id(c["id"]) or "",
+                    "name": _short_id(c["function"]["name"]) or "",
+                    "arguments": storable(c["function"]["arguments"]) or "",
                 }
                 for c in calls
             ]
             if calls
             else None,
-            tool_call_id=message.get("tool_call_id"),
-            name=message.get("name"),
+            tool_call_id=_short_id(message.get("tool_call_id")),
+            name=_short_id(message.get("name")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,6 +148,12 @@ class Session:
             "runs": [run.to_dict() for run in self.runs],
             "messages": [message.to_dict() for message in self.messages],
         }
+
+
+def _short_id(value: str | None) -> str | None:
+    """A model-made id or name as its column holds it (storable, at most MAX_ID_LENGTH)."""
+    text = storable(value)
+    return None if text is None else text[:MAX_ID_LENGTH]
 
 
 class SessionLog:

@@ -466,14 +466,21 @@ class SQLStore(Store):
             .where(_messages.c.session_id == session_id)
             .order_by(_runs.c.created_at, _runs.c.run_id, _messages.c.position)
         )
-        if user_id is not ANY_USER:
-            query = query.where(
-                _runs.c.user_id.is_(None) if user_id is None else _runs.c.user_id == user_id
-            )
+        same_user = (
+            None
+            if user_id is ANY_USER
+            else _runs.c.user_id.is_(None)
+            if user_id is None
+            else _runs.c.user_id == user_id
+        )
+        if same_user is not None:
+            query = query.where(same_user)
         if last_runs is not None:
             recent = sa.select(_runs.c.run_id).where(
                 _runs.c.session_id == session_id, _runs.c.status == RunStatus.COMPLETED.value
             )
+            if same_user is not None:  # another user's runs in the session take no place
+                recent = recent.where(same_user)
             if before is not None:
                 recent = recent.where(_runs.c.created_at < before)
 

@@ -340,7 +340,9 @@ class JWTVerifier:
                 audience=self.audience,
                 issuer=self.issuer,
                 leeway=self.leeway,
-                options={"require": ["exp", "sub"], "verify_aud": self.audience is not None},
+                # With no audience configured, a token that names one (meant for another
+                # service) is refused: PyJWT's default.
+                options={"require": ["exp", "sub"]},
             )
         except jwt.ExpiredSignatureError:
             raise InvalidToken("the JWT has expired") from None
@@ -548,7 +550,8 @@ def resume_principal(key: str, run_id: str, token: str, now: float) -> Principal
     expiry = int(expiry_text)
     if now >= expiry:
         return None
-    if not hmac.compare_digest(signature, _signature(key, run_id, user_id, expiry)):
+    expected = _signature(key, run_id, user_id, expiry)
+    if not hmac.compare_digest(signature.encode("utf-8", "surrogatepass"), expected.encode()):
         return None
     return Principal(user_id=user_id, scopes=frozenset({"runs:read"}), run_id=run_id)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
 import os
 import time
 import uuid
@@ -50,6 +51,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError("OpenAIChat needs the openai package: pip install 'agentos[openai]'") from exc
 
 __all__ = ["OpenAIChat"]
+
+logger = logging.getLogger("agentos.models.openai")
 
 _MAX_ERROR_TEXT = 500
 #: Fields of a chat message the API takes (history may hold more, such as a tool's name).
@@ -240,16 +243,16 @@ def _translate(exc: openai.APIError) -> ModelError:
         return ModelUnavailable(f"cannot reach the model server: {type(exc).__name__}")
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
-        body = exc.body
-        message = body.get("message") if isinstance(body, dict) else None
-        text = _short(message if isinstance(message, str) and message else exc.message)
+        # The server's own text stays in the log: it may quote the key (masked) or the request.
+        logger.info("the model server answered %s: %s", status, _short(exc.message))
         if status == 429 or status >= 500 or status == 408:
             return ModelUnavailable(
-                f"the model server answered {status}: {text}",
+                f"the model server answered {status}",
                 retry_after=_retry_after(exc.response.headers),
             )
-        return ModelError(f"the model server answered {status}: {text}")
-    return ModelError(f"the model server failed: {_short(exc.message)}")
+        return ModelError(f"the model server answered {status}")
+    logger.info("the model server failed: %s", _short(exc.message))
+    return ModelError("the model server failed")
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

@@ -102,7 +102,7 @@ def test_fuzz_http_and_websocket_fields(
                 # the run id in the query string, the cursor of a resume in a query string
                 r = client.post(f"/agents/echo/runs?run_id={_raw(text)}", data={"message": "x"})
                 assert r.status_code in ANSWERS, r.text
-                r = client.get(f"/agents/echo/runs/x/resume?last_event_index={_raw(text)}")
+                r = client.get(f"/agents/echo/runs/never-made/resume?last_event_index={_raw(text)}")
                 assert r.status_code in {404, 422}, r.text
                 return
             else:

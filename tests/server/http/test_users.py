@@ -32,7 +32,8 @@ from starlette.routing import Route
 from websockets.asyncio.client import connect
 
 from agentos import Settings
-from agentos.http.auth import resume_principal, sign_resume_token
+from agentos.errors import InvalidToken
+from agentos.http.auth import Authenticator, resume_principal, sign_resume_token
 from tests import apps
 from tests.servers import ThreadServer
 
@@ -610,3 +611,20 @@ def test_the_readme_token_minting_example_works(tmp_path: Path) -> None:
             assert http.post("/agents/echo/runs", data=data).status_code == 401
     finally:
         server.stop()
+
+
+def test_a_resume_token_of_any_text_is_refused_not_a_500(world: World) -> None:
+    run_id = world.runs["alice", "agents"]
+    with httpx.Client(base_url=world.url, timeout=30) as http:
+        for token in ("9999999999.é", "9999999999.\u2028.x", "1.2.3", "é" * 50):
+            answer = http.get(f"/agents/echo/runs/{run_id}/resume", params={"token": token})
+            assert answer.status_code == 401, (token, answer.text)
+
+
+async def test_a_token_for_another_audience_is_refused_when_none_is_configured() -> None:
+    authenticator = Authenticator(Settings(jwt_secret=SECRET).auth)
+    ours = jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
+    assert (await authenticator.authenticate(ours)).user_id == "alice"
+    theirs = mint("alice", aud="another-service")
+    with pytest.raises(InvalidToken):
+        await authenticator.authenticate(theirs)

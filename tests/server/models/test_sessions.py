@@ -287,3 +287,38 @@ async def test_session_storage_on_each_backend(db_url: str) -> None:
         assert await store.delete_session(session) is False
     finally:
         await store.close()
+
+
+async def test_history_is_per_user_and_other_users_cannot_push_it_out(
+    fake: FakeOpenAI, settings: Settings
+) -> None:
+    """Session ids are client-chosen: two users in one session id share nothing, and another
+    user's many runs there do not take the places of the history limit."""
+    fake.script(text_reply(["Hi Ada"]), *(text_reply(["Hi Bob"]) for _ in range(4)))
+    fake.script(text_reply(["Still Ada"]))
+    agent = make_agent(fake)
+    async with AgentOS(agents=[agent], settings=settings.replace(history_runs=2)):
+        await agent.arun("I am Ada", session_id="shared", user_id="ada")
+        for _ in range(4):
+            await agent.arun("I am Bob", session_id="shared", user_id="bob")
+        await agent.arun("who am I?", session_id="shared", user_id="ada")
+    bob_saw = fake.requests[1]["messages"]
+    assert "I am Ada" not in str(bob_saw)
+    ada_saw = fake.requests[-1]["messages"]
+    assert roles(ada_saw) == ["system", "user", "assistant", "user"]
+    assert ada_saw[1] == {"role": "user", "content": "I am Ada"} and "Bob" not in str(ada_saw)
+
+
+async def test_text_no_database_can_hold_is_stored_safely(fake: FakeOpenAI, db_url: str) -> None:
+    """A model's NUL or lone surrogate ends nothing: the events carry the text exactly, the
+    session's messages a copy every database can store (PostgreSQL refuses NUL)."""
+    fake.script(text_reply(["a\x00b", " c\ud800"]))
+    agent = make_agent(fake)
+    settings = Settings(db_url=db_url, instance_id="odd")
+    async with AgentOS(agents=[agent], settings=settings):
+        run = await agent.arun("go", session_id="odd-text")
+        assert run.status is RunStatus.COMPLETED, run.error
+        events = [e async for e in await agent.aresume(run.run_id)]
+        assert events[-1].payload()["content"] == "a\x00b c\ud800"
+        session = await agent.aget_session("odd-text")
+        assert session.messages[-1].content == "a\ufffdb c\ufffd"
