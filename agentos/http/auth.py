@@ -137,6 +137,12 @@ class Principal:
     scopes: frozenset[str]
     operator: bool = False
     run_id: str | None = None
+    #: When the credential expires (a JWT's ``exp``, Unix time); None: it does not.
+    expires_at: float | None = None
+
+    def expired(self, now: float) -> bool:
+        """Whether the credential has expired (a long-lived WebSocket checks at each action)."""
+        return self.expires_at is not None and now >= self.expires_at
 
     @classmethod
     def operator_key(cls) -> Principal:
@@ -359,7 +365,12 @@ class JWTVerifier:
         except (jwt.PyJWTError, ValueError, TypeError):
             # A key of the wrong type for the algorithm, a malformed payload, ...
             raise InvalidToken("the JWT is not valid") from None
-        return Principal(user_id=_subject(claims), scopes=_scopes(claims))
+        expiry = claims.get("exp")
+        return Principal(
+            user_id=_subject(claims),
+            scopes=_scopes(claims),
+            expires_at=float(expiry) if isinstance(expiry, int | float) else None,
+        )
 
     async def _key(self, alg: str, kid: str | None) -> Any:
         if alg in _HMAC_ALGORITHMS:

@@ -338,17 +338,33 @@ class _Connection:
         return self.principal is not None
 
     async def _authenticate(self, frame: dict[str, Any]) -> None:
-        if self.principal is None:
+        """Authenticate, or (a refreshed token of the same user) renew the credential."""
+        current = self.principal
+        if current is None or current.expires_at is not None:
             token = frame.get("token")
             try:
-                self.principal = await self.authenticator.authenticate(
+                fresh = await self.authenticator.authenticate(
                     token if isinstance(token, str) else ""
                 )
             except AgentOSError as exc:
+                if current is None or current.expired(time.time()):
+                    await self.outgoing.put(
+                        dumps({"event": "auth_error", "error": exc.detail, "code": exc.code})
+                    )
+                    return
+                fresh = current  # a bad refresh does not undo a credential still valid
+            if current is not None and fresh.user_id != current.user_id:
                 await self.outgoing.put(
-                    dumps({"event": "auth_error", "error": exc.detail, "code": exc.code})
+                    dumps(
+                        {
+                            "event": "auth_error",
+                            "error": "a socket stays with the user it authenticated as",
+                            "code": "not_authorized",
+                        }
+                    )
                 )
                 return
+            self.principal = fresh
         await self.outgoing.put(dumps({"event": "authenticated"}))
 
     async def _start(self, frame: dict[str, Any]) -> None:
@@ -398,6 +414,10 @@ class _Connection:
 
     def _caller(self, scope: str) -> Principal:
         assert self.principal is not None  # _handle serves these actions only once authenticated
+        if self.principal.expired(time.time()):
+            raise _FrameError(
+                "the token has expired: authenticate again with a fresh one", "token_expired"
+            )
         return self.principal.require(scope)
 
     def _check_room(self, run_id: str | None) -> None:

@@ -467,6 +467,34 @@ async def test_websocket_user_b_cannot_follow_or_impersonate_user_a(world: World
     ]
 
 
+async def test_websocket_holds_the_jwt_expiry_and_renews_with_a_fresh_token(world: World) -> None:
+    start = {"action": "start-workflow", "workflow_id": "flow", "message": "hi"}
+    short = mint("alice", exp_in=1.5)
+    renew = {"action": "authenticate", "token": mint("alice")}
+    other = {"action": "authenticate", "token": mint("bob")}
+    async with connect(world.ws_url, open_timeout=10) as ws:
+        await ws.recv()  # greeting
+
+        async def answer(frame: dict[str, Any]) -> dict[str, Any]:
+            await ws.send(json.dumps(frame))
+            while True:
+                got: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                if got.get("event") in ("authenticated", "auth_error", "error", "RunStarted"):
+                    return got
+
+        assert (await answer({"action": "authenticate", "token": short}))["event"] == (
+            "authenticated"
+        )
+        assert (await answer(start))["event"] == "RunStarted"
+        await asyncio.sleep(2.1)  # past exp
+        expired = await answer(start)
+        assert (expired["event"], expired["code"]) == ("error", "token_expired")
+        refused = await answer(other)
+        assert (refused["event"], refused["code"]) == ("auth_error", "not_authorized")
+        assert (await answer(renew))["event"] == "authenticated"
+        assert (await answer(start))["event"] == "RunStarted"
+
+
 # -- JWKS rotation -----------------------------------------------------------------------------
 
 
