@@ -102,6 +102,8 @@ class GroupCommitter:
         #: When commits started failing (time.time()), None while they succeed; and why.
         self.failing_since: float | None = None
         self.last_error: str | None = None
+        #: When the commit now waiting for the database began (time.time()), if one does.
+        self._attempt_started: float | None = None
 
     @property
     def pending(self) -> int:
@@ -113,8 +115,17 @@ class GroupCommitter:
         return self._task is not None and not self._task.done()
 
     def failing_for(self) -> float:
-        """Seconds commits have been failing without a success (0 while they succeed)."""
-        return 0.0 if self.failing_since is None else max(0.0, time.time() - self.failing_since)
+        """Seconds commits have been failing without a success (0 while they succeed).
+
+        A commit still waiting for the database after ``create_timeout`` seconds counts as
+        failing since it started: a hung database is not healthy just because nothing failed.
+        """
+        now = time.time()
+        failing = 0.0 if self.failing_since is None else max(0.0, now - self.failing_since)
+        started = self._attempt_started
+        if started is not None and now - started > self._settings.create_timeout:
+            failing = max(failing, now - started)
+        return failing
 
     def start(self) -> None:
         if self._task is None:
@@ -284,6 +295,7 @@ class GroupCommitter:
         delay = self._settings.retry_delay
         while True:
             started = time.perf_counter()
+            self._attempt_started = time.time()
             try:
                 await self._store.commit(events, updates, owner=self._owner, runs=runs or [])
             except StoreUnavailable as exc:
@@ -303,8 +315,14 @@ class GroupCommitter:
                 delay = min(delay * 2, self._settings.retry_max_delay)
                 continue
             except Exception:
+                # The database answered (a conflict, a refused value): it is reachable again.
                 self.commit_failures += 1
+                self.failing_since = None
+                self.last_error = None
+                self._attempt_started = None
                 raise
+            finally:
+                self._attempt_started = None
             if self.observer is not None:
                 self.observer(time.perf_counter() - started, len(events))
             self.commits += 1

@@ -20,9 +20,11 @@ from agentos.errors import InvalidRequest
 from agentos.events import KINDS, RunStatus
 
 __all__ = [
+    "MAX_EVENT_NAME_LENGTH",
     "MAX_ID_LENGTH",
     "RunRecord",
     "RunUpdate",
+    "check_event_name",
     "check_id",
     "check_text",
     "is_valid_id",
@@ -51,6 +53,24 @@ def check_text(name: str, value: str) -> str:
         what = "a NUL character" if found.group() == "\x00" else "a lone surrogate"
         raise InvalidRequest(f"{name} holds {what} (U+{ord(found.group()):04X}), which is not text")
     return value
+
+
+#: Longest event name in characters (the events table holds this).
+MAX_EVENT_NAME_LENGTH = 100
+
+
+def check_event_name(name: object) -> str:
+    """``name`` when it can name an event; ValueError otherwise (a component's bug: its run
+    ends with an error event, on every database alike)."""
+    if (
+        not isinstance(name, str)
+        or not 0 < len(name) <= MAX_EVENT_NAME_LENGTH
+        or _UNSTORABLE.search(name) is not None
+    ):
+        raise ValueError(
+            f"an event name must be text of 1 to {MAX_EVENT_NAME_LENGTH} characters, got {name!r}"
+        )
+    return name
 
 
 def storable(value: str | None) -> str | None:

@@ -45,7 +45,16 @@ from agentos.errors import (
 from agentos.events import Meta, RunStatus, make_event
 from agentos.leases import Leases
 from agentos.logs import bind_run
-from agentos.records import MAX_ID_LENGTH, RunRecord, RunUpdate, check_id, check_text, storable
+from agentos.records import (
+    MAX_ID_LENGTH,
+    RunRecord,
+    RunUpdate,
+    check_event_name,
+    check_id,
+    check_text,
+    is_valid_id,
+    storable,
+)
 from agentos.sessions import SessionLog, Sessions
 from agentos.settings import Settings
 from agentos.streams import RunStream, StreamSlots, StreamSource, replay_meta
@@ -477,6 +486,7 @@ class RunManager:
     ) -> None:
         if active.ended:
             raise RunEnded(active.record.run_id)
+        check_event_name(name)
         await self.committer.wait_for_space()
         if active.ended:
             raise RunEnded(active.record.run_id)
@@ -606,8 +616,11 @@ class RunManager:
         """The run object; RunNotFound when unknown or not of that component, session or owner.
 
         ``owner``: the user whose runs alone the caller may see (None: any run). Another user's
-        run is "not found", never "forbidden", so that its existence does not leak.
+        run is "not found", never "forbidden", so that its existence does not leak. An id no
+        run can have (not URL-safe) is not found either, without asking the database.
         """
+        if not is_valid_id(run_id):
+            raise RunNotFound(run_id)
         active = self._active.get(run_id)
         if active is not None:
             record = active.record

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agentos.errors import SessionNotFound
-from agentos.records import MAX_ID_LENGTH, RunRecord, storable
+from agentos.records import MAX_ID_LENGTH, RunRecord, is_valid_id, storable
 
 if TYPE_CHECKING:
     from agentos.backends.base import Store
@@ -226,6 +226,8 @@ class Sessions:
         With ``kind``/``component_id``, only the runs of that component (and their messages);
         with ``owner``, only that user's runs (another user's session is not found).
         """
+        if not is_valid_id(session_id):
+            raise SessionNotFound(session_id)
         runs = await self._store.session_runs(session_id)
         runs = [
             r
@@ -253,6 +255,8 @@ class Sessions:
         With ``kind``/``component_id`` the session must hold runs of that component; with
         ``owner``, every run of the session must be that user's (else it is not found).
         """
+        if not is_valid_id(session_id):
+            raise SessionNotFound(session_id)
         if kind is not None or component_id is not None:
             await self.get_session(session_id, kind=kind, component_id=component_id)
         runs = await self._store.session_runs(session_id)

@@ -263,6 +263,9 @@ class WebSocketSettings:
     max_queued_frames: int = _setting(256, "ws_max_queued_frames")
     #: Seconds a single WebSocket send may block before the socket is closed (1008); 0 disables.
     send_timeout: float = _setting(30.0, "ws_send_timeout")
+    #: Seconds a WebSocket may stay with neither a frame from the client nor a followed run;
+    #: then it is closed (1000, "idle"), so idle sockets cannot hold the connection cap. 0: never.
+    idle_timeout: float = _setting(120.0, "ws_idle_timeout")
     #: Seconds a WebSocket has to authenticate when a security key is set (then closed, 1008).
     auth_timeout: float = _setting(30.0, "ws_auth_timeout")
     #: Browser origins (``scheme://host[:port]``, comma-separated) whose pages may open a

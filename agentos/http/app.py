@@ -290,7 +290,8 @@ class AgentOS:
         offset = forms.integer(params.get("offset", "0"), "offset")
         if not 0 <= offset <= _MAX_LIST:
             raise InvalidRequest(f"offset must be between 0 and {_MAX_LIST}")
-        user_id = params.get("user_id") or None
+        user_id = forms.filter_text(params, "user_id")
+        session_id = forms.filter_id(params, "session_id")
         if caller.owner is not None:
             if user_id not in (None, caller.owner):
                 return JSONResponse([])  # only the caller's own runs are ever listed
@@ -298,7 +299,7 @@ class AgentOS:
         records = await self.manager.list_runs(
             component.kind.name,
             component.id,
-            session_id=params.get("session_id") or None,
+            session_id=session_id,
             user_id=user_id,
             status=status_filter,
             limit=offset + limit,
@@ -360,7 +361,7 @@ class AgentOS:
         limit = forms.integer(params.get("limit", "100"), "limit")
         if not 1 <= limit <= 1000:
             raise InvalidRequest("limit must be between 1 and 1000")
-        user_id = params.get("user_id") or None
+        user_id = forms.filter_text(params, "user_id")
         if caller.owner is not None:
             if user_id not in (None, caller.owner):
                 return JSONResponse([])  # only the caller's own sessions are ever listed
@@ -368,7 +369,7 @@ class AgentOS:
         sessions = await self.manager.sessions.list_sessions(
             user_id=user_id,
             kind=kind,
-            component_id=params.get("component_id") or None,
+            component_id=forms.filter_id(params, "component_id"),
             limit=limit,
         )
         return JSONResponse([s.to_dict() for s in sessions])

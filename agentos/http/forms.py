@@ -17,8 +17,19 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from agentos.errors import InvalidCursor, InvalidRequest, RequestTimeout, RequestTooLarge
+from agentos.records import check_id, check_text
 
-__all__ = ["client_run_id", "cursor", "flag", "integer", "message", "read_fields", "text"]
+__all__ = [
+    "client_run_id",
+    "cursor",
+    "filter_id",
+    "filter_text",
+    "flag",
+    "integer",
+    "message",
+    "read_fields",
+    "text",
+]
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -159,3 +170,16 @@ def _integer(value: Any) -> int | None:
     if isinstance(value, str) and _INTEGER.fullmatch(value):
         return int(value)
     return None
+
+
+def filter_text(params: Mapping[str, str], name: str) -> str | None:
+    """A free-text filter of a list (``user_id``): absent/empty is None; text every database can
+    compare (no NUL, no lone surrogates), else 422 naming it."""
+    value = params.get(name) or None
+    return None if value is None else check_text(name, value)
+
+
+def filter_id(params: Mapping[str, str], name: str) -> str | None:
+    """An id filter of a list (``session_id``): absent/empty is None; an id, else 422."""
+    value = params.get(name) or None
+    return None if value is None else check_id(name, value)

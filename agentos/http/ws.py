@@ -258,13 +258,26 @@ class _Connection:
     # -- incoming ------------------------------------------------------------------------------
 
     async def _receive_loop(self) -> None:
-        deadline = asyncio.get_running_loop().time() + self.settings.auth_timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.auth_timeout
+        idle = self.settings.idle_timeout or None
         while True:
             try:
-                async with asyncio.timeout_at(None if self.authenticated else deadline):
+                if not self.authenticated:
+                    wait_until: float | None = deadline
+                else:
+                    wait_until = None if idle is None else loop.time() + idle
+                async with asyncio.timeout_at(wait_until):
                     message = await self.websocket.receive()
             except TimeoutError:
-                self._close(_POLICY, "not authenticated in time")
+                if not self.authenticated:
+                    self._close(_POLICY, "not authenticated in time")
+                    return
+                if self.followers:
+                    continue  # quiet, but following runs: not idle
+                # Neither a frame nor a followed run for ws_idle_timeout: the socket holds a
+                # connection slot for nothing (agentos serve caps connections).
+                self._close(1000, "idle")
                 return
             if message["type"] == "websocket.disconnect":
                 return

@@ -180,3 +180,26 @@ async def test_emitters_do_not_wait_forever_on_a_stopped_committer(tmp_path: Pat
     with pytest.raises(CommitterStopped, match="not running"):
         await asyncio.wait_for(committer.wait_for_space(), 5)
     await store.close()
+
+
+async def test_health_recovers_when_the_database_answers_again_with_a_conflict(
+    tmp_path: Path,
+) -> None:
+    """After an outage, a group whose runs all conflict (another instance ended them) still
+    shows the database is back: commits are no longer 'failing'."""
+    store = ScriptedStore(
+        f"sqlite+aiosqlite:///{tmp_path}/c.db",
+        [StoreUnavailable("gone"), WriteConflict("taken"), WriteConflict("taken")],
+    )
+    await store.open()
+    await store.create_run(run_record("r"))
+    buffers = EventBuffer(Settings().buffer)
+    buffers.open("r")
+    settings = Settings(commit_retry_delay=0.01)
+    committer = GroupCommitter(store, buffers, settings.commit, owner="test")
+    committer.start()
+    committer.put("r", Event(0, "RunStarted", "{}"))
+    await asyncio.wait_for(committer.flush(), 10)
+    assert committer.failing_for() == 0 and committer.failing_since is None
+    await committer.aclose()
+    await store.close()

@@ -80,6 +80,18 @@ def test_poison_text_is_refused_at_every_edge(
                     await ws.send(json.dumps(frame))
                     error = json.loads(await asyncio.wait_for(ws.recv(), 10))
                     assert (error["event"], error["code"]) == ("error", "invalid_request"), error
+            # Reads with such text answer the same on every database.
+            raw_q = quote(text.encode("utf-8", "surrogatepass"))
+            r = await client.get(f"/agents/echo/runs?user_id={raw_q}")
+            if "\x00" in text:
+                assert (r.status_code, r.json()["code"]) == (422, "invalid_request"), r.text
+            else:  # a query string's bytes that are not UTF-8 are read as U+FFFD: no match
+                assert (r.status_code, r.json()) == (200, []), r.text
+            r = await client.get(f"/agents/echo/runs?session_id={raw_q}")
+            assert (r.status_code, r.json()["code"]) == (422, "invalid_request"), r.text
+            for path in (f"/agents/echo/runs/a{raw_q}b", f"/sessions/a{raw_q}b"):
+                r = await client.get(path)
+                assert r.status_code == 404, (path, r.text)
             # The instance still commits and serves.
             r = await client.post(
                 "/agents/echo/runs", data={"message": "still here", "stream": "0"}
@@ -101,6 +113,21 @@ async def test_poison_text_is_refused_in_process(text: str) -> None:
             await agent.arun("fine", user_id=text)
         run = await agent.arun("still here")
         assert run.status is RunStatus.COMPLETED
+
+
+@pytest.mark.parametrize("name", ["bad\x00name", "x\ud800", "n" * 101, ""])
+async def test_an_event_name_no_database_can_hold_ends_only_that_run(name: str) -> None:
+    async def odd(message: str) -> AsyncIterator[Any]:
+        yield "before"
+        yield {"event": name, "x": 1}
+        yield "never"
+
+    async with Agent(id="odd", fn=odd) as agent:
+        run = await agent.arun("go")
+        assert run.status is RunStatus.ERROR and "event name" in (run.error or "")
+        events = [e async for e in await agent.aresume(run.run_id)]
+        assert [e.name for e in events] == ["RunStarted", "RunContent", "RunError"]
+        assert (await agent.arun("again")).status is RunStatus.ERROR  # and nothing stuck
 
 
 async def test_text_a_component_makes_is_kept_exactly_in_events() -> None:

@@ -645,6 +645,21 @@ def test_a_start_refused_as_overloaded_creates_no_run(
     run(main())
 
 
+def test_an_idle_socket_is_closed(make_server: Callable[..., Server]) -> None:
+    """No frame and no followed run for ws_idle_timeout: closed (it held a connection slot)."""
+    server = make_server(ws_idle_timeout=0.5)
+
+    async def main() -> None:
+        async with opened(server) as ws:
+            await start(ws, message="a b")  # following a run keeps it open past the timeout
+            await until_terminal(ws)
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 5)
+            assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1000, "idle")
+
+    run(main())
+
+
 def test_a_flood_is_refused_then_closed(make_server: Callable[..., Server]) -> None:
     server = make_server(ws_max_frames_per_second=5)
     ping = json.dumps({"action": "ping"})
