@@ -253,6 +253,7 @@ class ChatLoop:
                 call.arguments,
                 timeout=settings.tool_timeout,
                 result_bytes=settings.tool_result_bytes,
+                threads=ctx.tool_threads,
             )
         except ToolFailed as exc:
             error = str(exc)

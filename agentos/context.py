@@ -9,6 +9,7 @@ from agentos.settings import AgentSettings
 
 if TYPE_CHECKING:
     from agentos.sessions import SessionLog
+    from agentos.tools import ToolThreads
 
 __all__ = ["RunContext"]
 
@@ -35,6 +36,7 @@ class RunContext:
         "session",
         "session_id",
         "settings",
+        "tool_threads",
         "user_id",
     )
 
@@ -48,6 +50,7 @@ class RunContext:
         extra: dict[str, Any] | None = None,
         settings: AgentSettings | None = None,
         session: SessionLog | None = None,
+        tool_threads: ToolThreads | None = None,
     ) -> None:
         self._emit = emit
         self.run_id = run_id
@@ -56,6 +59,8 @@ class RunContext:
         self.extra: dict[str, Any] = extra or {}
         self.settings = settings if settings is not None else AgentSettings()
         self.session = session
+        #: Where this run's sync tools run (the server's bounded pool).
+        self.tool_threads = tool_threads
         self.completed: dict[str, Any] = {}
 
     async def emit(self, name: str, **fields: Any) -> None:
@@ -71,4 +76,5 @@ class RunContext:
             user_id=self.user_id,
             extra={**self.extra, **extra},
             settings=self.settings,
+            tool_threads=self.tool_threads,
         )

@@ -58,6 +58,7 @@ from agentos.records import (
 from agentos.sessions import SessionLog, Sessions
 from agentos.settings import Settings
 from agentos.streams import RunStream, StreamSlots, StreamSource, replay_meta
+from agentos.tools import ToolThreads
 
 if TYPE_CHECKING:
     from agentos.components.base import Component
@@ -108,6 +109,8 @@ class RunManager:
             page_size=settings.streams.replay_page_size,
             can_renew=lambda: not self.stalled,
         )
+        #: The threads sync tools of this instance's runs run in (bounded; see ToolThreads).
+        self.tool_threads = ToolThreads(settings.agents.tool_threads)
         #: Streams being followed right now, against ``max_streams``.
         self.stream_slots = StreamSlots(settings.streams.max_open)
         self._streams = StreamSource(
@@ -227,6 +230,7 @@ class RunManager:
             task.cancel()
         await asyncio.gather(*self._lease_tasks, return_exceptions=True)
         await self.notifier.aclose()
+        self.tool_threads.shutdown()
         try:
             async with asyncio.timeout(self.settings.commit.close_timeout):
                 await self.store.close()
@@ -411,6 +415,7 @@ class RunManager:
             user_id=record.user_id,
             settings=self.settings.agents,
             session=SessionLog(self.store, record, self.settings.agents.history_runs),
+            tool_threads=self.tool_threads,
         )
         status, fields = RunStatus.ERROR, {"error": "internal error"}
         active.started = True

@@ -296,6 +296,9 @@ class AgentSettings:
     max_tool_rounds: int = _setting(10, "max_tool_rounds")
     #: Seconds one tool call may take; then its error goes back to the model.
     tool_timeout: float = _setting(60.0, "tool_timeout")
+    #: Threads for sync tools (a sync tool past its timeout keeps its thread until it returns;
+    #: with every thread taken, further sync tool calls fail at once).
+    tool_threads: int = _setting(8, "tool_threads")
     #: Bytes of a tool's result sent back to the model (UTF-8); the rest is cut off.
     tool_result_bytes: int = _setting(16 * 1024, "tool_result_bytes")
     #: Seconds the model may send nothing (before or between chunks) before the run ends.

@@ -27,6 +27,8 @@ whose message the agent sends back to the model instead so it can recover.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import inspect
 import json
 import re
@@ -143,8 +145,18 @@ class Tool:
             raise ToolFailed(f"invalid arguments: {problems}") from None
         return {field: getattr(model, field) for field in type(model).model_fields}
 
-    async def execute(self, arguments: str, *, timeout: float, result_bytes: int) -> str:
-        """Validate, call with a time limit, and return the result as text for the model."""
+    async def execute(
+        self,
+        arguments: str,
+        *,
+        timeout: float,
+        result_bytes: int,
+        threads: ToolThreads | None = None,
+    ) -> str:
+        """Validate, call with a time limit, and return the result as text for the model.
+
+        A sync tool runs in ``threads`` (a private pool of one thread when none is given).
+        """
         kwargs = self.validate(arguments)
         limit = self.timeout if self.timeout is not None else timeout
         try:
@@ -152,7 +164,8 @@ class Tool:
                 if self.is_async:
                     result = await self.fn(**kwargs)
                 else:
-                    result = await asyncio.to_thread(self.fn, **kwargs)
+                    pool = threads if threads is not None else ToolThreads(1)
+                    result = await pool.call(self.fn, kwargs)
                     if inspect.isawaitable(result):
                         result = await result
         except TimeoutError:
@@ -161,6 +174,44 @@ class Tool:
             raise ToolFailed(describe_error(exc)) from exc
         text = result if isinstance(result, str) else dumps(result)
         return _cut(text, self.result_bytes if self.result_bytes is not None else result_bytes)
+
+
+class ToolThreads:
+    """The threads sync tools run in: at most ``size`` at once.
+
+    Python cannot stop a thread: a sync tool that outlives its timeout keeps its thread until
+    the function returns. Counting those, a pool whose threads all hang refuses further sync
+    calls at once (a ToolCallError the model sees) instead of queueing them for ever; async tools
+    are never affected. A sync tool that never returns also holds up the process's exit, so
+    long-running tools should be async.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        self.busy = 0
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            self.size, thread_name_prefix="agentos-tool"
+        )
+
+    async def call(self, fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+        if self.busy >= self.size:
+            raise ToolFailed(
+                f"all {self.size} threads for sync tools are busy (calls still running past "
+                "their timeout); try again later"
+            )
+        loop = asyncio.get_running_loop()
+        self.busy += 1
+        work = self._executor.submit(functools.partial(fn, **kwargs))
+        # Released when the function returns, not when the caller stops waiting.
+        work.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release))
+        return await asyncio.wrap_future(work)
+
+    def _release(self) -> None:
+        self.busy -= 1
+
+    def shutdown(self) -> None:
+        """Take no more calls; threads still running end when their function returns."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _arguments_model(
