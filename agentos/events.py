@@ -118,7 +118,8 @@ def dumps(obj: Any) -> str:
         else:
             return text
     text = _encoder.encode(obj)
-    if _SURROGATE.search(text) is not None:
+    # isascii() reads a flag of the string (constant time): most events skip the scan.
+    if not text.isascii() and _SURROGATE.search(text) is not None:
         text = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
     return text
 

@@ -67,6 +67,9 @@ __all__ = ["RunManager"]
 
 logger = logging.getLogger("agentos.runs")
 
+# Event names remembered as checked; past that many, names are checked at every emit.
+_EVENT_NAMES_KEPT = 1024
+
 
 @dataclass
 class _ActiveRun:
@@ -125,6 +128,8 @@ class RunManager:
         self.components: dict[tuple[str, str], Component] = {}
         self._active: dict[str, _ActiveRun] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: Event names found good (components emit a few names many times: checked once each).
+        self._event_names: set[str] = set()
         #: Runs being created right now: they count against ``max_active_runs`` already.
         self._starting = 0
         self._started = False
@@ -491,7 +496,10 @@ class RunManager:
     ) -> None:
         if active.ended:
             raise RunEnded(active.record.run_id)
-        check_event_name(name)
+        if name not in self._event_names:
+            check_event_name(name)
+            if len(self._event_names) < _EVENT_NAMES_KEPT:
+                self._event_names.add(name)
         await self.committer.wait_for_space()
         if active.ended:
             raise RunEnded(active.record.run_id)
