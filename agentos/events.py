@@ -22,7 +22,7 @@ try:  # optional: the same text, about ten times faster, for the common plain pa
 except ImportError:  # pragma: no cover - the pure-Python path
     _orjson = None
 
-__all__ = ["KINDS", "Event", "Kind", "Meta", "RunStatus", "dumps", "make_event"]
+__all__ = ["KINDS", "Event", "Kind", "Meta", "RunLike", "RunStatus", "dumps", "make_event"]
 
 
 class RunStatus(StrEnum):
@@ -157,7 +157,9 @@ class Meta:
         return {"event": self.name, **self.fields}
 
 
-class _Run(Protocol):
+class RunLike(Protocol):
+    """What names a run: its ids, kind and component (a RunRecord, for one)."""
+
     @property
     def run_id(self) -> str: ...
     @property
@@ -168,7 +170,9 @@ class _Run(Protocol):
     def component_id(self) -> str: ...
 
 
-def make_event(run: _Run, index: int, name: str, fields: dict[str, Any], terminal: bool) -> Event:
+def make_event(
+    run: RunLike, index: int, name: str, fields: dict[str, Any], terminal: bool
+) -> Event:
     """Build an event of ``run``: the common fields first, then ``fields`` (which cannot override them)."""
     payload: dict[str, Any] = {
         "event": name,

@@ -21,7 +21,9 @@ import logging
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
+
+from agentos.events import RunLike
 
 __all__ = [
     "CONTEXT_FIELDS",
@@ -41,18 +43,7 @@ _RUN: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
 )
 
 
-class _RunLike(Protocol):
-    @property
-    def run_id(self) -> str: ...
-    @property
-    def session_id(self) -> str: ...
-    @property
-    def kind(self) -> str: ...
-    @property
-    def component_id(self) -> str: ...
-
-
-def run_fields(record: _RunLike) -> dict[str, str]:
+def run_fields(record: RunLike) -> dict[str, str]:
     """The context fields of a run, for ``extra=``."""
     return {
         "run_id": record.run_id,
@@ -61,7 +52,7 @@ def run_fields(record: _RunLike) -> dict[str, str]:
     }
 
 
-def bind_run(record: _RunLike) -> None:
+def bind_run(record: RunLike) -> None:
     """Attach a run's fields to every line logged from the current task (and tasks it starts).
 
     Call it at the start of the run's own task: the task's context is its own copy, so the

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -14,16 +14,6 @@ from agentos import Agent, AgentOS, EchoModel, Event, OpenAIChat, Settings, Team
 from tests.fake_openai import MODEL, FakeOpenAI, text_reply, tool_reply
 from tests.servers import ThreadServer
 from tests.sse import Frame, collect, events_only, frames
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI()
-    thread = ThreadServer(server.app)
-    thread.start()
-    server.base_url = thread.url + "/v1"  # type: ignore[attr-defined]
-    yield server
-    thread.stop()
 
 
 def chat_model(fake: FakeOpenAI) -> OpenAIChat:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,17 +25,7 @@ from tests.fake_openai import (
     text_reply,
     tool_reply,
 )
-from tests.servers import ThreadServer, wait_for
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI()
-    thread = ThreadServer(server.app)
-    thread.start()
-    server.base_url = thread.url + "/v1"  # type: ignore[attr-defined]
-    yield server
-    thread.stop()
+from tests.servers import wait_for
 
 
 def model(fake: FakeOpenAI) -> OpenAIChat:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -15,16 +15,6 @@ from tests.pgdb import db_url, pg_url
 from tests.servers import ThreadServer
 
 __all__ = ["db_url", "pg_url"]  # fixtures, imported for pytest
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI()
-    thread = ThreadServer(server.app)
-    thread.start()
-    server.base_url = thread.url + "/v1"  # type: ignore[attr-defined]
-    yield server
-    thread.stop()
 
 
 def make_agent(fake: FakeOpenAI, **kw: object) -> Agent:
