@@ -47,6 +47,8 @@ __all__ = ["AgentOS"]
 
 logger = logging.getLogger("agentos.app")
 
+# Runs a session page may skip (``offset`` of GET /sessions/{session_id}).
+_MAX_SESSION_RUNS = 1_000_000
 _STATIC = Path(__file__).parent / "static"
 # The demo page and the browser client: public files, served without the security key.
 _PUBLIC_FILES = {"/": "index.html", "/static/agentos.js": "agentos.js"}
@@ -375,10 +377,47 @@ class AgentOS:
         return JSONResponse([s.to_dict() for s in sessions])
 
     async def get_session(self, request: Request) -> Response:
+        """The session's newest runs with their messages, within ``list_max_bytes``: the page
+        starts ``offset`` runs back from the newest; ``X-Next-Offset`` names the next page."""
         caller = authorize(request.scope, "sessions:read")
         session_id = request.path_params["session_id"]
+        offset = forms.integer(request.query_params.get("offset", "0"), "offset")
+        if not 0 <= offset <= _MAX_SESSION_RUNS:
+            raise InvalidRequest(f"offset must be between 0 and {_MAX_SESSION_RUNS}")
         session = await self.manager.sessions.get_session(session_id, owner=caller.owner)
-        return JSONResponse(session.to_dict())
+        by_run: dict[str, list[bytes]] = {}
+        for message in session.messages:
+            by_run.setdefault(message.run_id, []).append(dumps(message.to_dict()).encode())
+        budget = self.settings.http.list_max_bytes
+        runs: list[bytes] = []
+        messages: list[list[bytes]] = []
+        size = 0
+        headers: dict[str, str] = {}
+        newest_first = session.runs[::-1][offset:]
+        for taken, run in enumerate(newest_first):
+            item = dumps(run.to_dict()).encode()
+            its = by_run.get(run.run_id, [])
+            cost = len(item) + sum(len(m) + 1 for m in its) + 1
+            if runs and size + cost > budget:
+                headers["X-Next-Offset"] = str(offset + taken)
+                break
+            runs.append(item)
+            messages.append(its)
+            size += cost
+        runs.reverse()  # oldest first, as in the whole session
+        messages.reverse()
+        body = b"".join(
+            [
+                b'{"session_id":',
+                dumps(session.session_id).encode(),
+                b',"runs":[',
+                b",".join(runs),
+                b'],"messages":[',
+                b",".join(m for its in messages for m in its),
+                b"]}",
+            ]
+        )
+        return Response(body, media_type="application/json", headers=headers)
 
     async def delete_session(self, request: Request) -> Response:
         caller = authorize(request.scope, "sessions:write")

@@ -312,3 +312,29 @@ async def test_text_no_database_can_hold_is_stored_safely(fake: FakeOpenAI, db_u
         assert events[-1].payload()["content"] == "a\x00b c\ud800"
         session = await agent.aget_session("odd-text")
         assert session.messages[-1].content == "a\ufffdb c\ufffd"
+
+
+async def test_a_large_session_comes_in_pages_within_the_byte_budget(
+    fake: FakeOpenAI, settings: Settings, serve_thread: Callable[[AgentOS], ThreadServer]
+) -> None:
+    fake.script(*(text_reply(["x" * 20_000]) for _ in range(5)))
+    agent_os = AgentOS(
+        agents=[make_agent(fake)], settings=settings.replace(list_max_bytes=50_000, history_runs=0)
+    )
+    url = serve_thread(agent_os).url
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        for i in range(5):
+            body = {"message": f"m{i}", "session_id": "big", "stream": False}
+            assert (await http.post("/agents/chat/runs", json=body)).status_code == 200
+        seen: list[str] = []
+        offset: str | None = "0"
+        while offset is not None:
+            page = await http.get("/sessions/big", params={"offset": offset})
+            assert page.status_code == 200 and len(page.content) <= 50_000 + 25_000
+            inputs = [r["input"] for r in page.json()["runs"]]
+            assert inputs == sorted(inputs)  # oldest first within a page
+            runs = {r["run_id"] for r in page.json()["runs"]}
+            assert {m["run_id"] for m in page.json()["messages"]} <= runs
+            seen = inputs + seen
+            offset = page.headers.get("x-next-offset")
+        assert seen == [f"m{i}" for i in range(5)]
