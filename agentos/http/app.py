@@ -33,7 +33,7 @@ from agentos.errors import (
 )
 from agentos.events import KINDS, RunStatus, dumps
 from agentos.health import HealthChecks
-from agentos.http import forms
+from agentos.http import forms, openapi
 from agentos.http.auth import Authenticator, Principal, authorize, redact_tokens_in_logs
 from agentos.http.metrics import Metrics
 from agentos.http.middleware import InstanceHeader, SecurityGuard, error_body, error_json
@@ -51,8 +51,8 @@ logger = logging.getLogger("agentos.app")
 _STATIC = Path(__file__).parent / "static"
 # The demo page and the browser client: public files, served without the security key.
 _PUBLIC_FILES = {"/": "index.html", "/static/agentos.js": "agentos.js"}
-# For load balancers and orchestrators: public, and they tell nothing secret.
-_HEALTH_PATHS = ("/health", "/health/live", "/health/ready")
+# For load balancers, orchestrators and API tools: public, and they tell nothing secret.
+_PUBLIC_ROUTES = ("/health", "/health/live", "/health/ready", "/openapi.json")
 #: Most runs one ``GET .../runs`` lists, and the furthest ``offset`` it starts at.
 _MAX_LIST = 1000
 
@@ -123,6 +123,7 @@ class AgentOS:
             Route("/health", self.health, methods=["GET"]),
             Route("/health/live", self.health_live, methods=["GET"]),
             Route("/health/ready", self.health_ready, methods=["GET"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
             Route("/metrics", self.scrape, methods=["GET"]),
             Route("/config", self.config, methods=["GET"]),
             WebSocketRoute("/workflows/ws", sockets),
@@ -160,7 +161,7 @@ class AgentOS:
         app.router.redirect_slashes = False
         public = [
             *_PUBLIC_FILES,
-            *_HEALTH_PATHS,
+            *_PUBLIC_ROUTES,
             *(["/metrics"] if self.settings.monitoring.metrics_public else []),
         ]
         app.add_middleware(SecurityGuard, authenticator=self.authenticator, public_paths=public)
@@ -217,6 +218,11 @@ class AgentOS:
         body = {"status": "not_ready", "reason": reason, "instance_id": self.settings.instance_id}
         retry_after = {"Retry-After": str(self.settings.http.retry_after)}
         return JSONResponse(body, status_code=503, headers=retry_after)
+
+    async def openapi(self, request: Request) -> Response:
+        """``GET /openapi.json``: the OpenAPI 3.1 document of these routes (``openapi.py``)."""
+        ids = sorted({component.id for component in self.manager.components.values()})
+        return JSONResponse(openapi.document(ids))
 
     async def config(self, request: Request) -> Response:
         body: dict[str, Any] = {
