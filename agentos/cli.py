@@ -224,7 +224,8 @@ def _short(value: Any, limit: int = 60) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the server's JSON answer.")
 @_url
 def health(url: str, as_json: bool) -> None:
-    """The server's health: exit 0 when ok or degraded, 3 when down, draining or unreachable."""
+    """The server's health: exit 0 when running or degraded, 3 when down, draining or
+    unreachable."""
 
     data = _call(url, lambda c: c.health())
     if as_json:
@@ -232,9 +233,16 @@ def health(url: str, as_json: bool) -> None:
     else:
         table = Table(show_header=False, box=None)
         for name, value in data.items():
-            table.add_row(name, Text(str(value)))
+            if name != "checks":
+                table.add_row(name, Text(str(value)))
+        checks = data.get("checks")
+        for name, check in (checks if isinstance(checks, dict) else {}).items():
+            if isinstance(check, dict):
+                facts = ", ".join(f"{k}={v}" for k, v in check.items() if k != "ok")
+                verdict = "ok" if check.get("ok") else "failing"
+                table.add_row(f"check {name}", Text(f"{verdict} ({facts})"))
         _out.print(table)
-    if data.get("status") not in ("ok", "degraded"):
+    if data.get("status") not in ("running", "degraded"):
         sys.exit(EXIT_UNAVAILABLE)
 
 

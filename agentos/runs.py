@@ -182,6 +182,13 @@ class RunManager:
             return True
         return committer.failing_for() >= self.settings.commit.stall_timeout
 
+    def background_tasks(self) -> dict[str, bool]:
+        """Whether each background task of this instance is alive, by name (for /health)."""
+        tasks = [*self._lease_tasks, *([self._sweeper] if self._sweeper is not None else [])]
+        alive = {task.get_name().removeprefix("agentos-"): not task.done() for task in tasks}
+        alive["group-commit"] = self.committer.running
+        return alive
+
     @property
     def open_streams(self) -> int:
         """Streams being followed right now."""

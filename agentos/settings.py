@@ -323,6 +323,11 @@ class MonitoringSettings:
     metrics_public: bool = _setting(False, "metrics_public")
     #: ``agentos serve`` log lines: ``text`` (readable) or ``json`` (one object per line).
     log_format: str = _setting("text", "log_format")
+    #: Least seconds between two database checks of ``GET /health`` (``SELECT 1``); requests in
+    #: between share the last answer, so load balancers polling hard cost the database little.
+    health_check_interval: float = _setting(1.0, "health_check_interval")
+    #: Seconds the database check of ``GET /health`` may take before it counts as failed.
+    health_check_timeout: float = _setting(2.0, "health_check_timeout")
 
 
 _SECTIONS: dict[str, type[Any]] = {

@@ -37,7 +37,8 @@ class ScriptedStore(SQLStore):
     Also, like a database in trouble: while ``down`` is set every commit fails with
     StoreUnavailable and every create hangs; a commit holding an event whose text contains
     ``refuse_marker`` raises ``refuse`` (a value the database refuses). ``renewals`` counts
-    lease renewals.
+    lease renewals; ``pings`` counts health checks (:meth:`Store.ping`), each of which waits
+    until ``ping_gate`` is set (it is at first).
     """
 
     def __init__(
@@ -57,6 +58,14 @@ class ScriptedStore(SQLStore):
         self.refuse_marker = refuse_marker
         self.refuse = refuse
         self.renewals = 0
+        self.pings = 0
+        self.ping_gate = asyncio.Event()
+        self.ping_gate.set()
+
+    async def ping(self) -> None:
+        self.pings += 1
+        await self.ping_gate.wait()
+        await super().ping()
 
     async def commit(
         self,

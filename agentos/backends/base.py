@@ -81,6 +81,11 @@ class Store(abc.ABC):
         """Release connections."""
 
     @abc.abstractmethod
+    async def ping(self) -> None:
+        """One cheap round trip to the database (``SELECT 1``): the health check. Raises
+        StoreUnavailable when the database cannot answer."""
+
+    @abc.abstractmethod
     async def create_run(self, run: RunRecord) -> None:
         """Insert a new run; raises RunAlreadyExists when its id is taken."""
 

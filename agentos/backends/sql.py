@@ -214,6 +214,12 @@ class SQLStore(Store):
             engine, self._engine = self._engine, None
             await engine.dispose()
 
+    async def ping(self) -> None:
+        if self._engine is None:
+            raise StoreUnavailable("the store is not open")
+        async with self._connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
     async def create_run(self, run: RunRecord) -> None:
         values = {**run.__dict__, "status": run.status.value}
         try:

@@ -32,7 +32,8 @@ from agentos.errors import (
     ShuttingDown,
 )
 from agentos.events import KINDS, RunStatus, dumps
-from agentos.http import forms
+from agentos.health import HealthChecks
+from agentos.http import forms, openapi
 from agentos.http.auth import Authenticator, Principal, authorize, redact_tokens_in_logs
 from agentos.http.metrics import Metrics
 from agentos.http.middleware import InstanceHeader, SecurityGuard, error_body, error_json
@@ -52,6 +53,8 @@ _MAX_SESSION_RUNS = 1_000_000
 _STATIC = Path(__file__).parent / "static"
 # The demo page and the browser client: public files, served without the security key.
 _PUBLIC_FILES = {"/": "index.html", "/static/agentos.js": "agentos.js"}
+# For load balancers, orchestrators and API tools: public, and they tell nothing secret.
+_PUBLIC_ROUTES = ("/health", "/health/live", "/health/ready", "/openapi.json")
 #: Most runs one ``GET .../runs`` lists, and the furthest ``offset`` it starts at.
 _MAX_LIST = 1000
 
@@ -116,9 +119,13 @@ class AgentOS:
     def _build_app(self) -> Starlette:
         sockets = WorkflowSockets(self.manager, self.settings, self.authenticator)
         self.metrics = Metrics(self.manager, lambda: sockets.followers)
+        self.health_checks = HealthChecks(self.manager, self.settings.monitoring)
         routes = [
             *(Route(path, _static_file, methods=["GET"]) for path in _PUBLIC_FILES),
             Route("/health", self.health, methods=["GET"]),
+            Route("/health/live", self.health_live, methods=["GET"]),
+            Route("/health/ready", self.health_ready, methods=["GET"]),
+            Route("/openapi.json", self.openapi, methods=["GET"]),
             Route("/metrics", self.scrape, methods=["GET"]),
             Route("/config", self.config, methods=["GET"]),
             WebSocketRoute("/workflows/ws", sockets),
@@ -156,6 +163,7 @@ class AgentOS:
         app.router.redirect_slashes = False
         public = [
             *_PUBLIC_FILES,
+            *_PUBLIC_ROUTES,
             *(["/metrics"] if self.settings.monitoring.metrics_public else []),
         ]
         app.add_middleware(SecurityGuard, authenticator=self.authenticator, public_paths=public)
@@ -191,33 +199,32 @@ class AgentOS:
     # -- routes --------------------------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
-        """``ok``; ``degraded`` while commits fail (retrying); ``down`` (503) once they have
-        failed for ``commit_stall_timeout`` seconds; ``shutting_down`` (503) while draining."""
-        manager = self.manager
-        failing = manager.committer.failing_for()
-        if not manager.accepting:
-            status = "shutting_down"
-        elif manager.stalled:
-            status = "down"
-        elif failing > 0:
-            status = "degraded"
-        else:
-            status = "ok"
-        body = {
-            "status": status,
-            "instance_id": self.settings.instance_id,
-            "active_runs": manager.active_runs,
-            "open_streams": manager.open_streams,
-            "buffered_runs": len(manager.buffers),
-            "buffered_bytes": manager.buffers.total_bytes,
-            "commits": manager.committer.commits,
-            "events_written": manager.committer.events_written,
-            "pending_events": manager.committer.pending,
-            "commits_failing_for": round(failing, 3),
-        }
-        code = 200 if status in ("ok", "degraded") else 503
-        headers = None if code == 200 else {"Retry-After": str(self.settings.http.retry_after)}
-        return JSONResponse(body, status_code=code, headers=headers)
+        """``GET /health``: the status and the checks behind it (``agentos/health.py``); 200
+        while ``running`` or ``degraded``, 503 while ``down`` or ``draining``."""
+        status, body = await self.health_checks.report()
+        if status in ("running", "degraded"):
+            return JSONResponse(body)
+        retry_after = {"Retry-After": str(self.settings.http.retry_after)}
+        return JSONResponse(body, status_code=503, headers=retry_after)
+
+    async def health_live(self, request: Request) -> Response:
+        """``GET /health/live``: 200 while the process serves requests (no check)."""
+        return JSONResponse({"status": "alive", "instance_id": self.settings.instance_id})
+
+    async def health_ready(self, request: Request) -> Response:
+        """``GET /health/ready``: 200 when this instance should get traffic; 503 while draining,
+        down, or when the database does not answer."""
+        reason = await self.health_checks.ready()
+        if reason is None:
+            return JSONResponse({"status": "ready", "instance_id": self.settings.instance_id})
+        body = {"status": "not_ready", "reason": reason, "instance_id": self.settings.instance_id}
+        retry_after = {"Retry-After": str(self.settings.http.retry_after)}
+        return JSONResponse(body, status_code=503, headers=retry_after)
+
+    async def openapi(self, request: Request) -> Response:
+        """``GET /openapi.json``: the OpenAPI 3.1 document of these routes (``openapi.py``)."""
+        ids = sorted({component.id for component in self.manager.components.values()})
+        return JSONResponse(openapi.document(ids))
 
     async def config(self, request: Request) -> Response:
         body: dict[str, Any] = {

@@ -8,9 +8,10 @@ events of the run, index for index, each once, and ends at the terminal event.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import subprocess
 import sys
-import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -349,18 +350,23 @@ def test_local_and_remote_spellings_match(server: ServerProcess) -> None:
     asyncio.run(main())
 
 
-def test_readme_example_runs(server: ServerProcess, capsys: pytest.CaptureFixture[str]) -> None:
+def test_readme_example_runs_as_a_file(server: ServerProcess, tmp_path: Path) -> None:
     readme = ROOT / "clients" / "python" / "README.md"
     blocks = re.findall(r"```python\n(.*?)```", readme.read_text(), re.S)
     assert len(blocks) == 1
-    code = blocks[0].replace("http://127.0.0.1:7777", server.url)
-    imports, _, body = code.partition("\n\n")
-    source = f"{imports}\n\nasync def example():\n{textwrap.indent(body, '    ')}"
-    namespace: dict[str, Any] = {}
-    exec(compile(source, str(readme), "exec"), namespace)
-    asyncio.run(namespace["example"]())
-    lines = capsys.readouterr().out.splitlines()
-    assert lines == ["0 RunStarted None", "1 RunContent hi", "2 RunCompleted hi"]
+    script = tmp_path / "example.py"
+    script.write_text(blocks[0].replace("http://127.0.0.1:7777", server.url))
+    path = os.pathsep.join([str(ROOT), str(ROOT / "clients" / "python")])
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": path},
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines == ["COMPLETED", "0 RunStarted None", "1 RunContent hi", "2 RunCompleted hi"]
 
 
 def test_non_stream_modes(server: ServerProcess) -> None:

@@ -95,9 +95,11 @@ def test_serve_of_an_app_that_cannot_be_imported_says_so_in_one_line() -> None:
 
 def test_health(server: ServerProcess) -> None:
     result = agentos("health", url=server.url)
-    assert result.returncode == 0 and "ok" in result.stdout
+    assert result.returncode == 0 and "running" in result.stdout, result.stdout
+    assert "check database" in result.stdout
     as_json = json.loads(agentos("health", "--json", url=server.url).stdout)
-    assert as_json["status"] == "ok" and "active_runs" in as_json
+    assert as_json["status"] == "running" and "active_runs" in as_json
+    assert as_json["checks"]["database"]["ok"] is True
     down = agentos("health", url=f"http://127.0.0.1:{free_port()}")
     assert down.returncode == 3 and "cannot reach" in down.stderr
     assert "Traceback" not in down.stderr

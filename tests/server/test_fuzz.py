@@ -55,7 +55,7 @@ def _still_serves(client: httpx.Client) -> None:
     r = client.post("/agents/echo/runs", data={"message": "still here", "stream": "false"})
     assert r.status_code == 200 and r.json()["status"] == "COMPLETED", r.text
     health = client.get("/health")
-    assert health.status_code == 200 and health.json()["status"] == "ok", health.text
+    assert health.status_code == 200 and health.json()["status"] == "running", health.text
     assert client.get("/agents/echo/runs").status_code == 200
 
 

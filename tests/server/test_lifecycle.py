@@ -129,7 +129,11 @@ async def test_draining_server_refuses_new_runs(
             refused = await client.post("/agents/echo/runs", data={"message": "x"})
             assert refused.status_code == 503
             assert refused.json()["code"] == "shutting_down"
-            assert (await client.get("/health")).status_code == 503
+            health = await client.get("/health")
+            assert (health.status_code, health.json()["status"]) == (503, "draining")
+            ready = await client.get("/health/ready")
+            assert (ready.status_code, ready.json()["reason"]) == (503, "draining")
+            assert (await client.get("/health/live")).status_code == 200
             got = await collect(r)
     assert got[-1].event == "RunCompleted"  # within the grace period the run finishes normally
 

@@ -98,7 +98,7 @@ def test_poison_text_is_refused_at_every_edge(
             )
             assert r.status_code == 200 and r.json()["status"] == "COMPLETED", r.text
             health = await client.get("/health")
-            assert health.status_code == 200 and health.json()["status"] == "ok"
+            assert health.status_code == 200 and health.json()["status"] == "running"
             assert (await client.get("/agents/echo/runs")).status_code == 200
 
     asyncio.run(main())
@@ -203,7 +203,7 @@ def test_creates_wait_a_bounded_time_while_the_database_cannot_commit(
 
     async def main() -> None:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
-            assert (await client.get("/health")).json()["status"] == "ok"
+            assert (await client.get("/health")).json()["status"] == "running"
             store.down = True
             for body in ({"message": "x", "background": True, "stream": False},
                          {"message": "x", "run_id": "chosen-1", "stream": False}):  # fmt: skip
@@ -222,10 +222,10 @@ def test_creates_wait_a_bounded_time_while_the_database_cannot_commit(
             assert store.renewals == renewals  # a stalled instance lets its leases go
             store.down = False
             for _ in range(100):
-                if (await client.get("/health")).json()["status"] == "ok":
+                if (await client.get("/health")).json()["status"] == "running":
                     break
                 await asyncio.sleep(0.05)
-            assert (await client.get("/health")).json()["status"] == "ok"
+            assert (await client.get("/health")).json()["status"] == "running"
             r = await client.post("/agents/echo/runs", data={"message": "back", "stream": "0"})
             assert r.status_code == 200 and r.json()["status"] == "COMPLETED"
 

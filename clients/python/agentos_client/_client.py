@@ -244,7 +244,8 @@ class AsyncClient:
 
     async def health(self) -> dict[str, Any]:
         """``GET /health``: the JSON body, also when the server answers 503 (``down``,
-        ``shutting_down``); look at its ``status``."""
+        ``draining``); look at its ``status`` (``running``, ``degraded``, ``down``,
+        ``draining``) and its ``checks``."""
         self._check_open()
         try:
             response = await self._http.get("/health")

@@ -180,7 +180,7 @@ async def test_list_runs_newest_first_with_filters(client: httpx.AsyncClient) ->
 
 
 async def test_catalogue_routes(client: httpx.AsyncClient) -> None:
-    assert (await client.get("/health")).json()["status"] == "ok"
+    assert (await client.get("/health")).json()["status"] == "running"
     agents = (await client.get("/agents")).json()
     assert {a["id"] for a in agents} == {"echo", "fails", "tools"}
     assert {t["id"] for t in (await client.get("/teams")).json()} == {"team", "parallel-team"}
