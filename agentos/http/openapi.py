@@ -352,9 +352,17 @@ def document(component_ids: Sequence[str] = ()) -> dict[str, Any]:
         "/sessions/{session_id}": {
             "parameters": [_path("session_id")],
             "get": _operation(
-                "A session: its runs and messages",
+                "A session: its newest runs that fit list_max_bytes, with their messages "
+                "(X-Next-Offset: the offset of the older ones)",
                 {"200": _json("The session", _ref("Session"))},
-                errors=("404", "503"),
+                errors=("404", "422", "503"),
+                parameters=[
+                    _query(
+                        "offset",
+                        {"type": "integer", "minimum": 0, "maximum": 1_000_000, "default": 0},
+                        "runs to skip, counted back from the newest",
+                    )
+                ],
             ),
             "delete": _operation(
                 "Delete a session with its runs, events and messages",
