@@ -60,6 +60,8 @@ def _nginx_config(tmp: Path, port: int, upstreams: list[int]) -> Path:
     assert n == 1
     site, n = re.subn(r"listen \d+;", f"listen 127.0.0.1:{port};", site)
     assert n == 1
+    site, n = re.subn(r"access_log /var/log/nginx/", f"access_log {tmp}/", site)
+    assert n == 1
     (tmp / "agentos.conf").write_text(site)
     user = "user root root;\n" if os.geteuid() == 0 else ""
     conf = tmp / "nginx.conf"
