@@ -190,6 +190,9 @@ class RunManager:
             asyncio.create_task(self.leases.renew_forever(), name="agentos-lease-renewer"),
             asyncio.create_task(self.leases.reap_forever(), name="agentos-reaper"),
         ]
+        self._lease_tasks.append(
+            asyncio.create_task(self.lifecycle.refresh_forever(), name="agentos-component-states")
+        )
         if self.retention.enabled:
             self._lease_tasks.append(
                 asyncio.create_task(self.retention.run_forever(), name="agentos-retention")
@@ -307,9 +310,7 @@ class RunManager:
             check_text("user_id", user_id)
         if not self.accepting:
             raise ShuttingDown("the server is shutting down; try another instance")
-        await self.lifecycle.check(component.kind.name, component.id)
-        if not self.accepting:
-            raise ShuttingDown("the server is shutting down; try another instance")
+        self.lifecycle.check(component.kind.name, component.id)
         # Check and reserve with no await in between: concurrent creates cannot overshoot.
         running = len(self._tasks) + self._starting
         if running >= self.settings.runs.max_active:

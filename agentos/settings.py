@@ -472,6 +472,8 @@ class Settings:
             raise ValueError("setting lease_renew_interval must be above 0 and below lease_ttl")
         if leases.reaper_interval <= 0:
             raise ValueError("setting reaper_interval must be above 0")
+        if self.runs.component_state_ttl <= 0:
+            raise ValueError("setting component_state_ttl must be above 0")
         if self.retention.batch_size < 1 or self.retention.interval <= 0:
             raise ValueError("settings retention_batch_size and retention_interval must be above 0")
         if self.monitoring.log_format not in ("text", "json"):
