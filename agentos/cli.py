@@ -5,10 +5,12 @@
     agentos serve [module:app] [--host H] [--port P] [--log-level L]
     agentos health
     agentos agents list | agents get ID             (and teams, workflows)
+    agentos agents pause ID | agents resume ID     (admin; and teams, workflows)
     agentos runs list agents/echo [--status S] [--session-id S] [--limit N]
     agentos runs get agents/echo RUN_ID
     agentos runs tail agents/echo RUN_ID [--from N]     follows live, resumes after drops
     agentos runs cancel agents/echo RUN_ID
+    agentos db upgrade [--url DB_URL]                  the database schema to this release's
 
 Client commands talk to ``--url`` (``AGENTOS_URL``, default http://127.0.0.1:7777) with the key
 from ``AGENTOS_SECURITY_KEY`` (or ``AGENTOS_API_KEY``), through ``agentos_client``; ``--json``
@@ -137,7 +139,10 @@ def serve(app: str | None, host: str, port: int, log_level: str) -> None:
         timeout_graceful_shutdown=int(grace),
         http=protocol,
     )
-    _Server(config, agent_os).run()
+    server = _Server(config, agent_os)
+    server.run()
+    if not server.started:  # start-up failed (e.g. an outdated schema): the log says why
+        sys.exit(EXIT_UNAVAILABLE)
 
 
 def _load(target: str) -> Any:
@@ -277,17 +282,31 @@ def _component_group(kind: str) -> click.Group:
     @click.option("--json", "as_json", is_flag=True, help="Print the server's JSON answer.")
     @_url
     def get(url: str, component_id: str, as_json: bool) -> None:
-        """Show one of them."""
-        found = [item for item in _call(url, listed) if item.get("id") == component_id]
-        if not found:
-            _fail(f"no {kind} {component_id!r} on {url}", EXIT_USAGE)
+        """Show one of them: description, version, tags, paused, stats of its runs."""
+        found = _call(url, lambda c: c.get_component(kind, component_id))
         if as_json:
-            _print_json(found[0])
+            _print_json(found)
             return
         table = Table(show_header=False, box=None)
-        for name, value in found[0].items():
+        for name, value in found.items():
             table.add_row(name, Text(_short(value, 200)))
         _out.print(table)
+
+    @group.command()
+    @click.argument("component_id", metavar="ID")
+    @_url
+    def pause(url: str, component_id: str) -> None:
+        """Pause one: new runs are refused (409) on every instance; runs going on finish."""
+        _call(url, lambda c: c.pause_component(kind, component_id))
+        _out.print(Text(f"{kind}/{component_id} paused"))
+
+    @group.command()
+    @click.argument("component_id", metavar="ID")
+    @_url
+    def resume(url: str, component_id: str) -> None:
+        """Resume one that was paused: it takes new runs again."""
+        _call(url, lambda c: c.resume_component(kind, component_id))
+        _out.print(Text(f"{kind}/{component_id} resumed"))
 
     return group
 
@@ -421,6 +440,44 @@ def runs_tail(
     else:
         failed = terminal.event.endswith(("Error", "Cancelled"))
     sys.exit(EXIT_RUN_FAILED if failed else EXIT_OK)
+
+
+@cli.group()
+def db() -> None:
+    """The database (the server need not run)."""
+
+
+@db.command()
+@click.option(
+    "--url",
+    envvar="AGENTOS_DB_URL",
+    default=None,
+    help="SQLAlchemy async URL of the database (env AGENTOS_DB_URL; default: the server's).",
+)
+def upgrade(url: str | None) -> None:
+    """Upgrade the database's schema to this release's (Alembic migrations)."""
+    from agentos.backends.base import open_backend
+    from agentos.settings import Settings
+
+    try:
+        settings = Settings.from_env()
+        if url:
+            settings = settings.replace(db_url=url)
+        store = open_backend(settings).store
+    except (TypeError, ValueError) as exc:
+        _fail(str(exc), EXIT_USAGE)
+    from agentos.errors import AgentOSError
+
+    try:
+        before, after = asyncio.run(store.upgrade())
+    except AgentOSError as exc:
+        _fail(exc.detail, EXIT_USAGE)
+    except OSError as exc:
+        _fail(f"cannot reach the database: {exc}", EXIT_UNAVAILABLE)
+    if before == after:
+        _out.print(Text(f"the database is at revision {after} already"))
+    else:
+        _out.print(Text(f"upgraded the database from revision {before or '(empty)'} to {after}"))
 
 
 def _print_event(event: RunEvent, as_json: bool) -> None:

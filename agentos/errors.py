@@ -18,6 +18,9 @@
      ├── EventsUnavailable      a stream can no longer be served     410
      ├── SessionNotFound        no run has this session id           404
      ├── SessionActive          delete of a session with a running run 409
+     ├── ComponentPaused        a run of a paused component          409
+     ├── SchemaOutdated         the database needs `agentos db upgrade` (at start-up)
+     ├── SchemaUnknown          the database is at a revision this release does not know
      ├── ModelError             the model server refused or failed (ends the run: RunError)
      │    ├── ModelUnavailable  connection error, 429, 5xx: retried before the first output
      │    └── ModelTimeout      no data from the model for model_read_timeout seconds
@@ -44,6 +47,7 @@ __all__ = [
     "AuthUnavailable",
     "CommitterStopped",
     "ComponentNotFound",
+    "ComponentPaused",
     "DataRejected",
     "EventsUnavailable",
     "InvalidCursor",
@@ -61,6 +65,8 @@ __all__ = [
     "RunAlreadyExists",
     "RunEnded",
     "RunNotFound",
+    "SchemaOutdated",
+    "SchemaUnknown",
     "SessionActive",
     "SessionNotFound",
     "ShuttingDown",
@@ -247,6 +253,47 @@ class SessionActive(AgentOSError):
     def __init__(self, session_id: str) -> None:
         super().__init__(f"session {session_id!r} has a run still going; cancel it first")
         self.session_id = session_id
+
+
+class ComponentPaused(AgentOSError):
+    """The component is paused (``POST /{kind}/{id}/pause``): it takes no new runs."""
+
+    status = 409
+    code = "component_paused"
+
+    def __init__(self, kind: str, component_id: str) -> None:
+        super().__init__(f"{kind.rstrip('s')} {component_id!r} is paused; it takes no new runs")
+        self.kind = kind
+        self.component_id = component_id
+
+
+class SchemaOutdated(AgentOSError):
+    """The database's schema is older than this release needs; the server does not start."""
+
+    status = 503
+    code = "schema_outdated"
+
+    def __init__(self, current: str, needed: str) -> None:
+        super().__init__(
+            f"the database schema is at revision {current}, this agentos needs {needed}: "
+            "run `agentos db upgrade` (or set AGENTOS_DB_AUTO_UPGRADE=1)"
+        )
+        self.current = current
+        self.needed = needed
+
+
+class SchemaUnknown(AgentOSError):
+    """The database's schema revision is not one this release knows (a newer release's?)."""
+
+    status = 503
+    code = "schema_unknown"
+
+    def __init__(self, current: str) -> None:
+        super().__init__(
+            f"the database schema is at revision {current!r}, unknown to this agentos "
+            "(written by a newer release?)"
+        )
+        self.current = current
 
 
 class ModelError(AgentOSError):

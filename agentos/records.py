@@ -22,6 +22,8 @@ from agentos.events import KINDS, RunStatus
 __all__ = [
     "MAX_EVENT_NAME_LENGTH",
     "MAX_ID_LENGTH",
+    "ComponentState",
+    "ComponentStats",
     "RunRecord",
     "RunUpdate",
     "check_event_name",
@@ -172,3 +174,35 @@ class RunUpdate:
 
     def merge(self, later: RunUpdate) -> RunUpdate:
         return replace(self, **{k: v for k, v in later.changes().items() if k != "run_id"})
+
+
+@dataclass(frozen=True)
+class ComponentState:
+    """What the database keeps about a component: when it was first registered (by any
+    instance) and whether it is paused."""
+
+    kind: str
+    component_id: str
+    paused: bool = False
+    registered_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class ComponentStats:
+    """A component's runs in the database: counts by status and the durations of ended runs
+    (seconds from creation to the final status; None without ended runs)."""
+
+    runs: dict[str, int]
+    mean_duration: float | None = None
+    p95_duration: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        counts = {status.value: self.runs.get(status.value, 0) for status in RunStatus}
+        return {
+            "runs": counts,
+            "total_runs": sum(counts.values()),
+            "failures": counts[RunStatus.ERROR.value],
+            "mean_duration": self.mean_duration,
+            "p95_duration": self.p95_duration,
+        }

@@ -44,6 +44,7 @@ from agentos.errors import (
 )
 from agentos.events import Meta, RunStatus, make_event
 from agentos.leases import Leases
+from agentos.lifecycle import Lifecycle
 from agentos.logs import bind_run
 from agentos.records import (
     MAX_ID_LENGTH,
@@ -55,6 +56,7 @@ from agentos.records import (
     is_valid_id,
     storable,
 )
+from agentos.retention import Retention
 from agentos.sessions import SessionLog, Sessions
 from agentos.settings import Settings
 from agentos.streams import RunStream, StreamSlots, StreamSource, replay_meta
@@ -125,6 +127,10 @@ class RunManager:
             draining=lambda: self._closing,
         )
         self.sessions = Sessions(self.store, forget=self.buffers.discard)
+        #: The components' registration and paused flags, shared through the database.
+        self.lifecycle = Lifecycle(self.store, settings.runs.component_state_ttl)
+        #: Deletes old ended runs (``retention_days``), one instance at a time.
+        self.retention = Retention(self.store, settings.retention, settings.instance_id)
         self.components: dict[tuple[str, str], Component] = {}
         self._active: dict[str, _ActiveRun] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -199,6 +205,7 @@ class RunManager:
         if self._started:
             return
         await self.store.open()
+        await self.lifecycle.register(list(self.components.values()))
         await self.leases.recover()
         self.committer.start()
         await self.notifier.start(on_cancel=self.cancel_nowait)
@@ -207,6 +214,13 @@ class RunManager:
             asyncio.create_task(self.leases.renew_forever(), name="agentos-lease-renewer"),
             asyncio.create_task(self.leases.reap_forever(), name="agentos-reaper"),
         ]
+        self._lease_tasks.append(
+            asyncio.create_task(self.lifecycle.refresh_forever(), name="agentos-component-states")
+        )
+        if self.retention.enabled:
+            self._lease_tasks.append(
+                asyncio.create_task(self.retention.run_forever(), name="agentos-retention")
+            )
         self._started = True
 
     def begin_shutdown(self) -> None:
@@ -321,6 +335,7 @@ class RunManager:
             check_text("user_id", user_id)
         if not self.accepting:
             raise ShuttingDown("the server is shutting down; try another instance")
+        self.lifecycle.check(component.kind.name, component.id)
         # Check and reserve with no await in between: concurrent creates cannot overshoot.
         running = len(self._tasks) + self._starting
         if running >= self.settings.runs.max_active:

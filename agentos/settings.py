@@ -30,6 +30,7 @@ __all__ = [
     "HTTPSettings",
     "LeaseSettings",
     "MonitoringSettings",
+    "RetentionSettings",
     "RunSettings",
     "Settings",
     "StreamSettings",
@@ -78,6 +79,8 @@ class DatabaseSettings:
     reconnect_delay: float = _setting(0.1, "db_reconnect_delay")
     #: Longest wait in seconds between two reconnects of the LISTEN connection.
     reconnect_max_delay: float = _setting(5.0, "db_reconnect_max_delay")
+    #: Upgrade an older schema at start-up (``agentos db upgrade``) instead of refusing to start.
+    auto_upgrade: bool = _setting(False, "db_auto_upgrade")
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,9 @@ class RunSettings:
     cancel_grace: float = _setting(10.0, "shutdown_cancel_grace")
     #: Seconds a cancel request waits for the run to end before answering.
     cancel_wait: float = _setting(5.0, "cancel_wait")
+    #: Seconds an instance trusts its copy of the components' paused flags before reading the
+    #: database again: a pause made on another instance stops new runs here within this time.
+    component_state_ttl: float = _setting(1.0, "component_state_ttl")
 
 
 @dataclass(frozen=True)
@@ -330,6 +336,19 @@ class MonitoringSettings:
     health_check_timeout: float = _setting(2.0, "health_check_timeout")
 
 
+@dataclass(frozen=True)
+class RetentionSettings:
+    """Deleting old runs (``retention.py``)."""
+
+    #: Days after its creation an ended run is deleted, with its events and session messages;
+    #: 0 keeps everything for ever. Runs still PENDING or RUNNING are never deleted.
+    days: float = _setting(0.0, "retention_days")
+    #: Most runs deleted in one transaction (with all their events and messages).
+    batch_size: int = _setting(100, "retention_batch_size")
+    #: Seconds between two retention passes (one instance at a time runs a pass).
+    interval: float = _setting(3600.0, "retention_interval")
+
+
 _SECTIONS: dict[str, type[Any]] = {
     "database": DatabaseSettings,
     "auth": AuthSettings,
@@ -342,6 +361,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "leases": LeaseSettings,
     "agents": AgentSettings,
     "monitoring": MonitoringSettings,
+    "retention": RetentionSettings,
 }
 #: Settings of the server as a whole, not of one part.
 _TOP: dict[str, Any] = {"instance_id": None, "demo_delay": 0.02}
@@ -375,6 +395,7 @@ class Settings:
     leases: LeaseSettings
     agents: AgentSettings
     monitoring: MonitoringSettings
+    retention: RetentionSettings
     #: This instance's name; runs it owns are recovered by it after a restart. Default:
     #: ``agentos-`` and a hash of the host name and ``db_url`` (stable, and no host name).
     instance_id: str
@@ -462,6 +483,10 @@ class Settings:
             raise ValueError("setting lease_renew_interval must be above 0 and below lease_ttl")
         if leases.reaper_interval <= 0:
             raise ValueError("setting reaper_interval must be above 0")
+        if self.runs.component_state_ttl <= 0:
+            raise ValueError("setting component_state_ttl must be above 0")
+        if self.retention.batch_size < 1 or self.retention.interval <= 0:
+            raise ValueError("settings retention_batch_size and retention_interval must be above 0")
         if self.monitoring.log_format not in ("text", "json"):
             raise ValueError("setting log_format must be text or json")
 

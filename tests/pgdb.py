@@ -101,7 +101,11 @@ async def truncate(url: str) -> None:
         await conn.execute(
             "DO $$ BEGIN "
             "IF to_regclass('agentos_runs') IS NOT NULL THEN "
-            "TRUNCATE agentos_runs, agentos_events; END IF; END $$"
+            "TRUNCATE agentos_runs, agentos_events; END IF; "
+            "IF to_regclass('agentos_messages') IS NOT NULL THEN "
+            "TRUNCATE agentos_messages; END IF; "
+            "IF to_regclass('agentos_components') IS NOT NULL THEN "
+            "TRUNCATE agentos_components, agentos_leases; END IF; END $$"
         )
     finally:
         await conn.close()

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from agentos.events import Event, RunStatus
-from agentos.records import RunRecord, RunUpdate
+from agentos.records import ComponentState, ComponentStats, RunRecord, RunUpdate
 from agentos.sessions import MessageRecord, SessionRecord
 from agentos.settings import Settings
 
@@ -221,6 +221,46 @@ class Store(abc.ABC):
 
         Raises SessionActive, deleting nothing, while one of its runs is unfinished.
         """
+
+    # -- schema, components, retention ---------------------------------------------------------
+
+    @abc.abstractmethod
+    async def upgrade(self) -> tuple[str | None, str]:
+        """Bring the database's schema to this release's (``agentos db upgrade``); returns the
+        revision before (None: an empty database) and after. Leaves the store closed."""
+
+    @abc.abstractmethod
+    async def register_components(
+        self, keys: Sequence[tuple[str, str]], now: float
+    ) -> list[ComponentState]:
+        """Record the (kind, id) components not known yet as registered at ``now``; returns
+        the state of every component the database knows."""
+
+    @abc.abstractmethod
+    async def component_states(self) -> list[ComponentState]:
+        """The state of every component the database knows."""
+
+    @abc.abstractmethod
+    async def set_paused(
+        self, kind: str, component_id: str, paused: bool, now: float
+    ) -> ComponentState:
+        """Pause or resume a component, for every instance; returns its state."""
+
+    @abc.abstractmethod
+    async def component_stats(self, kind: str, component_id: str) -> ComponentStats:
+        """Counts of a component's runs by status and the durations of its ended runs."""
+
+    @abc.abstractmethod
+    async def delete_ended_runs(self, created_before: float, limit: int) -> int:
+        """Delete at most ``limit`` ended runs created before ``created_before``, with their
+        events and messages, in one transaction; returns how many runs went. Never a PENDING
+        or RUNNING run."""
+
+    @abc.abstractmethod
+    async def take_lease(self, name: str, holder: str, now: float, until: float) -> bool:
+        """Hold the named lease until ``until`` if it is free, expired at ``now`` or ``holder``'s
+        already (then it is extended); False when another holder has it. One holder at a time,
+        across every instance and process on the database."""
 
 
 class Notifier:

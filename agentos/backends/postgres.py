@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -43,7 +44,7 @@ logger = logging.getLogger("agentos.notify")
 EVENTS_CHANNEL = "agentos_events"
 #: Channel for requests to a run's owner: payload ``cancel:<run_id>``.
 CONTROL_CHANNEL = "agentos_control"
-# Any constant shared by all instances: serializes schema creation.
+# Any constant shared by all instances: serializes schema creation and upgrades.
 _SCHEMA_LOCK = 0x6167_656E_746F_73
 
 
@@ -58,8 +59,9 @@ class PostgresStore(SQLStore):
         *,
         timeout: float = DatabaseSettings.timeout,
         command_timeout: float = DatabaseSettings.command_timeout,
+        auto_upgrade: bool = DatabaseSettings.auto_upgrade,
     ) -> None:
-        super().__init__(url, timeout=timeout)
+        super().__init__(url, timeout=timeout, auto_upgrade=auto_upgrade)
         #: Seconds any one statement may take before it fails (StoreUnavailable).
         self.command_timeout = command_timeout
 
@@ -89,6 +91,9 @@ class PostgresStore(SQLStore):
             retry_delay=database.reconnect_delay,
             retry_max_delay=database.reconnect_max_delay,
         )
+
+    def _insert(self, table: sa.Table) -> Any:
+        return postgresql_insert(table)
 
     async def _before_schema(self, conn: AsyncConnection) -> None:
         # Instances starting together would race on CREATE TABLE (duplicate pg_type rows);
@@ -211,7 +216,10 @@ class PostgresNotifier(Notifier):
 def _postgres_store(settings: Settings) -> PostgresStore:
     database = settings.database
     return PostgresStore(
-        database.url, timeout=database.timeout, command_timeout=database.command_timeout
+        database.url,
+        timeout=database.timeout,
+        command_timeout=database.command_timeout,
+        auto_upgrade=database.auto_upgrade,
     )
 
 

@@ -28,11 +28,13 @@ from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, SQLModel
 
+from agentos.backends import schema
 from agentos.backends.base import ANY_USER, Ending, Store, register_backend
 from agentos.errors import (
     AgentOSError,
@@ -43,7 +45,7 @@ from agentos.errors import (
     WriteConflict,
 )
 from agentos.events import Event, RunStatus
-from agentos.records import RunRecord, RunUpdate
+from agentos.records import ComponentState, ComponentStats, RunRecord, RunUpdate
 from agentos.sessions import MessageRecord, SessionRecord
 from agentos.settings import DatabaseSettings, Settings
 
@@ -96,9 +98,31 @@ class MessageRow(SQLModel, table=True):
     created_at: float = Field(sa_type=sa.Double)
 
 
+class ComponentRow(SQLModel, table=True):
+    __tablename__ = "agentos_components"
+
+    kind: str = Field(primary_key=True, max_length=20)
+    component_id: str = Field(primary_key=True, max_length=200)
+    paused: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+    registered_at: float = Field(sa_type=sa.Double)
+    updated_at: float = Field(sa_type=sa.Double)
+
+
+class LeaseRow(SQLModel, table=True):
+    __tablename__ = "agentos_leases"
+
+    name: str = Field(primary_key=True, max_length=100)
+    holder: str = Field(max_length=200)
+    expires_at: float = Field(sa_type=sa.Double)
+
+
 _runs = RunRow.__table__  # type: ignore[attr-defined]
 _events = EventRow.__table__  # type: ignore[attr-defined]
 _messages = MessageRow.__table__  # type: ignore[attr-defined]
+_components = ComponentRow.__table__  # type: ignore[attr-defined]
+_leases = LeaseRow.__table__  # type: ignore[attr-defined]
+#: The tables of this release: what create_all makes in an empty database, at schema.HEAD.
+_TABLES = [_runs, _events, _messages, _components, _leases]
 
 
 def _record(row: Any) -> RunRecord:
@@ -126,7 +150,13 @@ class SQLStore(Store):
     #: URL schemes this class serves (its dialect's hooks are right for them).
     schemes: tuple[str, ...] = ("sqlite",)
 
-    def __init__(self, url: str, *, timeout: float = DatabaseSettings.timeout) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = DatabaseSettings.timeout,
+        auto_upgrade: bool = DatabaseSettings.auto_upgrade,
+    ) -> None:
         scheme = url.partition(":")[0].partition("+")[0].lower()
         if scheme not in self.schemes:
             raise ValueError(
@@ -137,6 +167,8 @@ class SQLStore(Store):
         #: Seconds to wait for a connection or (SQLite) for another writer's lock; past it the
         #: operation fails as StoreUnavailable and the committer retries.
         self.timeout = timeout
+        #: Upgrade an older schema when opening instead of refusing (SchemaOutdated).
+        self.auto_upgrade = auto_upgrade
         self._engine: AsyncEngine | None = None
 
     @property
@@ -150,8 +182,31 @@ class SQLStore(Store):
         return self.url.startswith("sqlite")
 
     async def open(self) -> None:
+        """Connect; create the schema in an empty database, refuse an outdated one
+        (SchemaOutdated) unless ``auto_upgrade`` (see ``schema.py``)."""
         if self._engine is not None:
             return
+        self._engine = self._make_engine()
+        try:
+            async with self._engine.begin() as conn:
+                await self._before_schema(conn)
+                await conn.run_sync(
+                    schema.ensure, auto_upgrade=self.auto_upgrade, create_all=_create_all
+                )
+        except BaseException:
+            await self.close()
+            raise
+
+    async def upgrade(self) -> tuple[str | None, str]:
+        engine = self._make_engine()
+        try:
+            async with engine.begin() as conn:
+                await self._before_schema(conn)
+                return await conn.run_sync(schema.upgrade)
+        finally:
+            await engine.dispose()
+
+    def _make_engine(self) -> AsyncEngine:
         engine = create_async_engine(self.url, **self._engine_options())
         if self.is_sqlite:
             busy_ms = int(self.timeout * 1000)
@@ -164,10 +219,7 @@ class SQLStore(Store):
                 cursor.close()
 
             sa.event.listen(engine.sync_engine, "connect", pragmas)
-        self._engine = engine
-        async with engine.begin() as conn:
-            await self._before_schema(conn)
-            await conn.run_sync(SQLModel.metadata.create_all, tables=[_runs, _events, _messages])
+        return engine
 
     def _engine_options(self) -> dict[str, Any]:
         """Keyword arguments of the engine (a dialect's hook)."""
@@ -197,6 +249,10 @@ class SQLStore(Store):
                 yield conn
         except Exception as exc:
             raise _translate(exc) from exc
+
+    def _insert(self, table: sa.Table) -> Any:
+        """An INSERT with ON CONFLICT clauses (a dialect's hook)."""
+        return sqlite_insert(table)
 
     async def _before_schema(self, conn: AsyncConnection) -> None:
         """Called in the schema transaction before the tables are created (a dialect's hook)."""
@@ -564,6 +620,134 @@ class SQLStore(Store):
             await conn.execute(_runs.delete().where(in_session))
         return True
 
+    # -- components ------------------------------------------------------------------------------
+
+    async def register_components(
+        self, keys: Sequence[tuple[str, str]], now: float
+    ) -> list[ComponentState]:
+        if keys:
+            rows = [
+                {"kind": k, "component_id": c, "registered_at": now, "updated_at": now}
+                for k, c in keys
+            ]
+            query = self._insert(_components).on_conflict_do_nothing()
+            async with self._begin() as conn:
+                await conn.execute(query, rows)
+        return await self.component_states()
+
+    async def component_states(self) -> list[ComponentState]:
+        async with self._connect() as conn:
+            rows = (await conn.execute(_components.select())).all()
+        return [_component_state(row) for row in rows]
+
+    async def set_paused(
+        self, kind: str, component_id: str, paused: bool, now: float
+    ) -> ComponentState:
+        values = {"kind": kind, "component_id": component_id, "paused": paused}
+        query = self._insert(_components).values(**values, registered_at=now, updated_at=now)
+        query = query.on_conflict_do_update(
+            index_elements=["kind", "component_id"],
+            set_={"paused": paused, "updated_at": now},
+        )
+        key = (_components.c.kind == kind) & (_components.c.component_id == component_id)
+        async with self._begin() as conn:
+            await conn.execute(query)
+            row = (await conn.execute(_components.select().where(key))).one()
+        return _component_state(row)
+
+    async def component_stats(self, kind: str, component_id: str) -> ComponentStats:
+        of_component = (_runs.c.kind == kind) & (_runs.c.component_id == component_id)
+        ended = of_component & _runs.c.status.not_in(_UNFINISHED)
+        duration = _runs.c.updated_at - _runs.c.created_at
+        async with self._connect() as conn:
+            counts = (
+                await conn.execute(
+                    sa.select(_runs.c.status, sa.func.count())
+                    .where(of_component)
+                    .group_by(_runs.c.status)
+                )
+            ).all()
+            n, mean = (
+                await conn.execute(sa.select(sa.func.count(), sa.func.avg(duration)).where(ended))
+            ).one()
+            p95 = None
+            if n:
+                # Nearest rank: the smallest duration with at least 95% of them at or below it.
+                rank = max(1, -(-95 * n // 100))
+                p95 = await conn.scalar(
+                    sa.select(duration).where(ended).order_by(duration).offset(rank - 1).limit(1)
+                )
+        return ComponentStats(
+            runs={status: count for status, count in counts},
+            mean_duration=None if mean is None else float(mean),
+            p95_duration=None if p95 is None else float(p95),
+        )
+
+    # -- retention -------------------------------------------------------------------------------
+
+    async def delete_ended_runs(self, created_before: float, limit: int) -> int:
+        old = (
+            sa.select(_runs.c.run_id)
+            .where(_runs.c.created_at < created_before, _runs.c.status.not_in(_UNFINISHED))
+            .order_by(_runs.c.created_at)
+            .limit(limit)
+        )
+        async with self._connect() as conn:
+            candidates = [row[0] for row in (await conn.execute(old)).all()]
+        if not candidates:
+            return 0
+        # The DELETE of the runs comes first and says which went (RETURNING): it takes SQLite's
+        # write lock, PostgreSQL's row locks, and checks the status again under them, so a run
+        # is deleted once (by one instance) and its events and messages with it.
+        async with self._begin() as conn:
+            gone = [
+                row[0]
+                for row in (
+                    await conn.execute(
+                        _runs.delete()
+                        .where(_runs.c.run_id.in_(candidates), _runs.c.status.not_in(_UNFINISHED))
+                        .returning(_runs.c.run_id)
+                    )
+                ).all()
+            ]
+            if gone:
+                await conn.execute(_events.delete().where(_events.c.run_id.in_(gone)))
+                await conn.execute(_messages.delete().where(_messages.c.run_id.in_(gone)))
+        return len(gone)
+
+    async def take_lease(self, name: str, holder: str, now: float, until: float) -> bool:
+        row = {"name": name, "holder": holder, "expires_at": until}
+        # Insert, or take over a lease that is ours or has expired; a lease another holder
+        # holds is left alone (the WHERE of ON CONFLICT DO UPDATE). One statement: on
+        # PostgreSQL two takers wait for each other on the row, on SQLite on the write lock.
+        query = (
+            self._insert(_leases)
+            .values(**row)
+            .on_conflict_do_update(
+                index_elements=["name"],
+                set_={"holder": holder, "expires_at": until},
+                where=(_leases.c.holder == holder) | (_leases.c.expires_at < now),
+            )
+        )
+        async with self._begin() as conn:
+            await conn.execute(query)
+            found = await conn.scalar(sa.select(_leases.c.holder).where(_leases.c.name == name))
+        return bool(found == holder)
+
+
+def _component_state(row: Any) -> ComponentState:
+    return ComponentState(
+        kind=row.kind,
+        component_id=row.component_id,
+        paused=bool(row.paused),
+        registered_at=row.registered_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _create_all(connection: sa.Connection) -> None:
+    SQLModel.metadata.create_all(connection, tables=_TABLES)
+
 
 def _owned_by(owner: str) -> Any:
     """The condition that a run row is ``owner``'s (or nobody's)."""
@@ -660,7 +844,8 @@ _SQLITE_INSERT_EVENTS = (
 
 
 def _sqlite_store(settings: Settings) -> SQLStore:
-    return SQLStore(settings.database.url, timeout=settings.database.timeout)
+    database = settings.database
+    return SQLStore(database.url, timeout=database.timeout, auto_upgrade=database.auto_upgrade)
 
 
 register_backend("sqlite", _sqlite_store)

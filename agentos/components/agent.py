@@ -73,8 +73,10 @@ class Agent(Component):
         history_runs: int | None = None,
         name: str | None = None,
         description: str = "",
+        version: str | None = None,
+        tags: Sequence[str] = (),
     ) -> None:
-        super().__init__(id, name=name, description=description)
+        super().__init__(id, name=name, description=description, version=version, tags=tags)
         if (model is None) == (fn is None):
             raise ValueError("an Agent needs exactly one of model= or fn=")
         if fn is not None and not inspect.isasyncgenfunction(fn):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from agentos.context import RunContext
@@ -28,12 +28,26 @@ class Component(abc.ABC):
 
     kind: Kind
 
-    def __init__(self, id: str, *, name: str | None = None, description: str = "") -> None:
+    def __init__(
+        self,
+        id: str,
+        *,
+        name: str | None = None,
+        description: str = "",
+        version: str | None = None,
+        tags: Sequence[str] = (),
+    ) -> None:
         if not is_valid_id(id):
             raise ValueError(f"component id must be URL-safe (letters, digits, ._~-), got {id!r}")
+        if isinstance(tags, str) or not all(isinstance(tag, str) for tag in tags):
+            raise TypeError("tags must be a sequence of strings")
         self.id = id
         self.name = name or id
         self.description = description
+        #: Free-form version of this component (shown by ``GET /{kind}/{id}``).
+        self.version = version
+        #: Free-form labels (shown by ``GET /{kind}`` and ``GET /{kind}/{id}``).
+        self.tags = list(tags)
         #: Where this component's runs go when it is run in-process.
         self.runtime = ComponentRuntime(self)
 
@@ -46,7 +60,13 @@ class Component(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         """The JSON object listed by ``GET /{kind}``."""
-        return {"id": self.id, "name": self.name, "description": self.description}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "version": self.version,
+            "tags": list(self.tags),
+        }
 
     async def run_as_member(self, ctx: RunContext, message: str) -> str:
         """Run inside a team or workflow: like a run of its own, ending with its completed event."""

@@ -55,8 +55,10 @@ class Team(Component):
         instructions: str = "",
         name: str | None = None,
         description: str = "",
+        version: str | None = None,
+        tags: Sequence[str] = (),
     ) -> None:
-        super().__init__(id, name=name, description=description)
+        super().__init__(id, name=name, description=description, version=version, tags=tags)
         if not members:
             raise ValueError("a Team needs at least one member")
         if mode not in ("sequential", "parallel", "coordinate"):

@@ -55,8 +55,10 @@ class Workflow(Component):
         *,
         name: str | None = None,
         description: str = "",
+        version: str | None = None,
+        tags: Sequence[str] = (),
     ) -> None:
-        super().__init__(id, name=name, description=description)
+        super().__init__(id, name=name, description=description, version=version, tags=tags)
         if not steps:
             raise ValueError("a Workflow needs at least one step")
         self.steps = [_as_step(step) for step in steps]

@@ -29,6 +29,8 @@ from agentos.errors import (
     ComponentNotFound,
     InvalidRequest,
     RequestTimeout,
+    SchemaOutdated,
+    SchemaUnknown,
     ShuttingDown,
 )
 from agentos.events import KINDS, RunStatus, dumps
@@ -138,6 +140,9 @@ class AgentOS:
             Route("/{kind}/{id}/runs/{run_id}", self.get_run, methods=["GET"]),
             Route("/{kind}/{id}/runs/{run_id}/resume", self.resume, methods=["GET", "POST"]),
             Route("/{kind}/{id}/runs/{run_id}/cancel", self.cancel, methods=["POST"]),
+            Route("/{kind}/{id}", self.get_component, methods=["GET"]),
+            Route("/{kind}/{id}/pause", self.pause_component, methods=["POST"]),
+            Route("/{kind}/{id}/resume", self.resume_component, methods=["POST"]),
         ]
         retry_after = {"Retry-After": str(self.settings.http.retry_after)}
 
@@ -175,7 +180,11 @@ class AgentOS:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         redact_tokens_in_logs()  # again, in case a logging set-up since then dropped the filter
-        await self.manager.start()
+        try:
+            await self.manager.start()
+        except (SchemaOutdated, SchemaUnknown) as exc:
+            logger.critical("not starting: %s", exc.detail)  # the one line an operator reads
+            raise
         watcher = asyncio.create_task(self._watch_exit(), name="agentos-exit-watcher")
         try:
             yield
@@ -237,6 +246,26 @@ class AgentOS:
     async def list_components(self, request: Request) -> Response:
         kind = _kind(request)
         return JSONResponse([c.describe() for c in self.manager.list_components(kind)])
+
+    async def get_component(self, request: Request) -> Response:
+        """``GET /{kind}/{id}``: description, version, tags, registered_at, paused, stats."""
+        component = self._component(request)
+        return JSONResponse(await self.manager.lifecycle.describe(component))
+
+    async def pause_component(self, request: Request) -> Response:
+        """``POST /{kind}/{id}/pause``: new runs get 409 ``component_paused`` on every instance
+        (within ``component_state_ttl``); runs in flight finish. Operator key or ``admin``."""
+        return await self._set_paused(request, True)
+
+    async def resume_component(self, request: Request) -> Response:
+        """``POST /{kind}/{id}/resume``: the component takes new runs again."""
+        return await self._set_paused(request, False)
+
+    async def _set_paused(self, request: Request, paused: bool) -> Response:
+        authorize(request.scope, "admin")
+        component = self._component(request)
+        await self.manager.lifecycle.set_paused(component.kind.name, component.id, paused)
+        return JSONResponse(await self.manager.lifecycle.describe(component))
 
     async def create_run(self, request: Request) -> Response:
         caller = authorize(request.scope, "runs:write")

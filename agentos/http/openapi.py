@@ -47,6 +47,24 @@ _SCHEMAS: dict[str, Any] = {
             "id": {"type": "string"},
             "name": {"type": "string"},
             "description": _NULLABLE_STRING,
+            "version": _NULLABLE_STRING,
+            "tags": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "ComponentDetail": {
+        "type": "object",
+        "description": "A component with its state and the stats of its runs.",
+        "required": ["id", "name", "kind", "paused", "stats"],
+        "properties": {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "description": _NULLABLE_STRING,
+            "version": _NULLABLE_STRING,
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "kind": {"type": "string"},
+            "paused": {"type": "boolean"},
+            "registered_at": {"type": ["number", "null"]},
+            "stats": {"type": "object"},
         },
     },
     "Run": {
@@ -376,6 +394,30 @@ def document(component_ids: Sequence[str] = ()) -> dict[str, Any]:
                 "The components of a kind",
                 {"200": _json("Components", {"type": "array", "items": _ref("Component")})},
                 errors=("404",),
+            ),
+        },
+        "/{kind}/{id}": {
+            "parameters": [_KIND, component],
+            "get": _operation(
+                "A component: its description, state (paused) and run stats",
+                {"200": _json("The component", _ref("ComponentDetail"))},
+                errors=("404", "503"),
+            ),
+        },
+        "/{kind}/{id}/pause": {
+            "parameters": [_KIND, component],
+            "post": _operation(
+                "Pause a component: new runs get 409 component_paused (operator or admin)",
+                {"200": _json("The component", _ref("ComponentDetail"))},
+                errors=("404", "503"),
+            ),
+        },
+        "/{kind}/{id}/resume": {
+            "parameters": [_KIND, component],
+            "post": _operation(
+                "Resume a paused component (operator or admin)",
+                {"200": _json("The component", _ref("ComponentDetail"))},
+                errors=("404", "503"),
             ),
         },
         "/{kind}/{id}/runs": {

@@ -1,7 +1,7 @@
 """The dependency rules of ARCHITECTURE.md, checked on the source.
 
 - only ``agentos/http/`` imports Starlette or sse-starlette (and, with ``cli.py``, uvicorn);
-- only ``agentos/backends/`` imports a database driver or SQLAlchemy;
+- only ``agentos/backends/`` imports a database driver, SQLAlchemy or Alembic;
 - only ``agentos/models/`` imports a model provider's SDK;
 - only ``agentos/http/metrics.py`` imports prometheus_client; only ``cli.py`` click, rich and the
   Python client;
@@ -27,6 +27,7 @@ _ONLY_IN = {
     "jwt": ("agentos.http",),
     "uvicorn": ("agentos.http", "agentos.cli"),
     "sqlalchemy": ("agentos.backends",),
+    "alembic": ("agentos.backends",),
     "sqlmodel": ("agentos.backends",),
     "aiosqlite": ("agentos.backends",),
     "asyncpg": ("agentos.backends",),

@@ -262,6 +262,20 @@ class AsyncClient:
             raise ClientError("the component list is not a JSON list")
         return [_as_object(item) for item in data]
 
+    async def get_component(self, kind: str, id: str) -> dict[str, Any]:
+        """One component (``GET /{kind}/{id}``): description, version, tags, registered_at,
+        paused, and stats of its runs."""
+        return _as_object(await self._json("GET", f"/{kind}/{id}"))
+
+    async def pause_component(self, kind: str, id: str) -> dict[str, Any]:
+        """Pause a component (``POST /{kind}/{id}/pause``; needs the operator key or ``admin``):
+        new runs get 409 ``component_paused``, runs in flight finish. Returns the component."""
+        return _as_object(await self._json("POST", f"/{kind}/{id}/pause"))
+
+    async def resume_component(self, kind: str, id: str) -> dict[str, Any]:
+        """Let a paused component take runs again (``POST /{kind}/{id}/resume``)."""
+        return _as_object(await self._json("POST", f"/{kind}/{id}/resume"))
+
     async def get_run(self, kind: str, id: str, run_id: str) -> Run:
         """The run object; :class:`APIStatusError` with ``status_code == 404`` if unknown."""
         data = await self._json("GET", f"/{kind}/{id}/runs/{run_id}", run_id=run_id)
@@ -658,6 +672,18 @@ class Client:
     def list_components(self, kind: str) -> list[dict[str, Any]]:
         """See :meth:`AsyncClient.list_components`."""
         return self._call(self._async.list_components(kind))
+
+    def get_component(self, kind: str, id: str) -> dict[str, Any]:
+        """See :meth:`AsyncClient.get_component`."""
+        return self._call(self._async.get_component(kind, id))
+
+    def pause_component(self, kind: str, id: str) -> dict[str, Any]:
+        """See :meth:`AsyncClient.pause_component`."""
+        return self._call(self._async.pause_component(kind, id))
+
+    def resume_component(self, kind: str, id: str) -> dict[str, Any]:
+        """See :meth:`AsyncClient.resume_component`."""
+        return self._call(self._async.resume_component(kind, id))
 
     def get_run(self, kind: str, id: str, run_id: str) -> Run:
         """See :meth:`AsyncClient.get_run`."""
