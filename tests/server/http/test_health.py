@@ -46,6 +46,7 @@ def test_health_is_public_reports_its_checks_and_reveals_no_secret(
         "lease-renewer": True,
         "reaper": True,
         "buffer-sweeper": True,
+        "component-states": True,
         "group-commit": True,
     }
     live = httpx.get(f"{server.url}/health/live")
