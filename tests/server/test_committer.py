@@ -203,3 +203,26 @@ async def test_health_recovers_when_the_database_answers_again_with_a_conflict(
     assert committer.failing_for() == 0 and committer.failing_since is None
     await committer.aclose()
     await store.close()
+
+
+async def test_a_commit_hung_past_create_timeout_counts_as_failing(tmp_path: Path) -> None:
+    """A database that hangs (no error, no answer) is not healthy: after create_timeout the
+    waiting commit counts as failing, and once it goes through, nothing fails any more."""
+    store = ScriptedStore(f"sqlite+aiosqlite:///{tmp_path}/c.db")
+    await store.open()
+    await store.create_run(run_record("r"))
+    buffers = EventBuffer(Settings().buffer)
+    buffers.open("r")
+    committer = GroupCommitter(store, buffers, Settings(create_timeout=0.2).commit, owner="test")
+    committer.start()
+    store.gate.clear()  # the next commit hangs
+    committer.put("r", Event(0, "RunStarted", "{}"))
+    await asyncio.sleep(0.1)
+    assert committer.failing_for() == 0  # slow, not yet failing
+    await asyncio.sleep(0.3)
+    assert committer.failing_for() > 0.2
+    store.gate.set()
+    await asyncio.wait_for(committer.flush(), 10)
+    assert committer.failing_for() == 0
+    await committer.aclose()
+    await store.close()
