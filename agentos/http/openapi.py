@@ -259,6 +259,18 @@ _GUARDED = ("401", "403", "500")
 _PUBLIC = ("500",)
 
 
+def _component_route(component: dict[str, Any], method: str, summary: str) -> dict[str, Any]:
+    """A route on one component that answers the component object (details, pause, resume)."""
+    return {
+        "parameters": [_KIND, component],
+        method: _operation(
+            summary,
+            {"200": _json("The component", _ref("ComponentDetail"))},
+            errors=("404", "503"),
+        ),
+    }
+
+
 def _operation(
     summary: str,
     responses: dict[str, Any],
@@ -396,30 +408,17 @@ def document(component_ids: Sequence[str] = ()) -> dict[str, Any]:
                 errors=("404",),
             ),
         },
-        "/{kind}/{id}": {
-            "parameters": [_KIND, component],
-            "get": _operation(
-                "A component: its description, state (paused) and run stats",
-                {"200": _json("The component", _ref("ComponentDetail"))},
-                errors=("404", "503"),
-            ),
-        },
-        "/{kind}/{id}/pause": {
-            "parameters": [_KIND, component],
-            "post": _operation(
-                "Pause a component: new runs get 409 component_paused (operator or admin)",
-                {"200": _json("The component", _ref("ComponentDetail"))},
-                errors=("404", "503"),
-            ),
-        },
-        "/{kind}/{id}/resume": {
-            "parameters": [_KIND, component],
-            "post": _operation(
-                "Resume a paused component (operator or admin)",
-                {"200": _json("The component", _ref("ComponentDetail"))},
-                errors=("404", "503"),
-            ),
-        },
+        "/{kind}/{id}": _component_route(
+            component, "get", "A component: its description, state (paused) and run stats"
+        ),
+        "/{kind}/{id}/pause": _component_route(
+            component,
+            "post",
+            "Pause a component: new runs get 409 component_paused (operator or admin)",
+        ),
+        "/{kind}/{id}/resume": _component_route(
+            component, "post", "Resume a paused component (operator or admin)"
+        ),
         "/{kind}/{id}/runs": {
             "parameters": [_KIND, component],
             "post": _operation(
