@@ -15,6 +15,9 @@
      ├── AuthUnavailable        the JWT signing keys cannot be fetched 503
      ├── ShuttingDown           the server is draining               503
      ├── Overloaded             max_active_runs / max_streams hit    503
+     ├── QueueFull              max_queued_runs runs wait already    429
+     ├── SessionBusy            multitask=reject, the session has an active run 409
+     ├── IdempotencyConflict    Idempotency-Key reused with another body 422
      ├── EventsUnavailable      a stream can no longer be served     410
      ├── SessionNotFound        no run has this session id           404
      ├── SessionActive          delete of a session with a running run 409
@@ -50,6 +53,7 @@ __all__ = [
     "ComponentPaused",
     "DataRejected",
     "EventsUnavailable",
+    "IdempotencyConflict",
     "InvalidCursor",
     "InvalidRequest",
     "InvalidToken",
@@ -60,6 +64,7 @@ __all__ = [
     "NotAuthenticated",
     "NotAuthorized",
     "Overloaded",
+    "QueueFull",
     "RequestTimeout",
     "RequestTooLarge",
     "RunAlreadyExists",
@@ -68,6 +73,7 @@ __all__ = [
     "SchemaOutdated",
     "SchemaUnknown",
     "SessionActive",
+    "SessionBusy",
     "SessionNotFound",
     "ShuttingDown",
     "StoreUnavailable",
@@ -183,6 +189,32 @@ class ShuttingDown(AgentOSError):
 class Overloaded(AgentOSError):
     status = 503
     code = "overloaded"
+
+
+class QueueFull(AgentOSError):
+    """The run queue holds ``max_queued_runs`` runs already: nothing was created; the client
+    is told when to try again (``Retry-After``)."""
+
+    status = 429
+    code = "queue_full"
+
+
+class SessionBusy(AgentOSError):
+    """``multitask=reject`` and the session has an active run."""
+
+    status = 409
+    code = "session_busy"
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session {session_id!r} has an active run (multitask=reject)")
+        self.session_id = session_id
+
+
+class IdempotencyConflict(AgentOSError):
+    """An ``Idempotency-Key`` seen before came with a different request."""
+
+    status = 422
+    code = "idempotency_conflict"
 
 
 class EventsUnavailable(AgentOSError):

@@ -29,6 +29,8 @@ class RunStatus(StrEnum):
     """Where a run is in its life. Values are upper case on the wire."""
 
     PENDING = "PENDING"
+    #: Waiting for an instance with room (capacity, a retry's delay, or its session's turn).
+    QUEUED = "QUEUED"
     RUNNING = "RUNNING"
     COMPLETED = "COMPLETED"
     ERROR = "ERROR"
@@ -36,7 +38,7 @@ class RunStatus(StrEnum):
 
     @property
     def ended(self) -> bool:
-        return self not in (RunStatus.PENDING, RunStatus.RUNNING)
+        return self not in (RunStatus.PENDING, RunStatus.QUEUED, RunStatus.RUNNING)
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,9 @@ class Kind:
     completed: str
     error: str
     cancelled: str
+    #: Between two attempts of a run (not terminal): which attempt failed, why, and when the
+    #: next one starts (``agentos/retries.py``).
+    retrying: str
 
     def terminal_name(self, status: RunStatus) -> str:
         if status is RunStatus.COMPLETED:
@@ -68,7 +73,14 @@ class Kind:
 
 KINDS: dict[str, Kind] = {
     "agents": Kind(
-        "agents", "agent_id", "RunStarted", "RunContent", "RunCompleted", "RunError", "RunCancelled"
+        "agents",
+        "agent_id",
+        "RunStarted",
+        "RunContent",
+        "RunCompleted",
+        "RunError",
+        "RunCancelled",
+        "RunRetrying",
     ),
     "teams": Kind(
         "teams",
@@ -78,6 +90,7 @@ KINDS: dict[str, Kind] = {
         "TeamRunCompleted",
         "TeamRunError",
         "TeamRunCancelled",
+        "TeamRunRetrying",
     ),
     "workflows": Kind(
         "workflows",
@@ -87,6 +100,7 @@ KINDS: dict[str, Kind] = {
         "WorkflowCompleted",
         "WorkflowError",
         "WorkflowCancelled",
+        "WorkflowRetrying",
     ),
 }
 
@@ -168,6 +182,8 @@ class RunLike(Protocol):
     def kind(self) -> str: ...
     @property
     def component_id(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
 
 
 def make_event(
@@ -180,6 +196,7 @@ def make_event(
         "run_id": run.run_id,
         "session_id": run.session_id,
         KINDS[run.kind].id_field: run.component_id,
+        "attempt": run.attempt,
         "created_at": round(time.time(), 3),
     }
     for key, value in fields.items():

@@ -11,6 +11,7 @@ URL paths and response headers (``Location``, ``X-Run-Id``), so they are URL-saf
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass, field, replace
@@ -122,6 +123,40 @@ class RunRecord:
     event_count: int = 0
     instance_id: str | None = None
     lease_until: float | None = None
+    #: The number of the current (or last) attempt; 0 while queued before the first.
+    attempt: int = 1
+    #: When the current attempt started (its claim); None while queued.
+    started_at: float | None = None
+    #: The run's retry policy as JSON (None: one attempt), its timeout in seconds (None: the
+    #: server's ``run_timeout``) and what it does when its session is busy (None: parallel).
+    retry_policy: str | None = None
+    timeout: float | None = None
+    multitask: str | None = None
+    #: A QUEUED run is not claimed before this time (a retry's delay); its place in the queue.
+    not_before: float | None = None
+    #: The attempts that ended without ending the run, as a JSON list (see ``attempt_list``).
+    attempts: str | None = None
+    #: The task this run is an occurrence of, and which occurrence (``agentos/tasks.py``).
+    task_id: str | None = None
+    occurrence: str | None = None
+
+    def attempt_list(self) -> list[dict[str, Any]]:
+        """Every attempt of the run so far, oldest first: number, instance_id, started_at,
+        ended_at, outcome (``retrying`` reasons, or the final status) and error."""
+        done: list[dict[str, Any]] = json.loads(self.attempts) if self.attempts else []
+        if self.attempt > len(done):
+            ended = self.status.ended
+            done.append(
+                {
+                    "attempt": self.attempt,
+                    "instance_id": self.instance_id,
+                    "started_at": self.started_at,
+                    "ended_at": self.updated_at if ended else None,
+                    "outcome": self.status.value if ended else None,
+                    "error": self.error if self.status is RunStatus.ERROR else None,
+                }
+            )
+        return done
 
     def to_dict(self) -> dict[str, Any]:
         """The run object of the HTTP API."""
@@ -137,6 +172,9 @@ class RunRecord:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "event_count": self.event_count,
+            "attempt": self.attempt,
+            "task_id": self.task_id,
+            "occurrence": self.occurrence,
         }
 
     def to_list_item(self, max_chars: int) -> dict[str, Any]:
@@ -154,6 +192,8 @@ class RunRecord:
 
     def updated(self, update: RunUpdate) -> RunRecord:
         changes = {k: v for k, v in update.changes().items() if k != "run_id"}
+        if changes.pop("requeue", False):
+            changes.update(instance_id=None, lease_until=None, started_at=None)
         return replace(self, **changes)
 
 
@@ -167,6 +207,11 @@ class RunUpdate:
     error: str | None = None
     event_count: int | None = None
     lease_until: float | None = None
+    #: The run goes back to the queue: no owner, no lease, QUEUED until ``not_before``, with
+    #: ``attempts`` (the history so far, JSON) recorded.
+    requeue: bool | None = None
+    not_before: float | None = None
+    attempts: str | None = None
     updated_at: float = field(default_factory=time.time)
 
     def changes(self) -> dict[str, Any]:

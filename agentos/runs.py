@@ -57,6 +57,7 @@ from agentos.records import (
     storable,
 )
 from agentos.retention import Retention
+from agentos.retries import RunOptions
 from agentos.sessions import SessionLog, Sessions
 from agentos.settings import Settings
 from agentos.streams import RunStream, StreamSlots, StreamSource, replay_meta
@@ -283,9 +284,12 @@ class RunManager:
         session_id: str | None = None,
         user_id: str | None = None,
         run_id: str | None = None,
+        options: RunOptions | None = None,
     ) -> RunRecord:
-        """Persist a PENDING run and start it in a detached task."""
-        record, _ = await self._start(component, message, session_id, user_id, run_id, None)
+        """Persist a PENDING run and start it in a detached task (or QUEUED, see ``_start``)."""
+        record, _ = await self._start(
+            component, message, session_id, user_id, run_id, None, options
+        )
         return record
 
     async def start_and_follow(
@@ -298,6 +302,7 @@ class RunManager:
         run_id: str | None = None,
         cancel_on_close: bool = False,
         meta: bool = False,
+        options: RunOptions | None = None,
     ) -> tuple[RunRecord, RunStream]:
         """Start a run and open its stream from the first event, as one step.
 
@@ -307,7 +312,7 @@ class RunManager:
         inline streaming mode).
         """
         record, stream = await self._start(
-            component, message, session_id, user_id, run_id, (cancel_on_close, meta)
+            component, message, session_id, user_id, run_id, (cancel_on_close, meta), options
         )
         assert stream is not None
         return record, stream
@@ -320,6 +325,7 @@ class RunManager:
         user_id: str | None,
         run_id: str | None,
         follow: tuple[bool, bool] | None,
+        options: RunOptions | None,
     ) -> tuple[RunRecord, RunStream | None]:
         if not isinstance(message, str) or not message.strip():
             raise InvalidRequest("message must be a non-empty string")
@@ -343,8 +349,9 @@ class RunManager:
         if follow is not None:
             self.stream_slots.reserve()
         self._starting += 1
+        opts = _merged(options, component.options)
         creating = asyncio.ensure_future(
-            self._create(component, message, session_id, user_id, run_id)
+            self._create(component, message, session_id, user_id, run_id, opts)
         )
         try:
             record = await asyncio.shield(creating)
@@ -380,8 +387,10 @@ class RunManager:
         session_id: str | None,
         user_id: str | None,
         run_id: str | None,
+        options: RunOptions,
     ) -> RunRecord:
         now = time.time()
+        policy = options.retry_policy
         record = RunRecord(
             run_id=run_id or str(uuid.uuid4()),
             kind=component.kind.name,
@@ -394,6 +403,13 @@ class RunManager:
             updated_at=now,
             instance_id=self.settings.instance_id,
             lease_until=now + self.settings.leases.ttl,
+            attempt=1,
+            started_at=now,
+            retry_policy=None if policy is None else policy.to_json(),
+            timeout=options.timeout,
+            multitask=options.multitask,
+            task_id=options.task_id,
+            occurrence=options.occurrence,
         )
         timeout = self.settings.commit.create_timeout
         if run_id is None:
@@ -731,3 +747,15 @@ class RunManager:
 
     def is_local(self, run_id: str) -> bool:
         return run_id in self._active
+
+
+def _merged(request: RunOptions | None, component: RunOptions) -> RunOptions:
+    """A request's options, with the component's where the request says nothing."""
+    if request is None:
+        return component
+    return replace(
+        request,
+        retry_policy=request.retry_policy or component.retry_policy,
+        timeout=request.timeout if request.timeout is not None else component.timeout,
+        multitask=request.multitask or component.multitask,
+    )

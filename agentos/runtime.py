@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentos.events import Event, Meta
 from agentos.records import RunRecord
+from agentos.retries import RunOptions
 from agentos.runs import RunManager
 from agentos.sessions import Session, SessionRecord
 from agentos.settings import Settings
@@ -67,6 +68,7 @@ class ComponentRuntime:
         session_id: str | None,
         user_id: str | None,
         run_id: str | None,
+        options: RunOptions | None = None,
     ) -> Any:
         manager = await self.manager()
         if stream:
@@ -77,10 +79,16 @@ class ComponentRuntime:
                 user_id=user_id,
                 run_id=run_id,
                 cancel_on_close=not background,
+                options=options,
             )
             return run_stream.events()
         record = await manager.start_run(
-            self._component, message, session_id=session_id, user_id=user_id, run_id=run_id
+            self._component,
+            message,
+            session_id=session_id,
+            user_id=user_id,
+            run_id=run_id,
+            options=options,
         )
         if background:
             return record

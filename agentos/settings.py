@@ -170,8 +170,18 @@ class CommitSettings:
 class RunSettings:
     """Runs of this instance (``runs.py``)."""
 
-    #: Runs executing at once in this process; more get 503 ``overloaded``.
+    #: Runs executing at once in this process; more wait in the queue (status QUEUED) for an
+    #: instance with room.
     max_active: int = _setting(10_000, "max_active_runs")
+    #: Runs that may wait in the queue (all instances together; checked per create, so
+    #: instances creating at the same moment may overshoot by a few); past it a create gets
+    #: 429 ``queue_full`` with ``Retry-After`` and creates nothing.
+    max_queued: int = _setting(10_000, "max_queued_runs")
+    #: Seconds between looks at the queue for runs to claim (runs queued here, retries whose
+    #: delay passed, and on PostgreSQL every enqueue, wake the claimer earlier).
+    queue_poll_interval: float = _setting(1.0, "queue_poll_interval")
+    #: Runs claimed from the queue in one statement at most.
+    claim_batch: int = _setting(100, "claim_batch")
     #: Seconds a run may take before it ends with an error ("timeout"); 0 disables.
     timeout: float = _setting(0.0, "run_timeout")
     #: Seconds running runs get on shutdown before they are cancelled.

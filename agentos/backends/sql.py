@@ -72,6 +72,15 @@ class RunRow(SQLModel, table=True):
     instance_id: str | None = Field(default=None, max_length=200, index=True)
     lease_until: float | None = Field(default=None, sa_type=sa.Double)
     cancel_requested: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+    attempt: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
+    started_at: float | None = Field(default=None, sa_type=sa.Double)
+    retry_policy: str | None = Field(default=None, sa_type=sa.Text)
+    timeout: float | None = Field(default=None, sa_type=sa.Double)
+    multitask: str | None = Field(default=None, max_length=20)
+    not_before: float | None = Field(default=None, sa_type=sa.Double)
+    attempts: str | None = Field(default=None, sa_type=sa.Text)
+    task_id: str | None = Field(default=None, max_length=200, index=True)
+    occurrence: str | None = Field(default=None, max_length=200)
 
 
 class EventRow(SQLModel, table=True):
@@ -141,6 +150,15 @@ def _record(row: Any) -> RunRecord:
         event_count=row.event_count,
         instance_id=row.instance_id,
         lease_until=row.lease_until,
+        attempt=row.attempt,
+        started_at=row.started_at,
+        retry_policy=row.retry_policy,
+        timeout=row.timeout,
+        multitask=row.multitask,
+        not_before=row.not_before,
+        attempts=row.attempts,
+        task_id=row.task_id,
+        occurrence=row.occurrence,
     )
 
 

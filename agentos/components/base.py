@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import abc
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from agentos.context import RunContext
 from agentos.errors import describe_error
 from agentos.events import Event, Kind, Meta
 from agentos.records import RunRecord, is_valid_id
+from agentos.retries import RetryPolicy, RunOptions
 from agentos.runtime import ComponentRuntime
 from agentos.sessions import Session, SessionRecord
 
@@ -36,6 +37,9 @@ class Component(abc.ABC):
         description: str = "",
         version: str | None = None,
         tags: Sequence[str] = (),
+        retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        multitask: str | None = None,
     ) -> None:
         if not is_valid_id(id):
             raise ValueError(f"component id must be URL-safe (letters, digits, ._~-), got {id!r}")
@@ -48,6 +52,14 @@ class Component(abc.ABC):
         self.version = version
         #: Free-form labels (shown by ``GET /{kind}`` and ``GET /{kind}/{id}``).
         self.tags = list(tags)
+        #: Defaults for this component's runs (a request's own options win): attempts and
+        #: delays, seconds per attempt, and what a run does while its session has an active one.
+        options = RunOptions(
+            retry_policy=None if retry_policy is None else RetryPolicy.parse(retry_policy),
+            timeout=timeout,
+            multitask=multitask,
+        )
+        self.options = options
         #: Where this component's runs go when it is run in-process.
         self.runtime = ComponentRuntime(self)
 
@@ -124,6 +136,7 @@ class Component(abc.ABC):
         session_id: str | None = None,
         user_id: str | None = None,
         run_id: str | None = None,
+        options: RunOptions | None = None,
     ) -> Any:
         """Run this component, in one of the four modes of the HTTP API.
 
@@ -146,6 +159,7 @@ class Component(abc.ABC):
             session_id=session_id,
             user_id=user_id,
             run_id=run_id,
+            options=options,
         )
 
     async def aresume(

@@ -152,7 +152,7 @@ class AgentOS:
                 logger.debug("%s %s: %s", request.method, request.url.path, exc.detail)
             if isinstance(exc, RequestTimeout):  # the rest of the body may still come: stop here
                 return error_json(exc, {"Connection": "close"})
-            return error_json(exc, retry_after if exc.status == 503 else None)
+            return error_json(exc, retry_after if exc.status in (429, 503) else None)
 
         app = Starlette(
             routes=routes,

@@ -184,7 +184,7 @@ def test_a_first_release_database_is_refused_upgraded_and_replays_identically(
         timeout=60,
     )
     assert upgrade.returncode == 0, upgrade.stderr
-    assert "from revision 0001 to 0003" in upgrade.stdout
+    assert f"from revision 0001 to {schema.HEAD}" in upgrade.stdout
 
     with server:
         for run in _old_runs():
@@ -219,14 +219,14 @@ async def test_an_outdated_schema_is_upgraded_at_start_with_db_auto_upgrade(
         ]
     finally:
         await store.close()
-    assert await store.upgrade() == ("0003", "0003")
+    assert await store.upgrade() == (schema.HEAD, schema.HEAD)
 
 
 async def test_migrations_build_the_same_tables_as_a_fresh_start(tmp_path: Path) -> None:
     assert schema.script_head() == schema.HEAD
     migrated = f"sqlite+aiosqlite:///{tmp_path / 'migrated.db'}"
     created = f"sqlite+aiosqlite:///{tmp_path / 'created.db'}"
-    assert await open_backend(Settings(db_url=migrated)).store.upgrade() == (None, "0003")
+    assert await open_backend(Settings(db_url=migrated)).store.upgrade() == (None, schema.HEAD)
     store = open_backend(Settings(db_url=created)).store
     await store.open()
     await store.close()
