@@ -45,6 +45,7 @@ def test_health_is_public_reports_its_checks_and_reveals_no_secret(
     assert checks["background"]["tasks"] == {
         "lease-renewer": True,
         "reaper": True,
+        "queue": True,
         "buffer-sweeper": True,
         "component-states": True,
         "group-commit": True,

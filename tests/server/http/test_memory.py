@@ -273,6 +273,7 @@ def test_websocket_that_never_reads_holds_the_bound_then_resumes(tmp_path: Path)
         assert cursors == {run_id: counts[run_id] - 1 for run_id in run_ids}
 
 
+@pytest.mark.timeout(180)  # 20 runs of 1 MiB (2 MiB of UTF-8) each, through the database
 async def test_run_lists_are_cut_to_the_byte_budget_and_paged(
     serve: Callable[[AgentOS], str], settings: Settings
 ) -> None:

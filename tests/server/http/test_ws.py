@@ -620,12 +620,20 @@ def test_limits_on_runs_per_socket(make_server: Callable[..., Server]) -> None:
     run(main())
 
 
-@pytest.mark.parametrize("limit", ["max_streams", "max_active_runs"])
-def test_a_start_refused_as_overloaded_creates_no_run(
-    make_server: Callable[..., Server], limit: str
+@pytest.mark.parametrize(
+    ("limits", "code"),
+    [
+        ({"max_streams": 0}, "overloaded"),
+        ({"max_active_runs": 0, "max_queued_runs": 0}, "queue_full"),
+    ],
+    ids=["max_streams", "max_queued_runs"],
+)
+def test_a_start_refused_for_want_of_room_creates_no_run(
+    make_server: Callable[..., Server], limits: dict[str, int], code: str
 ) -> None:
-    """With no room for a stream or a run, start-workflow is refused before its run exists."""
-    server = make_server(**{limit: 0})
+    """With no room for a stream, or for a run here or in the queue, start-workflow is refused
+    before its run exists."""
+    server = make_server(**limits)
 
     async def main() -> None:
         async with opened(server) as ws:
@@ -635,7 +643,7 @@ def test_a_start_refused_as_overloaded_creates_no_run(
                     frame["run_id"] = run_id
                 await ws.send(json.dumps(frame))
                 error = await recv(ws)
-                assert (error["event"], error["code"]) == ("error", "overloaded"), error
+                assert (error["event"], error["code"]) == ("error", code), error
         await asyncio.sleep(0.5)  # a run started anyway would have ended by now
         async with httpx.AsyncClient(base_url=server.base, timeout=10) as client:
             runs = (await client.get("/workflows/wf/runs")).json()
