@@ -45,10 +45,10 @@ def _env(url: str | None, key: str | None) -> dict[str, str]:
     return env
 
 
-def start_run(url: str, message: str) -> str:
+def start_run(url: str, message: str, component: str = "agents/echo", **fields: str) -> str:
     response = httpx.post(
-        f"{url}/agents/echo/runs",
-        json={"message": message, "stream": False, "background": True},
+        f"{url}/{component}/runs",
+        json={"message": message, "stream": False, "background": True, **fields},
         headers={"Authorization": f"Bearer {KEY}"},
         timeout=10,
     )
@@ -57,10 +57,10 @@ def start_run(url: str, message: str) -> str:
     return run_id
 
 
-def wait_ended(url: str, run_id: str) -> dict[str, Any]:
+def wait_ended(url: str, run_id: str, component: str = "agents/echo") -> dict[str, Any]:
     for _ in range(400):
         run: dict[str, Any] = httpx.get(
-            f"{url}/agents/echo/runs/{run_id}", headers={"Authorization": f"Bearer {KEY}"}
+            f"{url}/{component}/runs/{run_id}", headers={"Authorization": f"Bearer {KEY}"}
         ).json()
         if run["status"] in ("COMPLETED", "ERROR", "CANCELLED"):
             return run
@@ -207,3 +207,71 @@ def test_tail_follows_a_run_across_a_server_restart(tmp_path: Path) -> None:
     assert indices == list(range(len(events))), indices  # no gap, no duplicate
     assert events[-1]["event"] == "RunError" and events[-1]["error"] == "interrupted"
     assert tail.returncode == 1, err
+
+
+def test_sessions_list_get_delete(server: ServerProcess) -> None:
+    ada = {"session_id": "cli-s1", "user_id": "cli-ada"}
+    first = start_run(server.url, "one", **ada)
+    wait_ended(server.url, first)
+    second = start_run(server.url, "two", **ada)
+    wait_ended(server.url, second)
+    team = start_run(server.url, "three", "teams/echo-team", **ada)
+    wait_ended(server.url, team, "teams/echo-team")
+    other = start_run(server.url, "other", session_id="cli-s2", user_id="cli-bob")
+    wait_ended(server.url, other)
+
+    def listed(*args: str) -> list[tuple[str, str, str, int]]:
+        result = agentos("sessions", "list", "--json", *args, url=server.url)
+        assert result.returncode == 0, result.stderr
+        return [
+            (s["session_id"], s["kind"], s["component_id"], s["run_count"])
+            for s in json.loads(result.stdout)
+        ]
+
+    assert sorted(listed("--user-id", "cli-ada")) == [
+        ("cli-s1", "agents", "echo", 2),
+        ("cli-s1", "teams", "echo-team", 1),
+    ]
+    assert listed("--user-id", "cli-ada", "--component", "teams") == [
+        ("cli-s1", "teams", "echo-team", 1)
+    ]
+    assert ("cli-s2", "agents", "echo", 1) in listed("--component", "agents/echo")
+    assert listed("--user-id", "cli-bob", "--component", "teams/echo-team") == []
+    table = agentos("sessions", "list", "--user-id", "cli-ada", url=server.url)
+    assert table.returncode == 0
+    assert "cli-s1" in table.stdout and "teams/echo-team" in table.stdout
+    bad = agentos("sessions", "list", "--component", "robots", url=server.url)
+    assert bad.returncode == 2 and "KIND/ID" in bad.stderr
+
+    got = agentos("sessions", "get", "cli-s1", "--json", url=server.url)
+    session = json.loads(got.stdout)
+    assert [r["run_id"] for r in session["runs"]] == [first, second, team]  # oldest first
+    assert session["messages"] == []  # the echo agents keep none (see tests/server/models)
+    newest = agentos("sessions", "get", "cli-s1", "--limit", "1", "--json", url=server.url)
+    assert [r["run_id"] for r in json.loads(newest.stdout)["runs"]] == [team]
+    shown = agentos("sessions", "get", "cli-s1", url=server.url)
+    assert shown.returncode == 0
+    for run_id in (first, second, team):
+        assert run_id in shown.stdout
+    assert "teams/echo-team" in shown.stdout
+    missing = agentos("sessions", "get", "no-such-session", url=server.url)
+    assert missing.returncode == 2 and "session_not_found" in missing.stderr
+
+    deleted = agentos("sessions", "delete", "cli-s1", url=server.url)
+    assert deleted.returncode == 0, deleted.stderr
+    assert agentos("sessions", "get", "cli-s1", url=server.url).returncode == 2
+    assert listed("--user-id", "cli-ada") == []
+    assert agentos("runs", "get", "agents/echo", first, url=server.url).returncode == 2
+    assert agentos("sessions", "delete", "cli-s1", url=server.url).returncode == 2
+    assert [s[0] for s in listed("--user-id", "cli-bob")] == ["cli-s2"]  # the other stays
+
+
+def test_sessions_delete_refuses_a_session_with_a_run_going(server: ServerProcess) -> None:
+    run_id = start_run(server.url, words(2000), session_id="cli-busy")  # 40 s
+    refused = agentos("sessions", "delete", "cli-busy", url=server.url)
+    assert refused.returncode == 2 and "session_active" in refused.stderr
+    assert agentos("runs", "cancel", "agents/echo", run_id, url=server.url).returncode == 0
+    wait_ended(server.url, run_id)
+    assert agentos("sessions", "delete", "cli-busy", url=server.url).returncode == 0
+    down = agentos("sessions", "list", url=f"http://127.0.0.1:{free_port()}")
+    assert down.returncode == 3 and "cannot reach" in down.stderr
