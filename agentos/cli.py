@@ -112,7 +112,13 @@ def serve(app: str | None, host: str, port: int, log_level: str) -> None:
         env_settings = Settings.from_env()
     except (TypeError, ValueError) as exc:
         _fail(str(exc), EXIT_USAGE)
-    context = logs.configure(log_level, env_settings.monitoring.log_format)
+    monitoring = env_settings.monitoring
+    context = logs.configure(
+        log_level,
+        monitoring.log_format,
+        flood_lines=monitoring.log_flood_lines,
+        flood_interval=monitoring.log_flood_interval,
+    )
     if app:
         target = _load(app)
     else:
