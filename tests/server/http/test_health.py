@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from agentos import Agent, AgentOS, EchoModel, Settings
 from tests.servers import ThreadServer
@@ -122,3 +123,56 @@ def test_a_dead_background_task_is_degraded(
     health = httpx.get(f"{server.url}/health").json()
     assert health["status"] == "degraded"
     assert health["checks"]["background"]["tasks"]["buffer-sweeper"] is False
+
+
+@pytest.mark.parametrize(
+    ("stall_timeout", "status", "code", "ready"),
+    [(3600.0, "degraded", 200, 200), (0.5, "down", 503, 503)],
+)
+def test_a_stuck_committer_is_degraded_then_down(
+    tmp_path: Path,
+    serve_thread: Callable[[AgentOS], ThreadServer],
+    stall_timeout: float,
+    status: str,
+    code: int,
+    ready: int,
+) -> None:
+    """A commit that hangs (no error, no answer) while the database still answers SELECT 1:
+    degraded once it has waited create_timeout, down after commit_stall_timeout; running again
+    once it goes through."""
+    server, store, _ = _serve(
+        tmp_path, serve_thread, create_timeout=0.2, commit_stall_timeout=stall_timeout
+    )
+    auth = {"Authorization": f"Bearer {KEY}"}
+    server.call(store.gate.clear)  # every commit from now on hangs
+    try:
+        created = httpx.post(
+            f"{server.url}/agents/echo/runs",
+            json={"message": "a b", "background": True, "stream": False},
+            headers=auth,
+            timeout=10,
+        )
+        assert created.status_code == 503  # its commit did not come back within create_timeout
+        for _ in range(400):
+            health = httpx.get(f"{server.url}/health", timeout=10)
+            if health.json()["status"] == status:
+                break
+            time.sleep(0.02)
+        assert health.status_code == code, health.text
+        body = health.json()
+        assert body["status"] == status
+        committer = body["checks"]["committer"]
+        assert committer["ok"] is False and committer["failing_for"] > 0.2
+        assert body["checks"]["database"]["ok"] is True  # the database answers; commits do not
+        answer = httpx.get(f"{server.url}/health/ready", timeout=10)
+        assert answer.status_code == ready
+        if ready == 503:
+            assert answer.json()["reason"] == "down"
+    finally:
+        server.call(store.gate.set)
+    for _ in range(400):
+        if httpx.get(f"{server.url}/health", timeout=10).json()["status"] == "running":
+            break
+        time.sleep(0.02)
+    health = httpx.get(f"{server.url}/health", timeout=10)
+    assert (health.status_code, health.json()["status"]) == (200, "running")
