@@ -209,61 +209,71 @@ def test_tail_follows_a_run_across_a_server_restart(tmp_path: Path) -> None:
     assert tail.returncode == 1, err
 
 
-def test_sessions_list_get_delete(server: ServerProcess) -> None:
+@pytest.fixture(scope="module")
+def ada_session(server: ServerProcess) -> list[str]:
+    """Session cli-s1 of user cli-ada: two runs of agents/echo, then one of teams/echo-team (their
+    ids, oldest first); and session cli-s2 of user cli-bob."""
     ada = {"session_id": "cli-s1", "user_id": "cli-ada"}
-    first = start_run(server.url, "one", **ada)
-    wait_ended(server.url, first)
-    second = start_run(server.url, "two", **ada)
-    wait_ended(server.url, second)
-    team = start_run(server.url, "three", "teams/echo-team", **ada)
-    wait_ended(server.url, team, "teams/echo-team")
-    other = start_run(server.url, "other", session_id="cli-s2", user_id="cli-bob")
-    wait_ended(server.url, other)
+    run_ids = []
+    for message, component in (("one", "agents/echo"), ("two", "agents/echo"),
+                               ("three", "teams/echo-team")):  # fmt: skip
+        run_ids.append(start_run(server.url, message, component, **ada))
+        wait_ended(server.url, run_ids[-1], component)
+    wait_ended(server.url, start_run(server.url, "other", session_id="cli-s2", user_id="cli-bob"))
+    return run_ids
 
-    def listed(*args: str) -> list[tuple[str, str, str, int]]:
-        result = agentos("sessions", "list", "--json", *args, url=server.url)
-        assert result.returncode == 0, result.stderr
-        return [
-            (s["session_id"], s["kind"], s["component_id"], s["run_count"])
-            for s in json.loads(result.stdout)
-        ]
 
-    assert sorted(listed("--user-id", "cli-ada")) == [
+def sessions_listed(server: ServerProcess, *args: str) -> list[tuple[str, str, str, int]]:
+    result = agentos("sessions", "list", "--json", *args, url=server.url)
+    assert result.returncode == 0, result.stderr
+    return [
+        (s["session_id"], s["kind"], s["component_id"], s["run_count"])
+        for s in json.loads(result.stdout)
+    ]
+
+
+def test_sessions_list(server: ServerProcess, ada_session: list[str]) -> None:
+    assert sorted(sessions_listed(server, "--user-id", "cli-ada")) == [
         ("cli-s1", "agents", "echo", 2),
         ("cli-s1", "teams", "echo-team", 1),
     ]
-    assert listed("--user-id", "cli-ada", "--component", "teams") == [
+    assert sessions_listed(server, "--user-id", "cli-ada", "--component", "teams") == [
         ("cli-s1", "teams", "echo-team", 1)
     ]
-    assert ("cli-s2", "agents", "echo", 1) in listed("--component", "agents/echo")
-    assert listed("--user-id", "cli-bob", "--component", "teams/echo-team") == []
+    assert ("cli-s2", "agents", "echo", 1) in sessions_listed(server, "--component", "agents/echo")
     table = agentos("sessions", "list", "--user-id", "cli-ada", url=server.url)
     assert table.returncode == 0
     assert "cli-s1" in table.stdout and "teams/echo-team" in table.stdout
     bad = agentos("sessions", "list", "--component", "robots", url=server.url)
     assert bad.returncode == 2 and "KIND/ID" in bad.stderr
 
+
+def test_sessions_get(server: ServerProcess, ada_session: list[str]) -> None:
     got = agentos("sessions", "get", "cli-s1", "--json", url=server.url)
     session = json.loads(got.stdout)
-    assert [r["run_id"] for r in session["runs"]] == [first, second, team]  # oldest first
+    assert [r["run_id"] for r in session["runs"]] == ada_session  # oldest first
     assert session["messages"] == []  # the echo agents keep none (see tests/server/models)
     newest = agentos("sessions", "get", "cli-s1", "--limit", "1", "--json", url=server.url)
-    assert [r["run_id"] for r in json.loads(newest.stdout)["runs"]] == [team]
+    assert [r["run_id"] for r in json.loads(newest.stdout)["runs"]] == ada_session[-1:]
     shown = agentos("sessions", "get", "cli-s1", url=server.url)
     assert shown.returncode == 0
-    for run_id in (first, second, team):
+    for run_id in ada_session:
         assert run_id in shown.stdout
     assert "teams/echo-team" in shown.stdout
     missing = agentos("sessions", "get", "no-such-session", url=server.url)
     assert missing.returncode == 2 and "session_not_found" in missing.stderr
 
-    deleted = agentos("sessions", "delete", "cli-s1", url=server.url)
+
+def test_sessions_delete(server: ServerProcess) -> None:
+    run_id = start_run(server.url, "bye", session_id="cli-gone", user_id="cli-cy")
+    wait_ended(server.url, run_id)
+    deleted = agentos("sessions", "delete", "cli-gone", url=server.url)
     assert deleted.returncode == 0, deleted.stderr
-    assert agentos("sessions", "get", "cli-s1", url=server.url).returncode == 2
-    assert listed("--user-id", "cli-ada") == []
-    assert agentos("runs", "get", "agents/echo", first, url=server.url).returncode == 2
-    assert agentos("sessions", "delete", "cli-s1", url=server.url).returncode == 2
-    assert [s[0] for s in listed("--user-id", "cli-bob")] == ["cli-s2"]  # the other stays
+    auth = {"Authorization": f"Bearer {KEY}"}
+    assert httpx.get(f"{server.url}/sessions/cli-gone", headers=auth).status_code == 404
+    assert httpx.get(f"{server.url}/agents/echo/runs/{run_id}", headers=auth).status_code == 404
+    again = agentos("sessions", "delete", "cli-gone", url=server.url)
+    assert again.returncode == 2 and "session_not_found" in again.stderr
 
 
 def test_sessions_delete_refuses_a_session_with_a_run_going(server: ServerProcess) -> None:
