@@ -123,6 +123,12 @@ class EventBuffer:
     def total_events(self) -> int:
         return sum(len(buf) for buf in self._runs.values())
 
+    @property
+    def live_bytes(self) -> int:
+        """Bytes held for runs that have not ended: what ``max_bytes_total`` cuts into once the
+        ended runs' buffers are gone."""
+        return sum(buf.nbytes for buf in self._runs.values() if buf.ended_at is None)
+
     def open(self, run_id: str, next_index: int = 0) -> RunBuffer:
         """Start buffering a run this instance is about to execute."""
         buf = RunBuffer(run_id, next_index)

@@ -39,7 +39,7 @@ from agentos.models.base import (
     ToolSpec,
     Usage,
 )
-from agentos.tools import Tool, ToolFailed
+from agentos.tools import Tool, ToolFailed, ToolTimedOut
 
 __all__ = ["ChatLoop"]
 
@@ -183,6 +183,7 @@ class ChatLoop:
                             calls.append(delta)
                         elif isinstance(delta, Usage):
                             metrics.add(delta)
+                            ctx.meter.count_tokens(delta.input_tokens, delta.output_tokens)
                         elif isinstance(delta, Finish):
                             finish = delta
                 return _Turn("".join(parts), calls, finish)
@@ -256,6 +257,7 @@ class ChatLoop:
                 threads=ctx.tool_threads,
             )
         except ToolFailed as exc:
+            ctx.meter.count_tool_call("timeout" if isinstance(exc, ToolTimedOut) else "error")
             error = str(exc)
             await ctx.emit(
                 "ToolCallError",
@@ -265,6 +267,7 @@ class ChatLoop:
                 duration=round(time.monotonic() - started, 4),
             )
             return f"Error: {error}"
+        ctx.meter.count_tool_call("completed")
         await ctx.emit(
             "ToolCallCompleted",
             tool_call_id=call.id,

@@ -10,6 +10,9 @@
     agentos runs get agents/echo RUN_ID
     agentos runs tail agents/echo RUN_ID [--from N]     follows live, resumes after drops
     agentos runs cancel agents/echo RUN_ID
+    agentos sessions list [--user-id U] [--component KIND[/ID]] [--limit N]
+    agentos sessions get SESSION_ID [--limit N]        runs, oldest first, and their messages
+    agentos sessions delete SESSION_ID
     agentos db upgrade [--url DB_URL]                  the database schema to this release's
 
 Client commands talk to ``--url`` (``AGENTOS_URL``, default http://127.0.0.1:7777) with the key
@@ -50,6 +53,8 @@ T = TypeVar("T")
 #: Exit codes (README, "Command line").
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 _KINDS = ("agents", "teams", "workflows")
+#: The field of a run object that names its component, by kind.
+_ID_FIELDS = (("agents", "agent_id"), ("teams", "team_id"), ("workflows", "workflow_id"))
 _DEFAULT_URL = "http://127.0.0.1:7777"
 
 _out = Console(highlight=False, soft_wrap=True)
@@ -107,7 +112,13 @@ def serve(app: str | None, host: str, port: int, log_level: str) -> None:
         env_settings = Settings.from_env()
     except (TypeError, ValueError) as exc:
         _fail(str(exc), EXIT_USAGE)
-    context = logs.configure(log_level, env_settings.monitoring.log_format)
+    monitoring = env_settings.monitoring
+    context = logs.configure(
+        log_level,
+        monitoring.log_format,
+        flood_lines=monitoring.log_flood_lines,
+        flood_interval=monitoring.log_flood_interval,
+    )
     if app:
         target = _load(app)
     else:
@@ -440,6 +451,124 @@ def runs_tail(
     else:
         failed = terminal.event.endswith(("Error", "Cancelled"))
     sys.exit(EXIT_RUN_FAILED if failed else EXIT_OK)
+
+
+@cli.group()
+def sessions() -> None:
+    """Sessions: the runs that share a session_id, with their messages."""
+
+
+def _kind_filter(value: str | None) -> tuple[str | None, str | None]:
+    if value is None:
+        return None, None
+    if value in _KINDS:
+        return value, None
+    return _component(value)
+
+
+@sessions.command(name="list")
+@click.option("--user-id", help="Only sessions of this user.")
+@click.option(
+    "--component",
+    metavar="KIND[/ID]",
+    help="Only sessions of this kind or component (agents/echo).",
+)
+@click.option("--limit", type=int, default=100, show_default=True, help="At most this many.")
+@click.option("--json", "as_json", is_flag=True, help="Print the server's JSON answer.")
+@_url
+def sessions_list(
+    url: str, user_id: str | None, component: str | None, limit: int, as_json: bool
+) -> None:
+    """List sessions, most recently active first (one line per session and component)."""
+    try:
+        kind, component_id = _kind_filter(component)
+    except click.BadParameter as exc:
+        raise click.BadParameter(exc.message, param_hint="--component") from None
+    found = _call(
+        url,
+        lambda c: c.list_sessions(
+            user_id=user_id, kind=kind, component_id=component_id, limit=limit
+        ),
+    )
+    if as_json:
+        _print_json(found)
+        return
+    table = Table("session_id", "component", "user_id", "runs", "created", "updated")
+    for column in table.columns[:2]:
+        column.no_wrap = True
+    for item in found:
+        table.add_row(
+            Text(str(item.get("session_id"))),
+            Text(f"{item.get('kind')}/{item.get('component_id')}"),
+            Text(str(item.get("user_id") or "")),
+            str(item.get("run_count")),
+            _time(item.get("created_at")),
+            _time(item.get("updated_at")),
+        )
+    _out.print(table)
+
+
+@sessions.command(name="get")
+@click.argument("session_id")
+@click.option(
+    "--limit", type=int, default=None, help="Only the newest this many runs (default: all)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the session's JSON.")
+@_url
+def sessions_get(url: str, session_id: str, limit: int | None, as_json: bool) -> None:
+    """Show a session: its runs, oldest first, and their messages."""
+    if limit is not None and limit < 1:
+        raise click.BadParameter("must be 1 or more", param_hint="--limit")
+    found = _call(url, lambda c: c.get_session(session_id, limit=limit))
+    if as_json:
+        _print_json(found)
+        return
+    runs = Table("run_id", "component", "status", "created", "input", title="runs")
+    runs.columns[0].no_wrap = True
+    for run in found["runs"]:
+        who = next((f"{k}/{run[f]}" for k, f in _ID_FIELDS if run.get(f) is not None), "")
+        runs.add_row(
+            Text(str(run.get("run_id"))),
+            Text(who),
+            str(run.get("status")),
+            _time(run.get("created_at")),
+            Text(_short(run.get("input") or "")),
+        )
+    _out.print(runs)
+    if not found["messages"]:
+        return
+    messages = Table("run_id", "#", "role", "message", title="messages")
+    messages.columns[0].no_wrap = True
+    for message in found["messages"]:
+        messages.add_row(
+            Text(str(message.get("run_id"))),
+            str(message.get("position")),
+            Text(str(message.get("role"))),
+            Text(_message_text(message)),
+        )
+    _out.print(messages)
+
+
+def _message_text(message: dict[str, Any]) -> str:
+    """A message's content, or the tool calls it asks for, on one line."""
+    parts = [_short(message["content"], 120)] if message.get("content") else []
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else []:
+        if isinstance(call, dict):
+            parts.append(f"→ {call.get('name')}({_short(call.get('arguments') or '', 80)})")
+    if message.get("tool_call_id"):
+        parts.insert(0, f"[{message.get('name') or message['tool_call_id']}]")
+    return " ".join(parts)
+
+
+@sessions.command(name="delete")
+@click.argument("session_id")
+@_url
+def sessions_delete(url: str, session_id: str) -> None:
+    """Delete a session with its runs, their events and messages (refused while a run of it is
+    going: cancel that first)."""
+    _call(url, lambda c: c.delete_session(session_id))
+    _out.print(Text(f"session {session_id} deleted"))
 
 
 @cli.group()

@@ -11,9 +11,38 @@ if TYPE_CHECKING:
     from agentos.sessions import SessionLog
     from agentos.tools import ToolThreads
 
-__all__ = ["RunContext"]
+__all__ = ["Meter", "RunContext"]
 
 EmitFn = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+#: Tokens one model call may report at most (a larger or negative count is a broken server's).
+_MAX_CALL_TOKENS = 1 << 32
+
+
+class Meter:
+    """What the runs of one component used, counted as it happens and read by ``GET /metrics``:
+    the tokens each model call reports (its usage chunk) and the tool calls by outcome.
+
+    One per component (its members' and steps' calls count as its own); plain integers, no
+    lock: every run of an instance is on its event loop.
+    """
+
+    __slots__ = ("completion_tokens", "prompt_tokens", "tool_calls")
+
+    #: How a tool call can end: a result, a failure (the model gets the error), its time limit.
+    OUTCOMES = ("completed", "error", "timeout")
+
+    def __init__(self) -> None:
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.tool_calls: dict[str, int] = dict.fromkeys(self.OUTCOMES, 0)
+
+    def count_tokens(self, prompt: int, completion: int) -> None:
+        self.prompt_tokens += max(0, min(prompt, _MAX_CALL_TOKENS))
+        self.completion_tokens += max(0, min(completion, _MAX_CALL_TOKENS))
+
+    def count_tool_call(self, outcome: str) -> None:
+        self.tool_calls[outcome] += 1
 
 
 class RunContext:
@@ -25,13 +54,15 @@ class RunContext:
 
     ``session`` is the run's conversation (earlier turns, and where this run's go); members and
     steps have none. ``completed`` holds fields a component adds to its completed event (an
-    agent's ``metrics``). ``settings`` are the agent limits of the server the run is on.
+    agent's ``metrics``). ``settings`` are the agent limits of the server the run is on;
+    ``meter`` counts the tokens and tool calls of the run's component.
     """
 
     __slots__ = (
         "_emit",
         "completed",
         "extra",
+        "meter",
         "run_id",
         "session",
         "session_id",
@@ -51,6 +82,7 @@ class RunContext:
         settings: AgentSettings | None = None,
         session: SessionLog | None = None,
         tool_threads: ToolThreads | None = None,
+        meter: Meter | None = None,
     ) -> None:
         self._emit = emit
         self.run_id = run_id
@@ -61,6 +93,7 @@ class RunContext:
         self.session = session
         #: Where this run's sync tools run (the server's bounded pool).
         self.tool_threads = tool_threads
+        self.meter = meter if meter is not None else Meter()
         self.completed: dict[str, Any] = {}
 
     async def emit(self, name: str, **fields: Any) -> None:
@@ -77,4 +110,5 @@ class RunContext:
             extra={**self.extra, **extra},
             settings=self.settings,
             tool_threads=self.tool_threads,
+            meter=self.meter,
         )

@@ -2,8 +2,12 @@
 
     status    HTTP  when
     running   200   every check passes
-    degraded  200   commits fail and are retried, the database check fails, or a background
-                    task (lease renewer, reaper, buffer sweeper) is no longer alive
+    degraded  200   a check fails: commits fail and are retried (or hang past
+                    ``create_timeout``), the commit backlog is full (runs wait to emit), the
+                    events of live runs fill 90 % of ``buffer_max_bytes_total`` (their older
+                    events leave memory: followers read them from the database), the database
+                    check fails, or a background task (lease renewer, reaper, buffer sweeper)
+                    is no longer alive
     down      503   commits have failed for ``commit_stall_timeout`` seconds, or stopped
     draining  503   shutting down: new runs are refused, running ones finish
 
@@ -33,6 +37,9 @@ if TYPE_CHECKING:
 __all__ = ["DatabaseCheck", "HealthChecks"]
 
 logger = logging.getLogger("agentos.health")
+
+#: Share of ``buffer_max_bytes_total`` held by live runs' events past which the buffer check fails.
+_BUFFER_PRESSURE = 0.9
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,7 @@ class HealthChecks:
         settings = manager.settings
         database = await self.database()
         failing = committer.failing_for()
+        live_bytes = buffers.live_bytes
         tasks = manager.background_tasks()
         checks: dict[str, dict[str, Any]] = {
             "database": {
@@ -110,14 +118,17 @@ class HealthChecks:
                 **({"error": database.error} if database.error else {}),
             },
             "committer": {
-                "ok": failing == 0 and committer.running,
+                "ok": failing == 0
+                and committer.running
+                and committer.pending < settings.commit.max_pending_events,
                 "pending_events": committer.pending,
                 "max_pending_events": settings.commit.max_pending_events,
                 "failing_for": round(failing, 3),
             },
             "buffer": {
-                "ok": buffers.total_bytes <= settings.buffer.max_bytes_total,
+                "ok": live_bytes <= _BUFFER_PRESSURE * settings.buffer.max_bytes_total,
                 "bytes": buffers.total_bytes,
+                "live_bytes": live_bytes,
                 "max_bytes": settings.buffer.max_bytes_total,
                 "runs": len(buffers),
             },

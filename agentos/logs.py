@@ -11,6 +11,10 @@ handler on stderr, as readable text (the default) or as one JSON object per line
 (``AGENTOS_LOG_FORMAT=json``): ``time``, ``level``, ``logger``, ``message`` and the context fields
 that are known. Log calls never pass a security key, a resume token or a run's message or content;
 uvicorn's URL logs have their ``token=`` values redacted (``http/auth.py``).
+
+A flood of the same warning or error (a malformed request per connection, a failing query per
+request) is cut by :class:`FloodFilter`: at most ``log_flood_lines`` lines from one place in the
+code per ``log_flood_interval`` seconds; the next line let through says how many were left out.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from agentos.events import RunLike
@@ -28,6 +33,7 @@ from agentos.events import RunLike
 __all__ = [
     "CONTEXT_FIELDS",
     "ContextFilter",
+    "FloodFilter",
     "JSONFormatter",
     "bind_run",
     "configure",
@@ -91,6 +97,54 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class FloodFilter(logging.Filter):
+    """Lets at most ``lines`` warnings or errors from one place in the code (logger, level, file
+    and line) through per ``interval`` seconds, on a handler; the rest are counted, and the first
+    line let through after them carries ``suppressed``, how many were left out. Lines below
+    WARNING (uvicorn's access log, runs started and ended) always pass: their number follows the
+    work done. ``lines`` 0 lets everything through.
+
+    Example: uvicorn warns "Invalid HTTP request received." once per malformed request; 10,000
+    such requests a second are 10 lines per 10 s, not megabytes.
+    """
+
+    #: Places in the code remembered at most (the oldest is forgotten first).
+    MAX_PLACES = 1024
+
+    def __init__(
+        self, lines: int, interval: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self.lines = lines
+        self.interval = interval
+        self._clock = clock
+        # place -> [window start, lines let through in the window, lines left out]
+        self._places: OrderedDict[tuple[str, int, str, int], list[float]] = OrderedDict()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or self.lines <= 0:
+            return True
+        place = (record.name, record.levelno, record.pathname, record.lineno)
+        now = self._clock()
+        state = self._places.get(place)
+        if state is None:
+            state = self._places[place] = [now, 0, 0]
+            if len(self._places) > self.MAX_PLACES:
+                self._places.popitem(last=False)
+        else:
+            self._places.move_to_end(place)
+        if now - state[0] >= self.interval:
+            state[0], state[1] = now, 0
+        if state[1] >= self.lines:
+            state[2] += 1
+            return False
+        state[1] += 1
+        if state[2]:
+            record.suppressed = int(state[2])
+            state[2] = 0
+        return True
+
+
 class JSONFormatter(logging.Formatter):
     """One JSON object per line; non-ASCII escaped, so any text stays one valid line."""
 
@@ -105,6 +159,9 @@ class JSONFormatter(logging.Formatter):
             value = getattr(record, name, None)
             if value is not None:
                 body[name] = str(value)
+        suppressed = getattr(record, "suppressed", None)
+        if suppressed:
+            body["suppressed"] = suppressed
         if record.exc_info:
             body["exc"] = self.formatException(record.exc_info)
         if record.stack_info:
@@ -125,14 +182,26 @@ class TextFormatter(logging.Formatter):
             for name in CONTEXT_FIELDS[:-1]  # the instance is the same on every line
             if (value := getattr(record, name, None)) is not None
         )
+        suppressed = getattr(record, "suppressed", None)
+        if suppressed:
+            context = f"{context} ({suppressed} more like it left out)".lstrip()
         if not context:
             return line
         head, newline, rest = line.partition("\n")  # keep a traceback below the line
         return f"{head} {context}{newline}{rest}"
 
 
-def configure(level: str = "info", fmt: str = "text", instance: str | None = None) -> ContextFilter:
-    """Send every log record (agentos's, uvicorn's, libraries') to stderr in ``fmt``.
+def configure(
+    level: str = "info",
+    fmt: str = "text",
+    instance: str | None = None,
+    *,
+    flood_lines: int = 0,
+    flood_interval: float = 10.0,
+) -> ContextFilter:
+    """Send every log record (agentos's, uvicorn's, libraries') to stderr in ``fmt``, at most
+    ``flood_lines`` warnings or errors from one place per ``flood_interval`` seconds
+    (:class:`FloodFilter`; 0: no limit).
 
     Returns the context filter, whose ``instance`` can be set once the instance id is known.
     Replaces the root logger's handlers; uvicorn's loggers propagate to it (serve uvicorn with
@@ -142,6 +211,7 @@ def configure(level: str = "info", fmt: str = "text", instance: str | None = Non
         raise ValueError("the log format must be text or json")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(FloodFilter(flood_lines, flood_interval))
     context = ContextFilter(instance)
     handler.addFilter(context)
     root = logging.getLogger()

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from agentos.backends.base import Store, open_backend
 from agentos.buffer import EventBuffer
 from agentos.committer import GroupCommitter
-from agentos.context import RunContext
+from agentos.context import Meter, RunContext
 from agentos.errors import (
     CommitterStopped,
     ComponentNotFound,
@@ -166,6 +166,8 @@ class RunManager:
         #: component id, status). One increment per run; components and statuses are few.
         self.runs_started: dict[tuple[str, str], int] = {}
         self.runs_ended: dict[tuple[str, str, str], int] = {}
+        #: Model tokens and tool calls by (kind, component id), counted by the runs' contexts.
+        self.meters: dict[tuple[str, str], Meter] = {}
 
     # -- registry ------------------------------------------------------------------------------
 
@@ -587,6 +589,7 @@ class RunManager:
             settings=self.settings.agents,
             session=SessionLog(self.store, record, self.settings.agents.history_runs),
             tool_threads=self.tool_threads,
+            meter=self.meters.setdefault((record.kind, record.component_id), Meter()),
         )
         status, fields = RunStatus.ERROR, {"error": "internal error"}
         #: Why the attempt ended without finishing the run, and the exception if one did it.

@@ -339,6 +339,11 @@ class MonitoringSettings:
     metrics_public: bool = _setting(False, "metrics_public")
     #: ``agentos serve`` log lines: ``text`` (readable) or ``json`` (one object per line).
     log_format: str = _setting("text", "log_format")
+    #: Most warnings and errors logged from one place in the code per ``log_flood_interval``
+    #: (the next line let through counts those left out); 0: no limit.
+    log_flood_lines: int = _setting(10, "log_flood_lines")
+    #: Seconds of the ``log_flood_lines`` window.
+    log_flood_interval: float = _setting(10.0, "log_flood_interval")
     #: Least seconds between two database checks of ``GET /health`` (``SELECT 1``); requests in
     #: between share the last answer, so load balancers polling hard cost the database little.
     health_check_interval: float = _setting(1.0, "health_check_interval")

@@ -41,7 +41,7 @@ from agentos.errors import describe_error
 from agentos.events import dumps
 from agentos.models.base import ToolSpec
 
-__all__ = ["Tool", "ToolFailed", "as_tools", "tool"]
+__all__ = ["Tool", "ToolFailed", "ToolTimedOut", "as_tools", "tool"]
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _PARAM_LINE = re.compile(r"^\s*(?::param\s+)?\*{0,2}(\w+)(?:\s*\([^)]*\))?\s*:\s*(.*)$")
@@ -54,6 +54,10 @@ _OTHER_SECTION = re.compile(
 
 class ToolFailed(Exception):
     """A tool call that did not produce a result; the message goes back to the model."""
+
+
+class ToolTimedOut(ToolFailed):
+    """A tool call that ran past its time limit."""
 
 
 def _parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
@@ -169,7 +173,7 @@ class Tool:
                     if inspect.isawaitable(result):
                         result = await result
         except TimeoutError:
-            raise ToolFailed(f"timed out after {limit:g} s") from None
+            raise ToolTimedOut(f"timed out after {limit:g} s") from None
         except Exception as exc:
             raise ToolFailed(describe_error(exc)) from exc
         text = result if isinstance(result, str) else dumps(result)

@@ -2,8 +2,9 @@
 
 Nothing here runs per event. The core keeps plain counters where it already counts (the
 committer's ``commits``, ``events_written``, ``commit_failures``; the run manager's runs started
-and ended; the leases' reaps), and this module reads them, with the gauges (buffer bytes, open
-streams, active runs ...), when a scrape comes (:class:`_Collector`). The two histograms are fed
+and ended, and its components' meters of model tokens and tool calls, ``context.Meter``; the
+leases' reaps), and this module reads them, with the gauges (buffer bytes, open streams, active
+runs ...), when a scrape comes (:class:`_Collector`). The two histograms are fed
 once per committed transaction through the committer's ``observer`` hook.
 
 Each :class:`Metrics` has its own ``CollectorRegistry`` (not prometheus_client's global one), so
@@ -94,6 +95,23 @@ class _Collector(Collector):
         for (kind, component, status), count in sorted(manager.runs_ended.items()):
             ended.add_metric([kind, component, status], count)
         yield ended
+        tokens = CounterMetricFamily(
+            "agentos_model_tokens",
+            "Tokens the model calls of this instance's runs reported, by type (prompt, completion).",
+            labels=["kind", "component", "type"],
+        )
+        tool_calls = CounterMetricFamily(
+            "agentos_tool_calls",
+            "Tool calls of this instance's runs, by outcome (completed, error, timeout).",
+            labels=["kind", "component", "outcome"],
+        )
+        for (kind, component), meter in sorted(manager.meters.items()):
+            tokens.add_metric([kind, component, "prompt"], meter.prompt_tokens)
+            tokens.add_metric([kind, component, "completion"], meter.completion_tokens)
+            for outcome, count in meter.tool_calls.items():
+                tool_calls.add_metric([kind, component, outcome], count)
+        yield tokens
+        yield tool_calls
         yield CounterMetricFamily(
             "agentos_events_committed",
             "Events written to the database.",

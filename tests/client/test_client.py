@@ -609,3 +609,67 @@ def test_resume_tokens_never_reach_the_log(tmp_path: Path, how: str) -> None:
     assert log.count("=[redacted]") >= len(asked), log[-3000:]  # the access log was on
     assert token not in log
     assert token.split(".")[1] not in log
+
+
+def test_get_session_reads_every_page(tmp_path: Path) -> None:
+    """A session bigger than ``list_max_bytes`` comes in pages (``X-Next-Offset``): the client
+    puts them together, oldest run first, or keeps the newest ``limit`` runs."""
+    small = {"AGENTOS_LIST_MAX_BYTES": "600"}  # about one run object a page
+    with ServerProcess(tmp_path, delay=0.001, env=small) as server:
+
+        async def main() -> None:
+            async with AsyncClient(server.url, **FAST) as client:
+                run_ids = [
+                    (await client.arun("agents", "echo", f"turn {i}", session_id="paged")).run_id
+                    for i in range(5)
+                ]
+                first_page = httpx.get(f"{server.url}/sessions/paged")
+                assert "x-next-offset" in first_page.headers
+                assert len(first_page.json()["runs"]) < 5
+                session = await client.get_session("paged")
+                assert session["session_id"] == "paged"
+                assert [r["run_id"] for r in session["runs"]] == run_ids
+                newest = await client.get_session("paged", limit=2)
+                assert [r["run_id"] for r in newest["runs"]] == run_ids[-2:]
+                with pytest.raises(ValueError):
+                    await client.get_session("paged", limit=0)
+
+        asyncio.run(main())
+        with Client(server.url) as blocking:
+            assert len(blocking.get_session("paged", limit=3)["runs"]) == 3
+
+
+def test_get_session_keeps_a_run_once_when_pages_shift() -> None:
+    """A run started between two pages shifts the offsets: the next page repeats a run the
+    client has (with its messages); it is kept once."""
+
+    def run(n: int) -> dict[str, Any]:
+        return {"run_id": f"r{n}", "session_id": "s"}
+
+    def message(n: int) -> dict[str, Any]:
+        return {"run_id": f"r{n}", "position": 0, "role": "user", "content": f"m{n}"}
+
+    pages = {  # offset -> (runs, messages, next offset)
+        "0": ([run(3), run(4)], [message(3), message(4)], "2"),
+        # r5 was started meanwhile: offset 2 now starts at r3 again
+        "2": ([run(2), run(3)], [message(2), message(3)], "4"),
+        "4": ([run(1)], [message(1)], None),
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        runs, messages, next_offset = pages[request.url.params.get("offset", "0")]
+        headers = {} if next_offset is None else {"X-Next-Offset": next_offset}
+        body = {"session_id": "s", "runs": runs, "messages": messages}
+        return httpx.Response(200, json=body, headers=headers)
+
+    async def main() -> None:
+        transport = httpx.MockTransport(handler)
+        async with AsyncClient("http://agentos.test", transport=transport) as client:
+            session = await client.get_session("s")
+            assert [r["run_id"] for r in session["runs"]] == ["r1", "r2", "r3", "r4"]
+            assert [m["content"] for m in session["messages"]] == ["m1", "m2", "m3", "m4"]
+            newest = await client.get_session("s", limit=3)
+            assert [r["run_id"] for r in newest["runs"]] == ["r2", "r3", "r4"]
+            assert [m["content"] for m in newest["messages"]] == ["m2", "m3", "m4"]
+
+    asyncio.run(main())

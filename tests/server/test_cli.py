@@ -45,10 +45,10 @@ def _env(url: str | None, key: str | None) -> dict[str, str]:
     return env
 
 
-def start_run(url: str, message: str) -> str:
+def start_run(url: str, message: str, component: str = "agents/echo", **fields: str) -> str:
     response = httpx.post(
-        f"{url}/agents/echo/runs",
-        json={"message": message, "stream": False, "background": True},
+        f"{url}/{component}/runs",
+        json={"message": message, "stream": False, "background": True, **fields},
         headers={"Authorization": f"Bearer {KEY}"},
         timeout=10,
     )
@@ -57,10 +57,10 @@ def start_run(url: str, message: str) -> str:
     return run_id
 
 
-def wait_ended(url: str, run_id: str) -> dict[str, Any]:
+def wait_ended(url: str, run_id: str, component: str = "agents/echo") -> dict[str, Any]:
     for _ in range(400):
         run: dict[str, Any] = httpx.get(
-            f"{url}/agents/echo/runs/{run_id}", headers={"Authorization": f"Bearer {KEY}"}
+            f"{url}/{component}/runs/{run_id}", headers={"Authorization": f"Bearer {KEY}"}
         ).json()
         if run["status"] in ("COMPLETED", "ERROR", "CANCELLED"):
             return run
@@ -207,3 +207,81 @@ def test_tail_follows_a_run_across_a_server_restart(tmp_path: Path) -> None:
     assert indices == list(range(len(events))), indices  # no gap, no duplicate
     assert events[-1]["event"] == "RunError" and events[-1]["error"] == "interrupted"
     assert tail.returncode == 1, err
+
+
+@pytest.fixture(scope="module")
+def ada_session(server: ServerProcess) -> list[str]:
+    """Session cli-s1 of user cli-ada: two runs of agents/echo, then one of teams/echo-team (their
+    ids, oldest first); and session cli-s2 of user cli-bob."""
+    ada = {"session_id": "cli-s1", "user_id": "cli-ada"}
+    run_ids = []
+    for message, component in (("one", "agents/echo"), ("two", "agents/echo"),
+                               ("three", "teams/echo-team")):  # fmt: skip
+        run_ids.append(start_run(server.url, message, component, **ada))
+        wait_ended(server.url, run_ids[-1], component)
+    wait_ended(server.url, start_run(server.url, "other", session_id="cli-s2", user_id="cli-bob"))
+    return run_ids
+
+
+def sessions_listed(server: ServerProcess, *args: str) -> list[tuple[str, str, str, int]]:
+    result = agentos("sessions", "list", "--json", *args, url=server.url)
+    assert result.returncode == 0, result.stderr
+    return [
+        (s["session_id"], s["kind"], s["component_id"], s["run_count"])
+        for s in json.loads(result.stdout)
+    ]
+
+
+def test_sessions_list(server: ServerProcess, ada_session: list[str]) -> None:
+    assert sorted(sessions_listed(server, "--user-id", "cli-ada")) == [
+        ("cli-s1", "agents", "echo", 2),
+        ("cli-s1", "teams", "echo-team", 1),
+    ]
+    assert sessions_listed(server, "--user-id", "cli-ada", "--component", "teams") == [
+        ("cli-s1", "teams", "echo-team", 1)
+    ]
+    assert ("cli-s2", "agents", "echo", 1) in sessions_listed(server, "--component", "agents/echo")
+    table = agentos("sessions", "list", "--user-id", "cli-ada", url=server.url)
+    assert table.returncode == 0
+    assert "cli-s1" in table.stdout and "teams/echo-team" in table.stdout
+    bad = agentos("sessions", "list", "--component", "robots", url=server.url)
+    assert bad.returncode == 2 and "KIND/ID" in bad.stderr
+
+
+def test_sessions_get(server: ServerProcess, ada_session: list[str]) -> None:
+    got = agentos("sessions", "get", "cli-s1", "--json", url=server.url)
+    session = json.loads(got.stdout)
+    assert [r["run_id"] for r in session["runs"]] == ada_session  # oldest first
+    assert session["messages"] == []  # the echo agents keep none (see tests/server/models)
+    newest = agentos("sessions", "get", "cli-s1", "--limit", "1", "--json", url=server.url)
+    assert [r["run_id"] for r in json.loads(newest.stdout)["runs"]] == ada_session[-1:]
+    shown = agentos("sessions", "get", "cli-s1", url=server.url)
+    assert shown.returncode == 0
+    for run_id in ada_session:
+        assert run_id in shown.stdout
+    assert "teams/echo-team" in shown.stdout
+    missing = agentos("sessions", "get", "no-such-session", url=server.url)
+    assert missing.returncode == 2 and "session_not_found" in missing.stderr
+
+
+def test_sessions_delete(server: ServerProcess) -> None:
+    run_id = start_run(server.url, "bye", session_id="cli-gone", user_id="cli-cy")
+    wait_ended(server.url, run_id)
+    deleted = agentos("sessions", "delete", "cli-gone", url=server.url)
+    assert deleted.returncode == 0, deleted.stderr
+    auth = {"Authorization": f"Bearer {KEY}"}
+    assert httpx.get(f"{server.url}/sessions/cli-gone", headers=auth).status_code == 404
+    assert httpx.get(f"{server.url}/agents/echo/runs/{run_id}", headers=auth).status_code == 404
+    again = agentos("sessions", "delete", "cli-gone", url=server.url)
+    assert again.returncode == 2 and "session_not_found" in again.stderr
+
+
+def test_sessions_delete_refuses_a_session_with_a_run_going(server: ServerProcess) -> None:
+    run_id = start_run(server.url, words(2000), session_id="cli-busy")  # 40 s
+    refused = agentos("sessions", "delete", "cli-busy", url=server.url)
+    assert refused.returncode == 2 and "session_active" in refused.stderr
+    assert agentos("runs", "cancel", "agents/echo", run_id, url=server.url).returncode == 0
+    wait_ended(server.url, run_id)
+    assert agentos("sessions", "delete", "cli-busy", url=server.url).returncode == 0
+    down = agentos("sessions", "list", url=f"http://127.0.0.1:{free_port()}")
+    assert down.returncode == 3 and "cannot reach" in down.stderr

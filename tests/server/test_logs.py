@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agentos.logs import ContextFilter, JSONFormatter, TextFormatter, bind_run, error_summary
+from agentos.logs import (
+    ContextFilter,
+    FloodFilter,
+    JSONFormatter,
+    TextFormatter,
+    bind_run,
+    error_summary,
+)
 from tests.servers import ServerProcess
 from tests.storage import run_record
 
@@ -131,3 +139,67 @@ def test_serve_writes_json_lines_without_secrets(tmp_path: Path) -> None:
         assert record["component"] == "agents/echo" and record["session_id"]
     access = [r["message"] for r in records if r["logger"] == "uvicorn.access"]
     assert any("token=[redacted]" in line for line in access), access
+
+
+def test_a_flood_from_one_place_is_cut_and_counted(
+    captured: tuple[logging.Logger, io.StringIO, logging.StreamHandler[io.StringIO]],
+) -> None:
+    logger, stream, handler = captured
+    now = 0.0
+    handler.addFilter(FloodFilter(3, 10.0, clock=lambda: now))
+    handler.setFormatter(JSONFormatter())
+
+    def same_error(n: int) -> None:
+        logger.warning("accept failed: %d", n)  # one place, whatever the text
+
+    for n in range(1000):
+        same_error(n)
+    logger.error("another place")  # its own allowance
+    for n in range(50):
+        logger.info("the access log: never cut %d", n)
+    now = 10.0  # a new window: the next line says how many were left out
+    same_error(1000)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    flood = [line for line in lines if line["message"].startswith("accept failed")]
+    assert [line["message"] for line in flood] == [
+        "accept failed: 0",
+        "accept failed: 1",
+        "accept failed: 2",
+        "accept failed: 1000",
+    ]
+    assert "suppressed" not in flood[0] and flood[-1]["suppressed"] == 997
+    assert sum(line["message"] == "another place" for line in lines) == 1
+    assert sum(line["level"] == "INFO" for line in lines) == 50
+
+    handler.setFormatter(TextFormatter())
+    now = 20.0
+    for _ in range(5):
+        same_error(0)
+    now = 30.0
+    same_error(0)
+    assert stream.getvalue().splitlines()[-1].endswith("accept failed: 0 (2 more like it left out)")
+
+
+def test_a_filter_with_no_limit_lets_everything_through() -> None:
+    unlimited = FloodFilter(0, 10.0)
+    record = logging.LogRecord("x", logging.ERROR, "f.py", 1, "boom", (), None)
+    assert all(unlimited.filter(record) for _ in range(100))
+
+
+@pytest.mark.slow
+def test_serve_cuts_a_flood_of_malformed_requests(tmp_path: Path) -> None:
+    """uvicorn warns once per malformed request: 300 of them log 3 lines, and the access log of
+    good requests goes on."""
+    env = {"AGENTOS_LOG_FLOOD_LINES": "3", "AGENTOS_LOG_FLOOD_INTERVAL": "3600"}
+    server = ServerProcess(tmp_path, log_level="info", env=env)
+    with server:
+        for _ in range(300):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                sock.sendall(b"NOT HTTP \x00\x01\r\n\r\n")
+                assert sock.recv(100).startswith(b"HTTP/1.1 400")
+        for _ in range(20):
+            assert httpx.get(f"{server.url}/agents", timeout=10).status_code == 200
+        assert server.terminate()
+    lines = server.log_path.read_text().splitlines()
+    assert sum("Invalid HTTP request" in line for line in lines) == 3
+    assert sum('"GET /agents HTTP/1.1" 200' in line for line in lines) == 20

@@ -343,9 +343,42 @@ class AsyncClient:
             raise ClientError("the session list is not a JSON list")
         return [_as_object(item) for item in data]
 
-    async def get_session(self, session_id: str) -> dict[str, Any]:
-        """``{"session_id","runs","messages"}``; :class:`APIStatusError` 404 if unknown."""
-        return _as_object(await self._json("GET", f"/sessions/{session_id}"))
+    async def get_session(self, session_id: str, *, limit: int | None = None) -> dict[str, Any]:
+        """``{"session_id","runs","messages"}``: the session's runs, oldest first, and their
+        messages; :class:`APIStatusError` 404 if unknown.
+
+        Every run of the session, or only its newest ``limit``. A session the server sends in
+        pages (``X-Next-Offset``, newest runs first) is read page by page; a run that shows up
+        twice (runs started meanwhile shift the pages) is kept once.
+        """
+        if limit is not None and limit < 1:
+            raise ValueError("limit must be 1 or more")
+        pages: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]] = []
+        seen: set[str] = set()
+        params: dict[str, Any] = {}
+        found = session_id
+        while True:
+            response = await self._send("GET", f"/sessions/{session_id}", params=params)
+            page = _as_object(_decode(response))
+            runs, messages = page.get("runs"), page.get("messages")
+            if not isinstance(runs, list) or not isinstance(messages, list):
+                raise ClientError("a session has no runs and messages lists")
+            found = str(page.get("session_id", found))
+            fresh = [r for r in map(_as_object, runs) if r.get("run_id") not in seen]
+            ids = {str(r.get("run_id")) for r in fresh}
+            pages.append((fresh, [m for m in map(_as_object, messages) if m.get("run_id") in ids]))
+            seen |= ids
+            next_offset = response.headers.get("x-next-offset")
+            if not runs or next_offset is None or (limit is not None and len(seen) >= limit):
+                break
+            params["offset"] = next_offset
+        all_runs = [run for page_runs, _ in reversed(pages) for run in page_runs]
+        all_messages = [m for _, page_messages in reversed(pages) for m in page_messages]
+        if limit is not None and len(all_runs) > limit:
+            all_runs = all_runs[-limit:]
+            kept = {run.get("run_id") for run in all_runs}
+            all_messages = [m for m in all_messages if m.get("run_id") in kept]
+        return {"session_id": found, "runs": all_runs, "messages": all_messages}
 
     async def delete_session(self, session_id: str) -> None:
         """Delete a session with its runs, events and messages (409 while a run is going)."""
@@ -718,9 +751,9 @@ class Client:
             )
         )
 
-    def get_session(self, session_id: str) -> dict[str, Any]:
+    def get_session(self, session_id: str, *, limit: int | None = None) -> dict[str, Any]:
         """See :meth:`AsyncClient.get_session`."""
-        return self._call(self._async.get_session(session_id))
+        return self._call(self._async.get_session(session_id, limit=limit))
 
     def delete_session(self, session_id: str) -> None:
         """See :meth:`AsyncClient.delete_session`."""

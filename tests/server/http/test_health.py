@@ -9,8 +9,10 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
 from agentos import Agent, AgentOS, EchoModel, Settings
 from tests.servers import ThreadServer
@@ -20,13 +22,48 @@ KEY = "health-secret-key"
 
 
 def _serve(
-    tmp_path: Path, serve_thread: Callable[[AgentOS], ThreadServer], **overrides: object
+    tmp_path: Path,
+    serve_thread: Callable[[AgentOS], ThreadServer],
+    delay: float = 0.0,
+    **overrides: object,
 ) -> tuple[ThreadServer, ScriptedStore, AgentOS]:
+    """agents/echo (``delay`` seconds a word) on a ScriptedStore, behind KEY."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'health.db'}"
     store = ScriptedStore(url)
     settings = Settings(db_url=url, instance_id="health", security_key=KEY, **overrides)
-    agent_os = AgentOS(agents=[Agent(id="echo", model=EchoModel())], settings=settings, store=store)
+    echo = Agent(id="echo", model=EchoModel(delay))
+    agent_os = AgentOS(agents=[echo], settings=settings, store=store)
     return serve_thread(agent_os), store, agent_os
+
+
+def _start(server: ThreadServer, words: int) -> str:
+    created = httpx.post(
+        f"{server.url}/agents/echo/runs",
+        json={"message": " ".join(["word"] * words), "background": True, "stream": False},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=10,
+    )
+    assert created.status_code == 202, created.text
+    run_id: str = created.json()["run_id"]
+    return run_id
+
+
+def _cancel(server: ThreadServer, run_id: str) -> None:
+    cancelled = httpx.post(
+        f"{server.url}/agents/echo/runs/{run_id}/cancel",
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=10,
+    )
+    assert cancelled.status_code == 200
+
+
+def _health_until(server: ThreadServer, ok: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """Poll /health until ``ok(body)``; the last body (the test's timeout bounds the wait)."""
+    while True:
+        body: dict[str, Any] = httpx.get(f"{server.url}/health", timeout=10).json()
+        if ok(body):
+            return body
+        time.sleep(0.01)
 
 
 def test_health_is_public_reports_its_checks_and_reveals_no_secret(
@@ -123,3 +160,95 @@ def test_a_dead_background_task_is_degraded(
     health = httpx.get(f"{server.url}/health").json()
     assert health["status"] == "degraded"
     assert health["checks"]["background"]["tasks"]["buffer-sweeper"] is False
+
+
+@pytest.mark.parametrize(
+    ("stall_timeout", "status", "code", "ready"),
+    [(3600.0, "degraded", 200, 200), (0.5, "down", 503, 503)],
+)
+def test_a_stuck_committer_is_degraded_then_down(
+    tmp_path: Path,
+    serve_thread: Callable[[AgentOS], ThreadServer],
+    stall_timeout: float,
+    status: str,
+    code: int,
+    ready: int,
+) -> None:
+    """A commit that hangs (no error, no answer) while the database still answers SELECT 1:
+    degraded once it has waited create_timeout, down after commit_stall_timeout; running again
+    once it goes through."""
+    server, store, _ = _serve(
+        tmp_path, serve_thread, create_timeout=0.2, commit_stall_timeout=stall_timeout
+    )
+    auth = {"Authorization": f"Bearer {KEY}"}
+    server.call(store.gate.clear)  # every commit from now on hangs
+    try:
+        created = httpx.post(
+            f"{server.url}/agents/echo/runs",
+            json={"message": "a b", "background": True, "stream": False},
+            headers=auth,
+            timeout=10,
+        )
+        assert created.status_code == 503  # its commit did not come back within create_timeout
+        for _ in range(400):
+            health = httpx.get(f"{server.url}/health", timeout=10)
+            if health.json()["status"] == status:
+                break
+            time.sleep(0.02)
+        assert health.status_code == code, health.text
+        body = health.json()
+        assert body["status"] == status
+        committer = body["checks"]["committer"]
+        assert committer["ok"] is False and committer["failing_for"] > 0.2
+        assert body["checks"]["database"]["ok"] is True  # the database answers; commits do not
+        answer = httpx.get(f"{server.url}/health/ready", timeout=10)
+        assert answer.status_code == ready
+        if ready == 503:
+            assert answer.json()["reason"] == "down"
+    finally:
+        server.call(store.gate.set)
+    for _ in range(400):
+        if httpx.get(f"{server.url}/health", timeout=10).json()["status"] == "running":
+            break
+        time.sleep(0.02)
+    health = httpx.get(f"{server.url}/health", timeout=10)
+    assert (health.status_code, health.json()["status"]) == (200, "running")
+
+
+def test_live_runs_filling_the_buffer_are_degraded(
+    tmp_path: Path, serve_thread: Callable[[AgentOS], ThreadServer]
+) -> None:
+    """Live runs' events past 90 % of buffer_max_bytes_total: their older events leave memory
+    (followers read them from the database), and /health says so."""
+    server, _, _ = _serve(tmp_path, serve_thread, delay=0.005, buffer_max_bytes_total=4000)
+    run_id = _start(server, 4000)  # 20 s of events, far more than 4000 bytes
+    body = _health_until(server, lambda b: not b["checks"]["buffer"]["ok"])
+    assert body["status"] == "degraded"
+    buffer = body["checks"]["buffer"]
+    assert buffer["max_bytes"] == 4000 and buffer["live_bytes"] > 3600
+    _cancel(server, run_id)
+    body = _health_until(server, lambda b: b["checks"]["buffer"]["live_bytes"] == 0)
+    assert body["status"] == "running"  # an ended run's events are dropped first, no pressure
+
+
+def test_a_full_commit_backlog_is_degraded(
+    tmp_path: Path, serve_thread: Callable[[AgentOS], ThreadServer]
+) -> None:
+    """Commits slower than the runs: the backlog fills up and runs wait to emit, before any
+    commit has failed or waited create_timeout."""
+    server, store, _ = _serve(
+        tmp_path, serve_thread, delay=0.005, max_pending_events=5, create_timeout=3600.0
+    )
+    run_id = _start(server, 1000)
+    server.call(store.gate.clear)  # the next commit waits
+    try:
+        body = _health_until(server, lambda b: b["pending_events"] >= 5)
+        committer = body["checks"]["committer"]
+        assert committer["ok"] is False and committer["failing_for"] == 0
+        assert body["status"] == "degraded"
+        assert httpx.get(f"{server.url}/health/ready", timeout=10).status_code == 200
+    finally:
+        server.call(store.gate.set)
+    _cancel(server, run_id)
+    body = _health_until(server, lambda b: b["active_runs"] == 0 and b["pending_events"] == 0)
+    assert body["status"] == "running"
