@@ -109,7 +109,7 @@ _BASE: dict[str, Any] = {"component_id": "echo", "message": "hi"}
     [
         ({"schedule": {"kind": "cron", "cron": "61 * * * *"}}, "schedule.cron"),
         ({"schedule": {"kind": "cron", "cron": "* * * *"}}, "schedule.cron"),
-        ({"schedule": {"kind": "cron", "cron": "０ * * * *"}}, "schedule.cron"),
+        ({"schedule": {"kind": "cron", "cron": "\uff10 * * * *"}}, "schedule.cron"),
         (
             {"schedule": {"kind": "cron", "cron": "0 9 * * *", "timezone": "Mars/Olympus"}},
             "schedule.timezone",
