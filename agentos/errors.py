@@ -22,6 +22,9 @@
      ├── SessionNotFound        no run has this session id           404
      ├── SessionActive          delete of a session with a running run 409
      ├── ComponentPaused        a run of a paused component          409
+ ├── TaskNotFound           unknown task                         404
+ ├── TaskAlreadyExists      client-chosen task_id taken          409
+ ├── WaitTimeout            wait=true ran past its budget        504
      ├── SchemaOutdated         the database needs `agentos db upgrade` (at start-up)
      ├── SchemaUnknown          the database is at a revision this release does not know
      ├── ModelError             the model server refused or failed (ends the run: RunError)
@@ -77,7 +80,10 @@ __all__ = [
     "SessionNotFound",
     "ShuttingDown",
     "StoreUnavailable",
+    "TaskAlreadyExists",
+    "TaskNotFound",
     "ToolRoundsExceeded",
+    "WaitTimeout",
     "WriteConflict",
     "describe_error",
 ]
@@ -297,6 +303,35 @@ class ComponentPaused(AgentOSError):
         super().__init__(f"{kind.rstrip('s')} {component_id!r} is paused; it takes no new runs")
         self.kind = kind
         self.component_id = component_id
+
+
+class TaskNotFound(AgentOSError):
+    status = 404
+    code = "task_not_found"
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"no task {task_id!r}")
+        self.task_id = task_id
+
+
+class TaskAlreadyExists(AgentOSError):
+    status = 409
+    code = "task_exists"
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"a task with id {task_id!r} exists already")
+        self.task_id = task_id
+
+
+class WaitTimeout(AgentOSError):
+    """``wait=true`` waited its budget and the run has not ended; it goes on (follow it)."""
+
+    status = 504
+    code = "wait_timeout"
+
+    def __init__(self, detail: str, run_id: str) -> None:
+        super().__init__(detail)
+        self.run_id = run_id
 
 
 class SchemaOutdated(AgentOSError):

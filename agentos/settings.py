@@ -34,6 +34,7 @@ __all__ = [
     "RunSettings",
     "Settings",
     "StreamSettings",
+    "TaskSettings",
     "WebSocketSettings",
 ]
 
@@ -364,6 +365,30 @@ class RetentionSettings:
     interval: float = _setting(3600.0, "retention_interval")
 
 
+@dataclass(frozen=True)
+class TaskSettings:
+    """Tasks and their scheduler (``tasks.py``)."""
+
+    #: Whether this instance fires scheduled tasks (every instance may; each occurrence fires
+    #: once whichever does). Off: tasks are still served over HTTP and triggered by hand.
+    scheduler: bool = _setting(True, "task_scheduler")
+    #: Longest sleep in seconds of the scheduler between two looks at the due tasks (it wakes
+    #: earlier for the next occurrence it knows of, and at once on task changes here).
+    tick: float = _setting(0.5, "task_tick")
+    #: Seconds an instance holds the due occurrences it took; if it dies meanwhile, another
+    #: instance fires them after this time (still once: see ``tasks.py``).
+    claim_ttl: float = _setting(10.0, "task_claim_ttl")
+    #: Tasks taken in one statement at most.
+    claim_batch: int = _setting(500, "task_claim_batch")
+    #: Seconds after its time an occurrence still fires as on time; older ones were missed
+    #: (every instance down, task paused) and the task's ``catchup`` decides.
+    misfire_grace: float = _setting(30.0, "task_misfire_grace")
+    #: Most missed occurrences one task fires at once with ``catchup`` ``all``.
+    max_catchup: int = _setting(100, "task_max_catchup")
+    #: Longest ``wait`` in seconds of ``POST /tasks/{id}/trigger?wait=true``; then 504.
+    wait_timeout: float = _setting(60.0, "task_wait_timeout")
+
+
 _SECTIONS: dict[str, type[Any]] = {
     "database": DatabaseSettings,
     "auth": AuthSettings,
@@ -377,6 +402,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "agents": AgentSettings,
     "monitoring": MonitoringSettings,
     "retention": RetentionSettings,
+    "tasks": TaskSettings,
 }
 #: Settings of the server as a whole, not of one part.
 _TOP: dict[str, Any] = {"instance_id": None, "demo_delay": 0.02}
@@ -411,6 +437,7 @@ class Settings:
     agents: AgentSettings
     monitoring: MonitoringSettings
     retention: RetentionSettings
+    tasks: TaskSettings
     #: This instance's name; runs it owns are recovered by it after a restart. Default:
     #: ``agentos-`` and a hash of the host name and ``db_url`` (stable, and no host name).
     instance_id: str
@@ -502,6 +529,11 @@ class Settings:
             raise ValueError("setting component_state_ttl must be above 0")
         if self.retention.batch_size < 1 or self.retention.interval <= 0:
             raise ValueError("settings retention_batch_size and retention_interval must be above 0")
+        tasks = self.tasks
+        if tasks.tick <= 0 or tasks.claim_ttl <= 0 or tasks.claim_batch < 1:
+            raise ValueError(
+                "settings task_tick, task_claim_ttl and task_claim_batch must be above 0"
+            )
         if self.monitoring.log_format not in ("text", "json"):
             raise ValueError("setting log_format must be text or json")
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from agentos.events import Event, RunStatus
 from agentos.records import ComponentState, ComponentStats, RunRecord, RunUpdate
+from agentos.schedules import TaskRecord
 from agentos.sessions import MessageRecord, SessionRecord
 from agentos.settings import Settings
 
@@ -293,6 +294,81 @@ class Store(abc.ABC):
         """Hold the named lease until ``until`` if it is free, expired at ``now`` or ``holder``'s
         already (then it is extended); False when another holder has it. One holder at a time,
         across every instance and process on the database."""
+
+    # -- tasks (agentos.tasks) -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_task(self, task: TaskRecord) -> None:
+        """Insert a new task; raises TaskAlreadyExists when its id is taken."""
+
+    @abc.abstractmethod
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        """The task, or None."""
+
+    @abc.abstractmethod
+    async def list_tasks(
+        self,
+        *,
+        kind: str | None = None,
+        component_id: str | None = None,
+        active: bool | None = None,
+        tag: str | None = None,
+        user_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TaskRecord]:
+        """Tasks, oldest first (then by id)."""
+
+    @abc.abstractmethod
+    async def update_task(self, task: TaskRecord) -> TaskRecord | None:
+        """Write a task's definition (everything but its counters) and its next occurrence,
+        dropping any claim on it; None when it no longer exists."""
+
+    @abc.abstractmethod
+    async def delete_task(self, task_id: str) -> bool:
+        """Delete a task (its runs stay); False when there was none."""
+
+    @abc.abstractmethod
+    async def claim_tasks(
+        self, instance_id: str, now: float, until: float, limit: int
+    ) -> list[TaskRecord]:
+        """Take at most ``limit`` active tasks that have an occurrence due at ``now`` (or one
+        queued) and no live claim, for ``instance_id`` until ``until``; returns them. A task is
+        taken by one instance at a time, across every instance on the database."""
+
+    @abc.abstractmethod
+    async def release_task(
+        self,
+        task_id: str,
+        instance_id: str,
+        *,
+        due: float | None,
+        next_fire_at: float | None,
+        queued_at: float | None,
+        fired: int,
+        skipped: int,
+        last_fired_at: float | None,
+        last_run_id: str | None,
+    ) -> bool:
+        """End ``instance_id``'s claim on a task: its next occurrence becomes
+        ``next_fire_at``, the counters grow by ``fired`` and ``skipped``. Only while the claim is
+        still ``instance_id``'s and the task's next occurrence is still ``due`` (a
+        compare-and-set: an update or another claimer meanwhile wins); False otherwise."""
+
+    @abc.abstractmethod
+    async def next_fire_time(self, after: float) -> float | None:
+        """The earliest next occurrence after ``after`` of the active tasks (when the
+        scheduler wakes next)."""
+
+    @abc.abstractmethod
+    async def active_task_runs(self, task_ids: Sequence[str]) -> dict[str, list[str]]:
+        """The unfinished runs of each task of ``task_ids`` that has any, oldest first."""
+
+    @abc.abstractmethod
+    async def task_runs(
+        self, task_id: str, *, status: RunStatus | None = None, limit: int = 100, offset: int = 0
+    ) -> list[RunRecord]:
+        """A task's runs, newest first."""
 
 
 class Notifier:

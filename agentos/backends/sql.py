@@ -42,10 +42,13 @@ from agentos.errors import (
     RunAlreadyExists,
     SessionActive,
     StoreUnavailable,
+    TaskAlreadyExists,
     WriteConflict,
 )
 from agentos.events import Event, RunStatus
 from agentos.records import ComponentState, ComponentStats, RunRecord, RunUpdate
+from agentos.retries import RetryPolicy
+from agentos.schedules import Schedule, TaskRecord
 from agentos.sessions import MessageRecord, SessionRecord
 from agentos.settings import DatabaseSettings, Settings
 
@@ -54,6 +57,8 @@ __all__ = ["SQLStore"]
 _UNFINISHED = (RunStatus.PENDING.value, RunStatus.QUEUED.value, RunStatus.RUNNING.value)
 _EXECUTING = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
 _QUEUED = RunStatus.QUEUED.value
+#: Runs of a task that count as running for its overlap policy (waiting in the queue too).
+_ACTIVE = _UNFINISHED
 
 
 class RunRow(SQLModel, table=True):
@@ -127,13 +132,45 @@ class LeaseRow(SQLModel, table=True):
     expires_at: float = Field(sa_type=sa.Double)
 
 
+class TaskRow(SQLModel, table=True):
+    __tablename__ = "agentos_tasks"
+
+    task_id: str = Field(primary_key=True, max_length=200)
+    kind: str = Field(max_length=20)
+    component_id: str = Field(max_length=200)
+    message: str = Field(sa_type=sa.Text)
+    schedule: str = Field(sa_type=sa.Text)
+    timeout: float | None = Field(default=None, sa_type=sa.Double)
+    retry_policy: str | None = Field(default=None, sa_type=sa.Text)
+    overlap_policy: str = Field(max_length=20)
+    session_policy: str = Field(max_length=20)
+    session_id: str | None = Field(default=None, max_length=200)
+    catchup: str = Field(max_length=20)
+    catchup_window: float = Field(sa_type=sa.Double)
+    active: bool = True
+    description: str | None = Field(default=None, sa_type=sa.Text)
+    tags: str = Field(sa_type=sa.Text)
+    user_id: str | None = Field(default=None, max_length=200)
+    created_at: float = Field(sa_type=sa.Double)
+    updated_at: float = Field(sa_type=sa.Double)
+    next_fire_at: float | None = Field(default=None, sa_type=sa.Double, index=True)
+    queued_at: float | None = Field(default=None, sa_type=sa.Double)
+    last_fired_at: float | None = Field(default=None, sa_type=sa.Double)
+    last_run_id: str | None = Field(default=None, max_length=200)
+    fired: int = 0
+    skipped: int = 0
+    claimed_by: str | None = Field(default=None, max_length=200)
+    claim_until: float | None = Field(default=None, sa_type=sa.Double)
+
+
 _runs = RunRow.__table__  # type: ignore[attr-defined]
 _events = EventRow.__table__  # type: ignore[attr-defined]
 _messages = MessageRow.__table__  # type: ignore[attr-defined]
 _components = ComponentRow.__table__  # type: ignore[attr-defined]
 _leases = LeaseRow.__table__  # type: ignore[attr-defined]
+_tasks = TaskRow.__table__  # type: ignore[attr-defined]
 #: The tables of this release: what create_all makes in an empty database, at schema.HEAD.
-_TABLES = [_runs, _events, _messages, _components, _leases]
+_TABLES = [_runs, _events, _messages, _components, _leases, _tasks]
 
 
 def _record(row: Any) -> RunRecord:
@@ -884,6 +921,235 @@ class SQLStore(Store):
             await conn.execute(query)
             found = await conn.scalar(sa.select(_leases.c.holder).where(_leases.c.name == name))
         return bool(found == holder)
+
+    # -- tasks -------------------------------------------------------------------------------------
+
+    async def create_task(self, task: TaskRecord) -> None:
+        try:
+            async with self._begin() as conn:
+                await conn.execute(_tasks.insert().values(**_task_values(task)))
+        except WriteConflict as exc:
+            raise TaskAlreadyExists(task.task_id) from exc
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        async with self._connect() as conn:
+            row = (await conn.execute(_tasks.select().where(_tasks.c.task_id == task_id))).first()
+        return None if row is None else _task(row)
+
+    async def list_tasks(
+        self,
+        *,
+        kind: str | None = None,
+        component_id: str | None = None,
+        active: bool | None = None,
+        tag: str | None = None,
+        user_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TaskRecord]:
+        query = _tasks.select()
+        if kind is not None:
+            query = query.where(_tasks.c.kind == kind)
+        if component_id is not None:
+            query = query.where(_tasks.c.component_id == component_id)
+        if active is not None:
+            query = query.where(_tasks.c.active == active)
+        if user_id is not None:
+            query = query.where(_tasks.c.user_id == user_id)
+        if tag is not None:
+            # Tags are a JSON list (ASCII escapes): a tag is its JSON string inside it.
+            quoted = json.dumps(tag).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            query = query.where(_tasks.c.tags.like(f"%{quoted}%", escape="\\"))
+        query = query.order_by(_tasks.c.created_at, _tasks.c.task_id).offset(offset).limit(limit)
+        async with self._connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_task(row) for row in rows]
+
+    async def update_task(self, task: TaskRecord) -> TaskRecord | None:
+        values = _task_values(task)
+        for counter in (
+            "task_id",
+            "created_at",
+            "fired",
+            "skipped",
+            "last_fired_at",
+            "last_run_id",
+        ):
+            values.pop(counter)
+        values.update(claimed_by=None, claim_until=None)
+        query = _tasks.update().where(_tasks.c.task_id == task.task_id).values(**values)
+        async with self._begin() as conn:
+            result = await conn.execute(query)
+            if not result.rowcount:
+                return None
+            row = (
+                await conn.execute(_tasks.select().where(_tasks.c.task_id == task.task_id))
+            ).one()
+        return _task(row)
+
+    async def delete_task(self, task_id: str) -> bool:
+        async with self._begin() as conn:
+            result = await conn.execute(_tasks.delete().where(_tasks.c.task_id == task_id))
+        return bool(result.rowcount)
+
+    async def claim_tasks(
+        self, instance_id: str, now: float, until: float, limit: int
+    ) -> list[TaskRecord]:
+        due = (
+            sa.select(_tasks.c.task_id)
+            .where(
+                _tasks.c.active.is_(True),
+                sa.or_(_tasks.c.next_fire_at <= now, _tasks.c.queued_at.is_not(None)),
+                sa.or_(_tasks.c.claim_until.is_(None), _tasks.c.claim_until < now),
+            )
+            .order_by(_tasks.c.next_fire_at)
+            .limit(limit)
+        )
+        if not self.is_sqlite:
+            # Two claimers skip each other's rows instead of waiting; each row's WHERE is
+            # checked again once it is locked, so a task just claimed elsewhere is left out.
+            due = due.with_for_update(skip_locked=True)
+        # On SQLite the UPDATE takes the one write lock before it reads: claims take turns.
+        query = (
+            _tasks.update()
+            .where(_tasks.c.task_id.in_(due.scalar_subquery()))
+            .values(claimed_by=instance_id, claim_until=until)
+            .returning(*_tasks.c)
+        )
+        async with self._begin() as conn:
+            rows = (await conn.execute(query)).all()
+        return sorted((_task(row) for row in rows), key=lambda t: t.next_fire_at or 0.0)
+
+    async def release_task(
+        self,
+        task_id: str,
+        instance_id: str,
+        *,
+        due: float | None,
+        next_fire_at: float | None,
+        queued_at: float | None,
+        fired: int,
+        skipped: int,
+        last_fired_at: float | None,
+        last_run_id: str | None,
+    ) -> bool:
+        values: dict[str, Any] = {
+            "next_fire_at": next_fire_at,
+            "queued_at": queued_at,
+            "claimed_by": None,
+            "claim_until": None,
+            "fired": _tasks.c.fired + fired,
+            "skipped": _tasks.c.skipped + skipped,
+        }
+        if last_run_id is not None:
+            values.update(last_fired_at=last_fired_at, last_run_id=last_run_id)
+        query = (
+            _tasks.update()
+            .where(
+                _tasks.c.task_id == task_id,
+                _tasks.c.claimed_by == instance_id,
+                _tasks.c.next_fire_at.is_not_distinct_from(due),
+            )
+            .values(**values)
+        )
+        async with self._begin() as conn:
+            result = await conn.execute(query)
+        return bool(result.rowcount)
+
+    async def next_fire_time(self, after: float) -> float | None:
+        query = sa.select(sa.func.min(_tasks.c.next_fire_at)).where(
+            _tasks.c.active.is_(True), _tasks.c.next_fire_at > after
+        )
+        async with self._connect() as conn:
+            found = await conn.scalar(query)
+        return None if found is None else float(found)
+
+    async def active_task_runs(self, task_ids: Sequence[str]) -> dict[str, list[str]]:
+        if not task_ids:
+            return {}
+        query = (
+            sa.select(_runs.c.task_id, _runs.c.run_id)
+            .where(_runs.c.task_id.in_(list(task_ids)), _runs.c.status.in_(_ACTIVE))
+            .order_by(_runs.c.created_at, _runs.c.run_id)
+        )
+        found: dict[str, list[str]] = {}
+        async with self._connect() as conn:
+            for task_id, run_id in (await conn.execute(query)).all():
+                found.setdefault(task_id, []).append(run_id)
+        return found
+
+    async def task_runs(
+        self, task_id: str, *, status: RunStatus | None = None, limit: int = 100, offset: int = 0
+    ) -> list[RunRecord]:
+        query = _runs.select().where(_runs.c.task_id == task_id)
+        if status is not None:
+            query = query.where(_runs.c.status == status.value)
+        query = (
+            query.order_by(_runs.c.created_at.desc(), _runs.c.run_id).offset(offset).limit(limit)
+        )
+        async with self._connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_record(row) for row in rows]
+
+
+def _task_values(task: TaskRecord) -> dict[str, Any]:
+    return {
+        "task_id": task.task_id,
+        "kind": task.kind,
+        "component_id": task.component_id,
+        "message": task.message,
+        "schedule": task.schedule.to_json(),
+        "timeout": task.timeout,
+        "retry_policy": None if task.retry_policy is None else task.retry_policy.to_json(),
+        "overlap_policy": task.overlap_policy,
+        "session_policy": task.session_policy,
+        "session_id": task.session_id,
+        "catchup": task.catchup,
+        "catchup_window": task.catchup_window,
+        "active": task.active,
+        "description": task.description,
+        "tags": json.dumps(list(task.tags)),
+        "user_id": task.user_id,
+        "created_at": task.created_at,
+        "updated_at": task.updated_at,
+        "next_fire_at": task.next_fire_at,
+        "queued_at": task.queued_at,
+        "last_fired_at": task.last_fired_at,
+        "last_run_id": task.last_run_id,
+        "fired": task.fired,
+        "skipped": task.skipped,
+    }
+
+
+def _task(row: Any) -> TaskRecord:
+    return TaskRecord(
+        task_id=row.task_id,
+        kind=row.kind,
+        component_id=row.component_id,
+        message=row.message,
+        schedule=Schedule.from_json(row.schedule),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        timeout=row.timeout,
+        retry_policy=None if row.retry_policy is None else RetryPolicy.parse(row.retry_policy),
+        overlap_policy=row.overlap_policy,
+        session_policy=row.session_policy,
+        session_id=row.session_id,
+        catchup=row.catchup,
+        catchup_window=row.catchup_window,
+        active=bool(row.active),
+        description=row.description,
+        tags=tuple(json.loads(row.tags)),
+        user_id=row.user_id,
+        next_fire_at=row.next_fire_at,
+        queued_at=row.queued_at,
+        last_fired_at=row.last_fired_at,
+        last_run_id=row.last_run_id,
+        fired=row.fired,
+        skipped=row.skipped,
+        claimed_by=row.claimed_by,
+        claim_until=row.claim_until,
+    )
 
 
 def _component_state(row: Any) -> ComponentState:

@@ -40,11 +40,13 @@ from agentos.http.auth import Authenticator, Principal, authorize, redact_tokens
 from agentos.http.metrics import Metrics
 from agentos.http.middleware import InstanceHeader, SecurityGuard, error_body, error_json
 from agentos.http.sse import event_stream
+from agentos.http.tasks import TaskRoutes
 from agentos.http.ws import WorkflowSockets
 from agentos.records import RunRecord
 from agentos.runs import RunManager
 from agentos.settings import Settings
 from agentos.streams import RunStream
+from agentos.tasks import TaskManager
 
 __all__ = ["AgentOS"]
 
@@ -96,6 +98,8 @@ class AgentOS:
                     raise TypeError(f"{component!r} is not one of the {kind}")
                 self.manager.register(component)
                 component.runtime.attach(self.manager)
+        #: The tasks and this instance's scheduler (``agentos/tasks.py``).
+        self.tasks = TaskManager(self.manager, settings.tasks)
         self._exit = anyio.Event()
         self.authenticator = Authenticator(settings.auth)
         self.app = self._build_app()
@@ -105,9 +109,11 @@ class AgentOS:
 
     async def __aenter__(self) -> AgentOS:
         await self.manager.start()
+        self.tasks.start()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        await self.tasks.aclose()
         await self.manager.aclose()
         await self._close_components()
 
@@ -131,6 +137,7 @@ class AgentOS:
             Route("/metrics", self.scrape, methods=["GET"]),
             Route("/config", self.config, methods=["GET"]),
             WebSocketRoute("/workflows/ws", sockets),
+            *TaskRoutes(self.tasks, self.settings).routes(),
             Route("/sessions", self.list_sessions, methods=["GET"]),
             Route("/sessions/{session_id}", self.get_session, methods=["GET"]),
             Route("/sessions/{session_id}", self.delete_session, methods=["DELETE"]),
@@ -185,11 +192,13 @@ class AgentOS:
         except (SchemaOutdated, SchemaUnknown) as exc:
             logger.critical("not starting: %s", exc.detail)  # the one line an operator reads
             raise
+        self.tasks.start()
         watcher = asyncio.create_task(self._watch_exit(), name="agentos-exit-watcher")
         try:
             yield
         finally:
             watcher.cancel()
+            await self.tasks.aclose()
             await self.manager.aclose()
             await self._close_components()
 
@@ -199,6 +208,7 @@ class AgentOS:
         # stream has closed and the lifespan ends.
         while not (AppStatus.should_exit or self._exit.is_set()):
             await asyncio.sleep(0.2)
+        await self.tasks.aclose()  # a draining instance fires nothing more
         self.manager.begin_shutdown()
 
     def begin_shutdown(self) -> None:

@@ -67,6 +67,71 @@ _SCHEMAS: dict[str, Any] = {
             "stats": {"type": "object"},
         },
     },
+    "Task": {
+        "type": "object",
+        "description": "A task: a component, a message and a schedule (PROTOCOL.md, Tasks).",
+        "required": ["task_id", "kind", "component_id", "message", "schedule", "active"],
+        "properties": {
+            "task_id": {"type": "string"},
+            "kind": {"enum": _KINDS},
+            "component_id": {"type": "string"},
+            "message": {"type": "string"},
+            "schedule": {"type": "object"},
+            "timeout_seconds": {"type": ["number", "null"]},
+            "retry_policy": {"type": ["object", "null"]},
+            "overlap_policy": {"type": "string"},
+            "session_policy": {"type": "string"},
+            "session_id": _NULLABLE_STRING,
+            "catchup": {"type": "string"},
+            "catchup_window_seconds": _NUMBER,
+            "active": {"type": "boolean"},
+            "description": _NULLABLE_STRING,
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "user_id": _NULLABLE_STRING,
+            "created_at": _NUMBER,
+            "updated_at": _NUMBER,
+            "next_fire_at": _NULLABLE_STRING,
+            "queued_occurrence": _NULLABLE_STRING,
+            "last_fired_at": _NULLABLE_STRING,
+            "last_run_id": _NULLABLE_STRING,
+            "fired": {"type": "integer"},
+            "skipped": {"type": "integer"},
+        },
+    },
+    "TaskInput": {
+        "type": "object",
+        "description": "A new task, or (PATCH) the fields to change.",
+        "properties": {
+            "task_id": {"type": "string"},
+            "kind": {"enum": _KINDS},
+            "component_id": {"type": "string"},
+            "message": {"type": "string"},
+            "schedule": {
+                "type": "object",
+                "properties": {
+                    "kind": {"enum": ["manual", "once", "interval", "cron"]},
+                    "at": {"type": ["string", "number"]},
+                    "every_seconds": _NUMBER,
+                    "start_at": {"type": ["string", "number"]},
+                    "cron": {"type": "string"},
+                    "timezone": {"type": "string"},
+                },
+            },
+            "timeout_seconds": _NUMBER,
+            "retry_policy": {"type": "object"},
+            "overlap_policy": {
+                "enum": ["skip_if_running", "queue_next", "cancel_previous", "allow_parallel"]
+            },
+            "session_policy": {"enum": ["task", "run", "fixed"]},
+            "session_id": {"type": "string"},
+            "catchup": {"enum": ["skip", "latest", "all"]},
+            "catchup_window_seconds": _NUMBER,
+            "active": {"type": "boolean"},
+            "description": {"type": "string"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "user_id": {"type": "string"},
+        },
+    },
     "Run": {
         "type": "object",
         "description": "A run; the component's id is under agent_id, team_id or workflow_id.",
@@ -209,6 +274,7 @@ _ERRORS = {
     "422": "A field is missing or invalid",
     "500": "Internal error",
     "503": "Draining, overloaded, or the database is unavailable (with Retry-After)",
+    "504": "wait=true waited its budget; the run goes on",
 }
 
 
@@ -284,6 +350,90 @@ def _operation(
     if public:
         operation["security"] = []
     return operation
+
+
+def _task_paths() -> dict[str, Any]:
+    task = _path("task_id")
+    one = {"200": _json("The task", _ref("Task"))}
+    body_errors = ("404", "408", "413", "422", "503")
+    page = [
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
+        _query("offset", {"type": "integer", "minimum": 0, "maximum": 1_000_000, "default": 0}),
+    ]
+    return {
+        "/tasks": {
+            "post": _operation(
+                "Create a task",
+                {"201": _json("The task", _ref("Task"))},
+                errors=("408", "409", "413", "422", "503"),
+                requestBody=_body("TaskInput", True),
+            ),
+            "get": _operation(
+                "Tasks, oldest first",
+                {"200": _json("Tasks", {"type": "array", "items": _ref("Task")})},
+                errors=("422", "503"),
+                parameters=[
+                    _query("kind", {"enum": _KINDS}),
+                    _query("component_id", {"type": "string"}),
+                    _query("active", {"type": "boolean"}),
+                    _query("tag", {"type": "string"}),
+                    _query("user_id", {"type": "string"}),
+                    *page,
+                ],
+            ),
+        },
+        "/tasks/{task_id}": {
+            "parameters": [task],
+            "get": _operation("A task", one, errors=("404", "503")),
+            "patch": _operation(
+                "Change some fields of a task (a new schedule starts from now)",
+                one,
+                errors=body_errors,
+                requestBody=_body("TaskInput", True),
+            ),
+            "delete": _operation(
+                "Delete a task (its runs stay)",
+                {"204": {"description": "Deleted"}},
+                errors=("404", "503"),
+            ),
+        },
+        "/tasks/{task_id}/pause": {
+            "parameters": [task],
+            "post": _operation("Stop firing the task", one, errors=("404", "503")),
+        },
+        "/tasks/{task_id}/resume": {
+            "parameters": [task],
+            "post": _operation(
+                "Fire the task again (missed occurrences follow its catchup)",
+                one,
+                errors=("404", "503"),
+            ),
+        },
+        "/tasks/{task_id}/trigger": {
+            "parameters": [task],
+            "post": _operation(
+                "Start a run of the task now; with wait=true, answer when it has ended",
+                {
+                    "200": _json("The ended run (wait=true)", _ref("Run")),
+                    "202": _json("The started run", _ref("Run")),
+                },
+                errors=("404", "408", "409", "413", "422", "503", "504"),
+                parameters=[
+                    _query("wait", {"type": "boolean"}),
+                    _query("wait_seconds", {"type": "integer", "minimum": 1}),
+                ],
+            ),
+        },
+        "/tasks/{task_id}/runs": {
+            "parameters": [task],
+            "get": _operation(
+                "The task's runs, newest first, with status and attempts",
+                {"200": _json("Runs", {"type": "array", "items": _ref("Run")})},
+                errors=("404", "422", "503"),
+                parameters=[_query("status", {"type": "string"}), *page],
+            ),
+        },
+    }
 
 
 def document(component_ids: Sequence[str] = ()) -> dict[str, Any]:
@@ -400,6 +550,7 @@ def document(component_ids: Sequence[str] = ()) -> dict[str, Any]:
                 errors=("404", "409", "503"),
             ),
         },
+        **_task_paths(),
         "/{kind}": {
             "parameters": [_KIND],
             "get": _operation(
