@@ -155,7 +155,7 @@ class RunManager:
         #: attempts that ended in a retry, here.
         self.runs_queued = 0
         self.runs_claimed = 0
-        self.runs_retried = 0
+        self.runs_retried: dict[str, int] = {}
         self._started = False
         self._closing = False
         self._closed = asyncio.Event()
@@ -658,7 +658,7 @@ class RunManager:
         active.ended = True
         self.committer.put(record.run_id, event)
         self.committer.update(update)
-        self.runs_retried += 1
+        self.runs_retried[reason] = self.runs_retried.get(reason, 0) + 1
         logger.info(
             "run attempt %d ended (%s); queued again for attempt %d",
             record.attempt,

@@ -13,6 +13,7 @@ several servers in one process each report their own numbers.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -21,6 +22,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
+from agentos.errors import StoreUnavailable
 from agentos.runs import RunManager
 
 __all__ = ["Metrics"]
@@ -55,7 +57,8 @@ class Metrics:
             registry=self.registry,
         )
         manager.committer.observer = self._observe_commit
-        self.registry.register(_Collector(manager, websocket_followers))
+        self._collector = _Collector(manager, websocket_followers)
+        self.registry.register(self._collector)
 
     def _observe_commit(self, seconds: float, events: int) -> None:
         self.commit_seconds.observe(seconds)
@@ -66,6 +69,7 @@ class Metrics:
         return generate_latest(self.registry)
 
     async def endpoint(self, request: Request) -> Response:
+        await self._collector.read_queue_depth()
         return Response(self.render(), media_type=_CONTENT_TYPE)
 
 
@@ -75,6 +79,18 @@ class _Collector(Collector):
     def __init__(self, manager: RunManager, websocket_followers: Callable[[], int]) -> None:
         self._manager = manager
         self._websocket_followers = websocket_followers
+        #: Runs waiting in the queue (all instances), read from the database before a scrape;
+        #: None when it could not be read (the gauge is then left out).
+        self._queue_depth: int | None = None
+
+    async def read_queue_depth(self) -> None:
+        """Count the queued runs (one indexed query, at most ``db_timeout`` seconds)."""
+        manager = self._manager
+        try:
+            async with asyncio.timeout(manager.settings.database.timeout):
+                self._queue_depth = await manager.store.queue_depth()
+        except (TimeoutError, StoreUnavailable):
+            self._queue_depth = None
 
     def collect(self) -> Iterator[Metric]:
         manager = self._manager
@@ -125,6 +141,30 @@ class _Collector(Collector):
             "Group transactions that failed (each retry counts).",
             value=committer.commit_failures,
         )
+        yield CounterMetricFamily(
+            "agentos_runs_queued",
+            "Runs created QUEUED by this instance (it had no room).",
+            value=manager.runs_queued,
+        )
+        yield CounterMetricFamily(
+            "agentos_runs_claimed",
+            "Queued runs this instance claimed (each claim starts an attempt).",
+            value=manager.runs_claimed,
+        )
+        retries = CounterMetricFamily(
+            "agentos_run_retries",
+            "Attempts that ended here and put their run back in the queue, by reason.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(manager.runs_retried.items()):
+            retries.add_metric([reason], count)
+        yield retries
+        if self._queue_depth is not None:
+            yield GaugeMetricFamily(
+                "agentos_queue_depth",
+                "Runs waiting in the queue, on every instance of the database.",
+                value=self._queue_depth,
+            )
         yield CounterMetricFamily(
             "agentos_lease_reaps",
             "Runs of lost instances (expired leases) this instance ended.",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -175,3 +175,41 @@ async def test_commit_failures_and_reaps_are_counted(tmp_path: Path) -> None:
     assert value(samples, "agentos_lease_reaps_total") == 1
     ended = {"kind": "agents", "component": "echo", "status": "COMPLETED"}
     assert value(samples, "agentos_runs_ended_total", **ended) == 1
+
+
+async def test_queue_metrics_move_with_queued_claimed_and_retried_runs(
+    serve_thread: Callable[[AgentOS], ThreadServer], settings: Settings
+) -> None:
+    tries: dict[str, int] = {}
+
+    async def flaky(message: str) -> AsyncIterator[str]:
+        tries[message] = tries.get(message, 0) + 1
+        yield "x"
+        if tries[message] == 1:
+            raise ConnectionError("first try")
+
+    agents = [
+        Agent(id="echo", model=EchoModel(0.03)),
+        Agent(id="flaky", fn=flaky, retry_policy={"max_attempts": 2, "delay": 0}),
+    ]
+    queued = settings.replace(max_active_runs=1, security_key=KEY)
+    server = serve_thread(AgentOS(agents=agents, settings=queued))
+    form = {"message": words(30), "background": "true", "stream": "false"}
+    async with httpx.AsyncClient(base_url=server.url, timeout=30, headers=AUTH) as http:
+        runs = [(await http.post("/agents/echo/runs", data=form)).json() for _ in range(3)]
+        assert [run["status"] for run in runs] == ["PENDING", "QUEUED", "QUEUED"]
+        during = await scrape(http)
+        assert value(during, "agentos_queue_depth") == 2
+        assert value(during, "agentos_runs_queued_total") == 2
+        for run in runs:
+            for _ in range(200):
+                got = (await http.get(f"/agents/echo/runs/{run['run_id']}")).json()
+                if got["status"] == "COMPLETED":
+                    break
+                await asyncio.sleep(0.05)
+        retried = await http.post("/agents/flaky/runs", data={"message": "m", "stream": "false"})
+        assert retried.json()["status"] == "COMPLETED" and retried.json()["attempt"] == 2
+        after = await scrape(http)
+        assert value(after, "agentos_queue_depth") == 0
+        assert value(after, "agentos_runs_claimed_total") == 3  # two queued, one retry
+        assert value(after, "agentos_run_retries_total", reason="exception") == 1
