@@ -105,7 +105,9 @@ async def truncate(url: str) -> None:
             "IF to_regclass('agentos_messages') IS NOT NULL THEN "
             "TRUNCATE agentos_messages; END IF; "
             "IF to_regclass('agentos_components') IS NOT NULL THEN "
-            "TRUNCATE agentos_components, agentos_leases; END IF; END $$"
+            "TRUNCATE agentos_components, agentos_leases; END IF; "
+            "IF to_regclass('agentos_idempotency') IS NOT NULL THEN "
+            "TRUNCATE agentos_idempotency; END IF; END $$"
         )
     finally:
         await conn.close()

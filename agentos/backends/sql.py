@@ -45,7 +45,7 @@ from agentos.errors import (
     WriteConflict,
 )
 from agentos.events import Event, RunStatus
-from agentos.records import ComponentState, ComponentStats, RunRecord, RunUpdate
+from agentos.records import ComponentState, ComponentStats, IdempotencyKey, RunRecord, RunUpdate
 from agentos.sessions import MessageRecord, SessionRecord
 from agentos.settings import DatabaseSettings, Settings
 
@@ -125,13 +125,29 @@ class LeaseRow(SQLModel, table=True):
     expires_at: float = Field(sa_type=sa.Double)
 
 
+class IdempotencyRow(SQLModel, table=True):
+    __tablename__ = "agentos_idempotency"
+
+    key: str = Field(primary_key=True, max_length=200)
+    kind: str = Field(primary_key=True, max_length=20)
+    component_id: str = Field(primary_key=True, max_length=200)
+    user_scope: str = Field(primary_key=True, max_length=200)
+    request_hash: str = Field(max_length=64)
+    run_id: str = Field(max_length=200)
+    status_code: int
+    token: str = Field(max_length=64)
+    created_at: float = Field(index=True, sa_type=sa.Double)
+
+
 _runs = RunRow.__table__  # type: ignore[attr-defined]
 _events = EventRow.__table__  # type: ignore[attr-defined]
 _messages = MessageRow.__table__  # type: ignore[attr-defined]
 _components = ComponentRow.__table__  # type: ignore[attr-defined]
 _leases = LeaseRow.__table__  # type: ignore[attr-defined]
+_keys = IdempotencyRow.__table__  # type: ignore[attr-defined]
 #: The tables of this release: what create_all makes in an empty database, at schema.HEAD.
-_TABLES = [_runs, _events, _messages, _components, _leases]
+_TABLES = [_runs, _events, _messages, _components, _leases, _keys]
+_KEY_COLUMNS = ("key", "kind", "component_id", "user_scope")
 
 
 def _record(row: Any) -> RunRecord:
@@ -752,6 +768,58 @@ class SQLStore(Store):
             found = await conn.scalar(sa.select(_leases.c.holder).where(_leases.c.name == name))
         return bool(found == holder)
 
+    # -- idempotency keys ------------------------------------------------------------------------
+
+    async def remember_key(self, entry: IdempotencyKey, expired_before: float) -> IdempotencyKey:
+        values = dict(entry.__dict__)
+        # Insert, or replace an expired entry; a live one is left alone (the WHERE of ON
+        # CONFLICT DO UPDATE), and read back in the same transaction. On PostgreSQL a second
+        # insert of the key waits for the first one's transaction, then finds its row; on
+        # SQLite the write lock orders them.
+        query = (
+            self._insert(_keys)
+            .values(**values)
+            .on_conflict_do_update(
+                index_elements=list(_KEY_COLUMNS),
+                set_={k: v for k, v in values.items() if k not in _KEY_COLUMNS},
+                where=_keys.c.created_at < expired_before,
+            )
+        )
+        async with self._begin() as conn:
+            await conn.execute(query)
+            row = (await conn.execute(_keys.select().where(_key_of(entry)))).one()
+        return _idempotency_key(row)
+
+    async def find_key(
+        self, key: str, kind: str, component_id: str, user_scope: str
+    ) -> IdempotencyKey | None:
+        where = _key_is(key, kind, component_id, user_scope)
+        async with self._connect() as conn:
+            row = (await conn.execute(_keys.select().where(where))).first()
+        return None if row is None else _idempotency_key(row)
+
+    async def forget_key(self, entry: IdempotencyKey) -> bool:
+        query = _keys.delete().where(_key_of(entry), _keys.c.token == entry.token)
+        async with self._begin() as conn:
+            return bool((await conn.execute(query)).rowcount == 1)
+
+    async def delete_expired_keys(self, created_before: float, limit: int) -> int:
+        expired = _keys.c.created_at < created_before
+        oldest = (
+            sa.select(*(_keys.c[name] for name in _KEY_COLUMNS))
+            .where(expired)
+            .order_by(_keys.c.created_at)
+            .limit(limit)
+        )
+        async with self._begin() as conn:
+            found = [tuple(row) for row in (await conn.execute(oldest)).all()]
+            if not found:
+                return 0
+            # The age is checked again by the DELETE: a key remembered anew meanwhile stays.
+            columns = sa.tuple_(*(_keys.c[name] for name in _KEY_COLUMNS))
+            gone = await conn.execute(_keys.delete().where(columns.in_(found), expired))
+            return int(gone.rowcount)
+
 
 def _component_state(row: Any) -> ComponentState:
     return ComponentState(
@@ -761,6 +829,22 @@ def _component_state(row: Any) -> ComponentState:
         registered_at=row.registered_at,
         updated_at=row.updated_at,
     )
+
+
+def _key_is(*values: str) -> Any:
+    """The condition that a row is the entry of the key (key, kind, component_id, user_scope)."""
+    return sa.and_(
+        *(_keys.c[name] == value for name, value in zip(_KEY_COLUMNS, values, strict=True))
+    )
+
+
+def _key_of(entry: IdempotencyKey) -> Any:
+    """The condition that a row is the entry of ``entry``'s key."""
+    return _key_is(*(getattr(entry, name) for name in _KEY_COLUMNS))
+
+
+def _idempotency_key(row: Any) -> IdempotencyKey:
+    return IdempotencyKey(**{name: row._mapping[name] for name in _keys.c.keys()})
 
 
 def _create_all(connection: sa.Connection) -> None:
