@@ -805,20 +805,13 @@ class SQLStore(Store):
 
     async def delete_expired_keys(self, created_before: float, limit: int) -> int:
         expired = _keys.c.created_at < created_before
-        oldest = (
-            sa.select(*(_keys.c[name] for name in _KEY_COLUMNS))
-            .where(expired)
-            .order_by(_keys.c.created_at)
-            .limit(limit)
-        )
+        columns = [_keys.c[name] for name in _KEY_COLUMNS]
+        oldest = sa.select(*columns).where(expired).order_by(_keys.c.created_at).limit(limit)
+        # The age is checked again by the DELETE itself: a key remembered anew meanwhile (a
+        # replaced expired entry, on PostgreSQL) stays.
+        query = _keys.delete().where(sa.tuple_(*columns).in_(oldest), expired)
         async with self._begin() as conn:
-            found = [tuple(row) for row in (await conn.execute(oldest)).all()]
-            if not found:
-                return 0
-            # The age is checked again by the DELETE: a key remembered anew meanwhile stays.
-            columns = sa.tuple_(*(_keys.c[name] for name in _KEY_COLUMNS))
-            gone = await conn.execute(_keys.delete().where(columns.in_(found), expired))
-            return int(gone.rowcount)
+            return int((await conn.execute(query)).rowcount)
 
 
 def _component_state(row: Any) -> ComponentState:

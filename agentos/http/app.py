@@ -44,7 +44,7 @@ from agentos.http.middleware import InstanceHeader, SecurityGuard, error_body, e
 from agentos.http.sse import event_stream
 from agentos.http.ws import WorkflowSockets
 from agentos.idempotency import Idempotency, request_hash
-from agentos.records import IdempotencyKey, RunRecord
+from agentos.records import IdempotencyKey, RunRecord, check_id
 from agentos.runs import RunManager
 from agentos.settings import Settings
 from agentos.streams import RunStream
@@ -299,6 +299,8 @@ class AgentOS:
         session_id = forms.text(fields, "session_id")
         user_id = caller.user_for_new(forms.text(fields, "user_id"))
         run_id = forms.client_run_id(request, fields)
+        if run_id is not None:
+            check_id("run_id", run_id)  # before it goes into an idempotency key's row
         options = forms.run_options(fields)
 
         async def find(run_id: str) -> RunRecord | None:

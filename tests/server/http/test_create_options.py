@@ -462,6 +462,9 @@ def test_a_create_that_failed_lets_its_key_be_used_again(
     assert bad.status_code == 422  # a blank message: no run
     good = post(instances[-1], {"message": "   ", "stream": False}, key=key)
     assert good.status_code == 422
+    for run_id in ("x" * 201, "not/url/safe"):  # refused before the key is written
+        bad_id = post(instances[0], {"message": "hi", "stream": False, "run_id": run_id}, key=key)
+        assert bad_id.status_code == 422 and bad_id.json()["detail"].startswith("run_id")
     taken = post(instances[0], {"message": "hi", "stream": False}).json()["run_id"]
     clash = post(instances[0], {"message": "hi", "stream": False, "run_id": taken}, key=key)
     assert clash.status_code == 409
