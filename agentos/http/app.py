@@ -314,26 +314,26 @@ class AgentOS:
         entry: IdempotencyKey | None = None
         if key is not None:
             policy = options.retry_policy
-            digest = request_hash(
-                {
-                    "message": message,
-                    "session_id": session_id,
-                    "user_id": user_id,
-                    "run_id": run_id,
-                    "stream": stream,
-                    "background": background,
-                    "wait": wait,
-                    "retry_policy": None if policy is None else policy.to_dict(),
-                    "timeout_seconds": options.timeout,
-                    "multitask": options.multitask,
-                }
-            )
+            # What makes the run, normalized (a form's "true" and JSON's true alike); not
+            # wait_timeout_seconds, which only says how long this answer may wait.
+            asked = {
+                "message": message,
+                "session_id": session_id,
+                "user_id": user_id,
+                "run_id": run_id,
+                "stream": stream,
+                "background": background,
+                "wait": wait,
+                "retry_policy": None if policy is None else policy.to_dict(),
+                "timeout_seconds": options.timeout,
+                "multitask": options.multitask,
+            }
             entry = IdempotencyKey(
                 key=key,
                 kind=component.kind.name,
                 component_id=component.id,
                 user_scope=caller.user_id or "",
-                request_hash=digest,
+                request_hash=request_hash(asked),
                 run_id=run_id or str(uuid.uuid4()),
                 status_code=200 if stream or wait else 202,
                 token=uuid.uuid4().hex,

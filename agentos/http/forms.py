@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -202,14 +201,14 @@ def number(fields: Mapping[str, Any], name: str, high: float) -> float | None:
     value = fields.get(name)
     if value is None or value == "":
         return None
-    found: float | None = None
+    found: int | float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        found = float(value)
+        found = value  # compared before float(): an int of 400 digits overflows a float
     elif isinstance(value, str) and _NUMBER.fullmatch(value):
         found = float(value)
-    if found is None or not math.isfinite(found) or not 0 <= found <= high:
+    if found is None or not 0 <= found <= high:  # NaN fails it too, infinity is above high
         raise InvalidRequest(f"{name} must be a number from 0 to {high:g}")
-    return found
+    return float(found)
 
 
 def run_options(fields: Mapping[str, Any]) -> RunOptions:

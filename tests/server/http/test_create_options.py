@@ -131,6 +131,9 @@ BAD_FIELDS: list[tuple[dict[str, Any], str]] = [
     ({"timeout_seconds": True}, "timeout_seconds"),
     ({"timeout_seconds": 1e9}, "timeout_seconds"),
     ({"timeout_seconds": [1]}, "timeout_seconds"),
+    ({"timeout_seconds": 10**400}, "timeout_seconds"),  # too large for a float
+    ({"retry_policy": {"delay": 10**400}}, "retry_policy.delay"),
+    ({"stream": False, "wait_timeout_seconds": 10**400}, "wait_timeout_seconds"),
     ({"multitask": "sometimes"}, "multitask"),
     ({"multitask": 1}, "multitask"),
     ({"stream": False, "wait": "maybe"}, "wait"),
