@@ -25,6 +25,7 @@ __all__ = [
     "MAX_ID_LENGTH",
     "ComponentState",
     "ComponentStats",
+    "IdempotencyKey",
     "RunRecord",
     "RunUpdate",
     "check_event_name",
@@ -251,3 +252,25 @@ class ComponentStats:
             "mean_duration": self.mean_duration,
             "p95_duration": self.p95_duration,
         }
+
+
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """A create's ``Idempotency-Key`` as the store remembers it (``agentos/idempotency.py``).
+
+    A key is one per ``(key, kind, component_id, user_scope)``; ``user_scope`` is the caller's
+    user ("" for the operator). ``run_id`` is the run the key's first create makes (it may not
+    exist yet: the key is written first), ``request_hash`` a digest of that create's fields,
+    ``status_code`` the status its answer has, and ``token`` tells that create's entry from
+    another's (two creates may bring the same client-chosen ``run_id``).
+    """
+
+    key: str
+    kind: str
+    component_id: str
+    user_scope: str
+    request_hash: str
+    run_id: str
+    status_code: int
+    token: str
+    created_at: float = field(default_factory=time.time)

@@ -147,7 +147,8 @@ def _check_int(name: str, value: Any, low: int, high: int) -> None:
 
 
 def _check_number(name: str, value: Any, low: float, high: float) -> None:
-    if type(value) not in (int, float) or not math.isfinite(value) or not low <= value <= high:
+    # The range first: math.isfinite() of an int too large for a float raises OverflowError.
+    if type(value) not in (int, float) or not low <= value <= high or not math.isfinite(value):
         raise InvalidRequest(f"retry_policy.{name} must be a number from {low:g} to {high:g}")
 
 
@@ -169,8 +170,8 @@ class RunOptions:
     def __post_init__(self) -> None:
         if self.timeout is not None and (
             type(self.timeout) not in (int, float)
-            or not math.isfinite(self.timeout)
             or not 0 <= self.timeout <= _MAX_DELAY
+            or not math.isfinite(self.timeout)
         ):
             raise InvalidRequest(f"timeout_seconds must be a number from 0 to {_MAX_DELAY:g}")
         if self.multitask is not None and self.multitask not in MULTITASK:

@@ -111,6 +111,10 @@ class ComponentRuntime:
         kind = self._component.kind.name
         return await manager.get_run(run_id, kind=kind, component_id=self._component.id)
 
+    async def aattempts(self, run_id: str) -> list[dict[str, Any]]:
+        record = await self.aget_run(run_id)
+        return record.attempt_list()
+
     async def acancel_run(self, run_id: str) -> RunRecord:
         manager = await self.manager()
         kind = self._component.kind.name

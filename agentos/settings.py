@@ -251,6 +251,10 @@ class HTTPSettings:
     #: Seconds a request body may take to arrive in full; a slower one gets 408 and the
     #: connection is closed. 0 disables.
     body_timeout: float = _setting(60.0, "http_body_timeout")
+    #: Seconds a waiting create (``stream=false``, ``wait=true``) waits for its run at most: the
+    #: default of its ``wait_timeout_seconds`` and the cap on it. Past it the answer is 504
+    #: with the run's id and status (the run goes on). 0: no limit.
+    max_wait: float = _setting(300.0, "max_wait_seconds")
     #: ``agentos serve``: seconds a connection has to send a complete request head, counted from
     #: its opening or the end of its previous response; then it is closed. Never applies while a
     #: response (an SSE stream) is under way, nor to WebSockets. 0 disables.
@@ -354,7 +358,7 @@ class MonitoringSettings:
 
 @dataclass(frozen=True)
 class RetentionSettings:
-    """Deleting old runs (``retention.py``)."""
+    """Deleting old runs and expired idempotency keys (``retention.py``)."""
 
     #: Days after its creation an ended run is deleted, with its events and session messages;
     #: 0 keeps everything for ever. Runs still PENDING or RUNNING are never deleted.
@@ -363,6 +367,9 @@ class RetentionSettings:
     batch_size: int = _setting(100, "retention_batch_size")
     #: Seconds between two retention passes (one instance at a time runs a pass).
     interval: float = _setting(3600.0, "retention_interval")
+    #: Seconds an ``Idempotency-Key`` is remembered: a create repeated with the same key within
+    #: it gets the same run. Expired keys are deleted by the retention passes.
+    idempotency_ttl: float = _setting(86_400.0, "idempotency_ttl")
 
 
 @dataclass(frozen=True)
@@ -534,6 +541,8 @@ class Settings:
             raise ValueError(
                 "settings task_tick, task_claim_ttl and task_claim_batch must be above 0"
             )
+        if self.retention.idempotency_ttl <= 0:
+            raise ValueError("setting idempotency_ttl must be above 0")
         if self.monitoring.log_format not in ("text", "json"):
             raise ValueError("setting log_format must be text or json")
 

@@ -106,7 +106,9 @@ async def truncate(url: str) -> None:
             "TRUNCATE agentos_messages; END IF; "
             "IF to_regclass('agentos_components') IS NOT NULL THEN "
             "TRUNCATE agentos_components, agentos_leases; END IF; "
-            "IF to_regclass('agentos_tasks') IS NOT NULL THEN TRUNCATE agentos_tasks; END IF; END $$"
+            "IF to_regclass('agentos_tasks') IS NOT NULL THEN TRUNCATE agentos_tasks; END IF; "
+            "IF to_regclass('agentos_idempotency') IS NOT NULL THEN "
+            "TRUNCATE agentos_idempotency; END IF; END $$"
         )
     finally:
         await conn.close()

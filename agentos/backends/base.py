@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from agentos.events import Event, RunStatus
-from agentos.records import ComponentState, ComponentStats, RunRecord, RunUpdate
+from agentos.records import ComponentState, ComponentStats, IdempotencyKey, RunRecord, RunUpdate
 from agentos.schedules import TaskRecord
 from agentos.sessions import MessageRecord, SessionRecord
 from agentos.settings import Settings
@@ -369,6 +369,31 @@ class Store(abc.ABC):
         self, task_id: str, *, status: RunStatus | None = None, limit: int = 100, offset: int = 0
     ) -> list[RunRecord]:
         """A task's runs, newest first."""
+
+    # -- idempotency keys (agentos.idempotency) --------------------------------------------------
+
+    @abc.abstractmethod
+    async def remember_key(self, entry: IdempotencyKey, expired_before: float) -> IdempotencyKey:
+        """Write ``entry`` unless its key (key, kind, component_id, user_scope) is taken by an
+        entry created at or after ``expired_before``; returns the entry the key has now: ``entry``
+        itself, or the one that was there first. One statement: of several creates remembering
+        one key at once, on every instance, exactly one gets its own entry back."""
+
+    @abc.abstractmethod
+    async def find_key(
+        self, key: str, kind: str, component_id: str, user_scope: str
+    ) -> IdempotencyKey | None:
+        """The entry of a key, if any (expired or not)."""
+
+    @abc.abstractmethod
+    async def forget_key(self, entry: IdempotencyKey) -> bool:
+        """Delete the entry of ``entry``'s key if it is still ``entry`` (same ``token``);
+        whether it did (a create that made no run lets its key go)."""
+
+    @abc.abstractmethod
+    async def delete_expired_keys(self, created_before: float, limit: int) -> int:
+        """Delete at most ``limit`` entries created before ``created_before``, oldest first, in
+        one transaction; returns how many went."""
 
 
 class Notifier:

@@ -46,7 +46,7 @@ from agentos.errors import (
     WriteConflict,
 )
 from agentos.events import Event, RunStatus
-from agentos.records import ComponentState, ComponentStats, RunRecord, RunUpdate
+from agentos.records import ComponentState, ComponentStats, IdempotencyKey, RunRecord, RunUpdate
 from agentos.retries import RetryPolicy
 from agentos.schedules import Schedule, TaskRecord
 from agentos.sessions import MessageRecord, SessionRecord
@@ -163,14 +163,30 @@ class TaskRow(SQLModel, table=True):
     claim_until: float | None = Field(default=None, sa_type=sa.Double)
 
 
+class IdempotencyRow(SQLModel, table=True):
+    __tablename__ = "agentos_idempotency"
+
+    key: str = Field(primary_key=True, max_length=200)
+    kind: str = Field(primary_key=True, max_length=20)
+    component_id: str = Field(primary_key=True, max_length=200)
+    user_scope: str = Field(primary_key=True, max_length=200)
+    request_hash: str = Field(max_length=64)
+    run_id: str = Field(max_length=200)
+    status_code: int
+    token: str = Field(max_length=64)
+    created_at: float = Field(index=True, sa_type=sa.Double)
+
+
 _runs = RunRow.__table__  # type: ignore[attr-defined]
 _events = EventRow.__table__  # type: ignore[attr-defined]
 _messages = MessageRow.__table__  # type: ignore[attr-defined]
 _components = ComponentRow.__table__  # type: ignore[attr-defined]
 _leases = LeaseRow.__table__  # type: ignore[attr-defined]
 _tasks = TaskRow.__table__  # type: ignore[attr-defined]
+_keys = IdempotencyRow.__table__  # type: ignore[attr-defined]
 #: The tables of this release: what create_all makes in an empty database, at schema.HEAD.
-_TABLES = [_runs, _events, _messages, _components, _leases, _tasks]
+_TABLES = [_runs, _events, _messages, _components, _leases, _keys, _tasks]
+_KEY_COLUMNS = ("key", "kind", "component_id", "user_scope")
 
 
 def _record(row: Any) -> RunRecord:
@@ -1091,6 +1107,51 @@ class SQLStore(Store):
             rows = (await conn.execute(query)).all()
         return [_record(row) for row in rows]
 
+    # -- idempotency keys ------------------------------------------------------------------------
+
+    async def remember_key(self, entry: IdempotencyKey, expired_before: float) -> IdempotencyKey:
+        values = dict(entry.__dict__)
+        # Insert, or replace an expired entry; a live one is left alone (the WHERE of ON
+        # CONFLICT DO UPDATE), and read back in the same transaction. On PostgreSQL a second
+        # insert of the key waits for the first one's transaction, then finds its row; on
+        # SQLite the write lock orders them.
+        query = (
+            self._insert(_keys)
+            .values(**values)
+            .on_conflict_do_update(
+                index_elements=list(_KEY_COLUMNS),
+                set_={k: v for k, v in values.items() if k not in _KEY_COLUMNS},
+                where=_keys.c.created_at < expired_before,
+            )
+        )
+        async with self._begin() as conn:
+            await conn.execute(query)
+            row = (await conn.execute(_keys.select().where(_key_of(entry)))).one()
+        return _idempotency_key(row)
+
+    async def find_key(
+        self, key: str, kind: str, component_id: str, user_scope: str
+    ) -> IdempotencyKey | None:
+        where = _key_is(key, kind, component_id, user_scope)
+        async with self._connect() as conn:
+            row = (await conn.execute(_keys.select().where(where))).first()
+        return None if row is None else _idempotency_key(row)
+
+    async def forget_key(self, entry: IdempotencyKey) -> bool:
+        query = _keys.delete().where(_key_of(entry), _keys.c.token == entry.token)
+        async with self._begin() as conn:
+            return bool((await conn.execute(query)).rowcount == 1)
+
+    async def delete_expired_keys(self, created_before: float, limit: int) -> int:
+        expired = _keys.c.created_at < created_before
+        columns = [_keys.c[name] for name in _KEY_COLUMNS]
+        oldest = sa.select(*columns).where(expired).order_by(_keys.c.created_at).limit(limit)
+        # The age is checked again by the DELETE itself: a key remembered anew meanwhile (a
+        # replaced expired entry, on PostgreSQL) stays.
+        query = _keys.delete().where(sa.tuple_(*columns).in_(oldest), expired)
+        async with self._begin() as conn:
+            return int((await conn.execute(query)).rowcount)
+
 
 def _task_values(task: TaskRecord) -> dict[str, Any]:
     return {
@@ -1160,6 +1221,22 @@ def _component_state(row: Any) -> ComponentState:
         registered_at=row.registered_at,
         updated_at=row.updated_at,
     )
+
+
+def _key_is(*values: str) -> Any:
+    """The condition that a row is the entry of the key (key, kind, component_id, user_scope)."""
+    return sa.and_(
+        *(_keys.c[name] == value for name, value in zip(_KEY_COLUMNS, values, strict=True))
+    )
+
+
+def _key_of(entry: IdempotencyKey) -> Any:
+    """The condition that a row is the entry of ``entry``'s key."""
+    return _key_is(*(getattr(entry, name) for name in _KEY_COLUMNS))
+
+
+def _idempotency_key(row: Any) -> IdempotencyKey:
+    return IdempotencyKey(**{name: row._mapping[name] for name in _keys.c.keys()})
 
 
 def _create_all(connection: sa.Connection) -> None:

@@ -175,6 +175,18 @@ class Component(abc.ABC):
         """The run object; raises RunNotFound."""
         return await self.runtime.aget_run(run_id)
 
+    async def aattempts(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's attempts, oldest first: ``attempt``, ``instance_id``, ``started_at``,
+        ``ended_at``, ``outcome`` and ``error`` (as ``GET .../runs/{run_id}/attempts``); raises
+        RunNotFound.
+
+        Example::
+
+            run = await agent.arun("hello", options=RunOptions(retry_policy=RetryPolicy(3)))
+            [a["outcome"] for a in await agent.aattempts(run.run_id)]   # ['COMPLETED']
+        """
+        return await self.runtime.aattempts(run_id)
+
     async def acancel_run(self, run_id: str) -> RunRecord:
         """Cancel a run (idempotent); returns the run as it is afterwards."""
         return await self.runtime.acancel_run(run_id)

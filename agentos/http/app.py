@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from agentos.errors import (
     ComponentNotFound,
     InvalidRequest,
     RequestTimeout,
+    RunNotFound,
     SchemaOutdated,
     SchemaUnknown,
     ShuttingDown,
@@ -42,7 +44,8 @@ from agentos.http.middleware import InstanceHeader, SecurityGuard, error_body, e
 from agentos.http.sse import event_stream
 from agentos.http.tasks import TaskRoutes
 from agentos.http.ws import WorkflowSockets
-from agentos.records import RunRecord
+from agentos.idempotency import Idempotency, request_hash
+from agentos.records import IdempotencyKey, RunRecord, check_id
 from agentos.runs import RunManager
 from agentos.settings import Settings
 from agentos.streams import RunStream
@@ -61,6 +64,8 @@ _PUBLIC_FILES = {"/": "index.html", "/static/agentos.js": "agentos.js"}
 _PUBLIC_ROUTES = ("/health", "/health/live", "/health/ready", "/openapi.json")
 #: Most runs one ``GET .../runs`` lists, and the furthest ``offset`` it starts at.
 _MAX_LIST = 1000
+#: Largest ``wait_timeout_seconds`` accepted (then capped by ``max_wait_seconds``): a week.
+_MAX_WAIT = 7 * 24 * 3600.0
 
 
 class AgentOS:
@@ -102,6 +107,12 @@ class AgentOS:
         self.tasks = TaskManager(self.manager, settings.tasks)
         self._exit = anyio.Event()
         self.authenticator = Authenticator(settings.auth)
+        #: The Idempotency-Keys of creates, kept in the run store.
+        self.idempotency = Idempotency(
+            self.manager.store,
+            ttl=settings.retention.idempotency_ttl,
+            create_timeout=settings.commit.create_timeout,
+        )
         self.app = self._build_app()
 
     def get_app(self) -> Starlette:
@@ -145,6 +156,7 @@ class AgentOS:
             Route("/{kind}/{id}/runs", self.create_run, methods=["POST"]),
             Route("/{kind}/{id}/runs", self.list_runs, methods=["GET"]),
             Route("/{kind}/{id}/runs/{run_id}", self.get_run, methods=["GET"]),
+            Route("/{kind}/{id}/runs/{run_id}/attempts", self.list_attempts, methods=["GET"]),
             Route("/{kind}/{id}/runs/{run_id}/resume", self.resume, methods=["GET", "POST"]),
             Route("/{kind}/{id}/runs/{run_id}/cancel", self.cancel, methods=["POST"]),
             Route("/{kind}/{id}", self.get_component, methods=["GET"]),
@@ -278,31 +290,110 @@ class AgentOS:
         return JSONResponse(await self.manager.lifecycle.describe(component))
 
     async def create_run(self, request: Request) -> Response:
+        """``POST /{kind}/{id}/runs``: start a run and stream it, answer 202, or wait for it
+        (PROTOCOL.md). With an ``Idempotency-Key``, a repeat of an earlier create answers with
+        that create's run (``agentos/idempotency.py``)."""
         caller = authorize(request.scope, "runs:write")
         component = self._component(request)
         fields = await forms.read_fields(
             request, self.settings.http.max_body_bytes, self.settings.http.body_timeout
         )
+        key = forms.idempotency_key(request)
         message = forms.message(fields)
         stream = forms.flag(fields, "stream", True)
         background = forms.flag(fields, "background", False)
+        wait = forms.flag(fields, "wait", not stream and not background)
+        if stream and wait:
+            raise InvalidRequest("wait applies to stream=false only")
+        budget = self._wait_budget(fields)
         session_id = forms.text(fields, "session_id")
         user_id = caller.user_for_new(forms.text(fields, "user_id"))
         run_id = forms.client_run_id(request, fields)
+        if run_id is not None:
+            check_id("run_id", run_id)  # before it goes into an idempotency key's row
+        options = forms.run_options(fields)
+
+        async def find(run_id: str) -> RunRecord | None:
+            try:
+                return await self.manager.get_run(
+                    run_id, kind=component.kind.name, component_id=component.id
+                )
+            except RunNotFound:
+                return None
+
+        entry: IdempotencyKey | None = None
+        if key is not None:
+            policy = options.retry_policy
+            # What makes the run, normalized (a form's "true" and JSON's true alike); not
+            # wait_timeout_seconds, which only says how long this answer may wait.
+            asked = {
+                "message": message,
+                "session_id": session_id,
+                "user_id": user_id,
+                "run_id": run_id,
+                "stream": stream,
+                "background": background,
+                "wait": wait,
+                "retry_policy": None if policy is None else policy.to_dict(),
+                "timeout_seconds": options.timeout,
+                "multitask": options.multitask,
+            }
+            entry = IdempotencyKey(
+                key=key,
+                kind=component.kind.name,
+                component_id=component.id,
+                user_scope=caller.user_id or "",
+                request_hash=request_hash(asked),
+                run_id=run_id or str(uuid.uuid4()),
+                status_code=200 if stream or wait else 202,
+                token=uuid.uuid4().hex,
+            )
+            found = await self.idempotency.claim(entry, find)
+            if found is not None:
+                return await self._replay(found, caller, stream=stream, wait=wait, budget=budget)
+            run_id = entry.run_id
         run_stream: RunStream | None = None
-        if stream:
-            record, run_stream = await self.manager.start_and_follow(
-                component,
-                message,
-                session_id=session_id,
-                user_id=user_id,
-                run_id=run_id,
-                cancel_on_close=not background,
-            )
-        else:
-            record = await self.manager.start_run(
-                component, message, session_id=session_id, user_id=user_id, run_id=run_id
-            )
+        try:
+            if stream:
+                record, run_stream = await self.manager.start_and_follow(
+                    component,
+                    message,
+                    session_id=session_id,
+                    user_id=user_id,
+                    run_id=run_id,
+                    cancel_on_close=not background,
+                    options=options,
+                )
+            else:
+                record = await self.manager.start_run(
+                    component,
+                    message,
+                    session_id=session_id,
+                    user_id=user_id,
+                    run_id=run_id,
+                    options=options,
+                )
+        except BaseException as exc:
+            if entry is not None:
+                await self.idempotency.release(entry, exc, find)
+            raise
+        headers = self._run_headers(record)
+        if run_stream is not None:
+            return self._sse(run_stream, headers)
+        if not wait:
+            return self._accepted(record, headers)
+        return await self._wait_for(record, headers, budget)
+
+    def _wait_budget(self, fields: Mapping[str, Any]) -> float | None:
+        """Seconds a waiting create waits: ``wait_timeout_seconds`` capped by
+        ``max_wait_seconds`` (None: no limit)."""
+        cap = self.settings.http.max_wait or None
+        asked = forms.number(fields, "wait_timeout_seconds", _MAX_WAIT)
+        if asked is None:
+            return cap
+        return asked if cap is None else min(asked, cap)
+
+    def _run_headers(self, record: RunRecord) -> dict[str, str]:
         headers = {
             "X-Run-Id": record.run_id,
             "X-Session-Id": record.session_id,
@@ -311,19 +402,68 @@ class AgentOS:
         token = self.authenticator.resume_token(record.run_id, record.user_id)
         if token is not None:
             headers["X-Resume-Token"] = token
-        if run_stream is not None:
-            return self._sse(run_stream, headers)
-        if background:
+        return headers
+
+    def _accepted(self, record: RunRecord, headers: Mapping[str, str]) -> Response:
+        """202: the run is accepted and goes on in the background."""
+        body = {
+            "run_id": record.run_id,
+            "session_id": record.session_id,
+            "status": record.status.value,
+        }
+        token = headers.get("X-Resume-Token")
+        if token is not None:
+            body["resume_token"] = token
+        return JSONResponse(body, status_code=202, headers=headers)
+
+    async def _wait_for(
+        self, record: RunRecord, headers: Mapping[str, str], budget: float | None
+    ) -> Response:
+        """200 with the run once it has ended, or 504 when ``budget`` seconds pass first (the
+        run goes on; its id and status are in the body)."""
+        try:
+            final = await self.manager.wait(record.run_id, budget)
+        except TimeoutError:
+            waited = 0.0 if budget is None else budget
+            now = await self.manager.get_run(record.run_id)
             body = {
-                "run_id": record.run_id,
-                "session_id": record.session_id,
-                "status": record.status.value,
+                "detail": f"the run did not end within {waited:g} s; it goes on",
+                "code": "wait_timeout",
+                "run_id": now.run_id,
+                "session_id": now.session_id,
+                "status": now.status.value,
+                "wait_timeout_seconds": waited,
+                "request_timeout_seconds": self.settings.http.max_wait or None,
             }
-            if token is not None:
-                body["resume_token"] = token
-            return JSONResponse(body, status_code=202, headers=headers)
-        final = await self.manager.wait(record.run_id)
+            return JSONResponse(body, status_code=504, headers=headers)
         return JSONResponse(final.to_dict(), headers=headers)
+
+    async def _replay(
+        self,
+        record: RunRecord,
+        caller: Principal,
+        *,
+        stream: bool,
+        wait: bool,
+        budget: float | None,
+    ) -> Response:
+        """The answer to a repeated create (same Idempotency-Key, same request): what the first
+        create answered, for the run it made; ``Idempotent-Replayed: true`` says so."""
+        headers = {**self._run_headers(record), "Idempotent-Replayed": "true"}
+        if stream:
+            run_stream = await self.manager.open_stream(
+                record.run_id,
+                -1,
+                kind=record.kind,
+                component_id=record.component_id,
+                owner=caller.owner,
+            )
+            if run_stream is not None:
+                return self._sse(run_stream, headers)
+            return JSONResponse(record.to_dict(), headers=headers)  # ended without events
+        if not wait:
+            return self._accepted(record, headers)
+        return await self._wait_for(record, headers, budget)
 
     async def list_runs(self, request: Request) -> Response:
         caller = authorize(request.scope, "runs:read")
@@ -362,6 +502,12 @@ class AgentOS:
         caller = authorize(request.scope, "runs:read")
         record = await self._run(request, caller, request.query_params.get("session_id") or None)
         return JSONResponse(record.to_dict())
+
+    async def list_attempts(self, request: Request) -> Response:
+        """``GET .../runs/{run_id}/attempts``: the run's attempts, oldest first."""
+        caller = authorize(request.scope, "runs:read")
+        record = await self._run(request, caller, request.query_params.get("session_id") or None)
+        return JSONResponse(record.attempt_list())
 
     async def cancel(self, request: Request) -> Response:
         caller = authorize(request.scope, "runs:cancel")

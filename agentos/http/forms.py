@@ -18,6 +18,7 @@ from starlette.requests import Request
 
 from agentos.errors import InvalidCursor, InvalidRequest, RequestTimeout, RequestTooLarge
 from agentos.records import check_id, check_text
+from agentos.retries import RetryPolicy, RunOptions
 
 __all__ = [
     "client_run_id",
@@ -25,9 +26,12 @@ __all__ = [
     "filter_id",
     "filter_text",
     "flag",
+    "idempotency_key",
     "integer",
     "message",
+    "number",
     "read_fields",
+    "run_options",
     "text",
 ]
 
@@ -36,6 +40,12 @@ _FALSE = {"false", "0", "no", "off"}
 # An integer as text: an optional minus and ASCII digits. Python's int() also takes "0_1", "+1",
 # white space and any Unicode digit (U+0661, U+FF11); 18 digits keep it within a 64-bit column.
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
+# A number of seconds as text: ASCII digits and an optional fraction (no sign, exponent, inf).
+_NUMBER = re.compile(r"[0-9]{1,15}(\.[0-9]{1,9})?")
+#: Largest ``timeout_seconds`` (a week, as RunOptions allows).
+_MAX_RUN_TIMEOUT = 7 * 24 * 3600.0
+# An Idempotency-Key: 1 to 200 printable ASCII characters.
+_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,200}")
 
 
 async def read_fields(request: Request, limit: int, timeout: float) -> dict[str, Any]:
@@ -183,3 +193,54 @@ def filter_id(params: Mapping[str, str], name: str) -> str | None:
     """An id filter of a list (``session_id``): absent/empty is None; an id, else 422."""
     value = params.get(name) or None
     return None if value is None else check_id(name, value)
+
+
+def number(fields: Mapping[str, Any], name: str, high: float) -> float | None:
+    """An optional number of seconds from 0 to ``high``: a JSON number, or text of ASCII digits
+    with an optional fraction (``1.5``); a missing or empty one is None."""
+    value = fields.get(name)
+    if value is None or value == "":
+        return None
+    found: int | float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        found = value  # compared before float(): an int of 400 digits overflows a float
+    elif isinstance(value, str) and _NUMBER.fullmatch(value):
+        found = float(value)
+    if found is None or not 0 <= found <= high:  # NaN fails it too, infinity is above high
+        raise InvalidRequest(f"{name} must be a number from 0 to {high:g}")
+    return float(found)
+
+
+def run_options(fields: Mapping[str, Any]) -> RunOptions:
+    """A create's ``retry_policy`` (a JSON object; in a form, its JSON text),
+    ``timeout_seconds`` and ``multitask``; 422 naming the field that is not right."""
+    policy = fields.get("retry_policy")
+    if isinstance(policy, str):
+        if policy.strip() == "":
+            policy = None
+        else:
+            try:
+                policy = json.loads(policy)
+            except (ValueError, RecursionError):  # RecursionError: nested too deep
+                raise InvalidRequest("retry_policy must be a JSON object") from None
+    if policy is not None and not isinstance(policy, Mapping):
+        raise InvalidRequest("retry_policy must be a JSON object")
+    return RunOptions(
+        retry_policy=None if policy is None else RetryPolicy.parse(policy),
+        timeout=number(fields, "timeout_seconds", _MAX_RUN_TIMEOUT),
+        multitask=text(fields, "multitask"),
+    )
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The ``Idempotency-Key`` header: None when absent; 1 to 200 printable ASCII characters,
+    else 422."""
+    given = set(request.headers.getlist("idempotency-key"))
+    if not given:
+        return None
+    if len(given) > 1:
+        raise InvalidRequest("Idempotency-Key is given twice with different values")
+    key = given.pop()
+    if _IDEMPOTENCY_KEY.fullmatch(key) is None:
+        raise InvalidRequest("Idempotency-Key must be 1 to 200 printable ASCII characters")
+    return key

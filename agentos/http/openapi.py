@@ -17,10 +17,15 @@ __all__ = ["document"]
 _JSON = "application/json"
 _SSE = "text/event-stream"
 _KINDS = ["agents", "teams", "workflows"]
-_STATUSES = ["PENDING", "RUNNING", "COMPLETED", "ERROR", "CANCELLED"]
+_STATUSES = ["PENDING", "QUEUED", "RUNNING", "COMPLETED", "ERROR", "CANCELLED"]
 
 _NULLABLE_STRING: dict[str, Any] = {"type": ["string", "null"]}
 _NUMBER: dict[str, Any] = {"type": "number"}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
 
 _SCHEMAS: dict[str, Any] = {
     "ServerSentEvent": {
@@ -150,6 +155,13 @@ _SCHEMAS: dict[str, Any] = {
             "created_at": _NUMBER,
             "updated_at": _NUMBER,
             "event_count": {"type": "integer", "minimum": 0},
+            "attempt": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "The current (or last) attempt; 0 while queued before the first.",
+            },
+            "task_id": _NULLABLE_STRING,
+            "occurrence": _NULLABLE_STRING,
             "truncated": {
                 "type": "boolean",
                 "description": "In lists: whether input, content or error was cut.",
@@ -162,7 +174,7 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "run_id": {"type": "string"},
             "session_id": {"type": "string"},
-            "status": {"const": "PENDING"},
+            "status": {"enum": _STATUSES},
             "resume_token": {"type": "string"},
         },
     },
@@ -173,10 +185,96 @@ _SCHEMAS: dict[str, Any] = {
             "message": {"type": "string", "description": "The run's input (not blank)."},
             "stream": {"type": "boolean", "default": True},
             "background": {"type": "boolean", "default": False},
+            "wait": {
+                "type": "boolean",
+                "description": "stream=false only: answer when the run ends (200), or with 504 "
+                "after wait_timeout_seconds. Default: true unless background.",
+            },
+            "wait_timeout_seconds": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": 604800,
+                "description": "Seconds to wait at most; capped by the server's "
+                "max_wait_seconds, its default.",
+            },
             "session_id": {"type": "string"},
             "user_id": {"type": "string"},
             "run_id": {"type": "string", "description": "A client-chosen run id."},
+            "retry_policy": {
+                "description": "Attempts and delays (in a form: its JSON text); default: the "
+                "component's, else one attempt.",
+                "oneOf": [_ref("RetryPolicy"), {"type": "string"}],
+            },
+            "timeout_seconds": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": 604800,
+                "description": "Seconds an attempt may take (0: no limit); default: the "
+                "component's, else run_timeout.",
+            },
+            "multitask": {
+                "enum": ["parallel", "reject", "enqueue", "interrupt"],
+                "description": "What happens while the session has an active run.",
+            },
         },
+    },
+    "RetryPolicy": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100, "default": 1},
+            "delay": {"type": "number", "minimum": 0, "maximum": 604800, "default": 1.0},
+            "backoff": {"type": "number", "minimum": 1, "maximum": 100, "default": 2.0},
+            "max_delay": {"type": "number", "minimum": 0, "maximum": 604800, "default": 60.0},
+            "jitter": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.1},
+            "retry_on": {
+                "type": "array",
+                "maxItems": 32,
+                "items": {"type": "string"},
+                "description": "Reasons (exception, timeout, instance_lost, shutdown) or "
+                "exception class names; default: every reason.",
+            },
+        },
+    },
+    "Attempt": {
+        "type": "object",
+        "required": ["attempt", "instance_id", "started_at", "ended_at", "outcome", "error"],
+        "properties": {
+            "attempt": {"type": "integer", "minimum": 1},
+            "instance_id": _NULLABLE_STRING,
+            "started_at": {"type": ["number", "null"]},
+            "ended_at": {"type": ["number", "null"]},
+            "outcome": {
+                "type": ["string", "null"],
+                "description": "Why a retried attempt ended (exception, timeout, "
+                "instance_lost, shutdown), or the run's final status; null while it runs.",
+            },
+            "error": _NULLABLE_STRING,
+        },
+    },
+    "WaitTimeoutError": {
+        "description": "An Error: the run did not end within the wait; it goes on.",
+        "allOf": [
+            _ref("Error"),
+            {
+                "type": "object",
+                "required": [
+                    "run_id",
+                    "session_id",
+                    "status",
+                    "wait_timeout_seconds",
+                    "request_timeout_seconds",
+                ],
+                "properties": {
+                    "code": {"const": "wait_timeout"},
+                    "run_id": {"type": "string"},
+                    "session_id": {"type": "string"},
+                    "status": {"enum": _STATUSES},
+                    "wait_timeout_seconds": _NUMBER,
+                    "request_timeout_seconds": {"type": ["number", "null"]},
+                },
+            },
+        ],
     },
     "ResumeRequest": {
         "type": "object",
@@ -268,18 +366,17 @@ _ERRORS = {
     "404": "Unknown kind, component, run or session",
     "405": "Method not allowed",
     "408": "The body did not arrive in time",
-    "409": "The run id is taken, or the session has a running run",
+    "409": "The run id is taken, the component is paused, or the session has an active run "
+    "(session_busy: multitask=reject; session_active: delete)",
     "410": "The stream can no longer be served",
     "413": "The body is too large",
-    "422": "A field is missing or invalid",
+    "422": "A field is missing or invalid (invalid_request), or an Idempotency-Key reused "
+    "with another request (idempotency_conflict)",
+    "429": "The run queue is full (queue_full, with Retry-After): nothing was created",
     "500": "Internal error",
     "503": "Draining, overloaded, or the database is unavailable (with Retry-After)",
     "504": "wait=true waited its budget; the run goes on",
 }
-
-
-def _ref(name: str) -> dict[str, Any]:
-    return {"$ref": f"#/components/schemas/{name}"}
 
 
 def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -444,7 +541,9 @@ def document(component_ids: Sequence[str] = ()) -> dict[str, Any]:
     )
     run_path = [_KIND, component, _path("run_id")]
     run_list_params = [
-        _query("status", {"type": "string"}, "PENDING, RUNNING, COMPLETED, ERROR or CANCELLED"),
+        _query(
+            "status", {"type": "string"}, "PENDING, QUEUED, RUNNING, COMPLETED, ERROR or CANCELLED"
+        ),
         _query("session_id", {"type": "string"}),
         _query("user_id", {"type": "string"}),
         _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
@@ -574,20 +673,37 @@ def document(component_ids: Sequence[str] = ()) -> dict[str, Any]:
             "parameters": [_KIND, component],
             "post": _operation(
                 "Start a run: stream it (default), wait for it (stream=false), or both in the "
-                "background",
+                "background. A repeat with the same Idempotency-Key answers with the first "
+                "create's run (Idempotent-Replayed: true)",
                 {
                     "200": {
                         "description": "The run's events (stream=true), or the ended run as "
-                        "JSON (stream=false)",
+                        "JSON (stream=false, wait)",
                         "content": {
                             _SSE: {"schema": _SSE_EVENT},
                             _JSON: {"schema": _ref("Run")},
                         },
                     },
-                    "202": _json("Started in the background (stream=false)", _ref("RunAccepted")),
+                    "202": _json(
+                        "Started in the background (stream=false, no wait)", _ref("RunAccepted")
+                    ),
+                    "504": _json(
+                        "wait: the run did not end within the wait; it goes on",
+                        _ref("WaitTimeoutError"),
+                    ),
                 },
-                errors=("404", "408", "409", "413", "422", "503"),
-                parameters=[_query("run_id", {"type": "string"}, "A client-chosen run id")],
+                errors=("404", "408", "409", "413", "422", "429", "503"),
+                parameters=[
+                    _query("run_id", {"type": "string"}, "A client-chosen run id"),
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                        "description": "1 to 200 printable ASCII characters: a create repeated "
+                        "with it within idempotency_ttl gets the same run",
+                    },
+                ],
                 requestBody=_body("RunRequest", True),
             ),
             "get": _operation(
@@ -602,6 +718,15 @@ def document(component_ids: Sequence[str] = ()) -> dict[str, Any]:
             "get": _operation(
                 "A run",
                 {"200": _json("The run", _ref("Run"))},
+                errors=("404", "503"),
+                parameters=[_query("session_id", {"type": "string"})],
+            ),
+        },
+        "/{kind}/{id}/runs/{run_id}/attempts": {
+            "parameters": run_path,
+            "get": _operation(
+                "A run's attempts, oldest first",
+                {"200": _json("The attempts", {"type": "array", "items": _ref("Attempt")})},
                 errors=("404", "503"),
                 parameters=[_query("session_id", {"type": "string"})],
             ),

@@ -389,12 +389,14 @@ class _Connection:
         user_id = caller.user_for_new(forms.text(frame, "user_id"))
         component = self.manager.component(_KIND, workflow_id)
         self._check_room(run_id)
+        options = forms.run_options(frame)
         _, stream = await self.manager.start_and_follow(
             component,
             message,
             session_id=forms.text(frame, "session_id"),
             user_id=user_id,
             run_id=run_id,
+            options=options,
         )
         self._follow(stream)
 

@@ -1,4 +1,5 @@
-"""The in-process API: agent.arun in the four modes, aresume, aget_run, acancel_run."""
+"""The in-process API: agent.arun in the four modes, aresume, aget_run, aattempts,
+acancel_run."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from agentos import (
     Team,
     Workflow,
 )
+from agentos.retries import RetryPolicy, RunOptions
 
 
 @pytest.fixture
@@ -76,6 +78,19 @@ async def test_resume_with_meta_and_cancel(agent: Agent) -> None:
     assert isinstance(items[-1], Event) and items[-1].name == "RunCancelled"
     with pytest.raises(RunNotFound):
         await agent.aget_run("missing")
+
+
+async def test_attempts_and_run_options(agent: Agent) -> None:
+    options = RunOptions(retry_policy=RetryPolicy(max_attempts=3), timeout=30, multitask="enqueue")
+    run = await agent.arun("one two", options=options)
+    (attempt,) = await agent.aattempts(run.run_id)
+    assert attempt["attempt"] == 1 and attempt["outcome"] == "COMPLETED"
+    assert attempt["error"] is None and attempt["started_at"] <= attempt["ended_at"]
+    stored = await agent.aget_run(run.run_id)
+    assert stored.retry_policy == RetryPolicy(max_attempts=3).to_json()
+    assert (stored.timeout, stored.multitask) == (30, "enqueue")
+    with pytest.raises(RunNotFound):
+        await agent.aattempts("missing")
 
 
 async def test_standalone_agent_runs_without_a_server() -> None:

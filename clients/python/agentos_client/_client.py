@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Mapping
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
@@ -146,6 +146,11 @@ class AsyncClient:
         user_id: str | None = ...,
         run_id: str | None = ...,
         meta: bool = ...,
+        retry_policy: Mapping[str, Any] | None = ...,
+        timeout_seconds: float | None = ...,
+        multitask: str | None = ...,
+        idempotency_key: str | None = ...,
+        wait_timeout_seconds: float | None = ...,
     ) -> RunStream: ...
 
     @overload
@@ -161,6 +166,11 @@ class AsyncClient:
         user_id: str | None = ...,
         run_id: str | None = ...,
         meta: bool = ...,
+        retry_policy: Mapping[str, Any] | None = ...,
+        timeout_seconds: float | None = ...,
+        multitask: str | None = ...,
+        idempotency_key: str | None = ...,
+        wait_timeout_seconds: float | None = ...,
     ) -> Coroutine[Any, Any, Run]: ...
 
     def arun(
@@ -175,6 +185,11 @@ class AsyncClient:
         user_id: str | None = None,
         run_id: str | None = None,
         meta: bool = False,
+        retry_policy: Mapping[str, Any] | None = None,
+        timeout_seconds: float | None = None,
+        multitask: str | None = None,
+        idempotency_key: str | None = None,
+        wait_timeout_seconds: float | None = None,
     ) -> RunStream | Coroutine[Any, Any, Run]:
         """Start a run of ``kind`` (``agents``, ``teams``, ``workflows``) component ``id``.
 
@@ -182,22 +197,42 @@ class AsyncClient:
         stream        background  result
         ============  ==========  ============================================================
         False         False       ``await`` it: the final :class:`Run` (raises
-                                  :class:`RunFailed` if the run ends in ERROR)
+                                  :class:`RunFailed` if the run ends in ERROR, and
+                                  :class:`WaitTimeout` when the server's wait ends first)
         False         True        ``await`` it: a :class:`Run` with status PENDING
         True          False       a :class:`RunStream`; the run is cancelled if it drops
         True          True        a :class:`RunStream` that resumes after any drop
         ============  ==========  ============================================================
 
         ``meta=True`` also yields the meta events (``catch_up``, ``replay`` ...).
+
+        Run options (PROTOCOL.md): ``retry_policy`` (``{"max_attempts": 3, "delay": 1, ...}``),
+        ``timeout_seconds`` per attempt, ``multitask`` (``parallel``, ``reject``, ``enqueue``,
+        ``interrupt``), and for a waiting create ``wait_timeout_seconds`` (capped by the
+        server's ``max_wait_seconds``). With ``idempotency_key`` (1 to 200 printable ASCII
+        characters), the server answers a repeat of this create with the same run; a waiting or
+        background create whose answer is lost (connection error, 502, 503) is then sent again
+        with it, as a background stream's create already is.
         """
         self._check_open()
         body: dict[str, Any] = {"message": message, "stream": stream, "background": background}
-        if stream and background and run_id is None:
-            # Choosing the id here lets a retried create recognise its own run (409).
+        if stream and background and run_id is None and idempotency_key is None:
+            # Choosing the id here lets a retried create recognise its own run (409). With a
+            # key, a retried create is answered with its run anyway, and the same key must
+            # come with the same request (a new id each time would be another request).
             run_id = str(uuid.uuid4())
-        for name, value in (("session_id", session_id), ("user_id", user_id), ("run_id", run_id)):
+        for name, value in (
+            ("session_id", session_id),
+            ("user_id", user_id),
+            ("run_id", run_id),
+            ("retry_policy", None if retry_policy is None else dict(retry_policy)),
+            ("timeout_seconds", timeout_seconds),
+            ("multitask", multitask),
+            ("wait_timeout_seconds", None if stream or background else wait_timeout_seconds),
+        ):
             if value is not None:
                 body[name] = value
+        headers = {} if idempotency_key is None else {"Idempotency-Key": idempotency_key}
         if stream:
             return RunStream(
                 self,
@@ -205,11 +240,12 @@ class AsyncClient:
                 id,
                 run_id=run_id,
                 create=body,
+                create_headers=headers,
                 session_id=session_id,
                 meta=meta,
                 resumable=background,
             )
-        return self._create_run(kind, id, body, wait=not background)
+        return self._create_run(kind, id, body, wait=not background, headers=headers)
 
     def resume(
         self,
@@ -280,6 +316,15 @@ class AsyncClient:
         """The run object; :class:`APIStatusError` with ``status_code == 404`` if unknown."""
         data = await self._json("GET", f"/{kind}/{id}/runs/{run_id}", run_id=run_id)
         return Run.from_json(_as_object(data))
+
+    async def attempts(self, kind: str, id: str, run_id: str) -> list[dict[str, Any]]:
+        """The run's attempts, oldest first: ``{"attempt", "instance_id", "started_at",
+        "ended_at", "outcome", "error"}`` each (``outcome``: why a retried attempt ended, or
+        the run's final status; None while it runs). 404 as :meth:`get_run`."""
+        data = await self._json("GET", f"/{kind}/{id}/runs/{run_id}/attempts", run_id=run_id)
+        if not isinstance(data, list):
+            raise ClientError("the attempt list is not a JSON list")
+        return [_as_object(item) for item in data]
 
     async def list_runs(
         self,
@@ -440,15 +485,37 @@ class AsyncClient:
             async for _ in stream:
                 pass
 
-    async def _create_run(self, kind: str, id: str, body: dict[str, Any], *, wait: bool) -> Run:
-        # A run that is awaited inline may take as long as the run does: no read timeout.
+    async def _create_run(
+        self, kind: str, id: str, body: dict[str, Any], *, wait: bool, headers: dict[str, str]
+    ) -> Run:
+        # A run that is awaited inline may take as long as the server waits: no read timeout.
         timeout = httpx.Timeout(self.timeout, read=None) if wait else None
-        response = await self._send(
-            "POST", f"/{kind}/{id}/runs", json=body, request_timeout=timeout
-        )
-        run = Run.from_json(
-            _as_object(_decode(response)), resume_token=response.headers.get("x-resume-token")
-        )
+        attempt = 0
+        while True:
+            try:
+                response = await self._send(
+                    "POST",
+                    f"/{kind}/{id}/runs",
+                    json=body,
+                    headers=headers,
+                    request_timeout=timeout,
+                    accept=(504,),
+                )
+                break
+            except (TransportError, APIStatusError) as exc:
+                # Only a create with an Idempotency-Key can be sent again: the server answers
+                # a repeat with the run the first one made, never with a second run.
+                retry = "Idempotency-Key" in headers and (
+                    isinstance(exc, TransportError) or exc.status_code in (502, 503)
+                )
+                attempt += 1
+                if not retry or attempt > self.max_reconnects:
+                    raise
+                await asyncio.sleep(self._backoff(attempt))
+        if response.status_code == 504:
+            raise self._wait_timeout(response)
+        data = _as_object(_decode(response))
+        run = Run.from_json(data, resume_token=response.headers.get("x-resume-token"))
         if wait and run.status is RunStatus.ERROR:
             raise RunFailed(run)
         return run
@@ -463,6 +530,7 @@ class AsyncClient:
         *,
         run_id: str | None = None,
         request_timeout: httpx.Timeout | None = None,
+        accept: tuple[int, ...] = (),
         **kw: Any,
     ) -> httpx.Response:
         self._check_open()
@@ -473,17 +541,36 @@ class AsyncClient:
                 response = await self._http.request(method, path, timeout=request_timeout, **kw)
         except httpx.TransportError as exc:
             raise TransportError(f"{method} {path}: {exc!r}", run_id=run_id) from exc
-        if response.status_code >= 400:
+        if response.status_code >= 400 and response.status_code not in accept:
             raise self._status_error(response, run_id=run_id)
         return response
 
-    async def _send_stream(self, method: str, path: str, **kw: Any) -> httpx.Response:
+    async def _send_stream(
+        self, method: str, path: str, *, headers: Mapping[str, str] | None = None, **kw: Any
+    ) -> httpx.Response:
         """Open a streaming response; httpx errors are left to the stream's retry logic."""
         self._check_open()
-        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache", **(headers or {})}
         timeout = httpx.Timeout(self.timeout, read=self.read_timeout)
         request = self._http.build_request(method, path, headers=headers, timeout=timeout, **kw)
         return await self._http.send(request, stream=True)
+
+    @classmethod
+    def _wait_timeout(cls, response: httpx.Response) -> ClientError:
+        """The error of a 504: WaitTimeout when the server's wait ended (its JSON names the
+        run), else (a proxy's 504) an APIStatusError."""
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or data.get("code") != "wait_timeout":
+            return cls._status_error(response, run_id=None)
+        seconds = data.get("wait_timeout_seconds")
+        return WaitTimeout(
+            str(data.get("run_id")),
+            float(seconds) if isinstance(seconds, int | float) else 0.0,
+            status=_opt(data.get("status")),
+        )
 
     @staticmethod
     def _status_error(response: httpx.Response, *, run_id: str | None) -> APIStatusError:
@@ -510,6 +597,10 @@ def _decode(response: httpx.Response) -> Any:
         return response.json()
     except ValueError as exc:
         raise ClientError(f"expected JSON, got {response.text[:100]!r}") from exc
+
+
+def _opt(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _as_object(data: Any) -> dict[str, Any]:
@@ -638,6 +729,11 @@ class Client:
         user_id: str | None = ...,
         run_id: str | None = ...,
         meta: bool = ...,
+        retry_policy: Mapping[str, Any] | None = ...,
+        timeout_seconds: float | None = ...,
+        multitask: str | None = ...,
+        idempotency_key: str | None = ...,
+        wait_timeout_seconds: float | None = ...,
     ) -> SyncRunStream: ...
 
     @overload
@@ -653,6 +749,11 @@ class Client:
         user_id: str | None = ...,
         run_id: str | None = ...,
         meta: bool = ...,
+        retry_policy: Mapping[str, Any] | None = ...,
+        timeout_seconds: float | None = ...,
+        multitask: str | None = ...,
+        idempotency_key: str | None = ...,
+        wait_timeout_seconds: float | None = ...,
     ) -> Run: ...
 
     def run(
@@ -667,6 +768,11 @@ class Client:
         user_id: str | None = None,
         run_id: str | None = None,
         meta: bool = False,
+        retry_policy: Mapping[str, Any] | None = None,
+        timeout_seconds: float | None = None,
+        multitask: str | None = None,
+        idempotency_key: str | None = None,
+        wait_timeout_seconds: float | None = None,
     ) -> SyncRunStream | Run:
         """See :meth:`AsyncClient.arun`; streams come back as a :class:`SyncRunStream`."""
         self._check_open()
@@ -676,6 +782,11 @@ class Client:
             "user_id": user_id,
             "run_id": run_id,
             "meta": meta,
+            "retry_policy": retry_policy,
+            "timeout_seconds": timeout_seconds,
+            "multitask": multitask,
+            "idempotency_key": idempotency_key,
+            "wait_timeout_seconds": wait_timeout_seconds,
         }
         if stream:
             return SyncRunStream(self, self._async.arun(kind, id, message, stream=True, **options))
@@ -721,6 +832,10 @@ class Client:
     def get_run(self, kind: str, id: str, run_id: str) -> Run:
         """See :meth:`AsyncClient.get_run`."""
         return self._call(self._async.get_run(kind, id, run_id))
+
+    def attempts(self, kind: str, id: str, run_id: str) -> list[dict[str, Any]]:
+        """See :meth:`AsyncClient.attempts`."""
+        return self._call(self._async.attempts(kind, id, run_id))
 
     def list_runs(
         self,

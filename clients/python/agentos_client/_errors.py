@@ -10,7 +10,8 @@ client raises on purpose::
      ├── APIStatusError    the server answered with an error status (status_code, code, detail)
      ├── StreamError       a stream broke its contract: an "error" meta frame, a skipped index
      ├── RunFailed         the run ended with status ERROR (run, error)
-     └── WaitTimeout       wait() gave up before the run ended
+     └── WaitTimeout       wait() gave up before the run ended, or the server's wait did
+                           (504 wait_timeout); the run goes on
 
 Errors from httpx are translated in one place (``_client._translate``) with ``raise ... from``,
 so the original exception stays available as ``__cause__``.
@@ -109,9 +110,13 @@ class RunFailed(ClientError):
 
 
 class WaitTimeout(ClientError):
-    """``wait()`` gave up before the run reached a terminal status."""
+    """``wait()`` gave up before the run reached a terminal status, or a waiting create's
+    budget ran out on the server (504 ``wait_timeout``). The run goes on: follow it with
+    ``resume`` or ``wait`` by ``run_id``; ``status`` is its status when the wait ended, when
+    known."""
 
-    def __init__(self, run_id: str, timeout: float) -> None:
+    def __init__(self, run_id: str, timeout: float, *, status: str | None = None) -> None:
         super().__init__(f"run {run_id} did not end within {timeout} s")
         self.run_id = run_id
         self.timeout = timeout
+        self.status = status

@@ -37,6 +37,8 @@ class RunStatus(StrEnum):
     """A run's status, always upper case on the wire."""
 
     PENDING = "PENDING"
+    #: Waiting for an instance with room (capacity, a retry's delay, or its session's turn).
+    QUEUED = "QUEUED"
     RUNNING = "RUNNING"
     COMPLETED = "COMPLETED"
     ERROR = "ERROR"
@@ -75,6 +77,8 @@ class Run:
     updated_at: float | None = None
     event_count: int | None = None
     resume_token: str | None = None
+    #: The run's current (or last) attempt (``attempts()`` lists them all).
+    attempt: int | None = None
     data: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -89,6 +93,7 @@ class Run:
             updated_at=_opt_float(data.get("updated_at")),
             event_count=_opt_int(data.get("event_count")),
             resume_token=resume_token or _opt_str(data.get("resume_token")),
+            attempt=_opt_int(data.get("attempt")),
             data=dict(data),
         )
 

@@ -76,6 +76,7 @@ class RunStream:
         *,
         run_id: str | None,
         create: Mapping[str, Any] | None = None,
+        create_headers: Mapping[str, str] | None = None,
         session_id: str | None = None,
         last_event_index: int = -1,
         meta: bool = False,
@@ -92,6 +93,7 @@ class RunStream:
         self.reconnects = 0
         self._client = client
         self._create = create
+        self._create_headers = dict(create_headers or {})
         self._meta = meta
         self._resumable = resumable
         self._gen: AsyncGenerator[Event, None] | None = None
@@ -138,7 +140,10 @@ class RunStream:
     async def _open(self) -> httpx.Response:
         if self._create is not None:
             return await self._client._send_stream(
-                "POST", f"/{self.kind}/{self.id}/runs", json=dict(self._create)
+                "POST",
+                f"/{self.kind}/{self.id}/runs",
+                json=dict(self._create),
+                headers=self._create_headers,
             )
         params: dict[str, Any] = {"last_event_index": self.last_event_index}
         if self.session_id is not None:

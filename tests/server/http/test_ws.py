@@ -19,6 +19,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from agentos import Agent, AgentOS, EchoModel, Settings, Workflow
+from agentos.backends.base import open_backend
 from tests import sse
 from tests.apps import words
 from tests.servers import ThreadServer, free_port
@@ -517,6 +518,27 @@ BAD_FRAMES: list[tuple[str, str | bytes, str]] = [
         '{"action": "start-workflow", "workflow_id": "echo", "message": "hi"}',
         "component_not_found",
     ),
+    (
+        "start: retry_policy not an object",
+        '{"action": "start-workflow", "workflow_id": "wf", "message": "hi", "retry_policy": 3}',
+        "invalid_request",
+    ),
+    (
+        "start: retry_policy with a bad field",
+        '{"action": "start-workflow", "workflow_id": "wf", "message": "hi",'
+        ' "retry_policy": {"max_attempts": 0}}',
+        "invalid_request",
+    ),
+    (
+        "start: timeout_seconds negative",
+        '{"action": "start-workflow", "workflow_id": "wf", "message": "hi", "timeout_seconds": -1}',
+        "invalid_request",
+    ),
+    (
+        "start: unknown multitask",
+        '{"action": "start-workflow", "workflow_id": "wf", "message": "hi", "multitask": "x"}',
+        "invalid_request",
+    ),
     ("reconnect: no run_id", '{"action": "reconnect"}', "invalid_request"),
     ("reconnect: run_id a number", '{"action": "reconnect", "run_id": 7}', "invalid_request"),
     ("reconnect: unknown run", '{"action": "reconnect", "run_id": "nope"}', "run_not_found"),
@@ -552,6 +574,34 @@ def test_bad_frames_get_an_error_and_the_socket_stays_usable(
                 assert await recv(ws) == {"event": "pong"}
 
     run(main())
+
+
+def test_start_workflow_takes_run_options(server: Server) -> None:
+    policy = {"max_attempts": 2, "delay": 0.1}
+
+    async def main() -> str:
+        async with opened(server) as ws:
+            first = await start(
+                ws, "a b", retry_policy=policy, timeout_seconds=60, multitask="parallel"
+            )
+            await until_terminal(ws)
+            run_id: str = first["run_id"]
+            return run_id
+
+    run_id = run(main())
+    record = run(_stored(server, run_id))
+    assert record.retry_policy is not None and json.loads(record.retry_policy)["max_attempts"] == 2
+    assert (record.timeout, record.multitask) == (60.0, "parallel")
+
+
+async def _stored(server: Server, run_id: str) -> Any:
+    """The run as the database has it (a store of its own on the server's file)."""
+    store = open_backend(server.agent_os.settings).store
+    await store.open()
+    try:
+        return await store.get_run(run_id)
+    finally:
+        await store.close()
 
 
 def test_bad_runs_and_cursors_of_real_runs(server: Server) -> None:
