@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import httpx
 import pytest
 
 from agentos import AgentOS
-from tests.servers import ROOT
+from tests.servers import ROOT, ServerProcess
 
 
 def readme_python() -> str:
@@ -73,3 +75,40 @@ def test_readme_names_existing_files() -> None:
         assert (ROOT / name).exists(), name
     assert os.access(ROOT / ".ci" / "run", os.X_OK)
     assert "bash scripts/check" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_retried_run_survives_a_kill(tmp_path: Path) -> None:
+    """The README's "Queue, retries and timeouts" example: kill -9 in the middle of a run with
+    two attempts, restart in the same folder, and the run completes in its second attempt."""
+    message = "one two three four five six"
+    with ServerProcess(tmp_path, delay=0.3) as server:
+        created = httpx.post(
+            f"{server.url}/agents/echo/runs",
+            data={
+                "stream": "false",
+                "background": "true",
+                "message": message,
+                "retry_policy": '{"max_attempts": 2, "delay": 0}',
+            },
+            timeout=10,
+        )
+        assert created.status_code == 202 and created.json()["status"] == "PENDING"
+        run_url = f"{server.url}/agents/echo/runs/{created.json()['run_id']}"
+        for _ in range(100):  # until a word or two went out
+            if httpx.get(run_url, timeout=10).json()["event_count"] >= 3:
+                break
+            time.sleep(0.05)
+        server.kill()
+        server.start()
+        resumed = httpx.get(f"{run_url}/resume", timeout=30)
+    events = [
+        json.loads(line[6:]) for line in resumed.text.splitlines() if line.startswith("data: ")
+    ]
+    events = [e for e in events if "event_index" in e]
+    names = [e["event"] for e in events]
+    retrying = names.index("RunRetrying")
+    assert events[retrying]["reason"] == "instance_lost" and events[retrying]["next_attempt"] == 2
+    assert {e["attempt"] for e in events[:retrying]} == {1}
+    assert names[retrying + 1] == "RunStarted" and events[retrying + 1]["attempt"] == 2
+    assert names[-1] == "RunCompleted" and events[-1]["content"] == message
+    assert [e["event_index"] for e in events] == list(range(len(events)))
