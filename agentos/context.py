@@ -31,6 +31,7 @@ class RunContext:
     __slots__ = (
         "_emit",
         "completed",
+        "emitted",
         "extra",
         "run_id",
         "session",
@@ -62,10 +63,13 @@ class RunContext:
         #: Where this run's sync tools run (the server's bounded pool).
         self.tool_threads = tool_threads
         self.completed: dict[str, Any] = {}
+        #: Events emitted through this context (not its children's).
+        self.emitted = 0
 
     async def emit(self, name: str, **fields: Any) -> None:
         """Emit an event of this run; it gets the next ``event_index``."""
         await self._emit(name, {**self.extra, **fields} if self.extra else fields)
+        self.emitted += 1
 
     def child(self, **extra: Any) -> RunContext:
         """A context whose events also carry ``extra`` (for members and steps)."""
