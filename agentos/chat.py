@@ -91,8 +91,12 @@ class _Turn:
     content: str
     calls: list[ToolCall]
     finish: Finish | None
-    #: Why a call is refused before it runs (its arguments were too large), by call id.
-    refused: dict[str, str] = field(default_factory=dict)
+    #: Why a call is refused before it runs (its arguments were too large), by its position.
+    refused: dict[int, str] = field(default_factory=dict)
+
+
+#: The longest tool name (``tools.py`` allows 1 to 64 of ``[A-Za-z0-9_-]``).
+_MAX_TOOL_NAME = 64
 
 
 class _PartialCall:
@@ -143,26 +147,23 @@ class _ToolCalls:
             else:
                 call.arguments = []
 
-    def calls(self) -> tuple[list[ToolCall], dict[str, str]]:
-        """The calls in the model's order, and the refused ones' reasons by call id."""
+    def calls(self) -> tuple[list[ToolCall], dict[int, str]]:
+        """The calls in the model's order, and the refused ones' reasons by position."""
         calls: list[ToolCall] = []
-        refused: dict[str, str] = {}
+        refused: dict[int, str] = {}
         for index in sorted(self._calls):
             part = self._calls[index]
             call_id = part.id or f"call_{uuid.uuid4().hex[:24]}"
             if part.size > self.max_argument_bytes:
                 # The history holds "{}": any server takes it, where a cut text may not be JSON.
-                calls.append(ToolCall(call_id, part.name, "{}"))
-                refused[call_id] = (
+                refused[len(calls)] = (
                     f"the arguments were {part.size} bytes; at most {self.max_argument_bytes} "
                     "are accepted (tool_argument_bytes)"
                 )
+                calls.append(ToolCall(call_id, part.name, "{}"))
             else:
                 calls.append(ToolCall(call_id, part.name, "".join(part.arguments)))
         return calls, refused
-
-
-_MAX_TOOL_NAME = 64
 
 
 class ChatLoop:
@@ -332,8 +333,8 @@ class ChatLoop:
             )
         async with asyncio.TaskGroup() as group:
             tasks = [
-                group.create_task(self._run_tool(ctx, call, tools, turn.refused.get(call.id)))
-                for call in calls
+                group.create_task(self._run_tool(ctx, call, tools, turn.refused.get(position)))
+                for position, call in enumerate(calls)
             ]
         return [
             {"role": "tool", "tool_call_id": call.id, "name": call.name, "content": task.result()}
