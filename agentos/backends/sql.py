@@ -36,7 +36,6 @@ from sqlmodel import Field, SQLModel
 
 from agentos.backends import schema
 from agentos.backends.base import ANY_USER, Ending, Store, register_backend
-from agentos.backends.sqlite_writer import SQLiteWriter
 from agentos.errors import (
     AgentOSError,
     DataRejected,
@@ -171,9 +170,6 @@ class SQLStore(Store):
         #: Upgrade an older schema when opening instead of refusing (SchemaOutdated).
         self.auto_upgrade = auto_upgrade
         self._engine: AsyncEngine | None = None
-        #: A SQLite file's group commits and session messages, one thread hop per transaction
-        #: (``sqlite_writer.py``); None on PostgreSQL and for an in-memory database.
-        self._writer: SQLiteWriter | None = None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -197,10 +193,6 @@ class SQLStore(Store):
                 await conn.run_sync(
                     schema.ensure, auto_upgrade=self.auto_upgrade, create_all=_create_all
                 )
-            path = self._database_file()
-            if path is not None:
-                self._writer = SQLiteWriter(path, timeout=self.timeout)
-                await self._writer.open()
         except BaseException:
             await self.close()
             raise
@@ -273,19 +265,7 @@ class SQLStore(Store):
     async def _after_cancel_request(self, conn: AsyncConnection, run_id: str) -> None:
         """Called in the transaction that set a run's cancel request (a dialect's hook)."""
 
-    def _database_file(self) -> str | None:
-        """The SQLite database file of the URL, or None (PostgreSQL, in memory, URL options)."""
-        if not self.is_sqlite:
-            return None
-        url = sa.engine.make_url(self.url)
-        if url.query or url.database in (None, "", ":memory:"):
-            return None
-        return url.database
-
     async def close(self) -> None:
-        if self._writer is not None:
-            writer, self._writer = self._writer, None
-            await writer.close()
         if self._engine is not None:
             engine, self._engine = self._engine, None
             await engine.dispose()
@@ -347,9 +327,6 @@ class SQLStore(Store):
         owner: str | None = None,
         runs: Sequence[RunRecord] = (),
     ) -> None:
-        if self._writer is not None:
-            await self._writer.commit(events, updates, owner=owner, runs=runs)
-            return
         fenced = sorted({run_id for run_id, _ in events})
         async with self._begin() as conn:
             if runs:
@@ -519,24 +496,6 @@ class SQLStore(Store):
 
     async def add_messages(self, messages: Sequence[MessageRecord]) -> None:
         if not messages:
-            return
-        if self._writer is not None:
-            await self._writer.add_messages(
-                [
-                    (
-                        m.run_id,
-                        m.position,
-                        m.session_id,
-                        m.role,
-                        m.content,
-                        m.tool_calls_json(),
-                        m.tool_call_id,
-                        m.name,
-                        m.created_at,
-                    )
-                    for m in messages
-                ]
-            )
             return
         rows = [
             {
