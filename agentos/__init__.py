@@ -26,6 +26,7 @@ from agentos.errors import (
     SessionActive,
     SessionNotFound,
     ShuttingDown,
+    ToolCallsExceeded,
     ToolRoundsExceeded,
 )
 from agentos.events import Event, Meta, RunStatus
@@ -83,6 +84,7 @@ __all__ = [
     "Store",
     "Team",
     "Tool",
+    "ToolCallsExceeded",
     "ToolRoundsExceeded",
     "Workflow",
     "__version__",

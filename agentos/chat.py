@@ -23,12 +23,20 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from agentos.context import RunContext
-from agentos.errors import ModelTimeout, ModelUnavailable, ToolRoundsExceeded
+from agentos.errors import (
+    CommitterStopped,
+    ModelTimeout,
+    ModelUnavailable,
+    RunEnded,
+    ToolCallsExceeded,
+    ToolRoundsExceeded,
+)
 from agentos.models.base import (
     ChatModel,
     ContentDelta,
@@ -36,9 +44,11 @@ from agentos.models.base import (
     Finish,
     ReasoningDelta,
     ToolCall,
+    ToolCallPart,
     ToolSpec,
     Usage,
 )
+from agentos.records import MAX_ID_LENGTH
 from agentos.tools import Tool, ToolFailed, ToolTimedOut
 
 __all__ = ["ChatLoop"]
@@ -81,6 +91,79 @@ class _Turn:
     content: str
     calls: list[ToolCall]
     finish: Finish | None
+    #: Why a call is refused before it runs (its arguments were too large), by its position.
+    refused: dict[int, str] = field(default_factory=dict)
+
+
+#: The longest tool name (``tools.py`` allows 1 to 64 of ``[A-Za-z0-9_-]``).
+_MAX_TOOL_NAME = 64
+
+
+class _PartialCall:
+    __slots__ = ("arguments", "id", "name", "size")
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.name = ""
+        self.arguments: list[str] = []
+        self.size = 0  # UTF-8 bytes of the arguments received, kept or not
+
+
+class _ToolCalls:
+    """The tool calls of one model turn, joined from their parts within the limits.
+
+    Past ``max_calls`` calls the turn fails (ToolCallsExceeded: the run ends, and the model's
+    stream is closed at once); a call whose arguments pass ``max_argument_bytes`` keeps only
+    their size, and is refused without running (the model is told why).
+    """
+
+    def __init__(self, max_calls: int, max_argument_bytes: int) -> None:
+        self.max_calls = max_calls
+        self.max_argument_bytes = max_argument_bytes
+        self._calls: dict[int, _PartialCall] = {}
+
+    def add(self, part: ToolCallPart) -> None:
+        index = part.index
+        if index is None:  # a whole call, from a server that sends no index
+            index = max(self._calls, default=-1) + 1
+        call = self._calls.get(index)
+        if call is None:
+            if len(self._calls) >= self.max_calls:
+                raise ToolCallsExceeded(
+                    f"the model asked for more than {self.max_calls} tool calls in one turn "
+                    "(max_tool_calls)"
+                )
+            call = self._calls[index] = _PartialCall()
+        if part.id:
+            call.id = part.id[:MAX_ID_LENGTH]
+        # Some servers repeat the whole name in every part; a name past 64 characters names no
+        # tool (kept at 65, it cannot match one by being cut).
+        if part.name and part.name != call.name and len(call.name) <= _MAX_TOOL_NAME:
+            call.name = (call.name + part.name)[: _MAX_TOOL_NAME + 1]
+        if part.arguments:
+            call.size += len(part.arguments.encode("utf-8", "surrogatepass"))
+            if call.size <= self.max_argument_bytes:
+                call.arguments.append(part.arguments)
+            else:
+                call.arguments = []
+
+    def calls(self) -> tuple[list[ToolCall], dict[int, str]]:
+        """The calls in the model's order, and the refused ones' reasons by position."""
+        calls: list[ToolCall] = []
+        refused: dict[int, str] = {}
+        for index in sorted(self._calls):
+            part = self._calls[index]
+            call_id = part.id or f"call_{uuid.uuid4().hex[:24]}"
+            if part.size > self.max_argument_bytes:
+                # The history holds "{}": any server takes it, where a cut text may not be JSON.
+                refused[len(calls)] = (
+                    f"the arguments were {part.size} bytes; at most {self.max_argument_bytes} "
+                    "are accepted (tool_argument_bytes)"
+                )
+                calls.append(ToolCall(call_id, part.name, "{}"))
+            else:
+                calls.append(ToolCall(call_id, part.name, "".join(part.arguments)))
+        return calls, refused
 
 
 class ChatLoop:
@@ -97,12 +180,14 @@ class ChatLoop:
         instructions: str = "",
         tools: dict[str, Tool] | None = None,
         history_runs: int | None = None,
+        history_bytes: int | None = None,
         content_event: str = "RunContent",
     ) -> None:
         self.model = model
         self.instructions = instructions
         self.tools = tools or {}
         self.history_runs = history_runs
+        self.history_bytes = history_bytes
         self.content_event = content_event
 
     async def run(
@@ -116,7 +201,13 @@ class ChatLoop:
         if self.instructions:
             messages.append({"role": "system", "content": self.instructions})
         if ctx.session is not None:
-            messages.extend(await ctx.session.history(self.history_runs))
+            budget = self.history_bytes
+            messages.extend(
+                await ctx.session.history(
+                    self.history_runs,
+                    max_bytes=ctx.settings.history_bytes if budget is None else budget,
+                )
+            )
         first_new = len(messages)
         messages.append({"role": "user", "content": message})
         parts: list[str] = []
@@ -144,7 +235,7 @@ class ChatLoop:
                     f"the model still called tools after {rounds} rounds (max_tool_rounds)"
                 )
             rounds += 1
-            messages.extend(await self._run_tools(ctx, turn.calls, tools))
+            messages.extend(await self._run_tools(ctx, turn, tools))
         if ctx.session is not None:
             await ctx.session.save(messages[first_new:])
         ctx.completed["metrics"] = metrics.to_dict()
@@ -164,7 +255,8 @@ class ChatLoop:
             emitted = False
             try:
                 parts: list[str] = []
-                calls: list[ToolCall] = []
+                settings = ctx.settings
+                calls = _ToolCalls(settings.max_tool_calls, settings.tool_argument_bytes)
                 finish: Finish | None = None
                 async with contextlib.aclosing(self._deltas(ctx, messages, specs)) as deltas:
                     async for delta in deltas:
@@ -179,14 +271,17 @@ class ChatLoop:
                                 emitted = True
                                 metrics.saw_output()
                                 await ctx.emit("ReasoningContent", content=delta.text)
+                        elif isinstance(delta, ToolCallPart):
+                            calls.add(delta)
                         elif isinstance(delta, ToolCall):
-                            calls.append(delta)
+                            calls.add(ToolCallPart(None, delta.id, delta.name, delta.arguments))
                         elif isinstance(delta, Usage):
                             metrics.add(delta)
                             ctx.meter.count_tokens(delta.input_tokens, delta.output_tokens)
                         elif isinstance(delta, Finish):
                             finish = delta
-                return _Turn("".join(parts), calls, finish)
+                complete, refused = calls.calls()
+                return _Turn("".join(parts), complete, finish, refused)
             except ModelUnavailable as exc:
                 delay = _retry_delay(exc, attempt, ctx)
                 if emitted or delay is None:
@@ -227,8 +322,9 @@ class ChatLoop:
     # -- tools ------------------------------------------------------------------------------------
 
     async def _run_tools(
-        self, ctx: RunContext, calls: list[ToolCall], tools: dict[str, Tool]
+        self, ctx: RunContext, turn: _Turn, tools: dict[str, Tool]
     ) -> list[dict[str, Any]]:
+        calls = turn.calls
         for call in calls:
             await ctx.emit(
                 "ToolCallStarted",
@@ -237,45 +333,57 @@ class ChatLoop:
                 tool_args=_arguments_for_event(call.arguments),
             )
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(self._run_tool(ctx, call, tools)) for call in calls]
+            tasks = [
+                group.create_task(self._run_tool(ctx, call, tools, turn.refused.get(position)))
+                for position, call in enumerate(calls)
+            ]
         return [
             {"role": "tool", "tool_call_id": call.id, "name": call.name, "content": task.result()}
             for call, task in zip(calls, tasks, strict=True)
         ]
 
-    async def _run_tool(self, ctx: RunContext, call: ToolCall, tools: dict[str, Tool]) -> str:
+    async def _run_tool(
+        self, ctx: RunContext, call: ToolCall, tools: dict[str, Tool], refused: str | None
+    ) -> str:
+        """Run one call; it ends with one ToolCallCompleted or ToolCallError, also when it is
+        cancelled (the run cancelled, or a sibling call failing unexpectedly)."""
         settings = ctx.settings
         started = time.monotonic()
-        found = tools.get(call.name)
-        try:
-            if found is None:
-                raise ToolFailed(f"there is no tool named {call.name!r}")
-            result = await found.execute(
-                call.arguments,
-                timeout=settings.tool_timeout,
-                result_bytes=settings.tool_result_bytes,
-                threads=ctx.tool_threads,
-            )
-        except ToolFailed as exc:
-            ctx.meter.count_tool_call("timeout" if isinstance(exc, ToolTimedOut) else "error")
-            error = str(exc)
+        ended = False
+
+        async def end(name: str, **fields: Any) -> None:
+            nonlocal ended
+            duration = round(time.monotonic() - started, 4)
             await ctx.emit(
-                "ToolCallError",
-                tool_call_id=call.id,
-                tool_name=call.name,
-                error=error,
-                duration=round(time.monotonic() - started, 4),
+                name, tool_call_id=call.id, tool_name=call.name, **fields, duration=duration
             )
-            return f"Error: {error}"
-        ctx.meter.count_tool_call("completed")
-        await ctx.emit(
-            "ToolCallCompleted",
-            tool_call_id=call.id,
-            tool_name=call.name,
-            result=result,
-            duration=round(time.monotonic() - started, 4),
-        )
-        return result
+            ended = True  # no suspension point after the event is queued
+
+        try:
+            found = tools.get(call.name)
+            try:
+                if refused is not None:
+                    raise ToolFailed(refused)
+                if found is None:
+                    raise ToolFailed(f"there is no tool named {call.name!r}")
+                result = await found.execute(
+                    call.arguments,
+                    timeout=settings.tool_timeout,
+                    result_bytes=settings.tool_result_bytes,
+                    threads=ctx.tool_threads,
+                )
+            except ToolFailed as exc:
+                ctx.meter.count_tool_call("timeout" if isinstance(exc, ToolTimedOut) else "error")
+                await end("ToolCallError", error=str(exc))
+                return f"Error: {exc}"
+            ctx.meter.count_tool_call("completed")
+            await end("ToolCallCompleted", result=result)
+            return result
+        except asyncio.CancelledError:
+            if not ended:
+                with contextlib.suppress(RunEnded, CommitterStopped):  # the run takes no more
+                    await end("ToolCallError", error="cancelled")
+            raise
 
 
 def _retry_delay(exc: ModelUnavailable, attempt: int, ctx: RunContext) -> float | None:

@@ -61,6 +61,7 @@ class RunContext:
     __slots__ = (
         "_emit",
         "completed",
+        "emitted",
         "extra",
         "meter",
         "run_id",
@@ -95,10 +96,13 @@ class RunContext:
         self.tool_threads = tool_threads
         self.meter = meter if meter is not None else Meter()
         self.completed: dict[str, Any] = {}
+        #: Events emitted through this context (not its children's).
+        self.emitted = 0
 
     async def emit(self, name: str, **fields: Any) -> None:
         """Emit an event of this run; it gets the next ``event_index``."""
         await self._emit(name, {**self.extra, **fields} if self.extra else fields)
+        self.emitted += 1
 
     def child(self, **extra: Any) -> RunContext:
         """A context whose events also carry ``extra`` (for members and steps)."""

@@ -31,6 +31,7 @@
      │    ├── ModelUnavailable  connection error, 429, 5xx: retried before the first output
      │    └── ModelTimeout      no data from the model for model_read_timeout seconds
      ├── ToolRoundsExceeded     the model kept calling tools past max_tool_rounds
+     ├── ToolCallsExceeded      more tool calls in one model turn than max_tool_calls
      ├── WriteConflict          another writer holds a run's event index (store -> committer)
      ├── StoreUnavailable       the database cannot be reached or commit now (transient) 503
      ├── DataRejected           the database refuses a value; retrying cannot help
@@ -82,6 +83,7 @@ __all__ = [
     "StoreUnavailable",
     "TaskAlreadyExists",
     "TaskNotFound",
+    "ToolCallsExceeded",
     "ToolRoundsExceeded",
     "WaitTimeout",
     "WriteConflict",
@@ -395,6 +397,12 @@ class ToolRoundsExceeded(AgentOSError):
     """The model still called tools after ``max_tool_rounds`` rounds; the run ends."""
 
     code = "tool_rounds_exceeded"
+
+
+class ToolCallsExceeded(AgentOSError):
+    """The model asked for more than ``max_tool_calls`` tool calls in one turn; the run ends."""
+
+    code = "tool_calls_exceeded"
 
 
 def describe_error(exc: BaseException) -> str:

@@ -150,6 +150,11 @@ class Session:
         }
 
 
+def _json_bytes(message: dict[str, Any]) -> int:
+    """The size of a chat message as a model server receives it (JSON, UTF-8)."""
+    return len(json.dumps(message, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+
+
 def _short_id(value: str | None) -> str | None:
     """A model-made id or name as its column holds it (storable, at most MAX_ID_LENGTH)."""
     text = storable(value)
@@ -167,10 +172,17 @@ class SessionLog:
         #: Earlier completed runs whose messages :meth:`history` returns by default.
         self.history_runs = history_runs
 
-    async def history(self, runs: int | None = None) -> list[dict[str, Any]]:
-        """Messages (chat format) of the session's last ``runs`` completed runs, oldest first."""
+    async def history(
+        self, runs: int | None = None, *, max_bytes: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Messages (chat format) of the session's last ``runs`` completed runs, oldest first.
+
+        With ``max_bytes``, the newest runs whose messages fit in that many bytes (their JSON,
+        UTF-8): older runs are left out whole, so the history stays a contiguous end of the
+        conversation and a tool call never comes without its result.
+        """
         limit = self.history_runs if runs is None else runs
-        if limit <= 0:
+        if limit <= 0 or (max_bytes is not None and max_bytes <= 0):
             return []
         # Only the same user's turns: a session id another user chose too shares nothing.
         records = await self._store.session_messages(
@@ -179,7 +191,21 @@ class SessionLog:
             before=self._run.created_at,
             user_id=self._run.user_id,
         )
-        return [record.to_chat() for record in records]
+        turns: list[list[dict[str, Any]]] = []
+        last_run: str | None = None
+        for record in records:  # ordered by run, then position
+            if record.run_id != last_run:
+                turns.append([])
+                last_run = record.run_id
+            turns[-1].append(record.to_chat())
+        if max_bytes is not None:
+            size = 0
+            for kept, turn in enumerate(reversed(turns)):
+                size += sum(_json_bytes(message) for message in turn)
+                if size > max_bytes:
+                    turns = turns[len(turns) - kept :]
+                    break
+        return [message for turn in turns for message in turn]
 
     async def save(self, messages: list[dict[str, Any]]) -> None:
         """Keep this run's messages (chat format); the next runs see them once it completed."""

@@ -315,6 +315,12 @@ class AgentSettings:
 
     #: Model rounds that may call tools in one run; a run that needs more ends with RunError.
     max_tool_rounds: int = _setting(10, "max_tool_rounds")
+    #: Tool calls the model may ask for in one turn; one more ends the run with RunError (the
+    #: model's stream is closed at once).
+    max_tool_calls: int = _setting(16, "max_tool_calls")
+    #: Bytes of one tool call's arguments accepted from the model (UTF-8); a call with more is
+    #: not run, its error goes back to the model, and only its size is kept.
+    tool_argument_bytes: int = _setting(64 * 1024, "tool_argument_bytes")
     #: Seconds one tool call may take; then its error goes back to the model.
     tool_timeout: float = _setting(60.0, "tool_timeout")
     #: Threads for sync tools (a sync tool past its timeout keeps its thread until it returns;
@@ -332,6 +338,9 @@ class AgentSettings:
     model_retry_max_delay: float = _setting(20.0, "model_retry_max_delay")
     #: Earlier runs of its session an agent sees (their messages); 0 for none.
     history_runs: int = _setting(10, "history_runs")
+    #: Bytes of session history sent to the model (the messages' JSON, UTF-8): the oldest runs'
+    #: messages are left out first, whole runs at a time (a tool call never without its result).
+    history_bytes: int = _setting(64 * 1024, "history_bytes")
     #: Model name of the demo's ``assistant`` agent (``agentos serve``); unset: echo only.
     model: str | None = _setting(None, "model")
 

@@ -15,6 +15,9 @@ same run (alternating direct and relay rounds):
 - ``--concurrent`` (100) model runs at once: total deltas/s and the agentos server's CPU time
   per delta (from /proc).
 
+The agentos server runs with ``history_runs=0`` unless ``--history-runs N``: each run is a new
+session, so history only adds the database read a run makes before it calls its model.
+
 Run: ``python -m bench.model_relay [--deltas 5000] [--rounds 5] [--concurrent 100]``.
 The servers: ``python -m bench.model_relay fake --port P`` and
 ``python -m bench.model_relay agentos --port P --model-url URL --db DB_URL``.
@@ -107,13 +110,13 @@ def _serve_fake(port: int) -> None:
     uvicorn.run(_fake_app, host="127.0.0.1", port=port, log_level="warning")
 
 
-def _serve_agentos(port: int, model_url: str, db: str) -> None:
+def _serve_agentos(port: int, model_url: str, db: str, history_runs: int) -> None:
     import uvicorn
 
     from agentos import Agent, AgentOS, EchoModel, OpenAIChat, Settings
 
     model = OpenAIChat(model="bench-model", base_url=model_url, api_key="bench")
-    settings = Settings(db_url=db, instance_id="bench", history_runs=0)
+    settings = Settings(db_url=db, instance_id="bench", history_runs=history_runs)
     agents = [Agent(id="relay", model=model), Agent(id="echo", model=EchoModel())]
     agent_os = AgentOS(agents=agents, settings=settings)
     uvicorn.run(agent_os.app, host="127.0.0.1", port=port, log_level="warning")
@@ -157,24 +160,23 @@ def _cpu_seconds(pid: int) -> float:
 async def _direct(client: Any, n: int) -> tuple[float, float, int]:
     """(seconds to the first delta, seconds in all, deltas) through the openai SDK (one client,
     its connections reused, as agentos does)."""
-    if True:
-        start = time.perf_counter()
-        first = 0.0
-        count = 0
-        stream = await client.chat.completions.create(
-            model="bench-model",
-            messages=[{"role": "user", "content": str(n)}],
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-        async with stream:
-            async for chunk in stream:
-                for choice in chunk.choices:
-                    if choice.delta.content:
-                        if not count:
-                            first = time.perf_counter() - start
-                        count += 1
-        return first, time.perf_counter() - start, count
+    start = time.perf_counter()
+    first = 0.0
+    count = 0
+    stream = await client.chat.completions.create(
+        model="bench-model",
+        messages=[{"role": "user", "content": str(n)}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    async with stream:
+        async for chunk in stream:
+            for choice in chunk.choices:
+                if choice.delta.content:
+                    if not count:
+                        first = time.perf_counter() - start
+                    count += 1
+    return first, time.perf_counter() - start, count
 
 
 async def _direct_raw(client: Any, n: int) -> tuple[float, float, int]:
@@ -271,6 +273,7 @@ async def _measure(
         "added_ttft_p50_ms": round(
             (statistics.median(relay_ttft) - statistics.median(direct_ttft)) * 1000, 2
         ),
+        "history_runs": args.history_runs,
         "concurrent_runs": args.concurrent,
         "concurrent_total_deltas_per_s": round(total / elapsed),
         "server_cpu_us_per_delta": round(cpu / total * 1e6, 1),
@@ -288,12 +291,19 @@ def main() -> None:
     parser.add_argument("--ttft-runs", type=int, default=30)
     parser.add_argument("--concurrent", type=int, default=100)
     parser.add_argument("--concurrent-deltas", type=int, default=500)
+    parser.add_argument(
+        "--history-runs",
+        type=int,
+        default=0,
+        help="the agentos server's history_runs (each run is a new session: with more than 0, "
+        "each run still asks the database for its history before calling the model)",
+    )
     args = parser.parse_args()
     if args.role == "fake":
         _serve_fake(args.port)
         return
     if args.role == "agentos":
-        _serve_agentos(args.port, args.model_url, args.db)
+        _serve_agentos(args.port, args.model_url, args.db, args.history_runs)
         return
     fake_port, agentos_port = _free_port(), _free_port()
     model_url = f"http://127.0.0.1:{fake_port}/v1"
@@ -302,7 +312,11 @@ def main() -> None:
         fake = _start(["fake", "--port", str(fake_port)], fake_port)
         try:
             server = _start(
-                ["agentos", "--port", str(agentos_port), "--model-url", model_url, "--db", db],
+                [
+                    "agentos",
+                    *("--port", str(agentos_port), "--model-url", model_url, "--db", db),
+                    *("--history-runs", str(args.history_runs)),
+                ],
                 agentos_port,
             )
             try:

@@ -45,7 +45,8 @@ class Agent(Component):
 
     A chat model (:class:`~agentos.models.base.ChatModel`, such as ``OpenAIChat``) may call
     ``tools`` (plain typed functions, or :func:`~agentos.tool`) and sees the earlier runs of its
-    session (the last ``history_runs``, default the ``history_runs`` setting)::
+    session (the last ``history_runs`` that fit in ``history_bytes``; by default the settings of
+    those names)::
 
         agent = Agent(
             id="assistant",
@@ -72,6 +73,7 @@ class Agent(Component):
         instructions: str = "",
         tools: Sequence[Tool | Callable[..., Any]] = (),
         history_runs: int | None = None,
+        history_bytes: int | None = None,
         name: str | None = None,
         description: str = "",
         version: str | None = None,
@@ -96,6 +98,8 @@ class Agent(Component):
             raise TypeError("fn must be an async generator function (async def with yield)")
         if history_runs is not None and history_runs < 0:
             raise ValueError("history_runs must not be negative")
+        if history_bytes is not None and history_bytes < 0:
+            raise ValueError("history_bytes must not be negative")
         self.model = model
         self.fn = fn
         self.instructions = instructions
@@ -103,10 +107,16 @@ class Agent(Component):
         self._chat: ChatLoop | None = None
         if isinstance(model, ChatModel):
             self._chat = ChatLoop(
-                model, instructions=instructions, tools=self.tools, history_runs=history_runs
+                model,
+                instructions=instructions,
+                tools=self.tools,
+                history_runs=history_runs,
+                history_bytes=history_bytes,
             )
-        elif self.tools or instructions or history_runs is not None:
-            raise ValueError("instructions, tools and history_runs need a chat model")
+        elif self.tools or instructions or history_runs is not None or history_bytes is not None:
+            raise ValueError(
+                "instructions, tools, history_runs and history_bytes need a chat model"
+            )
 
     def models(self) -> list[object]:
         return [self.model] if self.model is not None else []

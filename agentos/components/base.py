@@ -9,12 +9,13 @@ business.
 from __future__ import annotations
 
 import abc
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from agentos.context import RunContext
-from agentos.errors import describe_error
+from agentos.errors import CommitterStopped, RunEnded, describe_error
 from agentos.events import Event, Kind, Meta
 from agentos.records import RunRecord, is_valid_id
 from agentos.retries import RetryPolicy, RunOptions
@@ -81,14 +82,24 @@ class Component(abc.ABC):
         }
 
     async def run_as_member(self, ctx: RunContext, message: str) -> str:
-        """Run inside a team or workflow: like a run of its own, ending with its completed event."""
+        """Run inside a team or workflow: like a run of its own, with exactly one end event.
+
+        Completed, failed, or cancelled (the outer run cancelled, a coordinating leader's tool
+        timeout, a parallel member's failure stopping the others): once the member has emitted
+        anything, it ends with its completed, error or cancelled event, then the outcome goes
+        on to the caller.
+        """
         try:
             content = await self.execute(ctx, message)
-        except Exception as exc:
-            await ctx.emit(self.kind.error, error=describe_error(exc))
+            # Queued without a suspension point after it: once it returns, it is out.
+            await ctx.emit(self.kind.completed, content=content, **ctx.completed)
+            return content
+        except asyncio.CancelledError:
+            await _end_member(ctx, self.kind.cancelled, reason="cancelled")
             raise
-        await ctx.emit(self.kind.completed, content=content, **ctx.completed)
-        return content
+        except Exception as exc:
+            await _end_member(ctx, self.kind.error, error=describe_error(exc))
+            raise
 
     def member_context(self, ctx: RunContext, field: str) -> RunContext:
         """A child context for this component running as a member (field: member_id/step_id)."""
@@ -214,3 +225,14 @@ class Component(abc.ABC):
         Raises SessionNotFound, and SessionActive while one of its runs is going.
         """
         await self.runtime.adelete_session(session_id)
+
+
+async def _end_member(ctx: RunContext, name: str, **fields: Any) -> None:
+    """A member's error or cancelled event, if it started (emitted an event) and the run still
+    takes events (a run taken over, or a stopped committer, ends without it)."""
+    if not ctx.emitted:
+        return
+    try:
+        await ctx.emit(name, **fields)
+    except (RunEnded, CommitterStopped):
+        pass

@@ -23,7 +23,9 @@ _NOT_TOOL_NAME = re.compile(r"[^A-Za-z0-9_-]")
 class Team(Component):
     """A team runs its members on the message and joins their replies.
 
-    Each member's events are forwarded with ``member_id`` and ``member_run_id``; the team emits
+    Each member's events are forwarded with ``member_id`` and ``member_run_id``, and a member
+    that started ends with one event of its own (completed, error, or cancelled: the run
+    cancelled, its delegation timed out, or another parallel member failed); the team emits
     ``TeamRunStarted``, the members' events, ``TeamRunContent`` with the joined reply and ends
     with ``TeamRunCompleted``. ``mode="parallel"`` runs the members at once (their events
     interleave; indices stay gap-free); the default runs them one after the other::
@@ -106,11 +108,17 @@ class Team(Component):
             tools = {_tool_name(m): _delegation(ctx, m) for m in self.members}
             return await self._leader.run(ctx, message, tools)
         if self.mode == "parallel":
-            async with asyncio.TaskGroup() as group:
-                tasks = [
-                    group.create_task(m.run_as_member(m.member_context(ctx, "member_id"), message))
-                    for m in self.members
-                ]
+            try:
+                async with asyncio.TaskGroup() as group:
+                    tasks = [
+                        group.create_task(
+                            m.run_as_member(m.member_context(ctx, "member_id"), message)
+                        )
+                        for m in self.members
+                    ]
+            except ExceptionGroup as failed:
+                # The first member's failure is the team's (the others were cancelled by it).
+                raise failed.exceptions[0] from failed
             replies = [task.result() for task in tasks]
         else:
             replies = [

@@ -16,6 +16,7 @@ from agentos.models.base import (
     Model,
     ReasoningDelta,
     ToolCall,
+    ToolCallPart,
     ToolSpec,
     Usage,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "OpenAIChat",
     "ReasoningDelta",
     "ToolCall",
+    "ToolCallPart",
     "ToolSpec",
     "Usage",
 ]

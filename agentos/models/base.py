@@ -9,14 +9,17 @@ Two shapes, one per kind of model:
   conversation, streams :class:`ContentDelta` and :class:`ReasoningDelta` as events, runs the
   :class:`ToolCall` requests the turn ended with, appends their results and calls again::
 
-      messages ──▶ astream_chat ──▶ ContentDelta* ReasoningDelta* ToolCall* Usage? Finish
+      messages ──▶ astream_chat ──▶ ContentDelta* ReasoningDelta* ToolCallPart* Usage? Finish
                         ▲                                          │
                         └──────────── tool results ◀── run tools ◀─┘
 
-A chat model assembles tool calls split over its wire chunks itself and yields each complete
-call once, after the content. It raises :class:`~agentos.errors.ModelUnavailable` for failures
-worth a retry and :class:`~agentos.errors.ModelError` for the others; retries, timeouts and
-cancellation are the agent's business. Implementations live one per module beside this one
+A chat model yields tool calls as they come: a server that streams a call in pieces (the OpenAI
+wire format: an index, then its id, name and argument fragments) gives one :class:`ToolCallPart`
+per piece, and the agent assembles them within its limits (``max_tool_calls`` per turn,
+``tool_argument_bytes`` per call), so no call is held whole before it is checked; a model that
+has whole calls yields :class:`ToolCall`. It raises :class:`~agentos.errors.ModelUnavailable`
+for failures worth a retry and :class:`~agentos.errors.ModelError` for the others; retries,
+timeouts and cancellation are the agent's business. Implementations live one per module beside this one
 (``echo.py``, ``openai.py``); only this package imports a model provider's SDK.
 """
 
@@ -34,6 +37,7 @@ __all__ = [
     "Model",
     "ReasoningDelta",
     "ToolCall",
+    "ToolCallPart",
     "ToolSpec",
     "Usage",
 ]
@@ -70,6 +74,20 @@ class ToolCall:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallPart:
+    """A piece of a tool call as a server streams it: the parts with one ``index`` are one call,
+    their ``arguments`` fragments joined in order (``id`` and ``name`` usually come first).
+
+    A part without an index is a whole call (servers that send calls in one piece).
+    """
+
+    index: int | None
+    id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Usage:
     """Tokens of one model call."""
 
@@ -86,7 +104,7 @@ class Finish:
     model: str | None = None
 
 
-Delta = ContentDelta | ReasoningDelta | ToolCall | Usage | Finish
+Delta = ContentDelta | ReasoningDelta | ToolCall | ToolCallPart | Usage | Finish
 
 
 @dataclass(frozen=True, slots=True)

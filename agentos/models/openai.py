@@ -16,7 +16,8 @@ What the wire chunks become (``ChatCompletionChunk``, read as the JSON objects t
     choices[0].delta.content                       ──▶ ContentDelta
     choices[0].delta.reasoning_content / reasoning ──▶ ReasoningDelta (vLLM, DeepSeek, OpenRouter)
     choices[0].delta.tool_calls[i] (index, id, function.name, arguments split over chunks)
-                                                   ──▶ one ToolCall per index, after the content
+                                                   ──▶ ToolCallPart per piece (the agent joins
+                                                       the pieces of an index, within limits)
     usage (stream_options.include_usage)           ──▶ Usage
     choices[0].finish_reason, then [DONE]          ──▶ Finish (a stream that ends without a
                                                        finish_reason was cut short)
@@ -29,9 +30,7 @@ import email.utils
 import logging
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from agentos.errors import ModelError, ModelUnavailable
@@ -40,7 +39,7 @@ from agentos.models.base import (
     Delta,
     Finish,
     ReasoningDelta,
-    ToolCall,
+    ToolCallPart,
     ToolSpec,
     Usage,
 )
@@ -57,13 +56,6 @@ logger = logging.getLogger("agentos.models.openai")
 _MAX_ERROR_TEXT = 500
 #: Fields of a chat message the API takes (history may hold more, such as a tool's name).
 _MESSAGE_FIELDS = ("role", "content", "tool_calls", "tool_call_id")
-
-
-@dataclass
-class _PartialCall:
-    id: str | None = None
-    name: str = ""
-    arguments: list[str] = field(default_factory=list)
 
 
 class OpenAIChat:
@@ -169,7 +161,6 @@ class OpenAIChat:
             )
         except openai.APIError as exc:
             raise _translate(exc) from exc
-        calls: dict[int, _PartialCall] = {}
         finish: str | None = None
         model: str | None = None
         try:
@@ -198,7 +189,7 @@ class OpenAIChat:
                             yield ContentDelta(content)
                         for part in delta.get("tool_calls") or ():
                             if isinstance(part, dict):
-                                _add_call_part(calls, part)
+                                yield _call_part(part)
                     reason = choice.get("finish_reason")
                     if isinstance(reason, str) and reason:
                         finish = reason
@@ -208,29 +199,25 @@ class OpenAIChat:
             await stream.close()
         if finish is None:
             raise ModelUnavailable("the model's stream ended before the model finished")
-        for index in sorted(calls):
-            call = calls[index]
-            yield ToolCall(
-                call.id or f"call_{uuid.uuid4().hex[:24]}", call.name, "".join(call.arguments)
-            )
         yield Finish(finish, model)
 
 
-def _add_call_part(calls: dict[int, _PartialCall], part: dict[str, Any]) -> None:
-    """Fold one streamed piece of a tool call (index, id, name, arguments) into ``calls``."""
+def _call_part(part: dict[str, Any]) -> ToolCallPart:
+    """One streamed piece of a tool call (index, id, name, arguments) as the wire has it."""
     index = part.get("index")
-    if not isinstance(index, int):  # servers that leave the index out send whole calls
-        index = len(calls)
-    call = calls.setdefault(index, _PartialCall())
-    if isinstance(part.get("id"), str) and part["id"]:
-        call.id = part["id"]
     function = part.get("function")
-    if isinstance(function, dict):
-        name = function.get("name")
-        if isinstance(name, str) and name != call.name:  # some servers repeat the whole name
-            call.name += name
-        if isinstance(function.get("arguments"), str):
-            call.arguments.append(function["arguments"])
+    if not isinstance(function, dict):
+        function = {}
+    return ToolCallPart(
+        index if isinstance(index, int) and not isinstance(index, bool) else None,
+        _text(part.get("id")),
+        _text(function.get("name")),
+        _text(function.get("arguments")),
+    )
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _count(value: object) -> int:

@@ -3,6 +3,9 @@ server (the fake one), with its clock and calculator; without it, the echo demo 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +14,7 @@ import pytest
 
 from agentos.demo import calculate
 from tests.fake_openai import MODEL, FakeOpenAI, text_reply, tool_reply
-from tests.servers import ServerProcess, ThreadServer
+from tests.servers import ROOT, ServerProcess, ThreadServer, free_port
 
 
 @pytest.fixture
@@ -56,6 +59,26 @@ def test_the_demo_without_a_model_is_the_echo_demo(tmp_path: Path) -> None:
     with ServerProcess(tmp_path, env=env) as agentos:
         config = httpx.get(agentos.url + "/config").json()
     assert [a["id"] for a in config["agents"]] == ["echo"]
+
+
+def test_a_model_without_an_api_key_stops_the_server_at_start_up(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env |= {
+        "AGENTOS_MODEL": MODEL,
+        "AGENTOS_DB_URL": f"sqlite+aiosqlite:///{tmp_path / 'agentos.db'}",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "clients" / "python")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "agentos", "serve", "--port", str(free_port())],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "AGENTOS_MODEL is set, but OpenAIChat needs an API key" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_the_calculator_is_arithmetic_only() -> None:

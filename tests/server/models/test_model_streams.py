@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
 
 from agentos import Agent, AgentOS, EchoModel, Event, OpenAIChat, Settings, Team
-from tests.fake_openai import MODEL, FakeOpenAI, text_reply, tool_reply
-from tests.servers import ThreadServer
+from tests.fake_openai import MODEL, FakeOpenAI, Pause, Reply, chunk, text_reply, tool_reply
+from tests.servers import ThreadServer, wait_for
 from tests.sse import Frame, collect, events_only, frames
 
 
@@ -162,3 +162,119 @@ async def test_model_runs_resume_exactly_and_replay_from_the_database_byte_for_b
         assert [_key(f) for f in replay[1:]] == [_key(f) for f in live]
         for cursor in rng.sample(range(-1, len(live) - 1), 5):
             assert [_key(f) for f in await resume(cursor)] == [_key(f) for f in live[cursor + 1 :]]
+
+
+# -- every member run and tool call that starts ends once --------------------------------------
+
+
+def check_each_started_part_ends_once(events: list[Event]) -> None:
+    """Each member run (by member_run_id) has one end event of its kind, its last; each
+    ToolCallStarted one ToolCallCompleted or ToolCallError."""
+    by_member: dict[str, list[str]] = {}
+    calls: dict[str, list[str]] = {}
+    for event in events:
+        payload = event.payload()
+        member_run = payload.get("member_run_id")
+        if member_run is not None:
+            by_member.setdefault(member_run, []).append(event.name)
+        if event.name == "ToolCallStarted":
+            calls.setdefault(payload["tool_call_id"], [])
+        elif event.name in ("ToolCallCompleted", "ToolCallError"):
+            calls[payload["tool_call_id"]].append(event.name)
+    assert by_member
+    for member_run, names in by_member.items():
+        ends = [n for n in names if n.endswith(("RunCompleted", "RunError", "RunCancelled"))]
+        assert len(ends) == 1 and names[-1] == ends[0], (member_run, names)
+    assert all(len(ends) == 1 for ends in calls.values()), calls
+
+
+async def test_a_member_stopped_at_tool_timeout_ends_with_its_cancelled_event(
+    fake: FakeOpenAI, settings: Settings
+) -> None:
+    fake.script(
+        tool_reply([("d1", "delegate_to_researcher", '{"task": "dig"}')]),  # leader
+        Reply([chunk({"content": "Digging"}), Pause(30)]),  # researcher: stalls
+        text_reply(["Gave up"]),  # leader
+    )
+    team = coordinate_team(fake)
+    async with AgentOS(teams=[team], settings=settings.replace(tool_timeout=0.5)):
+        events = [e async for e in await team.arun("go", stream=True)]
+    shape = [(e.name, e.payload().get("member_id")) for e in events]
+    assert shape == [
+        ("TeamRunStarted", None),
+        ("ToolCallStarted", None),
+        ("RunStarted", "researcher"),
+        ("RunContent", "researcher"),
+        ("RunCancelled", "researcher"),
+        ("ToolCallError", None),
+        ("TeamRunContent", None),
+        ("TeamRunCompleted", None),
+    ]
+    assert events[4].payload()["reason"] == "cancelled"
+    assert events[5].payload()["error"] == "timed out after 0.5 s"
+    check_each_started_part_ends_once(events)
+    await wait_for(lambda: fake.disconnects == 1)  # the member's model stream was closed
+
+
+async def test_cancelling_a_coordinate_team_ends_its_member_and_the_leaders_tool_call(
+    fake: FakeOpenAI, settings: Settings
+) -> None:
+    fake.script(
+        tool_reply(
+            [
+                ("d1", "delegate_to_researcher", '{"task": "dig"}'),
+                ("d2", "delegate_to_writer", '{"task": "write"}'),
+            ]
+        ),
+        Reply([chunk({"content": "Digging"}), Pause(30)]),  # researcher: stalls
+    )
+    team = coordinate_team(fake)
+    async with AgentOS(teams=[team], settings=settings):
+        run = await team.arun("go", background=True)
+        stream = await team.aresume(run.run_id)
+        events: list[Event] = []
+        async for event in stream:
+            assert isinstance(event, Event)
+            events.append(event)
+            if event.name == "RunContent" and event.payload()["member_id"] == "researcher":
+                await team.acancel_run(run.run_id)
+    names = [(e.name, e.payload().get("member_id")) for e in events]
+    assert names[-1] == ("TeamRunCancelled", None)
+    assert ("RunCancelled", "researcher") in names
+    errors = {e.payload()["tool_call_id"]: e.payload() for e in events if e.name == "ToolCallError"}
+    assert errors["d1"]["error"] == "cancelled"
+    check_each_started_part_ends_once(events)
+    await wait_for(lambda: fake.disconnects == 1)
+
+
+async def test_a_failing_member_of_a_parallel_team_ends_the_others_with_their_cancel(
+    settings: Settings,
+) -> None:
+    async def slow(message: str) -> AsyncIterator[str]:
+        yield "working"
+        await asyncio.sleep(30)
+        yield "never"
+
+    async def fails(message: str) -> AsyncIterator[str]:
+        yield "trying"
+        await asyncio.sleep(0.1)
+        raise RuntimeError("broke")
+
+    team = Team(
+        id="both",
+        mode="parallel",
+        members=[Agent(id="slow", fn=slow), Agent(id="fails", fn=fails)],
+    )
+    async with AgentOS(teams=[team], settings=settings):
+        events = [e async for e in await team.arun("go", stream=True)]
+    ends = {
+        e.payload()["member_id"]: (e.name, e.payload())
+        for e in events
+        if e.name in ("RunError", "RunCancelled")
+    }
+    assert ends["fails"] == ("RunError", ends["fails"][1])
+    assert ends["fails"][1]["error"] == "RuntimeError: broke"
+    assert ends["slow"][0] == "RunCancelled"
+    assert events[-1].name == "TeamRunError"
+    assert events[-1].payload()["error"] == "RuntimeError: broke"
+    check_each_started_part_ends_once(events)

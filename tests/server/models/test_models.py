@@ -25,6 +25,7 @@ from tests.fake_openai import (
     text_reply,
     tool_reply,
 )
+from tests.proxy import TCPProxy
 from tests.servers import wait_for
 
 
@@ -271,7 +272,97 @@ async def test_tool_rounds_are_limited(fake: FakeOpenAI, model_settings: Setting
     assert len(fake.requests) == 3
 
 
+async def test_tool_calls_per_turn_are_limited_and_the_stream_closed_at_once(
+    fake: FakeOpenAI, model_settings: Settings
+) -> None:
+    def ping() -> str:
+        return "pong"
+
+    two = tool_reply([("c1", "ping", "{}"), ("c2", "ping", "{}")])
+    fake.script(two, text_reply(["two were fine"]))
+    agent = Agent(id="a", model=model(fake), tools=[ping])
+    settings = model_settings.replace(max_tool_calls=2)
+    events = await run_events(agent, settings)
+    assert names(events).count("ToolCallCompleted") == 2
+    assert events[-1].name == "RunCompleted"
+
+    # A third call, then a stream that would go on for 30 s: the run ends at the third call.
+    fake.requests.clear()
+    three = list(tool_reply([(f"c{i}", "ping", "{}") for i in range(3)]).items)
+    fake.script(Reply([*three[:-2], Pause(30), *three[-2:]]))
+    events = await run_events(agent, settings)
+    assert names(events) == ["RunStarted", "RunError"]
+    assert events[-1].payload()["error"] == (
+        "ToolCallsExceeded: the model asked for more than 2 tool calls in one turn (max_tool_calls)"
+    )
+    assert len(fake.requests) == 1
+    await wait_for(lambda: fake.disconnects == 1)
+
+
+async def test_tool_arguments_past_tool_argument_bytes_are_refused_and_the_run_goes_on(
+    fake: FakeOpenAI, model_settings: Settings
+) -> None:
+    calls: list[str] = []
+
+    def note(text: str) -> str:
+        calls.append(text)
+        return "noted"
+
+    exactly = '{"text": "abcdefgh"}'  # 20 bytes: at the limit, accepted
+    too_big = '{"text": "' + "é" * 20 + '"}'  # 52 bytes
+    fake.script(
+        tool_reply([("c1", "note", exactly), ("c2", "note", too_big)], piece=4),
+        text_reply(["done"]),
+    )
+    agent = Agent(id="a", model=model(fake), tools=[note])
+    events = await run_events(agent, model_settings.replace(tool_argument_bytes=20))
+
+    started = {
+        e.payload()["tool_call_id"]: e.payload() for e in events if e.name == "ToolCallStarted"
+    }
+    assert started["c1"]["tool_args"] == {"text": "abcdefgh"}
+    assert started["c2"]["tool_args"] == {}
+    error = next(e.payload() for e in events if e.name == "ToolCallError")
+    assert error["tool_call_id"] == "c2"
+    assert error["error"] == (
+        "the arguments were 52 bytes; at most 20 are accepted (tool_argument_bytes)"
+    )
+    assert calls == ["abcdefgh"]
+    assert events[-1].name == "RunCompleted"
+    assistant, result_1, result_2 = fake.requests[1]["messages"][-3:]
+    assert [c["function"]["arguments"] for c in assistant["tool_calls"]] == [exactly, "{}"]
+    assert result_1["content"] == "noted"
+    assert result_2["content"] == f"Error: {error['error']}"
+
+
 # -- 6: failures -----------------------------------------------------------------------------
+
+
+async def test_connection_errors_are_retried(fake: FakeOpenAI, model_settings: Settings) -> None:
+    port = int(fake.base_url.rsplit(":", 1)[1].split("/")[0])  # type: ignore[attr-defined]
+    with TCPProxy(port) as proxy:
+        proxy.set_mode("refuse")  # every connection closed before any answer
+        agent = Agent(
+            id="a", model=OpenAIChat(model=MODEL, base_url=proxy.url + "/v1", api_key="k")
+        )
+        events = await run_events(agent, model_settings.replace(model_retry_attempts=2))
+        assert names(events) == ["RunStarted", "RunError"]
+        assert events[-1].payload()["error"].startswith("ModelUnavailable")
+        assert proxy.connections == 3  # the first try and two retries
+        assert fake.requests == []
+
+        # Refused at first, then the server is back: a retry succeeds.
+        fake.script(text_reply(["back"]))
+        settings = model_settings.replace(model_retry_delay=0.5, model_retry_max_delay=2.0)
+        agent_os = AgentOS(agents=[agent], settings=settings)
+        async with agent_os:
+            run = await agent.arun("hi", background=True)
+            await wait_for(lambda: proxy.connections >= 4)
+            proxy.set_mode("forward")
+            record = await agent_os.manager.wait(run.run_id, timeout=20)
+        assert record.status is RunStatus.COMPLETED
+        assert record.content == "back"
+        assert len(fake.requests) == 1
 
 
 async def test_429_honours_retry_after_then_succeeds(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import httpx
@@ -10,7 +11,16 @@ from agentos_client import APIStatusError, AsyncClient
 
 from agentos import Agent, AgentOS, OpenAIChat, RunStatus, SessionActive, SessionNotFound, Settings
 from agentos.records import RunUpdate
-from tests.fake_openai import MODEL, FakeOpenAI, Pause, Reply, chunk, text_reply, tool_reply
+from tests.fake_openai import (
+    MODEL,
+    FakeOpenAI,
+    Pause,
+    Reply,
+    chunk,
+    error_reply,
+    text_reply,
+    tool_reply,
+)
 from tests.pgdb import db_url, pg_url
 from tests.servers import ThreadServer
 
@@ -338,3 +348,50 @@ async def test_a_large_session_comes_in_pages_within_the_byte_budget(
             seen = inputs + seen
             offset = page.headers.get("x-next-offset")
         assert seen == [f"m{i}" for i in range(5)]
+
+
+async def test_history_is_cut_to_history_bytes_whole_runs_oldest_first(
+    fake: FakeOpenAI, settings: Settings
+) -> None:
+    script_three_runs(fake)
+    agent = make_agent(fake)
+    async with AgentOS(agents=[agent], settings=settings):
+        for message in ("I am Ada", "weather in Paris?", "bye"):
+            await agent.arun(message, session_id="s1")
+        session = await agent.aget_session("s1")
+    by_run: dict[str, list[dict[str, object]]] = {}
+    for m in session.messages:
+        by_run.setdefault(m.run_id, []).append(m.to_chat())
+    run1, run2, run3 = (by_run[r.run_id] for r in session.runs)
+    assert roles(run2) == ["user", "assistant", "tool", "assistant"]
+
+    def size(messages: list[dict[str, object]]) -> int:
+        return sum(len(json.dumps(m, ensure_ascii=False).encode()) for m in messages)
+
+    async def history_seen(agent: Agent, settings: Settings) -> list[dict[str, object]]:
+        """The history the model gets; the run then fails, so it adds none of its own."""
+        fake.script(error_reply(400, "enough"))
+        async with AgentOS(agents=[agent], settings=settings):
+            failed = await agent.arun("again", session_id="s1")
+        assert failed.status is RunStatus.ERROR
+        sent: list[dict[str, object]] = fake.requests[-1]["messages"]
+        assert sent[0]["role"] == "system" and sent[-1] == {"role": "user", "content": "again"}
+        return sent[1:-1]
+
+    def as_sent(messages: list[dict[str, object]]) -> list[dict[str, object]]:
+        return [{k: v for k, v in m.items() if k != "name"} for m in messages]
+
+    budgets = [
+        (size(run1 + run2 + run3), run1 + run2 + run3),
+        (size(run2 + run3), run2 + run3),  # exactly fits
+        (size(run2 + run3) - 1, run3),  # run 2 does not fit: its tool call and result go whole
+        (size(run3) - 1, []),  # not even the last run fits
+    ]
+    for budget, expected in budgets:
+        seen = await history_seen(agent, settings.replace(history_bytes=budget))
+        assert seen == as_sent(expected), budget
+
+    # The Agent's argument goes before the setting.
+    by_argument = make_agent(fake, history_bytes=size(run3))
+    seen = await history_seen(by_argument, settings.replace(history_bytes=0))
+    assert seen == as_sent(run3)
