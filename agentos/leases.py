@@ -8,6 +8,8 @@ Several instances on one database (see ``README.md (Scale out)``)::
     every instance, every reaper_interval ── expired_runs(now) ── end_run(run, me, expired)
           one transaction: conditional UPDATE (one claimer wins) ─▶ read the last event ─▶
           terminal error "instance_lost" at the next event_index ─▶ status ERROR
+          (or, when the run's retry policy allows another attempt: RunRetrying at the next
+          event_index ─▶ status QUEUED, owned by nobody, for any instance to claim)
 
 The claim fences the former owner: its commits check ownership in the transaction that writes
 (``Store.commit``), so once the claim has committed none of its events land, and the terminal
@@ -33,6 +35,7 @@ from agentos.backends.base import Ending, Store
 from agentos.events import KINDS, Event, RunStatus, make_event
 from agentos.logs import run_fields
 from agentos.records import RunRecord, RunUpdate
+from agentos.retries import error_fields, policy_of, requeue
 from agentos.settings import LeaseSettings
 
 __all__ = ["Leases", "LocalRuns"]
@@ -68,6 +71,7 @@ class Leases:
         instance_id: str,
         page_size: int,
         can_renew: Callable[[], bool] = lambda: True,
+        wake_queue: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
         self._runs = runs
@@ -75,6 +79,8 @@ class Leases:
         self._me = instance_id
         self._page_size = page_size
         self._can_renew = can_renew
+        #: Called after a run was ended here: it may have gone back to the queue instead.
+        self._wake_queue = wake_queue
         self._strays: set[str] = set()
         #: Runs of lost instances this instance ended (for metrics).
         self.reaps = 0
@@ -84,7 +90,7 @@ class Leases:
         for record in await self._store.unfinished_runs(self._me):
             if await self.end_unfinished(record, "interrupted"):
                 logger.warning(
-                    "run %s was interrupted by a restart; marked ERROR",
+                    "run %s was interrupted by a restart; queued again or ended per its retry policy",
                     record.run_id,
                     extra=run_fields(record),
                 )
@@ -95,6 +101,8 @@ class Leases:
         ended = await self._store.end_run(
             record.run_id, self._me, _ending(error), now=time.time(), expired=False
         )
+        if ended is not None:
+            self._wake_queue()
         return ended is not None
 
     async def renew_forever(self) -> None:
@@ -146,7 +154,7 @@ class Leases:
                 continue
             if await self.end_unfinished(record, "interrupted"):
                 logger.warning(
-                    "run %s was no longer executed here; marked ERROR",
+                    "run %s was no longer executed here; queued again or ended per its retry policy",
                     run_id,
                     extra=run_fields(record),
                 )
@@ -171,17 +179,21 @@ class Leases:
             if taken is None:
                 continue  # another instance was first, or the owner renewed meanwhile
             self.reaps += 1
+            self._wake_queue()
             logger.warning(
-                "run %s: its owner's lease expired; marked ERROR", run_id, extra=run_fields(taken)
+                "run %s: its owner's lease expired; queued again or ended per its retry policy",
+                run_id,
+                extra=run_fields(taken),
             )
             ended.append(run_id)
         return ended
 
 
-def _ending(error: str) -> Ending:
+def _ending(error: str, *, retry: bool = True) -> Ending:
     """How a run nobody executes ends: the terminal error ``error`` after its last event, or,
     when the last event is terminal already (its owner died between the event and the status),
-    only the status that event implies."""
+    only the status that event implies. A run whose retry policy allows another attempt (its
+    instance was lost) goes back to the queue instead, after a ``RunRetrying`` event."""
 
     def ending(record: RunRecord, last: Event | None) -> tuple[Event | None, RunUpdate]:
         kind = KINDS[record.kind]
@@ -189,7 +201,10 @@ def _ending(error: str) -> Ending:
             status = kind.status_of(last.name)
             return None, RunUpdate(record.run_id, status=status, event_count=last.index + 1)
         index = 0 if last is None else last.index + 1
-        event = make_event(record, index, kind.error, {"error": error}, True)
+        now = time.time()
+        if retry and policy_of(record).retries(record.attempt, "instance_lost"):
+            return requeue(record, index, "instance_lost", error, now=now)
+        event = make_event(record, index, kind.error, error_fields(record, error, now), True)
         update = RunUpdate(
             record.run_id, status=RunStatus.ERROR, error=error, event_count=index + 1
         )

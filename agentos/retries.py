@@ -28,8 +28,19 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from agentos.errors import InvalidRequest
+from agentos.events import KINDS, Event, RunStatus, make_event
+from agentos.records import RunRecord, RunUpdate
 
-__all__ = ["MULTITASK", "REASONS", "RetryPolicy", "RunOptions"]
+__all__ = [
+    "MULTITASK",
+    "REASONS",
+    "RetryPolicy",
+    "RunOptions",
+    "attempts_with",
+    "error_fields",
+    "policy_of",
+    "requeue",
+]
 
 #: Why an attempt can end without ending its run (``retry_on`` values besides class names).
 REASONS = ("exception", "timeout", "instance_lost", "shutdown")
@@ -164,3 +175,67 @@ class RunOptions:
             raise InvalidRequest(f"timeout_seconds must be a number from 0 to {_MAX_DELAY:g}")
         if self.multitask is not None and self.multitask not in MULTITASK:
             raise InvalidRequest(f"multitask must be one of {', '.join(MULTITASK)}")
+
+
+def policy_of(record: RunRecord) -> RetryPolicy:
+    """The run's retry policy (one attempt when it has none)."""
+    if record.retry_policy is None:
+        return _ONE_ATTEMPT
+    try:
+        return RetryPolicy.parse(record.retry_policy)
+    except InvalidRequest:  # written by a newer release, say: do not retry what we cannot read
+        return _ONE_ATTEMPT
+
+
+_ONE_ATTEMPT = RetryPolicy()
+
+
+def attempts_with(record: RunRecord, outcome: str, error: str | None, now: float) -> list[Any]:
+    """The run's attempts, the current one ended now with ``outcome``."""
+    done: list[Any] = json.loads(record.attempts) if record.attempts else []
+    done.append(
+        {
+            "attempt": record.attempt,
+            "instance_id": record.instance_id,
+            "started_at": record.started_at,
+            "ended_at": round(now, 3),
+            "outcome": outcome,
+            "error": error,
+        }
+    )
+    return done
+
+
+def requeue(
+    record: RunRecord, index: int, reason: str, error: str, *, now: float
+) -> tuple[Event, RunUpdate]:
+    """The ``RunRetrying`` event (at ``index``) and the update that put the run back in the
+    queue for its next attempt, after the policy's delay."""
+    policy = policy_of(record)
+    delay = policy.delay_after(record.attempt)
+    fields = {
+        "error": error,
+        "reason": reason,
+        "next_attempt": record.attempt + 1,
+        "next_attempt_at": round(now + delay, 3),
+        "max_attempts": policy.max_attempts,
+    }
+    event = make_event(record, index, KINDS[record.kind].retrying, fields, False)
+    history = attempts_with(record, reason, error, now)
+    update = RunUpdate(
+        record.run_id,
+        status=RunStatus.QUEUED,
+        requeue=True,
+        not_before=now + delay,
+        attempts=json.dumps(history, separators=(",", ":")),
+        event_count=index + 1,
+    )
+    return event, update
+
+
+def error_fields(record: RunRecord, error: str, now: float) -> dict[str, Any]:
+    """The fields of a run's terminal error: the error, and every attempt when there were
+    several."""
+    if record.attempt <= 1:
+        return {"error": error}
+    return {"error": error, "attempts": attempts_with(record, "ERROR", error, now)}

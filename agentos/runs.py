@@ -35,14 +35,15 @@ from agentos.errors import (
     ComponentNotFound,
     InvalidCursor,
     InvalidRequest,
-    Overloaded,
+    QueueFull,
     RunEnded,
     RunNotFound,
+    SessionBusy,
     ShuttingDown,
     StoreUnavailable,
     describe_error,
 )
-from agentos.events import Meta, RunStatus, make_event
+from agentos.events import KINDS, Event, Meta, RunStatus, make_event
 from agentos.leases import Leases
 from agentos.lifecycle import Lifecycle
 from agentos.logs import bind_run
@@ -57,7 +58,7 @@ from agentos.records import (
     storable,
 )
 from agentos.retention import Retention
-from agentos.retries import RunOptions
+from agentos.retries import RunOptions, error_fields, policy_of, requeue
 from agentos.sessions import SessionLog, Sessions
 from agentos.settings import Settings
 from agentos.streams import RunStream, StreamSlots, StreamSource, replay_meta
@@ -114,6 +115,7 @@ class RunManager:
             instance_id=settings.instance_id,
             page_size=settings.streams.replay_page_size,
             can_renew=lambda: not self.stalled,
+            wake_queue=self.wake_queue,
         )
         #: The threads sync tools of this instance's runs run in (bounded; see ToolThreads).
         self.tool_threads = ToolThreads(settings.agents.tool_threads)
@@ -137,8 +139,17 @@ class RunManager:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         #: Event names found good (components emit a few names many times: checked once each).
         self._event_names: set[str] = set()
-        #: Runs being created right now: they count against ``max_active_runs`` already.
+        #: Runs being created or claimed right now: they count against ``max_active_runs``.
         self._starting = 0
+        #: Runs being put in the queue right now: they count against ``max_queued_runs``.
+        self._enqueuing = 0
+        #: Set to make the claimer look at the queue now (room freed, a run queued).
+        self._queue_changed = asyncio.Event()
+        #: Counters for metrics: runs queued by a create here, claimed from the queue, and
+        #: attempts that ended in a retry, here.
+        self.runs_queued = 0
+        self.runs_claimed = 0
+        self.runs_retried = 0
         self._started = False
         self._closing = False
         self._closed = asyncio.Event()
@@ -209,11 +220,12 @@ class RunManager:
         await self.lifecycle.register(list(self.components.values()))
         await self.leases.recover()
         self.committer.start()
-        await self.notifier.start(on_cancel=self.cancel_nowait)
+        await self.notifier.start(on_cancel=self.cancel_nowait, on_queue=self.wake_queue)
         self._sweeper = asyncio.create_task(self._sweep(), name="agentos-buffer-sweeper")
         self._lease_tasks = [
             asyncio.create_task(self.leases.renew_forever(), name="agentos-lease-renewer"),
             asyncio.create_task(self.leases.reap_forever(), name="agentos-reaper"),
+            asyncio.create_task(self._claim_forever(), name="agentos-queue"),
         ]
         self._lease_tasks.append(
             asyncio.create_task(self.lifecycle.refresh_forever(), name="agentos-component-states")
@@ -342,30 +354,43 @@ class RunManager:
         if not self.accepting:
             raise ShuttingDown("the server is shutting down; try another instance")
         self.lifecycle.check(component.kind.name, component.id)
+        opts = _merged(options, component.options)
+        if opts.multitask in ("reject", "interrupt") and session_id is not None:
+            await self._make_room_in_session(session_id, opts.multitask)
         # Check and reserve with no await in between: concurrent creates cannot overshoot.
         running = len(self._tasks) + self._starting
-        if running >= self.settings.runs.max_active:
-            raise Overloaded(f"this instance already runs {running} runs; try again later")
+        local = running < self.settings.runs.max_active and opts.multitask != "enqueue"
+        if not local and self._enqueuing >= self.settings.runs.max_queued:
+            raise QueueFull(f"{self._enqueuing} runs are being queued here; try again later")
         if follow is not None:
             self.stream_slots.reserve()
-        self._starting += 1
-        opts = _merged(options, component.options)
+        if local:
+            self._starting += 1
+        else:
+            self._enqueuing += 1
         creating = asyncio.ensure_future(
-            self._create(component, message, session_id, user_id, run_id, opts)
+            self._create(component, message, session_id, user_id, run_id, opts, local)
         )
         try:
             record = await asyncio.shield(creating)
         except BaseException as exc:
             if follow is not None:
                 self.stream_slots.release()
-            if isinstance(exc, asyncio.CancelledError):
+            if isinstance(exc, asyncio.CancelledError) and local:
                 # The caller left (a socket closed) while its run was being created: a run that
                 # gets created all the same is started and cancelled, so it ends like any other.
                 creating.add_done_callback(lambda done: self._start_orphan(done, component))
             raise
         finally:
-            self._starting -= 1
-        self._launch(record, component)
+            if local:
+                self._starting -= 1
+            else:
+                self._enqueuing -= 1
+        if local:
+            self._launch(record, component)
+        else:
+            self.runs_queued += 1
+            self.wake_queue()
         if follow is None:
             return record, None
         cancel_on_close, meta = follow
@@ -380,6 +405,17 @@ class RunManager:
         )
         return record, stream
 
+    async def _make_room_in_session(self, session_id: str, multitask: str) -> None:
+        """``multitask="reject"``: SessionBusy while the session has an active run;
+        ``"interrupt"``: cancel the session's active runs and wait for their end."""
+        active = await self.store.session_runs_active(session_id)
+        if not active:
+            return
+        if multitask == "reject":
+            raise SessionBusy(session_id)
+        for record in active:
+            await self.cancel(record.run_id)
+
     async def _create(
         self,
         component: Component,
@@ -388,6 +424,7 @@ class RunManager:
         user_id: str | None,
         run_id: str | None,
         options: RunOptions,
+        local: bool = True,
     ) -> RunRecord:
         now = time.time()
         policy = options.retry_policy
@@ -397,14 +434,15 @@ class RunManager:
             component_id=component.id,
             session_id=session_id or str(uuid.uuid4()),
             user_id=user_id,
-            status=RunStatus.PENDING,
+            status=RunStatus.PENDING if local else RunStatus.QUEUED,
             input=message,
             created_at=now,
             updated_at=now,
-            instance_id=self.settings.instance_id,
-            lease_until=now + self.settings.leases.ttl,
-            attempt=1,
-            started_at=now,
+            instance_id=self.settings.instance_id if local else None,
+            lease_until=now + self.settings.leases.ttl if local else None,
+            attempt=1 if local else 0,
+            started_at=now if local else None,
+            not_before=None if local else now,
             retry_policy=None if policy is None else policy.to_json(),
             timeout=options.timeout,
             multitask=options.multitask,
@@ -412,7 +450,11 @@ class RunManager:
             occurrence=options.occurrence,
         )
         timeout = self.settings.commit.create_timeout
-        if run_id is None:
+        if not local:
+            depth = await self.store.queue_depth()
+            if depth + self._enqueuing > self.settings.runs.max_queued:
+                raise QueueFull(f"{depth} runs wait in the queue already; try again later")
+        elif run_id is None:
             # A fresh UUID: batched with other new runs.
             await self.committer.create(record, timeout)
             return record
@@ -433,21 +475,77 @@ class RunManager:
         self.cancel_nowait(record.run_id, "cancelled")
 
     def _launch(self, record: RunRecord, component: Component) -> None:
-        active = _ActiveRun(record, component)
+        active = _ActiveRun(record, component, next_index=record.event_count)
         self._active[record.run_id] = active
-        self.buffers.open(record.run_id)
+        self.buffers.open(record.run_id, record.event_count)
         task = asyncio.create_task(self._drive(active), name=f"agentos-run-{record.run_id}")
         active.task = task
         self._tasks[record.run_id] = task
-        task.add_done_callback(lambda _: self._release(record.run_id))
+        task.add_done_callback(lambda _: self._release(active))
         key = (record.kind, record.component_id)
         self.runs_started[key] = self.runs_started.get(key, 0) + 1
 
-    def _release(self, run_id: str) -> None:
-        self._tasks.pop(run_id, None)
-        active = self._active.pop(run_id, None)
-        if active is not None:
-            active.done.set()
+    def _release(self, active: _ActiveRun) -> None:
+        run_id = active.record.run_id
+        if self._active.get(run_id) is active:
+            del self._active[run_id]
+            self._tasks.pop(run_id, None)
+        active.done.set()
+        self.wake_queue()  # room for a queued run
+
+    # -- the queue -----------------------------------------------------------------------------
+
+    def wake_queue(self) -> None:
+        """Look at the queue now (room freed here, or a run was queued)."""
+        self._queue_changed.set()
+
+    async def _claim_forever(self) -> None:
+        """Claim queued runs while this instance has room; wait for a wake-up or
+        ``queue_poll_interval`` between looks."""
+        while True:
+            try:
+                async with asyncio.timeout(self.settings.runs.queue_poll_interval):
+                    await self._queue_changed.wait()
+            except TimeoutError:
+                pass
+            self._queue_changed.clear()
+            try:
+                while await self.claim_once() > 0:
+                    pass
+            except StoreUnavailable as exc:
+                logger.warning("claiming queued runs failed (%s); retrying", exc)
+            except Exception:
+                logger.exception("claiming queued runs failed; retrying")
+
+    async def claim_once(self) -> int:
+        """Claim as many queued runs as this instance has room for (at most ``claim_batch``)
+        and start them; returns how many."""
+        runs = self.settings.runs
+        room = min(runs.max_active - len(self._tasks) - self._starting, runs.claim_batch)
+        if room <= 0 or not self.accepting or self.stalled:
+            return 0
+        self._starting += room  # reserved across the await: creates cannot take it meanwhile
+        try:
+            now = time.time()
+            claimed = await self.store.claim_runs(
+                self.settings.instance_id,
+                list(self.components),
+                now=now,
+                lease_until=now + self.settings.leases.ttl,
+                limit=room,
+                exclude=self._finishing(),
+            )
+        finally:
+            self._starting -= room
+        for record in claimed:
+            self.runs_claimed += 1
+            self._launch(record, self.components[(record.kind, record.component_id)])
+        return len(claimed)
+
+    def _finishing(self) -> list[str]:
+        """Runs whose attempt here has ended but whose task has not: not to be claimed here
+        until it has (their release wakes the claimer)."""
+        return [run_id for run_id, active in self._active.items() if active.ended]
 
     async def _drive(self, active: _ActiveRun) -> None:
         record = active.record
@@ -461,15 +559,20 @@ class RunManager:
             tool_threads=self.tool_threads,
         )
         status, fields = RunStatus.ERROR, {"error": "internal error"}
+        #: Why the attempt ended without finishing the run, and the exception if one did it.
+        reason: str | None = None
+        error: BaseException | None = None
         active.started = True
         bind_run(record)  # this task's log lines carry the run's ids
-        logger.info("run started")
+        logger.info(
+            "run started" if record.attempt <= 1 else "run attempt %d started", record.attempt
+        )
         try:
             self.committer.update(RunUpdate(record.run_id, status=RunStatus.RUNNING))
             if active.cancel_reason is not None or active.failure is not None:
                 raise asyncio.CancelledError  # cancelled before this task had started
-            timeout = self.settings.runs.timeout or None
-            async with asyncio.timeout(timeout):
+            timeout = record.timeout if record.timeout is not None else self.settings.runs.timeout
+            async with asyncio.timeout(timeout or None):
                 content = await active.component.execute(ctx, record.input)
             if active.cancel_reason is not None:
                 status, fields = RunStatus.CANCELLED, {"reason": active.cancel_reason}
@@ -479,26 +582,71 @@ class RunManager:
             if active.failure is not None:
                 status, fields = RunStatus.ERROR, {"error": active.failure}
             else:
-                reason = active.cancel_reason or "cancelled"
-                status, fields = RunStatus.CANCELLED, {"reason": reason}
-        except TimeoutError:
+                cancel_reason = active.cancel_reason or "cancelled"
+                status, fields = RunStatus.CANCELLED, {"reason": cancel_reason}
+                if cancel_reason == "shutdown":
+                    reason = "shutdown"
+        except TimeoutError as exc:
             status, fields = RunStatus.ERROR, {"error": "timeout"}
+            reason, error = "timeout", exc
         except Exception as exc:
             logger.info("run %s failed", record.run_id, exc_info=True)
             status, fields = RunStatus.ERROR, {"error": describe_error(exc)}
+            reason, error = "exception", exc
         finally:
             # Shielded, and awaited through further cancels (shutdown): the terminal write must
             # not stop, and the run is released (done, _tasks) only once it is committed.
-            finish = asyncio.ensure_future(self._finish(active, status, fields))
+            if reason is not None and self._retries(active, reason, error):
+                message = fields.get("error") or fields.get("reason") or reason
+                finish = asyncio.ensure_future(self._requeue(active, reason, str(message)))
+            else:
+                finish = asyncio.ensure_future(self._finish(active, status, fields))
             while not finish.done():
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait([finish])
             finish.result()
 
+    def _retries(self, active: _ActiveRun, reason: str, error: BaseException | None) -> bool:
+        """Whether the attempt that just ended for ``reason`` gets another (its policy)."""
+        if active.ended or active.failure is not None:
+            return False
+        return policy_of(active.record).retries(active.record.attempt, reason, error)
+
+    async def _requeue(self, active: _ActiveRun, reason: str, error: str) -> None:
+        """End this attempt with ``RunRetrying`` and put the run back in the queue, in one group
+        commit; its followers go on from the database until an instance claims it."""
+        record = active.record
+        await self.committer.wait_for_space()
+        if active.ended:
+            return
+        event, update = requeue(record, active.next_index, reason, error, now=time.time())
+        active.next_index += 1
+        active.ended = True
+        self.committer.put(record.run_id, event)
+        self.committer.update(update)
+        self.runs_retried += 1
+        logger.info(
+            "run attempt %d ended (%s); queued again for attempt %d",
+            record.attempt,
+            reason,
+            record.attempt + 1,
+        )
+        try:
+            await self.committer.flush()
+        except CommitterStopped:
+            logger.error("run %s: its retry could not be committed", record.run_id)
+            return
+        self.buffers.discard(record.run_id)
+        delay = (update.not_before or 0.0) - time.time()
+        asyncio.get_running_loop().call_later(max(0.0, delay), self.wake_queue)
+
     async def _finish(self, active: _ActiveRun, status: RunStatus, fields: dict[str, Any]) -> None:
         if active.ended:
             return
         kind = active.component.kind
+        if status is RunStatus.ERROR and active.record.attempt > 1:
+            # The last of several attempts: the error lists them all.
+            fields = {**fields, **error_fields(active.record, str(fields["error"]), time.time())}
         try:
             await self._emit(active, kind.terminal_name(status), fields, terminal=True)
         except (RunEnded, CommitterStopped):
@@ -621,15 +769,32 @@ class RunManager:
         if wait is None:
             wait = self.settings.runs.cancel_wait
         active = self._active.get(run_id)
-        if active is not None:
+        if active is not None and not active.ended:
             self._request_cancel(active, "cancelled")
             try:
                 await asyncio.wait_for(asyncio.shield(active.done.wait()), wait)
             except TimeoutError:
                 pass
+        elif await self._cancel_queued(run_id):
+            pass
         elif await self.store.request_cancel(run_id):
             await self._wait_remote_end(run_id, wait)
         return await self.get_run(run_id)
+
+    async def _cancel_queued(self, run_id: str) -> bool:
+        """End a QUEUED run with its cancelled event (nobody executes it); False when the run
+        is not waiting in the queue."""
+        ended = await self.store.end_run(
+            run_id,
+            self.settings.instance_id,
+            _cancelled,
+            now=time.time(),
+            expired=False,
+            queued=True,
+        )
+        if ended is not None:
+            self.notifier.wake(run_id)
+        return ended is not None
 
     async def _wait_remote_end(self, run_id: str, wait: float) -> None:
         loop = asyncio.get_running_loop()
@@ -649,11 +814,19 @@ class RunManager:
             self._request_cancel(active, reason)
 
     async def wait(self, run_id: str, timeout: float | None = None) -> RunRecord:
-        """Wait for a run of this instance to end; returns the final run."""
-        active = self._active.get(run_id)
-        if active is not None:
-            await asyncio.wait_for(asyncio.shield(active.done.wait()), timeout)
-        return await self.get_run(run_id)
+        """Wait for a run to end (here, in the queue, or on another instance); returns the
+        final run. TimeoutError after ``timeout`` seconds (None: no limit)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                active = self._active.get(run_id)
+                if active is not None:
+                    await asyncio.shield(active.done.wait())
+                signal = self.notifier.watch(run_id)
+                record = await self.get_run(run_id)
+                if record.status.ended:
+                    return record
+                if self._active.get(run_id) is None:
+                    await self.notifier.wait(signal, self.settings.streams.tail_poll_interval)
 
     async def get_run(
         self,
@@ -759,3 +932,12 @@ def _merged(request: RunOptions | None, component: RunOptions) -> RunOptions:
         timeout=request.timeout if request.timeout is not None else component.timeout,
         multitask=request.multitask or component.multitask,
     )
+
+
+def _cancelled(record: RunRecord, last: Event | None) -> tuple[Event | None, RunUpdate]:
+    """How a queued run ends when it is cancelled: its cancelled event after its last one."""
+    kind = KINDS[record.kind]
+    index = 0 if last is None else last.index + 1
+    event = make_event(record, index, kind.cancelled, {"reason": "cancelled"}, True)
+    update = RunUpdate(record.run_id, status=RunStatus.CANCELLED, event_count=index + 1)
+    return event, update

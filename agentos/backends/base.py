@@ -158,8 +158,11 @@ class Store(abc.ABC):
         *,
         now: float,
         expired: bool,
+        queued: bool = False,
     ) -> RunRecord | None:
         """Take an unfinished run and end it, in one transaction; the run as taken, or None.
+
+        With ``queued``, the run must be QUEUED (owned by nobody): a cancel of a waiting run.
 
         With ``expired``, ``instance_id`` claims the run from whoever owns it, provided its
         lease ended before ``now`` (the reaper); without, the run must be ``instance_id``'s
@@ -169,6 +172,34 @@ class Store(abc.ABC):
         one does; the others get None. The former owner is fenced out from the claim on (see
         :meth:`commit`), so the terminal index cannot be taken by it.
         """
+
+    @abc.abstractmethod
+    async def claim_runs(
+        self,
+        instance_id: str,
+        components: Sequence[tuple[str, str]],
+        *,
+        now: float,
+        lease_until: float,
+        limit: int,
+        exclude: Sequence[str] = (),
+    ) -> list[RunRecord]:
+        """Claim at most ``limit`` QUEUED runs of the (kind, component id) ``components`` for
+        ``instance_id``, oldest ``not_before`` first, skipping those whose ``not_before`` is
+        after ``now`` and ``multitask="enqueue"`` runs whose session has an executing run or an
+        older queued one, and the runs of ``exclude``. Each claimed run becomes PENDING, owned by ``instance_id`` with a
+        lease until ``lease_until``, its ``attempt`` one higher and ``started_at`` now; it is
+        returned with ``event_count`` counting its committed events. Exactly once: of several
+        instances claiming at the same time, each run goes to one (PostgreSQL: ``FOR UPDATE
+        SKIP LOCKED``; SQLite: a compare-and-set on the status under its single writer)."""
+
+    @abc.abstractmethod
+    async def queue_depth(self) -> int:
+        """How many runs are QUEUED."""
+
+    @abc.abstractmethod
+    async def session_runs_active(self, session_id: str) -> list[RunRecord]:
+        """The session's runs that have not ended (QUEUED, PENDING or RUNNING)."""
 
     @abc.abstractmethod
     async def request_cancel(self, run_id: str) -> bool:
@@ -272,6 +303,7 @@ class Notifier:
             weakref.WeakValueDictionary()
         )
         self._on_cancel: CancelFn | None = None
+        self._on_queue: Callable[[], None] | None = None
 
     @property
     def listening(self) -> bool:
@@ -308,9 +340,11 @@ class Notifier:
         for signal in signals:
             signal.set()
 
-    async def start(self, on_cancel: CancelFn) -> None:
-        """Start listening; ``on_cancel(run_id)`` is called for cancel requests."""
+    async def start(self, on_cancel: CancelFn, on_queue: Callable[[], None] | None = None) -> None:
+        """Start listening; ``on_cancel(run_id)`` is called for cancel requests, and
+        ``on_queue()`` when a run was queued anywhere (or notifications may have been missed)."""
         self._on_cancel = on_cancel
+        self._on_queue = on_queue
 
     async def aclose(self) -> None:
         """Stop listening and wake every follower."""

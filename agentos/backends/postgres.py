@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -112,6 +112,9 @@ class PostgresStore(SQLStore):
     async def _after_cancel_request(self, conn: AsyncConnection, run_id: str) -> None:
         await _notify(conn, CONTROL_CHANNEL, [f"cancel:{run_id}"])
 
+    async def _after_enqueue(self, conn: AsyncConnection) -> None:
+        await _notify(conn, CONTROL_CHANNEL, ["queue:"])
+
 
 async def _notify(conn: AsyncConnection, channel: str, payloads: list[str]) -> None:
     """``pg_notify`` each payload; PostgreSQL delivers them when the transaction commits."""
@@ -149,8 +152,8 @@ class PostgresNotifier(Notifier):
     def listening(self) -> bool:
         return self._listening
 
-    async def start(self, on_cancel: CancelFn) -> None:
-        await super().start(on_cancel)
+    async def start(self, on_cancel: CancelFn, on_queue: Callable[[], None] | None = None) -> None:
+        await super().start(on_cancel, on_queue)
         if self._task is None:
             self._task = asyncio.create_task(self._listen(), name="agentos-listen")
         # Wait a little for the first connection; without it followers poll until it comes.
@@ -189,6 +192,8 @@ class PostgresNotifier(Notifier):
                 self._listening = True
                 self._ready.set()
                 self.wake_all()  # anything committed while we were not listening
+                if self._on_queue is not None:
+                    self._on_queue()
                 while not closed.is_set():
                     try:
                         async with asyncio.timeout(self._keepalive):
@@ -211,6 +216,8 @@ class PostgresNotifier(Notifier):
         action, _, run_id = payload.partition(":")
         if action == "cancel" and self._on_cancel is not None:
             self._on_cancel(run_id)
+        elif action == "queue" and self._on_queue is not None:
+            self._on_queue()
 
 
 def _postgres_store(settings: Settings) -> PostgresStore:

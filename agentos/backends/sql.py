@@ -51,7 +51,9 @@ from agentos.settings import DatabaseSettings, Settings
 
 __all__ = ["SQLStore"]
 
-_UNFINISHED = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
+_UNFINISHED = (RunStatus.PENDING.value, RunStatus.QUEUED.value, RunStatus.RUNNING.value)
+_EXECUTING = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
+_QUEUED = RunStatus.QUEUED.value
 
 
 class RunRow(SQLModel, table=True):
@@ -280,6 +282,9 @@ class SQLStore(Store):
     ) -> None:
         """Called in a commit's transaction after its writes (a dialect's hook)."""
 
+    async def _after_enqueue(self, conn: AsyncConnection) -> None:
+        """Called in the transaction that put a run in the queue (PostgreSQL notifies)."""
+
     async def _after_cancel_request(self, conn: AsyncConnection, run_id: str) -> None:
         """Called in the transaction that set a run's cancel request (a dialect's hook)."""
 
@@ -299,6 +304,8 @@ class SQLStore(Store):
         try:
             async with self._begin() as conn:
                 await conn.execute(_runs.insert().values(**values))
+                if run.status is RunStatus.QUEUED:
+                    await self._after_enqueue(conn)
         except WriteConflict as exc:
             raise RunAlreadyExists(run.run_id) from exc
 
@@ -361,9 +368,11 @@ class SQLStore(Store):
             if owner is not None and not self.is_sqlite:
                 touched = sorted({*fenced, *(update.run_id for update in updates)})
                 _check_fence(fenced, await _owners(conn, touched), owner)
-            await self._write(conn, events, updates, owner)
+            await self._insert_events(conn, events)
             if owner is not None and self.is_sqlite and fenced:
+                # Before the updates: one of them may hand the run back to the queue.
                 _check_fence(fenced, await _owners(conn, fenced), owner)
+            await self._apply_updates(conn, updates, owner)
             await self._after_write(conn, events)
 
     async def _write(
@@ -374,6 +383,12 @@ class SQLStore(Store):
         owner: str | None,
     ) -> None:
         """Insert events and apply run updates (only to runs ``owner`` owns, when given)."""
+        await self._insert_events(conn, events)
+        await self._apply_updates(conn, updates, owner)
+
+    async def _insert_events(
+        self, conn: AsyncConnection, events: Sequence[tuple[str, Event]]
+    ) -> None:
         if events:
             rows = [(run_id, e.index, e.name, e.terminal, e.data) for run_id, e in events]
             if self.is_sqlite:
@@ -385,12 +400,23 @@ class SQLStore(Store):
                     _events.insert(),
                     [dict(zip(_EVENT_COLUMNS, row, strict=True)) for row in rows],
                 )
+
+    async def _apply_updates(
+        self, conn: AsyncConnection, updates: Sequence[RunUpdate], owner: str | None
+    ) -> None:
+        """Apply run updates (only to runs ``owner`` owns, when given)."""
         # One statement per set of changed columns, executed for all runs that share it
         # (a group's runs mostly change the same columns: RUNNING, or their final status).
         shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        requeued = False
         for update in updates:
             values = update.changes()
             run_id = values.pop("run_id")
+            if values.pop("requeue", False):
+                # Back to the queue: nobody owns it (so its former owner is fenced out) and
+                # any instance may claim it from ``not_before`` on.
+                values.update(instance_id=None, lease_until=None, started_at=None)
+                requeued = True
             if "status" in values:
                 values["status"] = values["status"].value
             shape = tuple(sorted(values))
@@ -403,6 +429,8 @@ class SQLStore(Store):
                 statement = statement.where(_owned_by(owner))
             statement = statement.values({k: sa.bindparam("p_" + k) for k in shape})
             await conn.execute(statement, params_list)
+        if requeued:
+            await self._after_enqueue(conn)
 
     async def read_events(self, run_id: str, start: int, limit: int) -> list[Event]:
         query = (
@@ -422,7 +450,7 @@ class SQLStore(Store):
     async def unfinished_runs(self, instance_id: str) -> list[RunRecord]:
         query = _runs.select().where(
             _runs.c.instance_id == instance_id,
-            _runs.c.status.in_(_UNFINISHED),
+            _runs.c.status.in_(_EXECUTING),
         )
         async with self._connect() as conn:
             rows = (await conn.execute(query)).all()
@@ -434,13 +462,13 @@ class SQLStore(Store):
         # one writer and ignores FOR UPDATE).
         mine = (
             sa.select(_runs.c.run_id)
-            .where(_runs.c.instance_id == instance_id, _runs.c.status.in_(_UNFINISHED))
+            .where(_runs.c.instance_id == instance_id, _runs.c.status.in_(_EXECUTING))
             .order_by(_runs.c.run_id)
             .with_for_update(key_share=True)
         )
         query = (
             _runs.update()
-            .where(_runs.c.run_id.in_(mine), _runs.c.status.in_(_UNFINISHED))
+            .where(_runs.c.run_id.in_(mine), _runs.c.status.in_(_EXECUTING))
             .values(lease_until=lease_until)
             .returning(_runs.c.run_id, _runs.c.cancel_requested)
         )
@@ -451,7 +479,7 @@ class SQLStore(Store):
     async def expired_runs(self, now: float, limit: int) -> list[str]:
         query = (
             sa.select(_runs.c.run_id)
-            .where(_runs.c.status.in_(_UNFINISHED), _runs.c.lease_until < now)
+            .where(_runs.c.status.in_(_EXECUTING), _runs.c.lease_until < now)
             .order_by(_runs.c.lease_until)
             .limit(limit)
         )
@@ -466,28 +494,127 @@ class SQLStore(Store):
         *,
         now: float,
         expired: bool,
+        queued: bool = False,
     ) -> RunRecord | None:
-        # The conditional UPDATE comes first: on PostgreSQL it locks the row (a concurrent
-        # claimer waits, then re-checks the condition against the committed row, which no
-        # longer matches; the owner's fence waits too), on SQLite it takes the write lock. The
-        # last event read after it is then final: the former owner can add none.
-        condition = _runs.c.lease_until < now if expired else _runs.c.instance_id == instance_id
-        claim = (
-            _runs.update()
-            .where(_runs.c.run_id == run_id, _runs.c.status.in_(_UNFINISHED), condition)
-            .values(instance_id=instance_id, updated_at=now)
-            .returning(*_runs.c)
-        )
+        # The conditional UPDATE comes before any other read that matters: on PostgreSQL it
+        # locks the row (a concurrent claimer waits, then re-checks the condition against the
+        # committed row, which no longer matches; the owner's fence waits too), on SQLite it
+        # takes the write lock. The last event read after it is then final: the former owner
+        # can add none.
+        if queued:
+            condition = _runs.c.status == _QUEUED
+        elif expired:
+            condition = sa.and_(_runs.c.status.in_(_EXECUTING), _runs.c.lease_until < now)
+        else:
+            condition = sa.and_(_runs.c.status.in_(_EXECUTING), _runs.c.instance_id == instance_id)
         async with self._begin() as conn:
+            # Who owns it now, for the attempts history; the claim below is conditional on it
+            # (a compare-and-set), so a change in between makes this claim, not the other, fail.
+            former = await conn.scalar(
+                sa.select(_runs.c.instance_id).where(_runs.c.run_id == run_id)
+            )
+            claim = (
+                _runs.update()
+                .where(
+                    _runs.c.run_id == run_id,
+                    condition,
+                    _runs.c.instance_id.is_not_distinct_from(former),
+                )
+                .values(instance_id=instance_id, updated_at=now)
+                .returning(*_runs.c)
+            )
             row = (await conn.execute(claim)).first()
             if row is None:
                 return None
-            record = _record(row)
+            record = replace(_record(row), instance_id=former)
             event, update = ending(record, await _last_event(conn, run_id))
             events = [] if event is None else [(run_id, event)]
             await self._write(conn, events, [update], instance_id)
             await self._after_write(conn, events)
         return record
+
+    async def claim_runs(
+        self,
+        instance_id: str,
+        components: Sequence[tuple[str, str]],
+        *,
+        now: float,
+        lease_until: float,
+        limit: int,
+        exclude: Sequence[str] = (),
+    ) -> list[RunRecord]:
+        if not components or limit <= 0:
+            return []
+        runs = _runs.c
+        # A run of a session that serialises its runs (multitask "enqueue") waits while the
+        # session has a run executing, or an older one waiting.
+        other = _runs.alias("other")
+        busy = sa.exists().where(
+            other.c.session_id == runs.session_id,
+            other.c.run_id != runs.run_id,
+            sa.or_(
+                other.c.status.in_(_EXECUTING),
+                sa.and_(other.c.status == _QUEUED, other.c.created_at < runs.created_at),
+            ),
+        )
+        eligible = (
+            sa.select(runs.run_id)
+            .where(
+                runs.status == _QUEUED,
+                sa.or_(runs.not_before.is_(None), runs.not_before <= now),
+                sa.tuple_(runs.kind, runs.component_id).in_(list(components)),
+                sa.or_(runs.multitask.is_(None), runs.multitask != "enqueue", ~busy),
+            )
+            .where(runs.run_id.not_in(list(exclude)) if exclude else sa.true())
+            .order_by(runs.not_before, runs.created_at, runs.run_id)
+            .limit(limit)
+        )
+        if not self.is_sqlite:
+            # Claimers on other instances skip the rows this one locks instead of waiting.
+            eligible = eligible.with_for_update(skip_locked=True, of=_runs)
+        # The status condition is the compare-and-set: of two claimers of one run, the second
+        # finds it no longer QUEUED (SQLite has one writer; PostgreSQL re-checks locked rows).
+        claim = (
+            _runs.update()
+            .where(runs.run_id.in_(eligible.scalar_subquery()), runs.status == _QUEUED)
+            .values(
+                status=RunStatus.PENDING.value,
+                instance_id=instance_id,
+                lease_until=lease_until,
+                attempt=runs.attempt + 1,
+                started_at=now,
+                updated_at=now,
+                not_before=None,
+            )
+            .returning(*_runs.c)
+        )
+        async with self._begin() as conn:
+            rows = (await conn.execute(claim)).all()
+            if not rows:
+                return []
+            counts = sa.select(_events.c.run_id, sa.func.max(_events.c.event_index)).where(
+                _events.c.run_id.in_([row.run_id for row in rows])
+            )
+            grouped = await conn.execute(counts.group_by(_events.c.run_id))
+            last: dict[str, int] = {row[0]: row[1] for row in grouped.all()}
+        records = []
+        for row in rows:
+            top = last.get(row.run_id)
+            records.append(replace(_record(row), event_count=0 if top is None else top + 1))
+        return sorted(records, key=lambda r: (r.created_at, r.run_id))
+
+    async def queue_depth(self) -> int:
+        query = sa.select(sa.func.count()).select_from(_runs).where(_runs.c.status == _QUEUED)
+        async with self._connect() as conn:
+            return int(await conn.scalar(query) or 0)
+
+    async def session_runs_active(self, session_id: str) -> list[RunRecord]:
+        query = _runs.select().where(
+            _runs.c.session_id == session_id, _runs.c.status.in_(_UNFINISHED)
+        )
+        async with self._connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_record(row) for row in rows]
 
     async def request_cancel(self, run_id: str) -> bool:
         query = (
@@ -768,17 +895,20 @@ def _create_all(connection: sa.Connection) -> None:
 
 
 def _owned_by(owner: str) -> Any:
-    """The condition that a run row is ``owner``'s (or nobody's)."""
-    return sa.or_(_runs.c.instance_id == owner, _runs.c.instance_id.is_(None))
+    """The condition that a run row is ``owner``'s, or nobody's and not QUEUED (a queued run
+    waits for its claim: its former owner is fenced out)."""
+    unowned = sa.and_(_runs.c.instance_id.is_(None), _runs.c.status != _QUEUED)
+    return sa.or_(_runs.c.instance_id == owner, unowned)
 
 
 async def _owners(conn: AsyncConnection, run_ids: Sequence[str]) -> dict[str, str | None]:
-    """The owner of each run of ``run_ids`` (sorted) that exists; on PostgreSQL their rows stay
-    locked, in that order, until the transaction ends."""
+    """The owner of each run of ``run_ids`` (sorted) that exists (``_QUEUED`` for a queued
+    run); on PostgreSQL their rows stay locked, in that order, until the transaction ends."""
     if not run_ids:
         return {}
+    owner = sa.case((_runs.c.status == _QUEUED, sa.literal(_QUEUED)), else_=_runs.c.instance_id)
     query = (
-        sa.select(_runs.c.run_id, _runs.c.instance_id)
+        sa.select(_runs.c.run_id, owner)
         .where(_runs.c.run_id.in_(run_ids))
         .order_by(_runs.c.run_id)
         .with_for_update(key_share=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from agentos.chat import ChatLoop
@@ -11,6 +11,7 @@ from agentos.components.base import Component
 from agentos.context import RunContext
 from agentos.events import KINDS
 from agentos.models.base import ChatModel, Model
+from agentos.retries import RetryPolicy
 from agentos.tools import Tool, as_tools
 
 __all__ = ["Agent"]
@@ -75,8 +76,20 @@ class Agent(Component):
         description: str = "",
         version: str | None = None,
         tags: Sequence[str] = (),
+        retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        multitask: str | None = None,
     ) -> None:
-        super().__init__(id, name=name, description=description, version=version, tags=tags)
+        super().__init__(
+            id,
+            name=name,
+            description=description,
+            version=version,
+            tags=tags,
+            retry_policy=retry_policy,
+            timeout=timeout,
+            multitask=multitask,
+        )
         if (model is None) == (fn is None):
             raise ValueError("an Agent needs exactly one of model= or fn=")
         if fn is not None and not inspect.isasyncgenfunction(fn):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from agentos.chat import ChatLoop
@@ -12,6 +12,7 @@ from agentos.components.base import Component
 from agentos.context import RunContext
 from agentos.events import KINDS
 from agentos.models.base import ChatModel
+from agentos.retries import RetryPolicy
 from agentos.tools import Tool
 
 __all__ = ["Team"]
@@ -57,8 +58,20 @@ class Team(Component):
         description: str = "",
         version: str | None = None,
         tags: Sequence[str] = (),
+        retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        multitask: str | None = None,
     ) -> None:
-        super().__init__(id, name=name, description=description, version=version, tags=tags)
+        super().__init__(
+            id,
+            name=name,
+            description=description,
+            version=version,
+            tags=tags,
+            retry_policy=retry_policy,
+            timeout=timeout,
+            multitask=multitask,
+        )
         if not members:
             raise ValueError("a Team needs at least one member")
         if mode not in ("sequential", "parallel", "coordinate"):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from agentos.components.base import Component
 from agentos.context import RunContext
 from agentos.events import KINDS
+from agentos.retries import RetryPolicy
 
 __all__ = ["Step", "Workflow"]
 
@@ -57,8 +58,20 @@ class Workflow(Component):
         description: str = "",
         version: str | None = None,
         tags: Sequence[str] = (),
+        retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        multitask: str | None = None,
     ) -> None:
-        super().__init__(id, name=name, description=description, version=version, tags=tags)
+        super().__init__(
+            id,
+            name=name,
+            description=description,
+            version=version,
+            tags=tags,
+            retry_policy=retry_policy,
+            timeout=timeout,
+            multitask=multitask,
+        )
         if not steps:
             raise ValueError("a Workflow needs at least one step")
         self.steps = [_as_step(step) for step in steps]

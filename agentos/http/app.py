@@ -304,7 +304,11 @@ class AgentOS:
         if run_stream is not None:
             return self._sse(run_stream, headers)
         if background:
-            body = {"run_id": record.run_id, "session_id": record.session_id, "status": "PENDING"}
+            body = {
+                "run_id": record.run_id,
+                "session_id": record.session_id,
+                "status": record.status.value,
+            }
             if token is not None:
                 body["resume_token"] = token
             return JSONResponse(body, status_code=202, headers=headers)

@@ -239,16 +239,20 @@ def test_run_and_stream_limits_hold_under_concurrent_requests(
         db_url=f"sqlite+aiosqlite:///{tmp_path}/l.db",
         instance_id="t",
         max_active_runs=20,
+        max_queued_runs=30,
         max_streams=10,
     )
     agent_os = AgentOS(**_components(0.2), settings=settings)
     server = serve_thread(agent_os)
     message = " ".join(["w"] * 10)  # about 2 s a run
 
-    async def create(client: httpx.AsyncClient, **fields: Any) -> int:
+    async def create(client: httpx.AsyncClient, **fields: Any) -> str:
         r = await client.post("/agents/echo/runs", json={"message": message, **fields})
-        assert r.status_code in (202, 503), r.text
-        return r.status_code
+        assert r.status_code in (202, 429), r.text
+        if r.status_code == 429:
+            assert r.json()["code"] == "queue_full" and int(r.headers["retry-after"]) > 0
+            return "429"
+        return str(r.json()["status"])
 
     async def open_stream(client: httpx.AsyncClient) -> int:
         async with client.stream("POST", "/agents/echo/runs", json={"message": message}) as r:
@@ -263,9 +267,16 @@ def test_run_and_stream_limits_hold_under_concurrent_requests(
             codes = await asyncio.gather(
                 *(create(client, background=True, stream=False) for _ in range(100))
             )
-            assert codes.count(202) == 20 and codes.count(503) == 80
-            while (await client.get("/health")).json()["active_runs"]:
+            # 20 start here at once, 30 wait in the queue, the rest are refused: nothing made.
+            assert (codes.count("PENDING"), codes.count("QUEUED")) == (20, 30), codes
+            assert codes.count("429") == 50
+            for _ in range(300):
+                runs = (await client.get("/agents/echo/runs", params={"limit": 200})).json()
+                if len(runs) == 50 and all(run["status"] == "COMPLETED" for run in runs):
+                    break
                 await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(f"the queued runs did not all complete: {runs}")
         # A fresh client: the first one's pool would let only a few requests through at once.
         async with httpx.AsyncClient(base_url=server.url, timeout=20, limits=limits) as client:
             codes = await asyncio.gather(*(open_stream(client) for _ in range(50)))

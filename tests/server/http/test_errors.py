@@ -342,17 +342,21 @@ async def test_security_key(serve: Callable[[AgentOS], str], settings: Settings)
         ).status_code == 401
 
 
-async def test_limits_on_runs_and_streams_are_503(
+async def test_limits_on_runs_queue_and_streams(
     serve: Callable[[AgentOS], str], settings: Settings
 ) -> None:
-    url = serve(apps.build(settings.replace(max_active_runs=2, max_streams=1, demo_delay=0.2)))
+    limits = settings.replace(max_active_runs=2, max_queued_runs=1, max_streams=1, demo_delay=0.2)
+    url = serve(apps.build(limits))
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         form = {"message": apps.WORDS, "background": "true", "stream": "false"}  # ~4 s each
         ids = [
             (await client.post("/agents/echo/runs", data=form)).json()["run_id"] for _ in range(2)
         ]
         third = await client.post("/agents/echo/runs", data=form)
-        assert third.status_code == 503 and third.json()["code"] == "overloaded"
+        assert third.status_code == 202 and third.json()["status"] == "QUEUED"
+        fourth = await client.post("/agents/echo/runs", data=form)
+        assert fourth.status_code == 429 and fourth.json()["code"] == "queue_full"
+        assert fourth.headers["retry-after"] == str(limits.http.retry_after)
         async with client.stream("GET", f"/agents/echo/runs/{ids[0]}/resume") as first:
             # keep the reader: a dropped async generator would close the response when collected
             reader = frames(first)
