@@ -233,6 +233,33 @@ async def test_concurrent_claims_have_one_winner(db_url: str) -> None:
             await s.close()
 
 
+async def test_a_claim_takes_at_most_limit_runs(store: Store) -> None:
+    """The oldest ``limit`` queued runs, however many wait (PostgreSQL once claimed them all:
+    it ran the LIMIT subquery again for each row, skipping the rows already claimed)."""
+    now = time.time()
+    queued = [
+        run_record(
+            f"q{n:03}",
+            status=RunStatus.QUEUED,
+            session_id=f"s{n}",
+            created_at=now + n / 1000,
+            attempt=0,
+            not_before=now,
+        )
+        for n in range(60)
+    ]
+    await store.commit([], [], runs=queued)
+    for n in range(3):
+        claimed = await store.claim_runs(
+            f"inst{n}", [("agents", "echo")], now=now, lease_until=now + 10, limit=7
+        )
+        assert [r.run_id for r in claimed] == [f"q{i:03}" for i in range(7 * n, 7 * n + 7)]
+        assert {(r.status, r.attempt, r.instance_id) for r in claimed} == {
+            (RunStatus.PENDING, 1, f"inst{n}")
+        }
+    assert await store.queue_depth() == 60 - 21
+
+
 @pytest.mark.postgres
 async def test_schema_creation_is_safe_when_instances_start_together() -> None:
     async with ascratch_database() as url:
