@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 import pytest_asyncio
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
 
 from agentos.backends.base import Ending, Store, open_backend
 from agentos.backends.postgres import EVENTS_CHANNEL
@@ -301,3 +303,34 @@ async def test_commit_notifies_after_commit(pg_url: str) -> None:
     finally:
         await listener.close()
         await store.close()
+
+
+@pytest.mark.postgres
+async def test_a_paused_owner_s_transaction_does_not_block_the_reaper(pg_url: str) -> None:
+    """An owner paused (SIGSTOP, a VM freeze) inside a commit holds its run's row lock; the
+    server ends that transaction after ``lease_ttl`` so that the reaper can take the run."""
+    await truncate(pg_url)
+    settings = Settings(db_url=pg_url, lease_ttl=1.0, lease_renew_interval=0.5)
+    owner, reaper = open_backend(settings).store, open_backend(settings).store
+    await owner.open()
+    await reaper.open()
+    try:
+        now = time.time()
+        await owner.create_run(run_record("held", instance_id="a", lease_until=now))
+        async with owner.engine.connect() as conn:  # a commit, frozen half-way
+            await conn.begin()
+            await conn.execute(
+                sa.text("SELECT 1 FROM agentos_runs WHERE run_id = 'held' FOR UPDATE")
+            )
+            ending = reaper.end_run(
+                "held", "b", _end_with("lost"), now=time.time() + 1, expired=True
+            )
+            taken = await asyncio.wait_for(ending, 20)  # not for as long as the owner sleeps
+            assert taken is not None
+            with pytest.raises(DBAPIError):  # the owner wakes up: its transaction is gone
+                await conn.execute(sa.text("SELECT 1"))
+        got = await reaper.get_run("held")
+        assert got is not None and got.status is RunStatus.ERROR and got.instance_id == "b"
+    finally:
+        await owner.close()
+        await reaper.close()
