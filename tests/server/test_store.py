@@ -173,7 +173,8 @@ async def test_expired_runs_and_end_run(store: Store) -> None:
     await store.commit([("old", _event(i)) for i in range(3)], [], owner="dead")
     seen: list[Event | None] = []
     claimed = await store.end_run("old", "me", _end_with("lost", seen), now=now, expired=True)
-    assert claimed is not None and claimed.instance_id == "me" and claimed.run_id == "old"
+    # The run as taken: its former owner (for the attempts history); "me" owns it now.
+    assert claimed is not None and claimed.instance_id == "dead" and claimed.run_id == "old"
     assert [e.index if e else None for e in seen] == [2]  # the ending saw the last event
     got = await store.get_run("old")
     assert got is not None and got.status is RunStatus.ERROR and got.error == "lost"
@@ -225,10 +226,10 @@ async def test_concurrent_claims_have_one_winner(db_url: str) -> None:
                     for n, s in enumerate(stores)
                 )
             )
-            winners = [r for r in results if r is not None]
+            winners = [n for n, r in enumerate(results) if r is not None]
             assert len(winners) == 1
             got = await stores[0].get_run(f"orphan{i}")
-            assert got is not None and got.instance_id == winners[0].instance_id
+            assert got is not None and got.instance_id == f"inst{winners[0]}"
             assert [e.index for e in await stores[0].read_events(f"orphan{i}", 0, 10)] == [0, 1]
     finally:
         for s in stores:
