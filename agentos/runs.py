@@ -564,9 +564,10 @@ class RunManager:
         error: BaseException | None = None
         active.started = True
         bind_run(record)  # this task's log lines carry the run's ids
-        logger.info(
-            "run started" if record.attempt <= 1 else "run attempt %d started", record.attempt
-        )
+        if record.attempt <= 1:
+            logger.info("run started")
+        else:
+            logger.info("run attempt %d started", record.attempt)
         try:
             self.committer.update(RunUpdate(record.run_id, status=RunStatus.RUNNING))
             if active.cancel_reason is not None or active.failure is not None:
