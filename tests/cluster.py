@@ -91,6 +91,7 @@ def serve_cluster(
     size: int = 3,
     delay: float = 0.05,
     app: str | None = None,
+    start_timeout: float = 60.0,
 ) -> Iterator[Cluster]:
     """``size`` instances (``inst0``...) on ``db_url`` behind nginx; all killed afterwards."""
     nginx = nginx_binary()
@@ -112,7 +113,7 @@ def serve_cluster(
         for instance in instances:
             instance.launch()
         for instance in instances:
-            instance.wait_ready()
+            instance.wait_ready(start_timeout)
         with (tmp / "nginx.out").open("wb") as out:
             proxy = subprocess.Popen(
                 [nginx, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")],

@@ -61,6 +61,8 @@ ENV = {
 }
 APP = "tests.apps:served"
 TIMEOUT = httpx.Timeout(20, read=30)
+#: Seconds a replacement instance may take to start (a loaded machine takes its time).
+START = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +81,8 @@ def whole(cluster: Cluster) -> Iterator[Cluster]:
         if instance.proc is not None and instance.running:
             os.kill(instance.proc.pid, signal.SIGCONT)
         else:
-            instance.start()
+            instance.launch()
+            instance.wait_ready(START)
 
 
 def check_attempts(followed: Followed, attempts: int, reasons: set[str]) -> None:
@@ -124,7 +127,7 @@ async def _runs_in_db(url: str, run_ids: list[str]) -> dict[str, dict[str, Any]]
 
 @pytest.mark.nginx
 @pytest.mark.postgres
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(180)
 @pytest.mark.parametrize("agent, attempts", [("durable", 2), ("echo", 1)])
 async def test_kill_9_runs_go_on_elsewhere_per_their_policy(
     whole: Cluster, agent: str, attempts: int
@@ -141,18 +144,18 @@ async def test_kill_9_runs_go_on_elsewhere_per_their_policy(
         for message, response in zip(sent, created, strict=True):
             assert response.headers["x-agentos-instance"] == victim.instance_id
             messages[response.headers["x-run-id"]] = message
-        deadline = time.monotonic() + 45
+        deadline = time.monotonic() + 90
         followers = [Followed(run_id, agent) for run_id in messages]
         tasks = [
             asyncio.create_task(follow(client, whole.nginx_url, f, deadline=deadline))
             for f in followers
         ]
         while not all(len(f.events) >= 3 for f in followers):
-            assert time.monotonic() < deadline - 30, "the runs did not get going"
+            assert time.monotonic() < deadline - 60, "the runs did not get going"
             await asyncio.sleep(0.05)
         assert not any(f.ended for f in followers)  # mid-way
         victim.kill()
-        await asyncio.wait_for(asyncio.gather(*tasks), 40)
+        await asyncio.wait_for(asyncio.gather(*tasks), 80)
     rows = await _runs_in_db(whole.db_url, list(messages))
     for followed in followers:
         row = rows[followed.run_id]
@@ -174,13 +177,15 @@ async def test_kill_9_runs_go_on_elsewhere_per_their_policy(
         assert row["status"] == "COMPLETED" and row["instance_id"] != victim.instance_id
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(150)
 async def test_kill_9_on_sqlite_retries_on_restart(tmp_path: Path) -> None:
     """One instance on SQLite, killed and started again: restart recovery queues its runs with
     a retry left again (they complete), and ends the others with "interrupted"."""
     server = ServerProcess(
         tmp_path, app=APP, delay=DELAY, instance_id="solo", log_level="warning", env=ENV
-    ).start()
+    )
+    server.launch()
+    server.wait_ready(START)
     try:
         async with httpx.AsyncClient(timeout=TIMEOUT) as client:
             agents = ["durable"] * 5 + ["echo"] * 2
@@ -191,7 +196,7 @@ async def test_kill_9_on_sqlite_retries_on_restart(tmp_path: Path) -> None:
                 run_id = response.headers["x-run-id"]
                 messages[run_id] = message
                 followers.append(Followed(run_id, agent))
-            deadline = time.monotonic() + 40
+            deadline = time.monotonic() + 100
             tasks = [
                 asyncio.create_task(follow(client, server.url, f, deadline=deadline))
                 for f in followers
@@ -200,8 +205,9 @@ async def test_kill_9_on_sqlite_retries_on_restart(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline - 30, "the runs did not get going"
                 await asyncio.sleep(0.05)
             server.kill()
-            server.start()  # the same instance id, port and database file
-            await asyncio.wait_for(asyncio.gather(*tasks), 30)
+            server.launch()  # the same instance id, port and database file
+            await asyncio.to_thread(server.wait_ready, START)
+            await asyncio.wait_for(asyncio.gather(*tasks), 60)
     finally:
         server.kill()
     for followed in followers:
@@ -221,13 +227,13 @@ async def test_kill_9_on_sqlite_retries_on_restart(tmp_path: Path) -> None:
 
 @pytest.mark.nginx
 @pytest.mark.postgres
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 async def test_rolling_restart_hands_runs_over(whole: Cluster) -> None:
     """50 clients create and follow runs (longer than shutdown_grace) through nginx while each
     instance in turn gets SIGTERM and is replaced: the runs a draining instance still has go
     back to the queue and complete elsewhere; none ends with a shutdown error."""
     done = asyncio.Event()
-    deadline = time.monotonic() + 100
+    deadline = time.monotonic() + 220
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
     base = whole.nginx_url
 
@@ -273,7 +279,7 @@ async def test_rolling_restart_hands_runs_over(whole: Cluster) -> None:
                 assert await asyncio.to_thread(instance.terminate, 40.0)
                 drains.append(round(time.monotonic() - began, 1))
                 instance.launch()
-                await asyncio.to_thread(instance.wait_ready)
+                await asyncio.to_thread(instance.wait_ready, START)
                 await asyncio.sleep(0.5)
             done.set()
             results = await asyncio.wait_for(asyncio.gather(*clients), 60)
@@ -302,7 +308,7 @@ async def test_rolling_restart_hands_runs_over(whole: Cluster) -> None:
 
 @pytest.mark.nginx
 @pytest.mark.postgres
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 async def test_a_paused_former_owner_commits_nothing_after_the_claim(whole: Cluster) -> None:
     """An owner frozen (SIGSTOP) past its lease loses its run to another instance (attempt 2);
     thawed (SIGCONT) with events of attempt 1 still to commit, it lands none of them."""
@@ -349,10 +355,13 @@ async def test_a_paused_former_owner_commits_nothing_after_the_claim(whole: Clus
 # -- admission and racing claims --------------------------------------------------------------
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 async def test_a_full_queue_answers_429_and_creates_nothing(tmp_path: Path) -> None:
     env = {**ENV, "AGENTOS_MAX_ACTIVE_RUNS": "1", "AGENTOS_MAX_QUEUED_RUNS": "2"}
-    with ServerProcess(tmp_path, app=APP, delay=DELAY, log_level="warning", env=env) as server:
+    server = ServerProcess(tmp_path, app=APP, delay=DELAY, log_level="warning", env=env)
+    server.launch()
+    try:
+        server.wait_ready(START)
         async with httpx.AsyncClient(base_url=server.url, timeout=TIMEOUT) as client:
             running = await create(client, "", words(400, "busy"))
             assert running.json()["status"] == "PENDING"
@@ -380,6 +389,8 @@ async def test_a_full_queue_answers_429_and_creates_nothing(tmp_path: Path) -> N
             ).status_code != 200:
                 assert time.monotonic() < deadline, "the queue did not drain"
                 await asyncio.sleep(0.1)
+    finally:
+        server.kill()
 
 
 async def _rows(db_url: str, query: str) -> list[dict[str, Any]]:
@@ -426,7 +437,7 @@ async def _database(backend: str, tmp_path: Path) -> AsyncIterator[str]:
         yield url
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(180)
 @pytest.mark.parametrize(
     "backend, racers",
     [
@@ -458,10 +469,14 @@ async def test_racing_instances_claim_each_queued_run_once(
             for n in range(racers)
         ]
         try:
+            # The first creates the schema; the others find it (two SQLite processes creating
+            # the tables of an empty file at once would collide).
             for server in servers:
                 server.launch()
-            for server in servers:
-                await asyncio.to_thread(server.wait_ready)
+                if server is servers[0]:
+                    await asyncio.to_thread(server.wait_ready, START)
+            for server in servers[1:]:
+                await asyncio.to_thread(server.wait_ready, START)
             run_ids = await _enqueue(db_url, 500)
             deadline = time.monotonic() + 60
             count = "SELECT count(*) AS n FROM agentos_runs WHERE status = 'COMPLETED'"
