@@ -457,24 +457,25 @@ async def test_racing_instances_claim_each_queued_run_once(
         "AGENTOS_QUEUE_POLL_INTERVAL": "0.1",
     }
     async with _database(backend, tmp_path) as db_url:
-        servers = [
-            ServerProcess(
-                tmp_path,
-                app=APP,
-                delay=0.01,
-                instance_id=f"racer{n}",
-                log_level="warning",
-                env={**env, "AGENTOS_DB_URL": db_url},
-            )
-            for n in range(racers)
-        ]
+        servers: list[ServerProcess] = []
         try:
             # The first creates the schema; the others find it (two SQLite processes creating
-            # the tables of an empty file at once would collide).
-            for server in servers:
-                server.launch()
-                if server is servers[0]:
-                    await asyncio.to_thread(server.wait_ready, START)
+            # the tables of an empty file at once would collide). Each takes its port just
+            # before it starts: a port found free is soon taken on a busy machine.
+            for n in range(racers):
+                servers.append(
+                    ServerProcess(
+                        tmp_path,
+                        app=APP,
+                        delay=0.01,
+                        instance_id=f"racer{n}",
+                        log_level="warning",
+                        env={**env, "AGENTOS_DB_URL": db_url},
+                    )
+                )
+                servers[-1].launch()
+                if n == 0:
+                    await asyncio.to_thread(servers[0].wait_ready, START)
             for server in servers[1:]:
                 await asyncio.to_thread(server.wait_ready, START)
             run_ids = await _enqueue(db_url, 500)
