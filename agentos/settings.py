@@ -301,7 +301,8 @@ class LeaseSettings:
 
     #: Seconds an instance's lease on a running run lasts without renewal. When an instance
     #: dies, its runs end (``"instance_lost"``) at most ``lease_ttl + reaper_interval`` seconds
-    #: after its last renewal. Instances' clocks must agree to well within this.
+    #: after its last renewal. Instances' clocks must agree to well within this. On PostgreSQL
+    #: it also bounds how long a transaction may sit idle (a paused instance's locks).
     ttl: float = _setting(20.0, "lease_ttl")
     #: Seconds between renewals of the leases on this instance's runs (below ``lease_ttl``).
     renew_interval: float = _setting(5.0, "lease_renew_interval")

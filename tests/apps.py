@@ -34,10 +34,18 @@ async def _shout(text: str) -> str:
     return text.upper()
 
 
+#: The retry policies of ``durable`` (one retry) and ``tenacious`` (four, and five times slower
+#: words: long runs at a low event rate): at once, no jitter.
+RETRY_ONCE = {"max_attempts": 2, "delay": 0, "jitter": 0}
+RETRY_OFTEN = {"max_attempts": 5, "delay": 0, "jitter": 0}
+
+
 def components(delay: float) -> dict[str, list[object]]:
     return {
         "agents": [
             Agent(id="echo", model=EchoModel(delay)),
+            Agent(id="durable", model=EchoModel(delay), retry_policy=RETRY_ONCE),
+            Agent(id="tenacious", model=EchoModel(delay * 5), retry_policy=RETRY_OFTEN),
             Agent(id="fails", fn=_fails_midway),
             Agent(id="tools", fn=_tools),
         ],

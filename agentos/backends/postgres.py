@@ -60,10 +60,16 @@ class PostgresStore(SQLStore):
         timeout: float = DatabaseSettings.timeout,
         command_timeout: float = DatabaseSettings.command_timeout,
         auto_upgrade: bool = DatabaseSettings.auto_upgrade,
+        idle_transaction_timeout: float | None = None,
     ) -> None:
         super().__init__(url, timeout=timeout, auto_upgrade=auto_upgrade)
         #: Seconds any one statement may take before it fails (StoreUnavailable).
         self.command_timeout = command_timeout
+        #: Seconds the server lets a transaction of ours sit idle before it ends it (None: no
+        #: limit). An instance paused inside a commit (SIGSTOP, a VM frozen, a long GC pause)
+        #: holds its runs' row locks, and the reaper of another instance would wait on them for
+        #: as long as the pause lasts: its runs could not be taken over.
+        self.idle_transaction_timeout = idle_transaction_timeout
 
     @property
     def dsn(self) -> str:
@@ -73,10 +79,16 @@ class PostgresStore(SQLStore):
 
     def _engine_options(self) -> dict[str, Any]:
         # asyncpg: bounded connects, and no statement waits for ever on a hung server.
-        return {
-            "pool_timeout": self.timeout,
-            "connect_args": {"timeout": self.timeout, "command_timeout": self.command_timeout},
+        connect_args: dict[str, Any] = {
+            "timeout": self.timeout,
+            "command_timeout": self.command_timeout,
         }
+        if self.idle_transaction_timeout:
+            milliseconds = max(1, round(self.idle_transaction_timeout * 1000))
+            connect_args["server_settings"] = {
+                "idle_in_transaction_session_timeout": str(milliseconds)
+            }
+        return {"pool_timeout": self.timeout, "connect_args": connect_args}
 
     def notifier(self, settings: Settings) -> Notifier:
         """LISTEN/NOTIFY wake-ups unless ``tail_notify`` is off (then followers poll)."""
@@ -227,6 +239,9 @@ def _postgres_store(settings: Settings) -> PostgresStore:
         timeout=database.timeout,
         command_timeout=database.command_timeout,
         auto_upgrade=database.auto_upgrade,
+        # A transaction idle for a whole lease is one of a paused instance: its leases have
+        # expired, and its locks must not keep the reaper from its runs.
+        idle_transaction_timeout=settings.leases.ttl,
     )
 
 

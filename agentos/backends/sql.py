@@ -579,10 +579,8 @@ class SQLStore(Store):
             row = (await conn.execute(claim)).first()
             if row is None:
                 return None
-            record = _record(row)
-            # The ending sees the run as its former owner left it (the attempts history).
-            left = replace(record, instance_id=former)
-            event, update = ending(left, await _last_event(conn, run_id))
+            record = replace(_record(row), instance_id=former)
+            event, update = ending(record, await _last_event(conn, run_id))
             events = [] if event is None else [(run_id, event)]
             await self._write(conn, events, [update], instance_id)
             await self._after_write(conn, events)
@@ -624,14 +622,20 @@ class SQLStore(Store):
             .order_by(runs.not_before, runs.created_at, runs.run_id)
             .limit(limit)
         )
+        picked: Any = eligible.scalar_subquery()
         if not self.is_sqlite:
             # Claimers on other instances skip the rows this one locks instead of waiting.
             eligible = eligible.with_for_update(skip_locked=True, of=_runs)
+            # Selected once, in a MATERIALIZED CTE: as a plain IN (subquery) PostgreSQL may run
+            # it again for each row it updates, each time skipping the rows this statement has
+            # claimed already, so that LIMIT bounded nothing (one claim took the whole queue).
+            cte = eligible.cte("claimable").prefix_with("MATERIALIZED")
+            picked = sa.select(cte.c.run_id)
         # The status condition is the compare-and-set: of two claimers of one run, the second
         # finds it no longer QUEUED (SQLite has one writer; PostgreSQL re-checks locked rows).
         claim = (
             _runs.update()
-            .where(runs.run_id.in_(eligible.scalar_subquery()), runs.status == _QUEUED)
+            .where(runs.run_id.in_(picked), runs.status == _QUEUED)
             .values(
                 status=RunStatus.PENDING.value,
                 instance_id=instance_id,

@@ -28,8 +28,8 @@ import httpx
 import pytest
 
 from tests.apps import words
+from tests.cluster import TERMINAL, Followed, create, pg_query
 from tests.pgdb import IN_CI, ascratch_database, require
-from tests.server.test_scaleout import TERMINAL, Followed, _db, create
 from tests.servers import ServerProcess
 from tests.sse import frames
 
@@ -184,9 +184,9 @@ async def _outage(owner: ServerProcess, other: ServerProcess, db_url: str) -> No
             await _pg("start")
         await asyncio.wait_for(asyncio.gather(*tasks), deadline - time.monotonic())
 
-    runs = {r["run_id"]: r for r in await _db(db_url, "SELECT * FROM agentos_runs")}
+    runs = {r["run_id"]: r for r in await pg_query(db_url, "SELECT * FROM agentos_runs")}
     for run_id, seen_on_owner, seen_on_other in zip(run_ids, on_owner, on_other, strict=True):
-        rows = await _db(
+        rows = await pg_query(
             db_url,
             "SELECT event_index, data, terminal FROM agentos_events WHERE run_id = $1 "
             "ORDER BY event_index",

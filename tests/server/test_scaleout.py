@@ -10,25 +10,30 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
-import shutil
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
 from tests.apps import words
-from tests.pgdb import _dsn, require, scratch_database
-from tests.servers import ROOT, ServerProcess, free_port, wait_healthy
-from tests.sse import frames
+from tests.cluster import (
+    Cluster,
+    Followed,
+    create,
+    follow,
+    nginx_binary,
+    nginx_config,
+    pg_query,
+    read_stream,
+    serve_cluster,
+)
+from tests.pgdb import _dsn, scratch_database
+from tests.servers import free_port
 
 pytestmark = [pytest.mark.nginx, pytest.mark.postgres, pytest.mark.slow]
 
@@ -39,65 +44,13 @@ DEMO_DELAY = 0.05
 # A dead instance's runs end at most LEASE_TTL + REAPER_INTERVAL after its last renewal; allow
 # for a follower's reconnect and poll on top.
 LOSS_BOUND = LEASE_TTL + RENEW_INTERVAL + REAPER_INTERVAL + 3.0
-TERMINAL = {"RunCompleted", "RunError", "RunCancelled"}
-
-
-@dataclass
-class Cluster:
-    nginx_url: str
-    db_url: str
-    instances: list[ServerProcess]
-
-    def by_id(self, instance_id: str) -> ServerProcess:
-        return next(i for i in self.instances if i.instance_id == instance_id)
-
-
-def _nginx_config(tmp: Path, port: int, upstreams: list[int]) -> Path:
-    """nginx.conf around nginx/agentos.conf, with our ports and everything under ``tmp``."""
-    site = (ROOT / "nginx" / "agentos.conf").read_text()
-    servers = "".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;\n" for p in upstreams)
-    site, n = re.subn(r"(    server 127\.0\.0\.1:\d+ [^\n]*\n)+", servers, site)
-    assert n == 1
-    site, n = re.subn(r"listen \d+;", f"listen 127.0.0.1:{port};", site)
-    assert n == 1
-    site, n = re.subn(r"access_log /var/log/nginx/", f"access_log {tmp}/", site)
-    assert n == 1
-    (tmp / "agentos.conf").write_text(site)
-    user = "user root root;\n" if os.geteuid() == 0 else ""
-    conf = tmp / "nginx.conf"
-    conf.write_text(
-        f"""{user}daemon off;
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 2048; }}
-http {{
-    access_log {tmp}/access.log;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    include {tmp}/agentos.conf;
-}}
-"""
-    )
-    return conf
-
-
-def _nginx() -> str:
-    nginx = shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/sbin/nginx") if os.path.exists(p)), None
-    )
-    require("nginx", None if nginx else "no nginx binary (apt-get install nginx)")
-    assert nginx is not None
-    return nginx
 
 
 def test_the_nginx_config_is_valid(tmp_path: Path) -> None:
-    conf = _nginx_config(tmp_path, free_port(), [free_port() for _ in range(3)])
+    conf = nginx_config(tmp_path, free_port(), [free_port() for _ in range(3)])
+    nginx = nginx_binary()
     checked = subprocess.run(
-        [_nginx(), "-t", "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log")],
+        [nginx, "-t", "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log")],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert checked.returncode == 0, checked.stderr
@@ -106,143 +59,17 @@ def test_the_nginx_config_is_valid(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    nginx = _nginx()
     tmp = tmp_path_factory.mktemp("scaleout")
-    with scratch_database() as db_url:
-        env = {
-            "AGENTOS_DB_URL": db_url,
-            "AGENTOS_LEASE_TTL": str(LEASE_TTL),
-            "AGENTOS_LEASE_RENEW_INTERVAL": str(RENEW_INTERVAL),
-            "AGENTOS_REAPER_INTERVAL": str(REAPER_INTERVAL),
-            "AGENTOS_TAIL_POLL_INTERVAL": "0.5",
-            "AGENTOS_SHUTDOWN_GRACE": "10",
-        }
-        instances = [
-            ServerProcess(
-                tmp, delay=DEMO_DELAY, instance_id=f"inst{n}", log_level="warning", env=env
-            )
-            for n in range(3)
-        ]
-        port = free_port()
-        conf = _nginx_config(tmp, port, [i.port for i in instances])
-        proxy = None
-        try:
-            for instance in instances:
-                instance.launch()
-            for instance in instances:
-                instance.wait_ready()
-            with (tmp / "nginx.out").open("wb") as out:
-                proxy = subprocess.Popen(
-                    [nginx, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")],
-                    stdout=subprocess.DEVNULL, stderr=out,
-                )  # fmt: skip
-            url = f"http://127.0.0.1:{port}"
-            wait_healthy(
-                url,
-                alive=lambda: proxy is not None and proxy.poll() is None,
-                log=(tmp / "nginx.out").read_text,
-            )
-            yield Cluster(url, db_url, instances)
-        finally:
-            if proxy is not None:
-                proxy.terminate()
-                proxy.wait(10)
-            for instance in instances:
-                instance.kill()
-
-
-# -- a resuming SSE client ---------------------------------------------------------------------
-
-
-@dataclass
-class Followed:
-    run_id: str
-    events: list[dict[str, Any]] = field(default_factory=list)
-    instances: list[str] = field(default_factory=list)  # X-AgentOS-Instance of each response
-    connections: int = 0
-
-    @property
-    def cursor(self) -> int:
-        return self.events[-1]["event_index"] if self.events else -1
-
-    @property
-    def ended(self) -> bool:
-        return bool(self.events) and self.events[-1]["event"] in TERMINAL
-
-    def check_sequence(self) -> None:
-        assert [e["event_index"] for e in self.events] == list(range(len(self.events)))
-        assert [e["event"] in TERMINAL for e in self.events].count(True) == 1
-        assert self.ended
-
-
-async def _read_stream(response: httpx.Response, followed: Followed) -> None:
-    followed.connections += 1
-    followed.instances.append(response.headers.get("x-agentos-instance", "?"))
-    async for frame in frames(response):
-        if frame.id is None:
-            continue  # meta frames
-        payload = frame.payload
-        assert payload["event_index"] == int(frame.id) == followed.cursor + 1, (
-            followed.run_id,
-            payload,
-        )
-        followed.events.append(payload)
-        if payload["event"] in TERMINAL:
-            return
-
-
-async def follow(
-    client: httpx.AsyncClient, base: str, followed: Followed, *, deadline: float
-) -> Followed:
-    """Resume until the terminal event, reconnecting (with Last-Event-ID) whenever cut off."""
-    while not followed.ended:
-        assert time.monotonic() < deadline, f"{followed.run_id} did not end: {followed}"
-        url = f"{base}/agents/echo/runs/{followed.run_id}/resume"
-        try:
-            async with client.stream(
-                "GET", url, headers={"Last-Event-ID": str(followed.cursor)}
-            ) as response:
-                if response.status_code == 200:
-                    await _read_stream(response, followed)
-                    continue
-                await response.aread()
-        except httpx.TransportError:
-            pass
-        await asyncio.sleep(0.2)
-    return followed
-
-
-async def create(
-    client: httpx.AsyncClient,
-    base: str,
-    message: str,
-    *,
-    run_id: str | None = None,
-    via: str = "header",
-) -> httpx.Response:
-    """Start a background run (202 JSON); the run id by header or query parameter."""
-    headers, params = {}, {}
-    if run_id is not None and via == "header":
-        headers["X-Run-Id"] = run_id
-    elif run_id is not None:
-        params["run_id"] = run_id
-    response = await client.post(
-        f"{base}/agents/echo/runs",
-        data={"message": message, "stream": "false", "background": "true"},
-        headers=headers,
-        params=params,
-    )
-    assert response.status_code == 202, response.text
-    return response
-
-
-async def _db(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(_dsn(url))
-    try:
-        rows: list[asyncpg.Record] = await conn.fetch(query, *args)
-        return rows
-    finally:
-        await conn.close()
+    env = {
+        "AGENTOS_LEASE_TTL": str(LEASE_TTL),
+        "AGENTOS_LEASE_RENEW_INTERVAL": str(RENEW_INTERVAL),
+        "AGENTOS_REAPER_INTERVAL": str(REAPER_INTERVAL),
+        "AGENTOS_TAIL_POLL_INTERVAL": "0.5",
+        "AGENTOS_SHUTDOWN_GRACE": "10",
+    }
+    nginx_binary()  # skip before creating a database
+    with scratch_database() as db_url, serve_cluster(tmp, db_url, env=env, delay=DEMO_DELAY) as c:
+        yield c
 
 
 # -- tests --------------------------------------------------------------------------------------
@@ -345,7 +172,7 @@ async def test_kill_9_with_runs_in_flight(cluster: Cluster) -> None:
             followed.check_sequence()
             assert followed.events[-1]["event"] == "RunError"
             assert followed.events[-1]["error"] == "instance_lost"
-        rows = await _db(
+        rows = await pg_query(
             cluster.db_url,
             "SELECT r.run_id, r.status, r.error, count(e.*) FILTER (WHERE e.terminal) AS ends"
             " FROM agentos_runs r JOIN agentos_events e USING (run_id)"
@@ -356,7 +183,7 @@ async def test_kill_9_with_runs_in_flight(cluster: Cluster) -> None:
         assert {(r["status"], r["error"], r["ends"]) for r in rows} == {
             ("ERROR", "instance_lost", 1)
         }
-        assert not await _db(
+        assert not await pg_query(
             cluster.db_url,
             "SELECT 1 FROM agentos_runs WHERE status = 'RUNNING' AND run_id = ANY($1)",
             run_ids,
@@ -411,7 +238,7 @@ async def test_rolling_restart_under_load(cluster: Cluster) -> None:
                         headers={"X-Run-Id": run_id},
                     ) as response:
                         if response.status_code == 200:
-                            await _read_stream(response, followed)
+                            await read_stream(response, followed)
                             break
                         if response.status_code == 409:  # created, the answer was lost
                             break
@@ -485,7 +312,7 @@ async def test_racing_reapers_one_terminal_event(cluster: Cluster) -> None:
         followed.check_sequence()
         assert len(followed.events) == n % 3 + 1
         assert followed.events[-1]["error"] == "instance_lost"
-    rows = await _db(
+    rows = await pg_query(
         cluster.db_url,
         "SELECT r.instance_id, r.status, count(e.*) FILTER (WHERE e.terminal) AS ends"
         " FROM agentos_runs r JOIN agentos_events e USING (run_id)"

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 import pytest_asyncio
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
 
 from agentos.backends.base import Ending, Store, open_backend
 from agentos.backends.postgres import EVENTS_CHANNEL
@@ -171,7 +173,8 @@ async def test_expired_runs_and_end_run(store: Store) -> None:
     await store.commit([("old", _event(i)) for i in range(3)], [], owner="dead")
     seen: list[Event | None] = []
     claimed = await store.end_run("old", "me", _end_with("lost", seen), now=now, expired=True)
-    assert claimed is not None and claimed.instance_id == "me" and claimed.run_id == "old"
+    # The run as taken: its former owner (for the attempts history); "me" owns it now.
+    assert claimed is not None and claimed.instance_id == "dead" and claimed.run_id == "old"
     assert [e.index if e else None for e in seen] == [2]  # the ending saw the last event
     got = await store.get_run("old")
     assert got is not None and got.status is RunStatus.ERROR and got.error == "lost"
@@ -223,14 +226,41 @@ async def test_concurrent_claims_have_one_winner(db_url: str) -> None:
                     for n, s in enumerate(stores)
                 )
             )
-            winners = [r for r in results if r is not None]
+            winners = [n for n, r in enumerate(results) if r is not None]
             assert len(winners) == 1
             got = await stores[0].get_run(f"orphan{i}")
-            assert got is not None and got.instance_id == winners[0].instance_id
+            assert got is not None and got.instance_id == f"inst{winners[0]}"
             assert [e.index for e in await stores[0].read_events(f"orphan{i}", 0, 10)] == [0, 1]
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_a_claim_takes_at_most_limit_runs(store: Store) -> None:
+    """The oldest ``limit`` queued runs, however many wait (PostgreSQL once claimed them all:
+    it ran the LIMIT subquery again for each row, skipping the rows already claimed)."""
+    now = time.time()
+    queued = [
+        run_record(
+            f"q{n:03}",
+            status=RunStatus.QUEUED,
+            session_id=f"s{n}",
+            created_at=now + n / 1000,
+            attempt=0,
+            not_before=now,
+        )
+        for n in range(60)
+    ]
+    await store.commit([], [], runs=queued)
+    for n in range(3):
+        claimed = await store.claim_runs(
+            f"inst{n}", [("agents", "echo")], now=now, lease_until=now + 10, limit=7
+        )
+        assert [r.run_id for r in claimed] == [f"q{i:03}" for i in range(7 * n, 7 * n + 7)]
+        assert {(r.status, r.attempt, r.instance_id) for r in claimed} == {
+            (RunStatus.PENDING, 1, f"inst{n}")
+        }
+    assert await store.queue_depth() == 60 - 21
 
 
 @pytest.mark.postgres
@@ -274,3 +304,34 @@ async def test_commit_notifies_after_commit(pg_url: str) -> None:
     finally:
         await listener.close()
         await store.close()
+
+
+@pytest.mark.postgres
+async def test_a_paused_owner_s_transaction_does_not_block_the_reaper(pg_url: str) -> None:
+    """An owner paused (SIGSTOP, a VM freeze) inside a commit holds its run's row lock; the
+    server ends that transaction after ``lease_ttl`` so that the reaper can take the run."""
+    await truncate(pg_url)
+    settings = Settings(db_url=pg_url, lease_ttl=1.0, lease_renew_interval=0.5)
+    owner, reaper = open_backend(settings).store, open_backend(settings).store
+    await owner.open()
+    await reaper.open()
+    try:
+        now = time.time()
+        await owner.create_run(run_record("held", instance_id="a", lease_until=now))
+        async with owner.engine.connect() as conn:  # a commit, frozen half-way
+            await conn.begin()
+            await conn.execute(
+                sa.text("SELECT 1 FROM agentos_runs WHERE run_id = 'held' FOR UPDATE")
+            )
+            ending = reaper.end_run(
+                "held", "b", _end_with("lost"), now=time.time() + 1, expired=True
+            )
+            taken = await asyncio.wait_for(ending, 20)  # not for as long as the owner sleeps
+            assert taken is not None
+            with pytest.raises(DBAPIError):  # the owner wakes up: its transaction is gone
+                await conn.execute(sa.text("SELECT 1"))
+        got = await reaper.get_run("held")
+        assert got is not None and got.status is RunStatus.ERROR and got.instance_id == "b"
+    finally:
+        await owner.close()
+        await reaper.close()
