@@ -209,6 +209,9 @@ class GroupCommitter:
         try:
             while True:
                 await self._wake.wait()
+                # One turn of the loop first: the tasks woken with this one (a run's task that
+                # goes on to its terminal event) queue their events into the same group.
+                await asyncio.sleep(0)
                 self._wake.clear()
                 while self._pending or self._updates or self._waiters or self._creates:
                     await self._commit_one_group()

@@ -183,6 +183,9 @@ class RunSettings:
     #: Seconds an instance trusts its copy of the components' paused flags before reading the
     #: database again: a pause made on another instance stops new runs here within this time.
     component_state_ttl: float = _setting(1.0, "component_state_ttl")
+    #: Seconds a run that emits events without awaiting anything else may hold the event loop
+    #: before it lets other tasks in (group commits, streams, requests); 0: after every event.
+    time_slice: float = _setting(0.001, "run_time_slice")
 
 
 @dataclass(frozen=True)
