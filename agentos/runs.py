@@ -42,7 +42,7 @@ from agentos.errors import (
     StoreUnavailable,
     describe_error,
 )
-from agentos.events import Meta, RunStatus, make_event
+from agentos.events import Event, Meta, RunStatus, make_event
 from agentos.leases import Leases
 from agentos.lifecycle import Lifecycle
 from agentos.logs import bind_run
@@ -536,9 +536,9 @@ class RunManager:
             active.ended = True
         self.committer.put(active.record.run_id, event)
         if not terminal:
-            await self._pace(active)
+            await self._pace(active, event)
 
-    async def _pace(self, active: _ActiveRun) -> None:
+    async def _pace(self, active: _ActiveRun, event: Event) -> None:
         """Commit a run's first event before it goes on, then let other tasks in once per
         ``time_slice`` that the run spends emitting without awaiting anything else.
 
@@ -551,7 +551,7 @@ class RunManager:
         a slice since the run's previous event means it was away (awaiting): a new slice begins.
         """
         if active.next_index == 1:
-            await self.committer.flush()
+            await self.committer.committed(event)
             active.emitted_at = active.slice_start = time.monotonic()
             return
         now = time.monotonic()
