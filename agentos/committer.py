@@ -83,6 +83,8 @@ class GroupCommitter:
         self._pending: list[tuple[str, Event]] = []
         self._updates: dict[str, RunUpdate] = {}
         self._waiters: list[asyncio.Future[None]] = []
+        #: Waiters for one event each (see committed), by the event's id().
+        self._event_waiters: dict[int, asyncio.Future[None]] = {}
         self._creates: list[tuple[RunRecord, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
@@ -177,6 +179,22 @@ class GroupCommitter:
         self._updates[update.run_id] = update if previous is None else previous.merge(update)
         self._wake.set()
 
+    async def committed(self, event: Event) -> None:
+        """Wait until ``event``, just queued with :meth:`put`, is committed and published.
+
+        Unlike :meth:`flush`, this waits for the group that holds the event only, not for the
+        queue to empty. Raises CommitterStopped when the committer stops first, and
+        CancelledError when the event's run is dropped (its task is cancelled then too).
+        """
+        if not self.running:
+            raise CommitterStopped()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._event_waiters[id(event)] = future
+        try:
+            await future
+        finally:
+            self._event_waiters.pop(id(event), None)
+
     async def flush(self) -> None:
         """Wait until everything queued so far is committed and published."""
         if not self.running:
@@ -209,6 +227,9 @@ class GroupCommitter:
         try:
             while True:
                 await self._wake.wait()
+                # One turn of the loop first: the tasks woken with this one (a run's task that
+                # goes on to its terminal event) queue their events into the same group.
+                await asyncio.sleep(0)
                 self._wake.clear()
                 while self._pending or self._updates or self._waiters or self._creates:
                     await self._commit_one_group()
@@ -219,6 +240,9 @@ class GroupCommitter:
             self._stopped = True
             self._space.set()
             for waiter in self._waiters + [future for _, future in self._creates]:
+                if not waiter.done():
+                    waiter.set_exception(CommitterStopped("the group committer stopped"))
+            for waiter in self._event_waiters.values():
                 if not waiter.done():
                     waiter.set_exception(CommitterStopped("the group committer stopped"))
             self._waiters = []
@@ -238,6 +262,7 @@ class GroupCommitter:
             self._waiters = []
         creates, self._creates = self._creates, []
         self._rejected = False
+        taken = events
         try:
             events, updates = await self._write(events, updates, creates)
         except BaseException:
@@ -247,6 +272,8 @@ class GroupCommitter:
             raise
         self.events_written += len(events)
         self._publish(events, updates)
+        if self._event_waiters:
+            self._wake_event_waiters(taken, events)
         if len(self._pending) < self._settings.max_pending_events:
             self._space.set()
         if self._rejected and waiters:
@@ -392,8 +419,28 @@ class GroupCommitter:
             kept_updates += run_updates
         return kept_events, kept_updates
 
+    def _wake_event_waiters(
+        self, taken: list[tuple[str, Event]], written: list[tuple[str, Event]]
+    ) -> None:
+        """Resolve the waiters of the written events; cancel those of events taken into the
+        group but dropped with their run (lost or refused: its task is being cancelled)."""
+        committed = {id(event) for _, event in written}
+        for _, event in taken:
+            waiter = self._event_waiters.pop(id(event), None)
+            if waiter is None or waiter.done():
+                continue
+            if id(event) in committed:
+                waiter.set_result(None)
+            else:
+                waiter.cancel()
+
     def _drop_run(self, run_id: str) -> None:
         """Forget what is queued for a run: it would land after events that never did."""
+        for item in self._pending:
+            if item[0] == run_id:
+                waiter = self._event_waiters.pop(id(item[1]), None)
+                if waiter is not None:
+                    waiter.cancel()
         self._pending = [item for item in self._pending if item[0] != run_id]
         self._updates.pop(run_id, None)
 

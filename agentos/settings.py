@@ -194,6 +194,9 @@ class RunSettings:
     #: Seconds an instance trusts its copy of the components' paused flags before reading the
     #: database again: a pause made on another instance stops new runs here within this time.
     component_state_ttl: float = _setting(1.0, "component_state_ttl")
+    #: Seconds a run that emits events without awaiting anything else may hold the event loop
+    #: before it lets other tasks in (group commits, streams, requests); 0: after every event.
+    time_slice: float = _setting(0.001, "run_time_slice")
 
 
 @dataclass(frozen=True)
@@ -266,6 +269,12 @@ class HTTPSettings:
     #: ``agentos serve``: repeated errors of the accept loop (``Too many open files``) are
     #: logged once, then as one line with a count at most every this many seconds.
     accept_error_log_interval: float = _setting(10.0, "accept_error_log_interval")
+    #: The server process's garbage collector: allocations between two collections of its
+    #: youngest generation (Python's default is 700). Requests and runs make many short-lived
+    #: objects; collecting less often lets them die first instead of being promoted, so far
+    #: fewer full collections walk every buffered event. Set while the app serves (its
+    #: lifespan), restored after. 0 leaves Python's setting alone.
+    gc_threshold: int = _setting(10_000, "gc_threshold")
 
 
 @dataclass(frozen=True)

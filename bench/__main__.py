@@ -303,6 +303,54 @@ def scenario_4(port: int, rep: Report, requests: int) -> None:
     )
 
 
+def scenario_7(port: int, rep: Report, rounds: int, runs: int) -> None:
+    rep.section(
+        "7. Time to the first event",
+        "From sending a streaming create (`background=true`) to the arrival of the run's first "
+        "event (`RunStarted`, committed): `flood` is the `bench` agent with 9,998 words at zero "
+        "delay (its producer emits as fast as it can while the first events commit), `idle` a "
+        "`gated` run whose producer waits after `RunStarted`; the ceiling is the first frame of "
+        "`GET /bare?n=9998`. A fresh server; one request at a time, the three alternating; each "
+        "stream is read to its end before the next request. Then one-chunk runs (the `bench` "
+        "agent with one word: create, `RunStarted`, `RunContent`, `RunCompleted`, streamed to the "
+        "end), one at a time: the server's CPU per run.",
+    )
+    res = client(port, job="first_event", rounds=rounds, words=9_998)
+    rows = []
+    for side in ("bare", "idle", "flood"):
+        values = res[side]
+        rows.append(
+            [
+                side,
+                f"{pctl(values, 0.5) * 1000:.1f}",
+                f"{pctl(values, 0.99) * 1000:.1f}",
+                f"{max(values) * 1000:.1f}",
+            ]
+        )
+    rep.table(["side", "p50 (ms)", "p99 (ms)", "max (ms)"], rows)
+    p99 = pctl(res["flood"], 0.99)
+    rep.note(
+        f"{len(res['flood'])} runs each. p99 of a flooding run's first event: "
+        f"**{p99 * 1000:.1f} ms**; target <= 10 ms: {verdict(p99 <= 0.010)}"
+    )
+    rep.ratios.append(("7: first event p99, flood (inv.)", pctl(res["bare"], 0.99) / p99, None))
+    short = client(port, job="short_runs", runs=runs)
+    rep.table(
+        ["one-chunk runs, one at a time", "server CPU per run", "p50 (ms)", "p99 (ms)", "commits"],
+        [
+            [
+                f"{runs} runs: create, 3 events, streamed",
+                f"{short['cpu_ms_per_run']:.2f} ms",
+                f"{short['p50_s'] * 1000:.1f}",
+                f"{short['p99_s'] * 1000:.1f}",
+                f"{short['commits_per_run']:.1f} per run",
+            ]
+        ],
+    )
+    cpu = short["cpu_ms_per_run"]
+    rep.note(f"CPU per one-chunk run: **{cpu:.2f} ms**; target <= 3 ms: {verdict(cpu <= 3.0)}")
+
+
 def scenario_5_6(
     tmp: Path,
     rep: Report,
@@ -438,7 +486,7 @@ def chart(ratios: list[tuple[str, float, float | None]], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer rounds")
-    parser.add_argument("--only", default="1,2,3,4,5,6", help="scenarios to run, e.g. 1,3")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7", help="scenarios to run, e.g. 1,3")
     parser.add_argument("--loop", default="auto", help="uvicorn --loop: auto, asyncio, uvloop")
     parser.add_argument("--http", default="auto", help="uvicorn --http: auto, h11, httptools")
     parser.add_argument("--rounds", type=int, default=None, help="rounds of scenario 1")
@@ -469,6 +517,9 @@ def main() -> None:
             scenario_5_6(
                 tmp, rep, args.loop, args.http, 2000 if q else 10_000, 200 if q else 1000, batching
             )
+        if 7 in only:
+            with server(tmp, "first-event", args.loop, args.http) as port:
+                scenario_7(port, rep, 30 if q else 100, 200 if q else 1000)
     elapsed = time.time() - started
     load_after = load()
     print(f"\nsuite took {elapsed:.0f} s; load average before {load_before}, after {load_after}")

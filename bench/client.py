@@ -301,12 +301,64 @@ async def fanout(
 
 
 async def _first_event(port: int, path: str) -> float:
-    conn = await open_conn(port, _request("GET", path))
+    return await _time_to_first_event(port, _request("GET", path))
+
+
+async def _time_to_first_event(port: int, request: bytes, release: str | None = None) -> float:
+    """Seconds from sending ``request`` to the arrival of the first event of its stream; the
+    stream is read to its end (``release``: a gate to open once the first event is in)."""
+    conn = await open_conn(port, request, b"id: ")
+    if release is not None:
+        await conn.live
+        await call(port, "POST", f"/bench/gate?name={release}")
     await conn.done
     response = parse(conn)
     if response.status != 200 or not _events(response):
-        raise RuntimeError(f"GET {path}: HTTP {response.status}, no events")
+        raise RuntimeError(f"HTTP {response.status}, no events")
     return _events(response)[0].at - conn.sent
+
+
+async def short_runs(port: int, runs: int) -> dict[str, Any]:
+    """Runs of one chunk (create with stream and background, ``RunStarted``, one
+    ``RunContent``, ``RunCompleted``, read to the end), one at a time: the server's CPU per run
+    and the time of each (scenario 7)."""
+    request = _request(
+        "POST", "/agents/bench/runs", _start_form(1, stream="true", background="true")
+    )
+    times: list[float] = []
+    before = await stats(port)
+    for _ in range(runs):
+        conn = await open_conn(port, request)
+        await conn.done
+        _check(parse(conn), 3)
+        times.append(conn.end - conn.sent)
+    after = await stats(port)
+    return {
+        "cpu_ms_per_run": (after["cpu"] - before["cpu"]) * 1000 / runs,
+        "p50_s": _pctl(times, 0.5),
+        "p99_s": _pctl(times, 0.99),
+        "commits_per_run": (after["commits"] - before["commits"]) / runs,
+    }
+
+
+async def first_event(port: int, rounds: int, words: int) -> dict[str, Any]:
+    """Time to the first event (scenario 7): a streaming create of a run whose producer emits
+    ``words`` chunks at full speed (``flood``) and of a run whose producer waits after
+    ``RunStarted`` (``idle``, a gated run released once its first event is in), and the
+    ceiling's first frame (``bare``), one request at a time, alternating."""
+    from bench.server import gated_message
+
+    out: dict[str, list[float]] = {"bare": [], "idle": [], "flood": []}
+    for r in range(rounds):
+        out["bare"].append(await _time_to_first_event(port, _request("GET", f"/bare?n={words}")))
+        name = f"first-{r}-{random.random()}"
+        form = {"message": gated_message(name, 1, 0), "background": "true", "stream": "true"}
+        idle = _request("POST", "/agents/gated/runs", form)
+        out["idle"].append(await _time_to_first_event(port, idle, release=name))
+        form = _start_form(words, background="true", stream="true")
+        flood = _request("POST", "/agents/bench/runs", form)
+        out["flood"].append(await _time_to_first_event(port, flood))
+    return out
 
 
 async def resume(port: int, requests: int, events: int) -> dict[str, Any]:
@@ -413,7 +465,14 @@ async def idle(
 
 async def main_async(port: int, job: dict[str, Any]) -> Any:
     kind = job.pop("job")
-    jobs = {"streams": streams, "fanout": fanout, "resume": resume, "idle": idle}
+    jobs = {
+        "streams": streams,
+        "fanout": fanout,
+        "resume": resume,
+        "idle": idle,
+        "first_event": first_event,
+        "short_runs": short_runs,
+    }
     return await jobs[kind](port, **job)
 
 

@@ -21,10 +21,11 @@ claimer picked can never be taken by the former owner, and nothing it commits la
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -405,6 +406,9 @@ class SQLStore(Store):
         owner: str | None = None,
         runs: Sequence[RunRecord] = (),
     ) -> None:
+        if self.is_sqlite:
+            await self._commit_sqlite(_SQLiteGroup(events, updates, owner, runs))
+            return
         fenced = sorted({run_id for run_id, _ in events})
         async with self._begin() as conn:
             if runs:
@@ -415,18 +419,35 @@ class SQLStore(Store):
             # rows are locked before anything is written: a claim in progress (end_run) holds
             # its row, so this waits for it, then finds the new owner. Every row the commit
             # touches is locked at once, in run_id order as renew_leases does, so transactions
-            # never wait for each other in a circle. On SQLite the INSERT takes the database's
-            # one write lock (a SELECT first would run before the transaction began), so the
-            # check comes right after it, and nothing can change an owner until COMMIT.
-            if owner is not None and not self.is_sqlite:
+            # never wait for each other in a circle.
+            if owner is not None:
                 touched = sorted({*fenced, *(update.run_id for update in updates)})
                 _check_fence(fenced, await _owners(conn, touched), owner)
-            await self._insert_events(conn, events)
-            if owner is not None and self.is_sqlite and fenced:
-                # Before the updates: one of them may hand the run back to the queue.
-                _check_fence(fenced, await _owners(conn, fenced), owner)
-            await self._apply_updates(conn, updates, owner)
+            await self._write(conn, events, updates, owner)
             await self._after_write(conn, events)
+
+    async def _commit_sqlite(self, group: _SQLiteGroup) -> None:
+        """:meth:`commit` on SQLite: the whole transaction in one trip to the connection's thread.
+
+        aiosqlite runs every driver call in the connection's own thread and hands the result
+        back through the event loop. Through SQLAlchemy a group commit made a dozen such trips
+        (cursor, execute and close per statement, then COMMIT), each waiting for the loop to
+        come round: with a run emitting at full speed, a group of a few events took tens of
+        milliseconds (bench/NOTES.md, time to the first event). Here the statements run back to
+        back in that thread: one trip, and the pool's reset when the connection goes back.
+        """
+        try:
+            async with self.engine.connect() as conn:
+                driver: Any = (await conn.get_raw_connection()).driver_connection
+                # aiosqlite's entry to its thread for a function (the queue SQLAlchemy's own
+                # aiosqlite dialect also uses to run functions there).
+                await driver._execute(group.run, driver._conn)
+        except AgentOSError:
+            raise
+        except sqlite3.Error as exc:
+            raise _translate(DBAPIError.instance(None, None, exc, sqlite3.Error)) from exc
+        except Exception as exc:
+            raise _translate(exc) from exc
 
     async def _write(
         self,
@@ -1342,6 +1363,91 @@ _EVENT_COLUMNS = ("run_id", "event_index", "name", "terminal", "data")
 _SQLITE_INSERT_EVENTS = (
     f"INSERT INTO agentos_events ({', '.join(_EVENT_COLUMNS)}) VALUES ({', '.join('?' * 5)})"
 )
+
+
+class _SQLiteGroup:
+    """The statements of one group commit on SQLite, their rows made on the event loop and
+    :meth:`run` in the connection's thread."""
+
+    def __init__(
+        self,
+        events: Sequence[tuple[str, Event]],
+        updates: Sequence[RunUpdate],
+        owner: str | None,
+        runs: Sequence[RunRecord],
+    ) -> None:
+        self.runs = [_sqlite_run_row(run) for run in runs]
+        self.events = [(run_id, e.index, e.name, e.terminal, e.data) for run_id, e in events]
+        # One statement per set of changed columns, executed for all runs that share it.
+        shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for update in updates:
+            values = update.changes()
+            if values.pop("requeue", False):
+                # Back to the queue: nobody owns it (so its former owner is fenced out).
+                values.update(instance_id=None, lease_until=None, started_at=None)
+            if "status" in values:
+                values["status"] = values["status"].value
+            shape = tuple(sorted(key for key in values if key != "run_id"))
+            values["owner"] = owner
+            shapes.setdefault(shape, []).append(values)
+        self.updates = [
+            (_sqlite_update(shape, owned=owner is not None), params)
+            for shape, params in shapes.items()
+        ]
+        self.owner = owner
+        self.fenced = sorted({run_id for run_id, _ in events}) if owner is not None else []
+
+    def run(self, db: sqlite3.Connection) -> None:
+        """BEGIN, the writes, the fence check, COMMIT (ROLLBACK on any error)."""
+        db.execute("BEGIN")
+        try:
+            if self.runs:
+                db.executemany(_SQLITE_INSERT_RUNS, self.runs)
+            if self.events:
+                db.executemany(_SQLITE_INSERT_EVENTS, self.events)
+            if self.fenced and self.owner is not None:
+                # The INSERT took the database's one write lock (a SELECT first would run before
+                # the transaction had taken it), so no owner can change until COMMIT. Before the
+                # updates: one of them may hand the run back to the queue.
+                query = _SQLITE_OWNERS.format(", ".join("?" * len(self.fenced)))
+                owners = dict(db.execute(query, self.fenced).fetchall())
+                _check_fence(self.fenced, owners, self.owner)
+            for statement, params in self.updates:
+                db.executemany(statement, params)
+            db.commit()
+        except BaseException:
+            db.rollback()
+            raise
+
+
+_SQLITE_RUN_COLUMNS = (*(f.name for f in fields(RunRecord)), "cancel_requested")
+_SQLITE_INSERT_RUNS = (
+    f"INSERT INTO {_runs.name} ({', '.join(_SQLITE_RUN_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_SQLITE_RUN_COLUMNS))})"
+)
+#: The owner of each run (``QUEUED`` for a queued run, which nobody may write: see _owners).
+_SQLITE_OWNERS = (
+    f"SELECT run_id, CASE WHEN status = '{_QUEUED}' THEN '{_QUEUED}' ELSE instance_id END "
+    f"FROM {_runs.name} WHERE run_id IN ({{}})"
+)
+
+
+def _sqlite_run_row(run: RunRecord) -> tuple[Any, ...]:
+    values = {**run.__dict__, "status": run.status.value, "cancel_requested": False}
+    return tuple(values[column] for column in _SQLITE_RUN_COLUMNS)
+
+
+@functools.cache
+def _sqlite_update(shape: tuple[str, ...], *, owned: bool) -> str:
+    """The UPDATE of the columns ``shape`` (RunUpdate's field names) of the run ``:run_id``,
+    only while ``:owner`` owns it (or nobody does and it is not QUEUED) when ``owned``."""
+    columns = ", ".join(f"{column} = :{column}" for column in shape)
+    statement = f"UPDATE {_runs.name} SET {columns} WHERE run_id = :run_id"
+    if owned:
+        statement += (
+            f" AND (instance_id = :owner OR (instance_id IS NULL AND status != '{_QUEUED}'))"
+        )
+    return statement
 
 
 def _sqlite_store(settings: Settings) -> SQLStore:

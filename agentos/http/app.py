@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +208,8 @@ class AgentOS:
         self.tasks.start()
         watcher = asyncio.create_task(self._watch_exit(), name="agentos-exit-watcher")
         try:
-            yield
+            with _gc_threshold(self.settings.http.gc_threshold):
+                yield
         finally:
             watcher.cancel()
             await self.tasks.aclose()
@@ -656,6 +658,26 @@ class AgentOS:
 
     def _sse(self, run_stream: RunStream, headers: Mapping[str, str]) -> Response:
         return event_stream(run_stream, headers, self.settings, shutdown=self._exit)
+
+
+@contextlib.contextmanager
+def _gc_threshold(threshold: int) -> Iterator[None]:
+    """The young generation's collection threshold while the app serves (0: Python's).
+
+    A profile of 1,000 concurrent runs (bench scenario 3) on Python's default of 700 spent about
+    a third of the server's CPU in the garbage collector: request objects that live a few
+    milliseconds were promoted to the older generations, which set off full collections, and
+    every full collection walks all buffered events (see bench/NOTES.md).
+    """
+    if threshold <= 0:
+        yield
+        return
+    previous = gc.get_threshold()
+    gc.set_threshold(threshold, *previous[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
 
 
 async def _static_file(request: Request) -> Response:

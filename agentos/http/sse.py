@@ -114,9 +114,11 @@ def event_stream(
             for write in sse_writes(chunk, max_bytes, cache_limit):
                 yield write
 
-    def after_response() -> None:
+    async def after_response() -> None:
         # A client gone before the first frame never started the generator: give the slot back
-        # and, in the inline mode, cancel the run.
+        # and, in the inline mode, cancel the run. A coroutine, so Starlette runs it on the event
+        # loop: a plain function would go to a worker thread (a thread hop per response, and
+        # the run's task cancelled from outside its loop).
         run_stream.release()
         run_stream.abandon()
 

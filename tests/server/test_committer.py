@@ -226,3 +226,41 @@ async def test_a_commit_hung_past_create_timeout_counts_as_failing(tmp_path: Pat
     assert committer.failing_for() == 0
     await committer.aclose()
     await store.close()
+
+
+async def test_committed_waits_for_the_events_group_only(tmp_path: Path) -> None:
+    store = ScriptedStore(f"sqlite+aiosqlite:///{tmp_path}/c.db")
+    await store.open()
+    for run_id in ("r", "taken"):
+        await store.create_run(run_record(run_id))
+    await store.commit([("taken", Event(0, "RunError", '{"error":"lost"}', True))], [])
+    buffers = EventBuffer(Settings().buffer)
+    buf = buffers.open("r")
+    buffers.open("taken")
+    committer = GroupCommitter(store, buffers, Settings().commit, owner="test")
+    committer.start()
+    first = Event(0, "RunStarted", "{}")
+    committer.put("r", first)
+    waiting = asyncio.create_task(committer.committed(first))
+    while committer.pending:  # until the commit task has taken the first event's group
+        await asyncio.sleep(0)
+    store.gate.clear()  # every later commit waits
+    for i in range(1, 4):
+        committer.put("r", Event(i, "RunContent", "{}"))
+    await asyncio.wait_for(waiting, 10)
+    assert buf.next_index == 1  # the later events wait for their commit (held)
+
+    # An event dropped with its run (another writer holds its index): its waiter is cancelled.
+    store.gate.set()
+    lost = Event(0, "RunStarted", "{}")
+    committer.put("taken", lost)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(committer.committed(lost), 10)
+    await asyncio.wait_for(committer.flush(), 10)
+    assert buf.next_index == 4
+
+    # A stopped committer fails the waiter.
+    await committer.aclose()
+    with pytest.raises(CommitterStopped):
+        await committer.committed(Event(4, "RunContent", "{}"))
+    await store.close()

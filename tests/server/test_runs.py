@@ -110,3 +110,63 @@ async def test_a_start_whose_caller_leaves_mid_create_still_ends_its_run(tmp_pat
         assert manager.open_streams == 0
     finally:
         await manager.aclose()
+
+
+async def _flood_manager(tmp_path: Path, **settings: object) -> RunManager:
+    manager = RunManager(
+        Settings(db_url=f"sqlite+aiosqlite:///{tmp_path / 'flood.db'}", instance_id="t", **settings)
+    )
+    await manager.start()
+    return manager
+
+
+async def test_a_runs_first_event_is_committed_before_the_run_goes_on(tmp_path: Path) -> None:
+    manager = await _flood_manager(tmp_path)
+    seen: list[int] = []
+
+    async def producer(message: str, ctx: RunContext) -> AsyncIterator[str]:
+        # RunStarted was emitted just before this body: it is already published (committed).
+        buf = manager.buffers.get(ctx.run_id)
+        seen.append(-1 if buf is None else buf.next_index)
+        yield "chunk"
+
+    agent = Agent(id="flood", fn=producer)
+    manager.register(agent)
+    try:
+        record = await manager.start_run(agent, "go")
+        final = await asyncio.wait_for(manager.wait(record.run_id), 10)
+    finally:
+        await manager.aclose()
+    assert final.status is RunStatus.COMPLETED
+    assert seen == [1]
+
+
+async def test_a_run_that_never_awaits_lets_other_tasks_in_while_it_emits(tmp_path: Path) -> None:
+    # run_time_slice=0: the run lets others in after each event (by default, once a millisecond).
+    manager = await _flood_manager(tmp_path, run_time_slice=0.0)
+    ticks = 0
+    seen: list[int] = []
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async def producer(message: str) -> AsyncIterator[str]:
+        for i in range(1000):  # never awaits anything itself
+            if i in (1, 999):
+                seen.append(ticks)
+            yield "w"
+
+    agent = Agent(id="flood", fn=producer)
+    manager.register(agent)
+    ticking = asyncio.create_task(ticker())
+    try:
+        record = await manager.start_run(agent, "go")
+        final = await asyncio.wait_for(manager.wait(record.run_id), 30)
+    finally:
+        ticking.cancel()
+        await manager.aclose()
+    assert final.status is RunStatus.COMPLETED
+    assert seen[1] - seen[0] >= 900  # the ticker ran between the run's events
