@@ -37,6 +37,8 @@ class RunStatus(StrEnum):
     """A run's status, always upper case on the wire."""
 
     PENDING = "PENDING"
+    #: Waiting in the server's run queue for an instance with room (or a retry's delay).
+    QUEUED = "QUEUED"
     RUNNING = "RUNNING"
     COMPLETED = "COMPLETED"
     ERROR = "ERROR"
