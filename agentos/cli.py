@@ -13,6 +13,11 @@
     agentos sessions list [--user-id U] [--component KIND[/ID]] [--limit N]
     agentos sessions get SESSION_ID [--limit N]        runs, oldest first, and their messages
     agentos sessions delete SESSION_ID
+    agentos tasks list [--component KIND[/ID]] [--active/--paused] [--tag T] [--limit N]
+    agentos tasks get TASK_ID | tasks runs TASK_ID [--status S] [--limit N]
+    agentos tasks create agents/echo MESSAGE [--every S | --cron EXPR [--timezone Z] | --at T] ...
+    agentos tasks pause TASK_ID | tasks resume TASK_ID | tasks delete TASK_ID
+    agentos tasks trigger TASK_ID [--wait [--wait-seconds N]]   exit 1 when the run failed
     agentos db upgrade [--url DB_URL]                  the database schema to this release's
 
 Client commands talk to ``--url`` (``AGENTOS_URL``, default http://127.0.0.1:7777) with the key
@@ -41,7 +46,15 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 import uvicorn
-from agentos_client import APIStatusError, AsyncClient, ClientError, Run, RunEvent, TransportError
+from agentos_client import (
+    APIStatusError,
+    AsyncClient,
+    ClientError,
+    Run,
+    RunEvent,
+    RunFailed,
+    TransportError,
+)
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -569,6 +582,295 @@ def sessions_delete(url: str, session_id: str) -> None:
     going: cancel that first)."""
     _call(url, lambda c: c.delete_session(session_id))
     _out.print(Text(f"session {session_id} deleted"))
+
+
+@cli.group()
+def tasks() -> None:
+    """Tasks: runs of a component started by hand or on a schedule (PROTOCOL.md, "Tasks")."""
+
+
+_TASK_ID = click.argument("task_id")
+
+
+def _schedule_text(task: dict[str, Any]) -> str:
+    schedule = task.get("schedule")
+    if not isinstance(schedule, dict):
+        return ""
+    kind = schedule.get("kind")
+    if kind == "interval":
+        return f"every {schedule.get('every_seconds')} s"
+    if kind == "cron":
+        return f"cron {schedule.get('cron')} {schedule.get('timezone')}"
+    if kind == "once":
+        return f"once {schedule.get('at')}"
+    return str(kind)
+
+
+@tasks.command(name="list")
+@click.option(
+    "--component", metavar="KIND[/ID]", help="Only tasks of this kind or component (agents/echo)."
+)
+@click.option("--active/--paused", default=None, help="Only active, or only paused, tasks.")
+@click.option("--tag", help="Only tasks with this tag.")
+@click.option("--user-id", help="Only tasks of this user.")
+@click.option("--limit", type=int, default=100, show_default=True, help="At most this many.")
+@click.option("--json", "as_json", is_flag=True, help="Print the server's JSON answer.")
+@_url
+def tasks_list(
+    url: str,
+    component: str | None,
+    active: bool | None,
+    tag: str | None,
+    user_id: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List tasks, oldest first."""
+    try:
+        kind, component_id = _kind_filter(component)
+    except click.BadParameter as exc:
+        raise click.BadParameter(exc.message, param_hint="--component") from None
+    found = _call(
+        url,
+        lambda c: c.list_tasks(
+            kind=kind,
+            component_id=component_id,
+            active=active,
+            tag=tag,
+            user_id=user_id,
+            limit=limit,
+        ),
+    )
+    if as_json:
+        _print_json(found)
+        return
+    table = Table("task_id", "component", "schedule", "active", "next", "fired", "skipped")
+    table.columns[0].no_wrap = True
+    for task in found:
+        table.add_row(
+            Text(str(task.get("task_id"))),
+            Text(f"{task.get('kind')}/{task.get('component_id')}"),
+            Text(_schedule_text(task)),
+            "yes" if task.get("active") else "paused",
+            Text(str(task.get("next_fire_at") or "")),
+            str(task.get("fired")),
+            str(task.get("skipped")),
+        )
+    _out.print(table)
+
+
+def _print_task(task: dict[str, Any]) -> None:
+    table = Table(show_header=False, box=None)
+    for name, value in task.items():
+        if name in ("created_at", "updated_at"):
+            value = f"{_time(value)} ({value})"
+        table.add_row(name, Text(_short(value, 200) if value is not None else ""))
+    _out.print(table)
+
+
+@tasks.command(name="get")
+@_TASK_ID
+@click.option("--json", "as_json", is_flag=True, help="Print the server's JSON answer.")
+@_url
+def tasks_get(url: str, task_id: str, as_json: bool) -> None:
+    """Show one task: its schedule, policies, next occurrence and counters."""
+    task = _call(url, lambda c: c.get_task(task_id))
+    if as_json:
+        _print_json(task)
+    else:
+        _print_task(task)
+
+
+@tasks.command(name="runs")
+@_TASK_ID
+@click.option("--status", help="Only runs with this status (QUEUED, RUNNING, COMPLETED ...).")
+@click.option("--limit", type=int, default=100, show_default=True, help="At most this many.")
+@click.option("--json", "as_json", is_flag=True, help="Print the server's JSON answer.")
+@_url
+def tasks_runs(url: str, task_id: str, status: str | None, limit: int, as_json: bool) -> None:
+    """List a task's runs, newest first, with the occurrence each stands for."""
+    try:
+        found = _call(url, lambda c: c.list_task_runs(task_id, status=status, limit=limit))
+    except ValueError:  # the client checks the status name
+        raise click.BadParameter(f"unknown status {status!r}", param_hint="--status") from None
+    if as_json:
+        _print_json([run.data for run in found])
+        return
+    table = Table("run_id", "occurrence", "status", "attempt", "created")
+    table.columns[0].no_wrap = True
+    for run in found:
+        table.add_row(
+            run.run_id,
+            Text(str(run.data.get("occurrence") or "")),
+            run.status.value,
+            str(run.data.get("attempt")),
+            _time(run.created_at),
+        )
+    _out.print(table)
+
+
+@tasks.command(name="create")
+@_COMPONENT
+@click.argument("message")
+@click.option("--id", "task_id", help="The task's id (default: a UUID).")
+@click.option("--every", type=float, metavar="SECONDS", help="Fire every SECONDS.")
+@click.option(
+    "--cron", metavar="EXPR", help='Fire on a five-field cron expression ("0 9 * * 1-5").'
+)
+@click.option("--timezone", metavar="ZONE", help="The IANA time zone of --cron (default UTC).")
+@click.option("--at", metavar="TIME", help="Fire once, at TIME (ISO 8601 with an offset).")
+@click.option("--start-at", metavar="TIME", help="With --every: count intervals from TIME.")
+@click.option(
+    "--overlap",
+    type=click.Choice(["skip_if_running", "queue_next", "cancel_previous", "allow_parallel"]),
+    help="What an occurrence does while the last run still runs (default skip_if_running).",
+)
+@click.option(
+    "--session-policy",
+    type=click.Choice(["task", "run", "fixed"]),
+    help="One session for all runs, one per run, or --session-id (default task).",
+)
+@click.option("--session-id", help="The session of every run (with --session-policy fixed).")
+@click.option(
+    "--catchup",
+    type=click.Choice(["skip", "latest", "all"]),
+    help="Occurrences missed while every instance was down (default skip).",
+)
+@click.option("--timeout", type=float, metavar="SECONDS", help="Each attempt's time limit.")
+@click.option("--retry-policy", metavar="JSON", help="E.g. '{\"max_attempts\": 3}'.")
+@click.option("--description", help="What the task is for.")
+@click.option("--tag", "tags", multiple=True, help="A tag (repeat for more).")
+@click.option("--paused", is_flag=True, help="Create it paused.")
+@click.option("--json", "as_json", is_flag=True, help="Print the server's JSON answer.")
+@_url
+def tasks_create(
+    url: str,
+    component: str,
+    message: str,
+    task_id: str | None,
+    every: float | None,
+    cron: str | None,
+    timezone: str | None,
+    at: str | None,
+    start_at: str | None,
+    overlap: str | None,
+    session_policy: str | None,
+    session_id: str | None,
+    catchup: str | None,
+    timeout: float | None,
+    retry_policy: str | None,
+    description: str | None,
+    tags: tuple[str, ...],
+    paused: bool,
+    as_json: bool,
+) -> None:
+    """Create a task that runs KIND/ID with MESSAGE: by hand only (trigger), or on a schedule
+    (--every, --cron, --at). The server checks every value (exit 2 naming the field)."""
+    kind, component_id = _component(component)
+    if sum(option is not None for option in (every, cron, at)) > 1:
+        raise click.UsageError("give one of --every, --cron and --at")
+    schedule: dict[str, Any] | None = None
+    if every is not None:
+        schedule = {"kind": "interval", "every_seconds": every}
+        if start_at is not None:
+            schedule["start_at"] = start_at
+    elif cron is not None:
+        schedule = {"kind": "cron", "cron": cron, "timezone": timezone or "UTC"}
+    elif at is not None:
+        schedule = {"kind": "once", "at": at}
+    if (timezone is not None and cron is None) or (start_at is not None and every is None):
+        raise click.UsageError("--timezone goes with --cron, --start-at with --every")
+    fields: dict[str, Any] = {}
+    for name, value in (
+        ("overlap_policy", overlap),
+        ("session_policy", session_policy),
+        ("session_id", session_id),
+        ("catchup", catchup),
+        ("timeout_seconds", timeout),
+        ("description", description),
+    ):
+        if value is not None:
+            fields[name] = value
+    if retry_policy is not None:
+        try:
+            fields["retry_policy"] = json.loads(retry_policy)
+        except ValueError:
+            raise click.BadParameter("not JSON", param_hint="--retry-policy") from None
+    if tags:
+        fields["tags"] = list(tags)
+    if paused:
+        fields["active"] = False
+    task = _call(
+        url,
+        lambda c: c.create_task(
+            kind, component_id, message, schedule=schedule, task_id=task_id, **fields
+        ),
+    )
+    if as_json:
+        _print_json(task)
+        return
+    next_fire = task.get("next_fire_at") or "only when triggered"
+    _out.print(Text(f"task {task.get('task_id')} created; next occurrence: {next_fire}"))
+
+
+@tasks.command(name="pause")
+@_TASK_ID
+@_url
+def tasks_pause(url: str, task_id: str) -> None:
+    """Stop firing a task (its running runs go on)."""
+    _call(url, lambda c: c.pause_task(task_id))
+    _out.print(Text(f"task {task_id} paused"))
+
+
+@tasks.command(name="resume")
+@_TASK_ID
+@_url
+def tasks_resume(url: str, task_id: str) -> None:
+    """Fire a paused task again, from its next occurrence (missed ones follow its catchup)."""
+    task = _call(url, lambda c: c.resume_task(task_id))
+    next_fire = task.get("next_fire_at") or "only when triggered"
+    _out.print(Text(f"task {task_id} resumed; next occurrence: {next_fire}"))
+
+
+@tasks.command(name="delete")
+@_TASK_ID
+@_url
+def tasks_delete(url: str, task_id: str) -> None:
+    """Delete a task; its runs stay (one in flight runs to its end)."""
+    _call(url, lambda c: c.delete_task(task_id))
+    _out.print(Text(f"task {task_id} deleted"))
+
+
+@tasks.command(name="trigger")
+@_TASK_ID
+@click.option("--wait", is_flag=True, help="Wait for the run to end; exit 1 if it failed.")
+@click.option(
+    "--wait-seconds",
+    type=click.IntRange(min=1),
+    default=60,
+    show_default=True,
+    help="With --wait: the longest wait (then exit 3; the run goes on).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the run's JSON.")
+@_url
+def tasks_trigger(url: str, task_id: str, wait: bool, wait_seconds: int, as_json: bool) -> None:
+    """Start a run of a task now (its overlap policy cancel_previous cancels the running ones
+    first); prints the run. With --wait, exit 0 when it completed, 1 when it ended in ERROR or
+    CANCELLED."""
+
+    async def work(client: AsyncClient) -> Run:
+        try:
+            return await client.trigger_task(task_id, wait=wait, wait_seconds=wait_seconds)
+        except RunFailed as exc:
+            return exc.run
+
+    run = _call(url, work)
+    if as_json:
+        _print_json(run.data)
+    else:
+        _print_run(run)
+    if wait and run.status.value in ("ERROR", "CANCELLED"):
+        sys.exit(EXIT_RUN_FAILED)
 
 
 @cli.group()

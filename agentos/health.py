@@ -6,8 +6,8 @@
                     ``create_timeout``), the commit backlog is full (runs wait to emit), the
                     events of live runs fill 90 % of ``buffer_max_bytes_total`` (their older
                     events leave memory: followers read them from the database), the database
-                    check fails, or a background task (lease renewer, reaper, buffer sweeper)
-                    is no longer alive
+                    check fails, or a background task (lease renewer, reaper, buffer sweeper,
+                    the task scheduler) is no longer alive
     down      503   commits have failed for ``commit_stall_timeout`` seconds, or stopped
     draining  503   shutting down: new runs are refused, running ones finish
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -62,9 +63,17 @@ class HealthChecks:
         status, body = await checks.report()      # ("running", {"status": "running", ...})
     """
 
-    def __init__(self, manager: RunManager, settings: MonitoringSettings) -> None:
+    def __init__(
+        self,
+        manager: RunManager,
+        settings: MonitoringSettings,
+        *,
+        scheduler: Callable[[], bool | None] = lambda: None,
+    ) -> None:
         self._manager = manager
         self._settings = settings
+        #: Whether the task scheduler is alive; None when it is not meant to run.
+        self._scheduler = scheduler
         self._last: DatabaseCheck | None = None
         self._probe: asyncio.Task[DatabaseCheck] | None = None
 
@@ -110,6 +119,9 @@ class HealthChecks:
         failing = committer.failing_for()
         live_bytes = buffers.live_bytes
         tasks = manager.background_tasks()
+        scheduler = self._scheduler()
+        if scheduler is not None:
+            tasks["scheduler"] = scheduler
         checks: dict[str, dict[str, Any]] = {
             "database": {
                 "ok": database.ok,

@@ -59,6 +59,7 @@ from agentos.records import (
 )
 from agentos.retention import Retention
 from agentos.retries import RunOptions, error_fields, policy_of, requeue
+from agentos.schedules import occurrence_time
 from agentos.sessions import SessionLog, Sessions
 from agentos.settings import Settings
 from agentos.streams import RunStream, StreamSlots, StreamSource, replay_meta
@@ -90,6 +91,9 @@ class _ActiveRun:
     #: When the run last emitted, and when its current time slice began (``time.monotonic()``).
     emitted_at: float = 0.0
     slice_start: float = 0.0
+    #: When this attempt's run was scheduled, queued and claimed: added to the attempt's first
+    #: started event (RunStarted, TeamRunStarted, WorkflowStarted), then None.
+    timing: dict[str, float] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -484,8 +488,9 @@ class RunManager:
             depth = await self.store.queue_depth()
             if depth + self._enqueuing > self.settings.runs.max_queued:
                 raise QueueFull(f"{depth} runs wait in the queue already; try again later")
-        elif run_id is None:
-            # A fresh UUID: batched with other new runs.
+        elif run_id is None or options.occurrence is not None:
+            # A fresh UUID, or a task occurrence's (taken only when the occurrence has fired
+            # already: the committer then reports the clash): batched with other new runs.
             await self.committer.create(record, timeout)
             return record
         try:
@@ -504,8 +509,10 @@ class RunManager:
         self._launch(record, component)
         self.cancel_nowait(record.run_id, "cancelled")
 
-    def _launch(self, record: RunRecord, component: Component) -> None:
+    def _launch(self, record: RunRecord, component: Component, *, queued: bool = False) -> None:
+        """Start executing ``record`` here (created here, or ``queued`` and claimed)."""
         active = _ActiveRun(record, component, next_index=record.event_count)
+        active.timing = _timing(record, queued)
         self._active[record.run_id] = active
         self.buffers.open(record.run_id, record.event_count)
         task = asyncio.create_task(self._drive(active), name=f"agentos-run-{record.run_id}")
@@ -574,7 +581,8 @@ class RunManager:
             self._claim_done.set()
         for record in claimed:
             self.runs_claimed += 1
-            self._launch(record, self.components[(record.kind, record.component_id)])
+            component = self.components[(record.kind, record.component_id)]
+            self._launch(record, component, queued=True)
         return len(claimed)
 
     def _finishing(self) -> list[str]:
@@ -719,6 +727,8 @@ class RunManager:
     ) -> None:
         if active.ended:
             raise RunEnded(active.record.run_id)
+        if active.timing is not None and name == active.component.kind.started:
+            fields, active.timing = {**fields, **active.timing}, None
         if name not in self._event_names:
             check_event_name(name)
             if len(self._event_names) < _EVENT_NAMES_KEPT:
@@ -1014,6 +1024,26 @@ def _merged(request: RunOptions | None, component: RunOptions) -> RunOptions:
         timeout=request.timeout if request.timeout is not None else component.timeout,
         multitask=request.multitask or component.multitask,
     )
+
+
+def _timing(record: RunRecord, queued: bool) -> dict[str, float]:
+    """What the first started event of an attempt tells of its run's way there: the occurrence
+    it stands for (``scheduled_at``, task runs), when it entered the queue (``queued_at``, runs
+    that waited there: created queued, or put back for this retry) and when this attempt was
+    claimed and started (``claimed_at``); Unix seconds."""
+    timing: dict[str, float] = {}
+    if record.occurrence is not None:
+        scheduled = occurrence_time(record.occurrence)
+        if scheduled is not None:
+            timing["scheduled_at"] = round(scheduled, 3)
+    if queued:
+        attempts = record.attempt_list()
+        previous = attempts[-2]["ended_at"] if len(attempts) >= 2 else None
+        queued_at = previous if isinstance(previous, int | float) else record.created_at
+        timing["queued_at"] = round(queued_at, 3)
+    started = record.started_at if record.started_at is not None else record.created_at
+    timing["claimed_at"] = round(started, 3)
+    return timing
 
 
 def _cancelled(record: RunRecord, last: Event | None) -> tuple[Event | None, RunUpdate]:

@@ -46,8 +46,10 @@ __all__ = [
     "SESSION_POLICIES",
     "Schedule",
     "TaskRecord",
+    "TaskRelease",
     "occurrence_id",
     "occurrence_run_id",
+    "occurrence_time",
     "parse_task",
 ]
 
@@ -89,6 +91,16 @@ def occurrence_id(at: float) -> str:
     """The occurrence id of a scheduled time: ``2030-01-01T08:00:00.000Z``."""
     text = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
     return text.replace("+00:00", "Z")
+
+
+def occurrence_time(occurrence: str) -> float | None:
+    """The time an occurrence id stands for (a trigger's ``manual:<time>`` too); None when it
+    is not one."""
+    try:
+        at = datetime.fromisoformat(occurrence.removeprefix("manual:").replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return at.timestamp() if at.tzinfo is not None else None
 
 
 def occurrence_run_id(task_id: str, occurrence: str) -> str:
@@ -234,6 +246,23 @@ class Schedule:
             return at if at <= t else None
         return None
 
+    def count_between(self, lo: float, hi: float, limit: int) -> int:
+        """How many occurrences fall in ``[lo, hi]``, counting at most ``limit``."""
+        if hi < lo:
+            return 0
+        if self.kind == "interval":
+            assert self.every is not None and self.start_at is not None
+            first = self.next_after(lo - 1e-6)
+            if first is None or first > hi:
+                return 0
+            return min(limit, math.floor((hi - first) / self.every + 1e-9) + 1)
+        count = 0
+        t = self.next_after(lo - 1e-6)
+        while t is not None and t <= hi and count < limit:
+            count += 1
+            t = self.next_after(t)
+        return count
+
     def _repeated(self, local: datetime) -> bool:
         """Whether ``local`` is the second pass of a wall time the clocks went through twice,
         for a job with a fixed hour (which fires in the first pass only)."""
@@ -309,6 +338,22 @@ class TaskRecord:
             "fired": self.fired,
             "skipped": self.skipped,
         }
+
+
+@dataclass(frozen=True)
+class TaskRelease:
+    """What a scheduler pass did with a task it claimed, written back when it lets the task go
+    (``Store.release_tasks``): its next occurrence, the one waiting (``queue_next``), and the
+    counters' growth. ``due`` is the next occurrence the claim found: the compare-and-set."""
+
+    task_id: str
+    due: float | None
+    next_fire_at: float | None
+    queued_at: float | None = None
+    fired: int = 0
+    skipped: int = 0
+    last_fired_at: float | None = None
+    last_run_id: str | None = None
 
 
 def parse_task(

@@ -9,7 +9,8 @@ compare-and-set on it::
          (tasks due,                          │             RunAlreadyExists: created before,
           claim free)                         │             by us or another instance: fired
                                               ▼
-                     release_task(due=old next_fire_at ─▶ next occurrence)   (compare-and-set)
+                    release_tasks(due=old next_fire_at ─▶ next occurrence)   (compare-and-set,
+                                                                      one transaction a pass)
 
 Exactly once per occurrence comes from the run id: it is derived from the task and the
 occurrence, so the run row's primary key admits one run per occurrence, whichever instance
@@ -18,8 +19,12 @@ commits, in the run's own transaction. An instance killed after claiming but bef
 committed leaves the task due: once its claim expires (``task_claim_ttl``) another instance
 fires the occurrence. Killed after the run committed, before moving the task on: the next
 claimer finds the run id taken and only moves the task on. A run that cannot be created now
-(instance full, shutting down, database unavailable) leaves its occurrence due for the next
-pass, never skipped silently.
+(the run queue full, shutting down, database unavailable) leaves its occurrence due for the
+next pass, never skipped silently; on a full instance the run waits in the run queue for any
+instance with room (``runs.py``). Killed while the run executes: the run's retry policy decides,
+and a task's runs retry ``instance_lost`` and ``shutdown`` by default (DEFAULT_RETRY_POLICY), so
+the reaper puts the run back in the queue and another instance runs the occurrence to its end,
+still as one run.
 
 Occurrences older than ``task_misfire_grace`` when found were missed (every instance down, or
 the task paused); the task's ``catchup`` decides: ``skip`` them, run the ``latest`` once, or run
@@ -54,17 +59,33 @@ from agentos.errors import (
 )
 from agentos.events import RunStatus
 from agentos.records import RunRecord, is_valid_id
-from agentos.retries import RunOptions
+from agentos.retries import RetryPolicy, RunOptions
 from agentos.runs import RunManager
-from agentos.schedules import TaskRecord, occurrence_id, occurrence_run_id, parse_task
+from agentos.schedules import (
+    TaskRecord,
+    TaskRelease,
+    occurrence_id,
+    occurrence_run_id,
+    parse_task,
+)
 from agentos.settings import TaskSettings
 
-__all__ = ["TaskManager"]
+__all__ = ["DEFAULT_RETRY_POLICY", "TaskManager"]
 
 logger = logging.getLogger("agentos.tasks")
 
-#: Tasks of one pass started at once (their run creates and releases overlap).
-_CONCURRENCY = 64
+#: Tasks of one pass started at once (their run creates share group commits).
+_CONCURRENCY = 256
+#: The retry policy of a task's runs when neither the task nor its component has one: an
+#: occurrence whose instance died (``instance_lost``: kill -9, a lost lease, a restart) or was
+#: deployed away mid-run (``shutdown``) runs again on another instance, up to three attempts.
+#: No client waits for a scheduled run to retry it by hand. A run that fails on its own
+#: (``exception``, ``timeout``) is not retried unless the task says so.
+DEFAULT_RETRY_POLICY = RetryPolicy(
+    max_attempts=3, delay=1.0, retry_on=("instance_lost", "shutdown")
+)
+#: How many occurrences that ``catchup`` drops one pass counts, at most (a metric).
+_MISSED_COUNT_LIMIT = 10_000
 
 
 class TaskManager:
@@ -93,9 +114,12 @@ class TaskManager:
         self.clock = clock
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
-        #: Occurrences this instance fired and their lag in seconds (for the benchmark).
-        self.lags: list[float] = []
-        self.keep_lags = False
+        #: Occurrences by outcome, counted by this instance's scheduler (for metrics):
+        #: ``fired`` (a run was created), ``skipped`` (overlap policy, paused component, a
+        #: component this server lacks), ``missed`` (found too late; dropped by ``catchup``).
+        self.occurrences: dict[str, int] = dict.fromkeys(("fired", "skipped", "missed"), 0)
+        #: Called with each fired occurrence's lag: seconds from its time to its run's commit.
+        self.observer: Callable[[float], None] | None = None
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -114,6 +138,11 @@ class TaskManager:
     @property
     def running(self) -> bool:
         return self._loop is not None and not self._loop.done()
+
+    def scheduler_alive(self) -> bool | None:
+        """Whether this instance's scheduler is alive (for /health); None when it is not meant
+        to run (``task_scheduler`` off, not started, or stopped for shutdown)."""
+        return None if self._loop is None else not self._loop.done()
 
     # -- definitions ---------------------------------------------------------------------------
 
@@ -251,7 +280,12 @@ class TaskManager:
 
     async def fire_due(self, now: float | None = None) -> int:
         """One scheduler pass: fire every due occurrence of the tasks this instance can claim
-        (``now``: the time to go by, else the clock). Returns how many tasks it took."""
+        (``now``: the time to go by, else the clock). Returns how many tasks it took.
+
+        A pass costs a few statements whatever the number of tasks: the claim, the tasks'
+        running runs, the new runs (created in the run manager's group commits) and the
+        release of every claim in one transaction.
+        """
         if now is None:
             now = self.clock()
         if not self.manager.accepting:
@@ -266,27 +300,36 @@ class TaskManager:
         ]
         running = await self.store.active_task_runs(watched)
         limit = asyncio.Semaphore(_CONCURRENCY)
+        releases: list[TaskRelease] = []
 
         async def one(task: TaskRecord) -> None:
             async with limit:
                 try:
-                    await self._fire(task, now, list(running.get(task.task_id, [])))
+                    releases.append(
+                        await self._fire(task, now, list(running.get(task.task_id, [])))
+                    )
                 except AgentOSError as exc:
                     logger.warning("task %s not fired now (%s)", task.task_id, exc.detail)
+                except Exception:
+                    # Its claim expires and a later pass fires what is due (still once).
+                    logger.exception("task %s not fired now", task.task_id)
 
         await asyncio.gather(*(one(task) for task in claimed))
+        await self.store.release_tasks(self.instance_id, releases)
         return len(claimed)
 
-    def _occurrences(self, task: TaskRecord, now: float) -> tuple[list[float], float | None]:
-        """The occurrences of ``task`` to fire at ``now``, and its next one after them."""
+    def _occurrences(self, task: TaskRecord, now: float) -> tuple[list[float], float | None, int]:
+        """The occurrences of ``task`` to fire at ``now``, its next one after them, and how
+        many due ones its ``catchup`` drops (missed)."""
         due = task.next_fire_at
         schedule = task.schedule
         if due is None or due > now:
-            return [], due
+            return [], due, 0
         grace_edge = now - self.settings.misfire_grace
         cap = self.settings.max_catchup
         fire: list[float] = []
         start: float | None = due
+        missed = 0
         if due <= grace_edge:  # missed while nobody could fire them: catchup decides
             if task.catchup == "latest":
                 latest = schedule.latest_at_or_before(grace_edge)
@@ -299,16 +342,19 @@ class TaskManager:
                     fire.append(t)
                     t = schedule.next_after(t)
                 fire = fire[-cap:]
+            found = schedule.count_between(due, grace_edge, _MISSED_COUNT_LIMIT)
+            missed = max(0, found - len(fire))
             start = schedule.next_after(grace_edge)
         t = start
         while t is not None and t <= now and len(fire) < cap + 1000:
             fire.append(t)
             t = schedule.next_after(t)
-        return fire, t
+        return fire, t, missed
 
-    async def _fire(self, task: TaskRecord, now: float, running: list[str]) -> None:
+    async def _fire(self, task: TaskRecord, now: float, running: list[str]) -> TaskRelease:
+        """Fire the due occurrences of one claimed task; returns what to write back."""
         due = task.next_fire_at
-        occurrences, following = self._occurrences(task, now)
+        occurrences, following, missed = self._occurrences(task, now)
         queued = task.queued_at
         fired = skipped = 0
         last: RunRecord | None = None
@@ -359,13 +405,15 @@ class TaskManager:
                     following = at
                 break
             else:
-                if self.keep_lags:
-                    self.lags.append(self.clock() - at)
+                self.occurrences["fired"] += 1
+                if self.observer is not None:
+                    self.observer(self.clock() - at)
             fired += 1
             running.append(run_id)
-        await self.store.release_task(
+        self.occurrences["skipped"] += skipped
+        self.occurrences["missed"] += missed
+        return TaskRelease(
             task.task_id,
-            self.instance_id,
             due=due,
             next_fire_at=following,
             queued_at=queued,
@@ -378,8 +426,9 @@ class TaskManager:
     async def _start(
         self, task: TaskRecord, component: Any, occurrence: str, run_id: str | None
     ) -> RunRecord:
+        policy = task.retry_policy or component.options.retry_policy or DEFAULT_RETRY_POLICY
         options = RunOptions(
-            retry_policy=task.retry_policy,
+            retry_policy=policy,
             timeout=task.timeout,
             task_id=task.task_id,
             occurrence=occurrence,

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from agentos.events import Event, RunStatus
 from agentos.records import ComponentState, ComponentStats, IdempotencyKey, RunRecord, RunUpdate
-from agentos.schedules import TaskRecord
+from agentos.schedules import TaskRecord, TaskRelease
 from agentos.sessions import MessageRecord, SessionRecord
 from agentos.settings import Settings
 
@@ -337,23 +337,12 @@ class Store(abc.ABC):
         taken by one instance at a time, across every instance on the database."""
 
     @abc.abstractmethod
-    async def release_task(
-        self,
-        task_id: str,
-        instance_id: str,
-        *,
-        due: float | None,
-        next_fire_at: float | None,
-        queued_at: float | None,
-        fired: int,
-        skipped: int,
-        last_fired_at: float | None,
-        last_run_id: str | None,
-    ) -> bool:
-        """End ``instance_id``'s claim on a task: its next occurrence becomes
-        ``next_fire_at``, the counters grow by ``fired`` and ``skipped``. Only while the claim is
-        still ``instance_id``'s and the task's next occurrence is still ``due`` (a
-        compare-and-set: an update or another claimer meanwhile wins); False otherwise."""
+    async def release_tasks(self, instance_id: str, releases: Sequence[TaskRelease]) -> None:
+        """End ``instance_id``'s claims on tasks, in one transaction: each task's next
+        occurrence becomes its release's ``next_fire_at``, its counters grow by ``fired`` and
+        ``skipped``. A task changes only while the claim is still ``instance_id``'s and its next
+        occurrence is still ``due`` (a compare-and-set: an update or another claimer meanwhile
+        wins)."""
 
     @abc.abstractmethod
     async def next_fire_time(self, after: float) -> float | None:

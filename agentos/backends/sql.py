@@ -49,7 +49,7 @@ from agentos.errors import (
 from agentos.events import Event, RunStatus
 from agentos.records import ComponentState, ComponentStats, IdempotencyKey, RunRecord, RunUpdate
 from agentos.retries import RetryPolicy
-from agentos.schedules import Schedule, TaskRecord
+from agentos.schedules import Schedule, TaskRecord, TaskRelease
 from agentos.sessions import MessageRecord, SessionRecord
 from agentos.settings import DatabaseSettings, Settings
 
@@ -1061,41 +1061,47 @@ class SQLStore(Store):
             rows = (await conn.execute(query)).all()
         return sorted((_task(row) for row in rows), key=lambda t: t.next_fire_at or 0.0)
 
-    async def release_task(
-        self,
-        task_id: str,
-        instance_id: str,
-        *,
-        due: float | None,
-        next_fire_at: float | None,
-        queued_at: float | None,
-        fired: int,
-        skipped: int,
-        last_fired_at: float | None,
-        last_run_id: str | None,
-    ) -> bool:
-        values: dict[str, Any] = {
-            "next_fire_at": next_fire_at,
-            "queued_at": queued_at,
-            "claimed_by": None,
-            "claim_until": None,
-            "fired": _tasks.c.fired + fired,
-            "skipped": _tasks.c.skipped + skipped,
-        }
-        if last_run_id is not None:
-            values.update(last_fired_at=last_fired_at, last_run_id=last_run_id)
+    async def release_tasks(self, instance_id: str, releases: Sequence[TaskRelease]) -> None:
+        if not releases:
+            return
+        number = _tasks.c.next_fire_at.type
         query = (
             _tasks.update()
             .where(
-                _tasks.c.task_id == task_id,
+                _tasks.c.task_id == sa.bindparam("b_task_id"),
                 _tasks.c.claimed_by == instance_id,
-                _tasks.c.next_fire_at.is_not_distinct_from(due),
+                _tasks.c.next_fire_at.is_not_distinct_from(sa.bindparam("b_due", type_=number)),
             )
-            .values(**values)
+            .values(
+                next_fire_at=sa.bindparam("b_next", type_=number),
+                queued_at=sa.bindparam("b_queued", type_=number),
+                claimed_by=None,
+                claim_until=None,
+                fired=_tasks.c.fired + sa.bindparam("b_fired", type_=sa.Integer),
+                skipped=_tasks.c.skipped + sa.bindparam("b_skipped", type_=sa.Integer),
+                last_fired_at=sa.func.coalesce(
+                    sa.bindparam("b_last_fired_at", type_=number), _tasks.c.last_fired_at
+                ),
+                last_run_id=sa.func.coalesce(
+                    sa.bindparam("b_last_run_id", type_=sa.String), _tasks.c.last_run_id
+                ),
+            )
         )
+        rows = [
+            {
+                "b_task_id": r.task_id,
+                "b_due": r.due,
+                "b_next": r.next_fire_at,
+                "b_queued": r.queued_at,
+                "b_fired": r.fired,
+                "b_skipped": r.skipped,
+                "b_last_fired_at": r.last_fired_at,
+                "b_last_run_id": r.last_run_id,
+            }
+            for r in releases
+        ]
         async with self._begin() as conn:
-            result = await conn.execute(query)
-        return bool(result.rowcount)
+            await conn.execute(query, rows)
 
     async def next_fire_time(self, after: float) -> float | None:
         query = sa.select(sa.func.min(_tasks.c.next_fire_at)).where(

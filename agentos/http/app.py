@@ -138,8 +138,10 @@ class AgentOS:
 
     def _build_app(self) -> Starlette:
         sockets = WorkflowSockets(self.manager, self.settings, self.authenticator)
-        self.metrics = Metrics(self.manager, lambda: sockets.followers)
-        self.health_checks = HealthChecks(self.manager, self.settings.monitoring)
+        self.metrics = Metrics(self.manager, lambda: sockets.followers, self.tasks)
+        self.health_checks = HealthChecks(
+            self.manager, self.settings.monitoring, scheduler=self.tasks.scheduler_alive
+        )
         routes = [
             *(Route(path, _static_file, methods=["GET"]) for path in _PUBLIC_FILES),
             Route("/health", self.health, methods=["GET"]),

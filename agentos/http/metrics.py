@@ -3,9 +3,10 @@
 Nothing here runs per event. The core keeps plain counters where it already counts (the
 committer's ``commits``, ``events_written``, ``commit_failures``; the run manager's runs started
 and ended, and its components' meters of model tokens and tool calls, ``context.Meter``; the
-leases' reaps), and this module reads them, with the gauges (buffer bytes, open streams, active
-runs ...), when a scrape comes (:class:`_Collector`). The two histograms are fed
-once per committed transaction through the committer's ``observer`` hook.
+leases' reaps; the scheduler's occurrences by outcome), and this module reads them, with the
+gauges (buffer bytes, open streams, active runs ...), when a scrape comes (:class:`_Collector`).
+The commit histograms are fed once per committed transaction through the committer's
+``observer`` hook, the firing lag once per fired occurrence through the scheduler's.
 
 Each :class:`Metrics` has its own ``CollectorRegistry`` (not prometheus_client's global one), so
 several servers in one process each report their own numbers.
@@ -24,6 +25,7 @@ from starlette.responses import Response
 
 from agentos.errors import StoreUnavailable
 from agentos.runs import RunManager
+from agentos.tasks import TaskManager
 
 __all__ = ["Metrics"]
 
@@ -31,6 +33,9 @@ __all__ = ["Metrics"]
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: Events per group commit (at most ``max_batch_events``, 2000 by default).
 _GROUP_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+#: Seconds from an occurrence's time to its run's commit: on time is well under a second; a
+#: late one waited for a busy database, a full run queue or a restart (``task_misfire_grace``).
+_LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 #: The classic text format, which every Prometheus reads (our names are plain ASCII).
 _CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -42,7 +47,12 @@ class Metrics:
     rest of the open streams are SSE responses).
     """
 
-    def __init__(self, manager: RunManager, websocket_followers: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        manager: RunManager,
+        websocket_followers: Callable[[], int],
+        tasks: TaskManager | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.commit_seconds = Histogram(
             "agentos_commit_duration_seconds",
@@ -57,7 +67,15 @@ class Metrics:
             registry=self.registry,
         )
         manager.committer.observer = self._observe_commit
-        self._collector = _Collector(manager, websocket_followers)
+        self.firing_lag = Histogram(
+            "agentos_task_firing_lag_seconds",
+            "Seconds from each occurrence this instance fired to its run's commit.",
+            buckets=_LAG_BUCKETS,
+            registry=self.registry,
+        )
+        if tasks is not None:
+            tasks.observer = self.firing_lag.observe
+        self._collector = _Collector(manager, websocket_followers, tasks)
         self.registry.register(self._collector)
 
     def _observe_commit(self, seconds: float, events: int) -> None:
@@ -76,9 +94,15 @@ class Metrics:
 class _Collector(Collector):
     """Reads the core's counters and gauges at scrape time."""
 
-    def __init__(self, manager: RunManager, websocket_followers: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        manager: RunManager,
+        websocket_followers: Callable[[], int],
+        tasks: TaskManager | None,
+    ) -> None:
         self._manager = manager
         self._websocket_followers = websocket_followers
+        self._tasks = tasks
         #: Runs waiting in the queue (all instances), read from the database before a scrape;
         #: None when it could not be read (the gauge is then left out).
         self._queue_depth: int | None = None
@@ -170,6 +194,17 @@ class _Collector(Collector):
             "Runs of lost instances (expired leases) this instance ended.",
             value=manager.leases.reaps,
         )
+        if self._tasks is not None:
+            occurrences = CounterMetricFamily(
+                "agentos_task_occurrences",
+                "Occurrences of tasks this instance's scheduler handled, by outcome (fired, "
+                "skipped by the overlap policy or a paused component, missed: too late, "
+                "dropped by catchup).",
+                labels=["outcome"],
+            )
+            for outcome, count in self._tasks.occurrences.items():
+                occurrences.add_metric([outcome], count)
+            yield occurrences
         yield GaugeMetricFamily(
             "agentos_active_runs", "Runs executing in this instance.", value=manager.active_runs
         )

@@ -13,10 +13,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agentos.errors import InvalidRequest, TaskNotFound
+from agentos.errors import InvalidRequest, TaskNotFound, WaitTimeout
 from agentos.events import KINDS, RunStatus
 from agentos.http import forms
 from agentos.http.auth import Principal, authorize
+from agentos.http.middleware import error_json
 from agentos.schedules import TaskRecord
 from agentos.settings import Settings
 from agentos.tasks import TaskManager
@@ -114,7 +115,7 @@ class TaskRoutes:
     async def trigger(self, request: Request) -> Response:
         """``POST /tasks/{id}/trigger``: 202 and the run; with ``wait=true``, 200 and the run
         once it has ended, or 504 ``wait_timeout`` after ``wait_seconds`` (at most
-        ``task_wait_timeout``)."""
+        ``task_wait_timeout``), with the run's ``X-Run-Id`` and ``Location``."""
         task = await self._task(request, authorize(request.scope, "tasks:write"))
         fields = {**request.query_params, **await self._body(request)}
         wait = None
@@ -125,11 +126,12 @@ class TaskRoutes:
                 if seconds < 1:
                     raise InvalidRequest("wait_seconds must be 1 or more")
                 wait = min(wait, float(seconds))
-        record = await self.tasks.trigger(task.task_id, wait=wait)
-        headers = {
-            "X-Run-Id": record.run_id,
-            "Location": f"/{record.kind}/{record.component_id}/runs/{record.run_id}",
-        }
+        try:
+            record = await self.tasks.trigger(task.task_id, wait=wait)
+        except WaitTimeout as exc:
+            # The run goes on: the answer says which, to follow it.
+            return error_json(exc, _run_headers(task.kind, task.component_id, exc.run_id))
+        headers = _run_headers(record.kind, record.component_id, record.run_id)
         return JSONResponse(
             record.to_dict(), status_code=202 if wait is None else 200, headers=headers
         )
@@ -162,6 +164,10 @@ class TaskRoutes:
     async def _body(self, request: Request) -> dict[str, Any]:
         http = self.settings.http
         return await forms.read_fields(request, http.max_body_bytes, http.body_timeout)
+
+
+def _run_headers(kind: str, component_id: str, run_id: str) -> dict[str, str]:
+    return {"X-Run-Id": run_id, "Location": f"/{kind}/{component_id}/runs/{run_id}"}
 
 
 def _page(params: Any) -> tuple[int, int]:

@@ -285,3 +285,134 @@ def test_sessions_delete_refuses_a_session_with_a_run_going(server: ServerProces
     assert agentos("sessions", "delete", "cli-busy", url=server.url).returncode == 0
     down = agentos("sessions", "list", url=f"http://127.0.0.1:{free_port()}")
     assert down.returncode == 3 and "cannot reach" in down.stderr
+
+
+def create_task(url: str, **fields: Any) -> dict[str, Any]:
+    response = httpx.post(
+        f"{url}/tasks", json=fields, headers={"Authorization": f"Bearer {KEY}"}, timeout=10
+    )
+    assert response.status_code == 201, response.text
+    task: dict[str, Any] = response.json()
+    return task
+
+
+@pytest.fixture(scope="module")
+def cron_task(server: ServerProcess) -> str:
+    """Task cli-cron: agents/echo at 9:00 on weekdays, Berlin time, tagged cli."""
+    schedule = {"kind": "cron", "cron": "0 9 * * 1-5", "timezone": "Europe/Berlin"}
+    create_task(
+        server.url,
+        task_id="cli-cron",
+        component_id="echo",
+        message="héllo tasks",
+        schedule=schedule,
+        tags=["cli"],
+    )
+    return "cli-cron"
+
+
+def test_tasks_create(server: ServerProcess) -> None:
+    created = agentos(
+        "tasks", "create", "workflows/echo-workflow", "héllo", "--id", "cli-daily", "--cron",
+        "30 2 * * *", "--timezone", "America/New_York", "--overlap", "queue_next", "--tag", "a",
+        "--tag", "b", "--retry-policy", '{"max_attempts": 2}', "--json", url=server.url,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    task = json.loads(created.stdout)
+    assert (task["task_id"], task["kind"], task["component_id"], task["message"]) == (
+        "cli-daily", "workflows", "echo-workflow", "héllo"
+    )  # fmt: skip
+    assert task["schedule"] == {
+        "kind": "cron",
+        "cron": "30 2 * * *",
+        "timezone": "America/New_York",
+    }
+    assert task["overlap_policy"] == "queue_next" and task["tags"] == ["a", "b"]
+    assert task["retry_policy"]["max_attempts"] == 2 and task["next_fire_at"] is not None
+    plain = agentos("tasks", "create", "agents/echo", "m", "--every", "60", url=server.url)
+    assert plain.returncode == 0 and "created; next occurrence: 20" in plain.stdout
+
+
+def test_tasks_create_refuses_bad_input(server: ServerProcess) -> None:
+    bad = agentos("tasks", "create", "agents/echo", "m", "--cron", "61 * * * *", url=server.url)
+    assert bad.returncode == 2 and "schedule.cron" in bad.stderr
+    both = agentos(
+        "tasks", "create", "agents/echo", "m", "--every", "5", "--at", "2030-01-01T00:00Z"
+    )
+    assert both.returncode == 2 and "one of --every" in both.stderr
+    nobody = agentos("tasks", "create", "agents/nobody", "m", url=server.url)
+    assert nobody.returncode == 2 and "component_id" in nobody.stderr
+
+
+def test_tasks_list(server: ServerProcess, cron_task: str) -> None:
+    listed = json.loads(agentos("tasks", "list", "--tag", "cli", "--json", url=server.url).stdout)
+    assert [t["task_id"] for t in listed] == [cron_task]
+    table = agentos("tasks", "list", "--component", "agents/echo", "--active", url=server.url)
+    assert cron_task in table.stdout and "cron 0 9 * * 1-5 Europe/Berlin" in table.stdout
+
+
+def test_tasks_get(server: ServerProcess, cron_task: str) -> None:
+    shown = agentos("tasks", "get", cron_task, url=server.url)
+    assert shown.returncode == 0 and "héllo tasks" in shown.stdout
+    missing = agentos("tasks", "get", "no-such-task", url=server.url)
+    assert missing.returncode == 2 and "task_not_found" in missing.stderr
+
+
+def test_tasks_trigger_and_runs(server: ServerProcess) -> None:
+    create_task(server.url, task_id="cli-manual", component_id="echo", message=words(3))
+    waited = agentos("tasks", "trigger", "cli-manual", "--wait", "--json", url=server.url)
+    assert waited.returncode == 0, waited.stderr
+    run = json.loads(waited.stdout)
+    assert run["status"] == "COMPLETED" and run["content"] == words(3)
+    assert run["task_id"] == "cli-manual" and run["occurrence"].startswith("manual:")
+    runs = json.loads(agentos("tasks", "runs", "cli-manual", "--json", url=server.url).stdout)
+    assert [r["run_id"] for r in runs] == [run["run_id"]]
+    table = agentos("tasks", "runs", "cli-manual", "--status", "completed", url=server.url)
+    assert run["run_id"] in table.stdout and "COMPLETED" in table.stdout
+
+
+def test_tasks_trigger_exit_codes(server: ServerProcess) -> None:
+    # A run that times out ends in ERROR: exit 1.
+    create_task(
+        server.url,
+        task_id="cli-timeout",
+        component_id="echo",
+        message=words(500),
+        timeout_seconds=0.2,
+    )
+    failed = agentos("tasks", "trigger", "cli-timeout", "--wait", url=server.url)
+    assert failed.returncode == 1 and "timeout" in failed.stdout, failed.stderr
+    # A run longer than the wait: exit 3, and the message names the run, which goes on.
+    create_task(server.url, task_id="cli-long", component_id="echo", message=words(2000))
+    late = agentos("tasks", "trigger", "cli-long", "--wait", "--wait-seconds", "1", url=server.url)
+    assert late.returncode == 3 and "did not end within 1 s" in late.stderr, late.stderr
+    [run] = json.loads(agentos("tasks", "runs", "cli-long", "--json", url=server.url).stdout)
+    assert run["run_id"] in late.stderr and run["status"] == "RUNNING"
+    assert agentos("runs", "cancel", "agents/echo", run["run_id"], url=server.url).returncode == 0
+
+
+def test_tasks_pause_resume(server: ServerProcess) -> None:
+    create_task(
+        server.url,
+        task_id="cli-hourly",
+        component_id="echo",
+        message="x",
+        schedule={"kind": "interval", "every_seconds": 3600},
+        active=False,
+    )
+    paused = json.loads(agentos("tasks", "list", "--paused", "--json", url=server.url).stdout)
+    assert "cli-hourly" in [t["task_id"] for t in paused]
+    resumed = agentos("tasks", "resume", "cli-hourly", url=server.url)
+    assert resumed.returncode == 0 and "resumed; next occurrence: 20" in resumed.stdout
+    assert agentos("tasks", "pause", "cli-hourly", url=server.url).returncode == 0
+    task = json.loads(agentos("tasks", "get", "cli-hourly", "--json", url=server.url).stdout)
+    assert task["active"] is False
+
+
+def test_tasks_delete(server: ServerProcess) -> None:
+    create_task(server.url, task_id="cli-gone", component_id="echo", message="x")
+    assert agentos("tasks", "delete", "cli-gone", url=server.url).returncode == 0
+    again = agentos("tasks", "delete", "cli-gone", url=server.url)
+    assert again.returncode == 2 and "task_not_found" in again.stderr
+    refused = agentos("tasks", "list", url=server.url, key="wrong")
+    assert refused.returncode == 2 and "not_authorized" in refused.stderr

@@ -42,6 +42,15 @@ async def test_in_process_example(tmp_path: Path) -> None:
     assert names[0] == "RunStarted" and names[-1] == "RunCompleted"
 
 
+async def test_tasks_example(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from examples import tasks
+
+    run_ids = await tasks.main(f"sqlite+aiosqlite:///{tmp_path}/t.db")
+    out = capsys.readouterr().out.splitlines()
+    assert len(run_ids) == 1 and out[0].startswith("next: 20") and out[0].endswith(":00.000Z")
+    assert out[1].startswith("COMPLETED manual:")
+
+
 async def test_server_example(
     serve: Callable[[AgentOS], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,15 +8,18 @@ controllable clock; the interval test uses real time. SQLite and PostgreSQL (``d
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agentos import Agent, AgentOS, EchoModel, RunStatus, Settings
+from agentos import Agent, AgentOS, EchoModel, Event, RunStatus, Settings
 from agentos.errors import InvalidRequest, TaskNotFound, WaitTimeout
+from agentos.events import Meta
 from agentos.schedules import occurrence_id
+from agentos.tasks import DEFAULT_RETRY_POLICY
 from tests.pgdb import db_url, pg_url  # noqa: F401
 from tests.servers import wait_for
 
@@ -36,6 +39,23 @@ class _Gate:
         yield "done"
 
 
+def _flaky(failures: int, slow_first: float = 0.0) -> Callable[[str], AsyncIterator[str]]:
+    """An agent function that raises on its first ``failures`` runs of a message, and is
+    ``slow_first`` seconds slow on the first."""
+    seen: dict[str, int] = {}
+
+    async def agent(message: str) -> AsyncIterator[str]:
+        count = seen[message] = seen.get(message, 0) + 1
+        yield f"attempt {count} "
+        if count == 1 and slow_first:
+            await asyncio.sleep(slow_first)
+        if count <= failures:
+            raise ConnectionError(f"upstream gone ({count})")
+        yield "done"
+
+    return agent
+
+
 def _os(url: str, gate: _Gate, **settings: Any) -> AgentOS:
     values: dict[str, Any] = {
         "db_url": url,
@@ -46,7 +66,13 @@ def _os(url: str, gate: _Gate, **settings: Any) -> AgentOS:
         **settings,
     }
     return AgentOS(
-        agents=[Agent(id="echo", model=EchoModel(0)), Agent(id="slow", fn=gate.slow)],
+        agents=[
+            Agent(id="echo", model=EchoModel(0)),
+            Agent(id="slow", fn=gate.slow),
+            Agent(id="flaky", fn=_flaky(failures=1)),
+            Agent(id="broken", fn=_flaky(failures=99)),
+            Agent(id="slow-first", fn=_flaky(failures=0, slow_first=30.0)),
+        ],
         settings=Settings(**values),
     )
 
@@ -199,7 +225,9 @@ async def test_pause_stops_firing_and_resume_starts_at_the_next_occurrence(
     await tasks.pause(task_id)
     await tasks.fire_due(T0 + 20)
     await tasks.fire_due(T0 + 35)
-    assert len(await tasks.runs(task_id)) == 1
+    [first] = await tasks.runs(task_id)
+    # Ended before T0 + 50, or skip_if_running would skip that occurrence.
+    await agent_os.manager.wait(first.run_id, 10)
     clock.now = T0 + 45
     task = await tasks.resume(task_id)
     assert task.next_fire_at == T0 + 50  # no burst of the missed ones (catchup skip)
@@ -341,3 +369,185 @@ async def test_restart_after_downtime_follows_catchup(
         on_time = [occurrence_id(T0 + t) for t in (10.0, 980.0, 990.0, 1000.0)]
         assert fired == sorted([*on_time, *(occurrence_id(T0 + t) for t in expected)])
         assert (await served.tasks.get(task_id)).next_fire_at == T0 + 1010
+
+
+# -- retries, timeouts, the events of a task run --------------------------------------------
+
+
+async def _events(agent_os: AgentOS, run_id: str) -> list[Event]:
+    """A run's events, followed to its end (across its attempts)."""
+    stream = await agent_os.manager.open_stream(run_id, -1, meta=False)
+    assert stream is not None
+    found: list[Event] = []
+    async with asyncio.timeout(30):
+        async for item in stream.events():
+            assert not isinstance(item, Meta)
+            found.append(item)
+    assert [e.index for e in found] == list(range(len(found)))
+    assert [e.terminal for e in found].count(True) == 1 and found[-1].terminal
+    return found
+
+
+async def _fire_one(agent_os: AgentOS, agent: str, **fields: Any) -> str:
+    """Fire one occurrence (T0 + 10) of a new task; the id of its run."""
+    task_id = await _interval(agent_os, agent, **fields)
+    await agent_os.tasks.fire_due(T0 + 10)
+    [run] = await agent_os.tasks.runs(task_id)
+    return run.run_id
+
+
+async def test_a_failed_task_run_is_retried_then_succeeds(agent_os: AgentOS) -> None:
+    policy = {"max_attempts": 3, "delay": 0, "jitter": 0, "retry_on": ["exception"]}
+    run_id = await _fire_one(agent_os, "flaky", retry_policy=policy)
+    events = await _events(agent_os, run_id)
+    names = [e.name for e in events]
+    assert names == [
+        "RunStarted", "RunContent", "RunRetrying", "RunStarted", "RunContent", "RunContent",
+        "RunCompleted",
+    ]  # fmt: skip
+    retrying = events[2].payload()
+    assert retrying["reason"] == "exception" and retrying["next_attempt"] == 2
+    final = await agent_os.manager.get_run(run_id)
+    assert final.status is RunStatus.COMPLETED and final.attempt == 2
+    assert final.content == "attempt 2 done" and final.occurrence == occurrence_id(T0 + 10)
+    # Still one run for the occurrence, and the task counts one firing.
+    assert len(await agent_os.tasks.runs(final.task_id or "")) == 1
+    assert (await agent_os.tasks.get(final.task_id or "")).fired == 1
+
+
+async def test_a_task_run_whose_attempts_run_out_ends_in_error(agent_os: AgentOS) -> None:
+    policy = {"max_attempts": 2, "delay": 0, "jitter": 0}
+    run_id = await _fire_one(agent_os, "broken", retry_policy=policy)
+    events = await _events(agent_os, run_id)
+    assert [e.name for e in events].count("RunRetrying") == 1
+    last = events[-1].payload()
+    assert events[-1].name == "RunError" and last["attempt"] == 2
+    assert [a["outcome"] for a in last["attempts"]] == ["exception", "ERROR"]
+    final = await agent_os.manager.get_run(run_id)
+    assert final.status is RunStatus.ERROR and final.attempt == 2
+    assert "upstream gone (2)" in (final.error or "")
+
+
+async def test_a_task_run_times_out_and_its_retry_completes(agent_os: AgentOS) -> None:
+    # Without retries on timeouts: one attempt, ended by the task's timeout.
+    once = await _fire_one(agent_os, "slow", timeout_seconds=0.3)
+    events = await _events(agent_os, once)
+    assert events[-1].name == "RunError" and events[-1].payload()["error"] == "timeout"
+    assert "RunRetrying" not in [e.name for e in events]
+    # With them: the first attempt (30 s slow) times out, the second completes.
+    policy = {"max_attempts": 2, "delay": 0, "retry_on": ["timeout"]}
+    retried = await _fire_one(agent_os, "slow-first", timeout_seconds=1, retry_policy=policy)
+    events = await _events(agent_os, retried)
+    reasons = [e.payload()["reason"] for e in events if e.name == "RunRetrying"]
+    assert reasons == ["timeout"] and events[-1].name == "RunCompleted"
+    assert (await agent_os.manager.get_run(retried)).attempt == 2
+
+
+async def test_a_task_run_without_a_policy_retries_a_lost_instance(agent_os: AgentOS) -> None:
+    run_id = await _fire_one(agent_os, "echo")
+    run = await agent_os.manager.get_run(run_id)
+    assert run.retry_policy == DEFAULT_RETRY_POLICY.to_json()
+    assert set(DEFAULT_RETRY_POLICY.retry_on) == {"instance_lost", "shutdown"}
+    # An exception is not retried by default: one attempt.
+    events = await _events(agent_os, await _fire_one(agent_os, "flaky"))
+    assert events[-1].name == "RunError" and "RunRetrying" not in [e.name for e in events]
+
+
+async def test_started_events_say_when_the_run_was_scheduled_queued_and_claimed(
+    db_url: str,  # noqa: F811
+    gate: _Gate,
+) -> None:
+    # One run at a time here: the second occurrence waits in the run queue.
+    async with _os(db_url, gate, max_active_runs=1, queue_poll_interval=0.1) as served:
+        served.tasks.clock = _Clock()
+        busy = await _fire_one(served, "slow", overlap_policy="allow_parallel")
+        policy = {"max_attempts": 2, "delay": 0, "jitter": 0, "retry_on": ["exception"]}
+        task = await served.tasks.create(
+            {"component_id": "flaky", "message": "m", "schedule": {"kind": "once", "at": T0 + 5},
+             "retry_policy": policy}
+        )  # fmt: skip
+        await served.tasks.fire_due(T0 + 6)
+        [queued] = await served.tasks.runs(task.task_id)
+        assert queued.status is RunStatus.QUEUED
+        gate.open.set()
+        first = (await _events(served, busy))[0].payload()
+        busy_run = await served.manager.get_run(busy)
+        events = await _events(served, queued.run_id)
+        run = await served.manager.get_run(queued.run_id)
+    # Created here at once: scheduled and claimed (its start), never queued.
+    assert first["scheduled_at"] == T0 + 10 and "queued_at" not in first
+    assert first["claimed_at"] == round(busy_run.created_at, 3)
+    started = [e.payload() for e in events if e.name == "RunStarted"]
+    assert [s["attempt"] for s in started] == [1, 2]
+    assert {s["scheduled_at"] for s in started} == {T0 + 5}
+    # Attempt 1 waited in the queue from its creation; attempt 2 from attempt 1's end.
+    attempts = run.attempt_list()
+    assert started[0]["queued_at"] == round(queued.created_at, 3)
+    assert started[0]["claimed_at"] == round(attempts[0]["started_at"], 3)
+    assert started[1]["queued_at"] == round(attempts[0]["ended_at"], 3)
+    assert started[1]["claimed_at"] == round(attempts[1]["started_at"], 3)
+    assert started[0]["queued_at"] <= started[0]["claimed_at"] <= started[1]["queued_at"]
+    assert started[1]["queued_at"] <= started[1]["claimed_at"]
+
+
+async def test_a_trigger_run_is_scheduled_at_its_trigger(agent_os: AgentOS) -> None:
+    task = await agent_os.tasks.create({"component_id": "echo", "message": "now"})
+    run = await agent_os.tasks.trigger(task.task_id, wait=10)
+    first = (await _events(agent_os, run.run_id))[0].payload()
+    assert first["scheduled_at"] == T0  # the scheduler's clock at the trigger
+    assert "queued_at" not in first and first["claimed_at"] == round(run.created_at, 3)
+
+
+# -- a claim whose instance died ---------------------------------------------------------------
+
+
+async def test_an_occurrence_claimed_by_a_dead_instance_fires_once_elsewhere(
+    db_url: str,  # noqa: F811
+    gate: _Gate,
+) -> None:
+    async with _os(db_url, gate) as a, _os(db_url, gate, instance_id="two") as b:
+        for served in (a, b):
+            served.tasks.clock = _Clock()
+        task_id = await _interval(a, "echo", overlap_policy="allow_parallel")
+        # "one" claims the due task and dies before it creates the run (no release).
+        claimed = await a.manager.store.claim_tasks("one", T0 + 10, T0 + 20, 10)
+        assert [t.task_id for t in claimed] == [task_id]
+        assert await b.tasks.fire_due(T0 + 11) == 0  # the claim holds until T0 + 20
+        assert await b.tasks.runs(task_id) == []
+        assert await b.tasks.fire_due(T0 + 21) == 1  # expired: "two" fires it (and T0 + 20)
+        # "one" comes back from the dead with what it claimed: the run exists, nothing more.
+        release = await a.tasks._fire(claimed[0], T0 + 10, [])
+        await a.manager.store.release_tasks("one", [release])
+        runs = await b.tasks.runs(task_id)
+        assert sorted(r.occurrence or "" for r in runs) == [
+            occurrence_id(T0 + 10),
+            occurrence_id(T0 + 20),
+        ]
+        task = await b.tasks.get(task_id)
+        assert task.next_fire_at == T0 + 30 and task.claimed_by is None
+
+
+# -- metrics -------------------------------------------------------------------------------------
+
+
+async def test_the_scheduler_counts_occurrences_and_their_lag(agent_os: AgentOS) -> None:
+    tasks = agent_os.tasks
+    lags: list[float] = []
+    tasks.observer = lags.append
+    clock = _clock(agent_os)
+    task_id = await _interval(agent_os, "slow")
+    clock.now = T0 + 10.25
+    await tasks.fire_due()
+    await tasks.fire_due(T0 + 20)  # the first still runs: skipped
+    assert tasks.occurrences == {"fired": 1, "skipped": 1, "missed": 0}
+    assert lags == [0.25]
+    # Every instance down from T0 + 25 to T0 + 100 (the grace is 30 s): 30 ... 70 are missed
+    # (catchup skip); 80, 90 and 100, within the grace, fire late.
+    task = await tasks.update(task_id, {"overlap_policy": "allow_parallel"})
+    assert task.next_fire_at == T0 + 30
+    clock.now = T0 + 100
+    await tasks.fire_due()
+    assert tasks.occurrences == {"fired": 4, "skipped": 1, "missed": 5}
+    assert lags[1:] == [20.0, 10.0, 0.0]
+    runs = await tasks.runs(task_id)
+    assert json.loads(runs[0].retry_policy or "{}")["retry_on"] == ["instance_lost", "shutdown"]

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -51,7 +53,8 @@ def _servers(tmp_path: Path, url: str | None, count: int) -> list[ServerProcess]
 
 async def _fire_200(servers: list[ServerProcess], kill_one: bool) -> None:
     base = servers[0].url
-    start_at = float(int(time.time()) + 2)
+    # Far enough ahead that every task exists before its first occurrence, even under load.
+    start_at = float(int(time.time()) + 5)
     per_task = _OCCURRENCES // _TASKS
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
         for n in range(_TASKS):
@@ -72,20 +75,29 @@ async def _fire_200(servers: list[ServerProcess], kill_one: bool) -> None:
         if kill_one:
             await asyncio.sleep(max(0.0, start_at + per_task * _EVERY / 2 - time.time()))
             servers[-1].kill()  # whatever it had just claimed or created
-        await asyncio.sleep(max(0.0, last - time.time()) + 0.05)
+        await asyncio.sleep(max(0.0, last - time.time()))
+        expected = {occurrence_id(start_at + k * _EVERY) for k in range(1, per_task + 1)}
+
+        async def occurrences(n: int) -> list[str]:
+            r = await client.get(f"/tasks/t{n}/runs", params={"limit": 1000})
+            return [run["occurrence"] for run in r.json()]
+
+        # Late is not missing: a killed instance's claims expire after 1 s, and a loaded
+        # machine fires late; wait (bounded) until every occurrence has its run.
+        deadline = time.monotonic() + 30
+        for n in range(_TASKS):
+            while not expected <= set(await occurrences(n)) and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
         for n in range(_TASKS):
             assert (await client.post(f"/tasks/t{n}/pause")).status_code == 200
-        # A killed instance's claim expires after 1 s: then its occurrences fire elsewhere.
-        await asyncio.sleep(2.5 if kill_one else 0.5)
         for n in range(_TASKS):
-            r = await client.get(f"/tasks/t{n}/runs", params={"limit": 1000})
-            runs = r.json()
-            occurrences = [run["occurrence"] for run in runs]
-            assert len(occurrences) == len(set(occurrences))
-            expected = {occurrence_id(start_at + k * _EVERY) for k in range(1, per_task + 1)}
-            assert expected <= set(occurrences), sorted(expected - set(occurrences))
+            found = await occurrences(n)
+            assert len(found) == len(set(found))
+            assert expected <= set(found), sorted(expected - set(found))
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(120)
 async def test_two_sqlite_processes_fire_each_occurrence_once_through_a_kill(
     tmp_path: Path,
 ) -> None:
@@ -94,12 +106,15 @@ async def test_two_sqlite_processes_fire_each_occurrence_once_through_a_kill(
         await _fire_200(servers, kill_one=True)
         with sqlite3.connect(tmp_path / "agentos.db") as db:
             owners = db.execute("SELECT DISTINCT instance_id FROM agentos_runs").fetchall()
-        assert len(owners) == 2  # the work was shared
+        # The work was shared (a run the killed instance held may wait in the queue: None).
+        assert {"i0", "i1"} <= {owner for (owner,) in owners}
     finally:
         for server in servers:
             server.kill()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(120)
 @pytest.mark.postgres
 async def test_three_postgres_instances_fire_each_occurrence_once(tmp_path: Path) -> None:
     async with ascratch_database() as url:
@@ -109,3 +124,73 @@ async def test_three_postgres_instances_fire_each_occurrence_once(tmp_path: Path
         finally:
             for server in servers:
                 server.kill()
+
+
+def _wait(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_kill_9_of_the_instance_that_won_an_occurrence_still_runs_it_once(
+    tmp_path: Path,
+) -> None:
+    """Instance a (the only scheduler) fires the occurrence and dies mid-run; b's reaper puts
+    the run back in the queue (a task run retries a lost instance by default) and b runs it to
+    its end: one run, two attempts. a restarted fires nothing more."""
+    env = {
+        "AGENTOS_TASK_TICK": "0.1",
+        "AGENTOS_LEASE_TTL": "2",
+        "AGENTOS_LEASE_RENEW_INTERVAL": "0.5",
+        "AGENTOS_REAPER_INTERVAL": "0.5",
+        "AGENTOS_QUEUE_POLL_INTERVAL": "0.2",
+    }
+    a = ServerProcess(tmp_path, delay=0.05, instance_id="a", env=env, log_level="warning")
+    off = {**env, "AGENTOS_TASK_SCHEDULER": "false"}
+    b = ServerProcess(tmp_path, delay=0.05, instance_id="b", env=off, log_level="warning")
+    a.start()
+    b.start()
+    try:
+        with httpx.Client(base_url=b.url, timeout=30) as http:
+            at = time.time() + 1
+            created = http.post(
+                "/tasks",
+                json={
+                    "task_id": "once",
+                    "component_id": "echo",
+                    "message": " ".join(f"w{i}" for i in range(60)),  # 3 s
+                    "schedule": {"kind": "once", "at": at},
+                },
+            )
+            assert created.status_code == 201, created.text
+
+            def runs() -> list[dict[str, Any]]:
+                found: list[dict[str, Any]] = http.get("/tasks/once/runs").json()
+                return found
+
+            _wait(lambda: bool(runs()) and runs()[0]["status"] == "RUNNING")
+            time.sleep(0.5)
+            [run] = runs()
+            assert run["status"] == "RUNNING" and run["occurrence"] == occurrence_id(at)
+            a.kill()  # mid-run (3 s), its lease still good for up to 2 s
+            path = f"/agents/echo/runs/{run['run_id']}"
+            _wait(lambda: http.get(path).json()["status"] in ("COMPLETED", "ERROR", "CANCELLED"))
+            final = http.get(path).json()
+            assert final["status"] == "COMPLETED" and final["attempt"] == 2, final
+            events = http.get(f"{path}/resume", headers={"Accept": "text/event-stream"}).text
+            assert events.count("event: RunRetrying") == 1 and "instance_lost" in events
+            a.start()  # its restart recovery finds nothing of its own left to end
+            time.sleep(1)
+            assert [r["run_id"] for r in runs()] == [run["run_id"]]
+            task = http.get("/tasks/once").json()
+            assert task["next_fire_at"] is None and task["fired"] == 1
+    finally:
+        a.kill()
+        b.kill()
+    with sqlite3.connect(tmp_path / "agentos.db") as db:
+        attempts = db.execute("SELECT attempts, instance_id FROM agentos_runs").fetchall()
+    [(history, owner)] = attempts
+    assert owner == "b" and '"instance_id":"a"' in history and '"instance_lost"' in history

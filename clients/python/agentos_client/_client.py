@@ -16,6 +16,7 @@ daemon thread, so both share a single implementation of the resume logic.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import uuid
 from collections.abc import Coroutine, Iterator, Mapping
@@ -429,6 +430,144 @@ class AsyncClient:
         """Delete a session with its runs, events and messages (409 while a run is going)."""
         await self._send("DELETE", f"/sessions/{session_id}")
 
+    # -- tasks ---------------------------------------------------------------------------
+
+    async def create_task(
+        self,
+        kind: str,
+        id: str,
+        message: str,
+        *,
+        schedule: Mapping[str, Any] | str | None = None,
+        task_id: str | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Create a task that starts runs of ``kind`` component ``id`` with ``message``
+        (``POST /tasks``); returns the task object. ``schedule``: ``{"kind": "cron", "cron":
+        "0 9 * * 1-5", "timezone": "Europe/Berlin"}``, ``{"kind": "interval",
+        "every_seconds": 60}``, ``{"kind": "once", "at": "2030-01-01T09:00:00Z"}`` or None
+        (manual). Other fields (``overlap_policy``, ``retry_policy``, ``timeout_seconds``,
+        ``session_policy``, ``catchup``, ``description``, ``tags`` ...) as PROTOCOL.md lists
+        them; 422 names a bad one::
+
+            task = await client.create_task(
+                "agents", "reporter", "the nightly report",
+                schedule={"kind": "cron", "cron": "0 2 * * *", "timezone": "Europe/Berlin"},
+            )
+        """
+        body: dict[str, Any] = {"kind": kind, "component_id": id, "message": message, **fields}
+        if schedule is not None:
+            body["schedule"] = schedule
+        if task_id is not None:
+            body["task_id"] = task_id
+        return _as_object(await self._json("POST", "/tasks", json=body))
+
+    async def list_tasks(
+        self,
+        *,
+        kind: str | None = None,
+        component_id: str | None = None,
+        active: bool | None = None,
+        tag: str | None = None,
+        user_id: str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Tasks, oldest first (``GET /tasks``), filtered by component, active or paused, tag
+        or owner."""
+        params: dict[str, Any] = {}
+        for name, value in (
+            ("kind", kind),
+            ("component_id", component_id),
+            ("tag", tag),
+            ("user_id", user_id),
+            ("limit", limit),
+            ("offset", offset),
+        ):
+            if value is not None:
+                params[name] = value
+        if active is not None:
+            params["active"] = "true" if active else "false"
+        data = await self._json("GET", "/tasks", params=params)
+        if not isinstance(data, list):
+            raise ClientError("the task list is not a JSON list")
+        return [_as_object(item) for item in data]
+
+    async def get_task(self, task_id: str) -> dict[str, Any]:
+        """One task; :class:`APIStatusError` 404 (``task_not_found``) if unknown."""
+        return _as_object(await self._json("GET", f"/tasks/{task_id}"))
+
+    async def update_task(self, task_id: str, **fields: Any) -> dict[str, Any]:
+        """Change some fields of a task (``PATCH /tasks/{task_id}``); a new ``schedule``
+        starts from now. Returns the task."""
+        return _as_object(await self._json("PATCH", f"/tasks/{task_id}", json=fields))
+
+    async def delete_task(self, task_id: str) -> None:
+        """Delete a task; its runs stay (one in flight runs to its end)."""
+        await self._send("DELETE", f"/tasks/{task_id}")
+
+    async def pause_task(self, task_id: str) -> dict[str, Any]:
+        """Stop firing a task (its running runs go on); returns the task."""
+        return _as_object(await self._json("POST", f"/tasks/{task_id}/pause"))
+
+    async def resume_task(self, task_id: str) -> dict[str, Any]:
+        """Fire a paused task again from its next occurrence (what it missed meanwhile follows
+        its ``catchup``); returns the task."""
+        return _as_object(await self._json("POST", f"/tasks/{task_id}/resume"))
+
+    async def trigger_task(
+        self, task_id: str, *, wait: bool = False, wait_seconds: float = 60.0
+    ) -> Run:
+        """Start a run of the task now (``POST /tasks/{task_id}/trigger``) and return it.
+
+        With ``wait=True`` the server answers once the run has ended, within ``wait_seconds``
+        (whole seconds, at most the server's ``task_wait_timeout``, 60 by default): a run that
+        ended in ERROR raises :class:`RunFailed`, one still going when the budget ran out
+        :class:`WaitTimeout` (with its ``run_id``: follow it with :meth:`resume`).
+        """
+        params: dict[str, Any] = {}
+        timeout = None
+        if wait:
+            params["wait"] = "true"
+            params["wait_seconds"] = max(1, math.ceil(wait_seconds))
+            # The server holds the request for its wait budget: no read timeout of ours.
+            timeout = httpx.Timeout(self.timeout, read=None)
+        try:
+            response = await self._send(
+                "POST", f"/tasks/{task_id}/trigger", params=params, request_timeout=timeout
+            )
+        except APIStatusError as exc:
+            if exc.code == "wait_timeout" and exc.run_id is not None:
+                raise WaitTimeout(exc.run_id, params["wait_seconds"]) from exc
+            raise
+        run = Run.from_json(_as_object(_decode(response)))
+        if wait and run.status is RunStatus.ERROR:
+            raise RunFailed(run)
+        return run
+
+    async def list_task_runs(
+        self,
+        task_id: str,
+        *,
+        status: RunStatus | str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> list[Run]:
+        """A task's runs, newest first, with their ``status``; ``run.data`` also has
+        ``attempt``, ``task_id`` and ``occurrence`` (the scheduled time the run stands for).
+        Follow one with ``resume(kind, id, run.run_id)`` like any run."""
+        params: dict[str, Any] = {}
+        if status is not None:
+            params["status"] = RunStatus(str.upper(status)).value
+        if limit is not None:
+            params["limit"] = limit
+        if offset is not None:
+            params["offset"] = offset
+        data = await self._json("GET", f"/tasks/{task_id}/runs", params=params)
+        if not isinstance(data, list):
+            raise ClientError("the task's run list is not a JSON list")
+        return [Run.from_json(_as_object(item)) for item in data]
+
     async def cancel(self, kind: str, id: str, run_id: str) -> RunStatus:
         """Ask the server to cancel a run; returns its status. Idempotent, and an ended run
         keeps its final status."""
@@ -582,6 +721,7 @@ class AsyncClient:
         if isinstance(body, dict):
             code = None if body.get("code") is None else str(body["code"])
             detail = None if body.get("detail") is None else str(body["detail"])
+        run_id = run_id or response.headers.get("x-run-id")
         return APIStatusError(response.status_code, code=code, detail=detail, run_id=run_id)
 
     def _backoff(self, attempt: int) -> float:
@@ -873,6 +1013,62 @@ class Client:
     def delete_session(self, session_id: str) -> None:
         """See :meth:`AsyncClient.delete_session`."""
         self._call(self._async.delete_session(session_id))
+
+    def create_task(
+        self,
+        kind: str,
+        id: str,
+        message: str,
+        *,
+        schedule: Mapping[str, Any] | str | None = None,
+        task_id: str | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """See :meth:`AsyncClient.create_task`."""
+        return self._call(
+            self._async.create_task(kind, id, message, schedule=schedule, task_id=task_id, **fields)
+        )
+
+    def list_tasks(self, **filters: Any) -> list[dict[str, Any]]:
+        """See :meth:`AsyncClient.list_tasks` (the same keyword filters)."""
+        return self._call(self._async.list_tasks(**filters))
+
+    def get_task(self, task_id: str) -> dict[str, Any]:
+        """See :meth:`AsyncClient.get_task`."""
+        return self._call(self._async.get_task(task_id))
+
+    def update_task(self, task_id: str, **fields: Any) -> dict[str, Any]:
+        """See :meth:`AsyncClient.update_task`."""
+        return self._call(self._async.update_task(task_id, **fields))
+
+    def delete_task(self, task_id: str) -> None:
+        """See :meth:`AsyncClient.delete_task`."""
+        self._call(self._async.delete_task(task_id))
+
+    def pause_task(self, task_id: str) -> dict[str, Any]:
+        """See :meth:`AsyncClient.pause_task`."""
+        return self._call(self._async.pause_task(task_id))
+
+    def resume_task(self, task_id: str) -> dict[str, Any]:
+        """See :meth:`AsyncClient.resume_task`."""
+        return self._call(self._async.resume_task(task_id))
+
+    def trigger_task(self, task_id: str, *, wait: bool = False, wait_seconds: float = 60.0) -> Run:
+        """See :meth:`AsyncClient.trigger_task`."""
+        return self._call(self._async.trigger_task(task_id, wait=wait, wait_seconds=wait_seconds))
+
+    def list_task_runs(
+        self,
+        task_id: str,
+        *,
+        status: RunStatus | str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> list[Run]:
+        """See :meth:`AsyncClient.list_task_runs`."""
+        return self._call(
+            self._async.list_task_runs(task_id, status=status, limit=limit, offset=offset)
+        )
 
     def cancel(self, kind: str, id: str, run_id: str) -> RunStatus:
         """See :meth:`AsyncClient.cancel`."""

@@ -87,6 +87,7 @@ def test_health_is_public_reports_its_checks_and_reveals_no_secret(
         "component-states": True,
         "group-commit": True,
         "retention": True,  # expired idempotency keys go even when runs are kept
+        "scheduler": True,
     }
     live = httpx.get(f"{server.url}/health/live")
     ready = httpx.get(f"{server.url}/health/ready")
@@ -161,6 +162,21 @@ def test_a_dead_background_task_is_degraded(
     health = httpx.get(f"{server.url}/health").json()
     assert health["status"] == "degraded"
     assert health["checks"]["background"]["tasks"]["buffer-sweeper"] is False
+
+
+def test_a_dead_scheduler_is_degraded_and_one_turned_off_is_not_checked(
+    tmp_path: Path, serve_thread: Callable[[AgentOS], ThreadServer]
+) -> None:
+    server, _, agent_os = _serve(tmp_path, serve_thread)
+    scheduler = agent_os.tasks._loop
+    assert scheduler is not None
+    server.call(scheduler.cancel)
+    body = _health_until(server, lambda b: b["checks"]["background"]["tasks"]["scheduler"] is False)
+    assert body["status"] == "degraded"
+    (tmp_path / "off").mkdir()
+    off, _, _ = _serve(tmp_path / "off", serve_thread, task_scheduler=False)
+    body = httpx.get(f"{off.url}/health").json()
+    assert body["status"] == "running" and "scheduler" not in body["checks"]["background"]["tasks"]
 
 
 @pytest.mark.parametrize(

@@ -213,3 +213,39 @@ async def test_queue_metrics_move_with_queued_claimed_and_retried_runs(
         assert value(after, "agentos_queue_depth") == 0
         assert value(after, "agentos_runs_claimed_total") == 3  # two queued, one retry
         assert value(after, "agentos_run_retries_total", reason="exception") == 1
+
+
+async def test_task_occurrences_and_firing_lag_are_counted(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'agentos.db'}"
+    settings = Settings(db_url=url, demo_delay=0.01, task_scheduler=False, task_misfire_grace=30)
+    agent_os = apps.build(settings)
+    start = float(int(time.time()))
+    async with agent_os:
+        tasks = agent_os.tasks
+        tasks.clock = lambda: start
+        task = await tasks.create(
+            {
+                "component_id": "echo",
+                "message": words(1000),  # 10 s: still running at every pass below
+                "schedule": {"kind": "interval", "every_seconds": 10, "start_at": start},
+            }
+        )
+        before = parse(agent_os.metrics.render().decode())
+        assert value(before, "agentos_task_occurrences_total", outcome="fired") == 0
+        assert value(before, "agentos_task_firing_lag_seconds_count") == 0
+        tasks.clock = lambda: start + 10.5
+        await tasks.fire_due()  # on time, 0.5 s late
+        await tasks.fire_due(start + 20)  # skip_if_running: skipped
+        # Down from start + 25 to start + 100: 30 ... 70 are missed (more than 30 s late);
+        # 80, 90 and 100 are on time but skipped.
+        await tasks.fire_due(start + 100)
+        samples = parse(agent_os.metrics.render().decode())
+        [run] = await tasks.runs(task.task_id)
+        await agent_os.manager.cancel(run.run_id)
+    assert value(samples, "agentos_task_occurrences_total", outcome="fired") == 1
+    assert value(samples, "agentos_task_occurrences_total", outcome="skipped") == 4
+    assert value(samples, "agentos_task_occurrences_total", outcome="missed") == 5
+    assert value(samples, "agentos_task_firing_lag_seconds_count") == 1
+    assert value(samples, "agentos_task_firing_lag_seconds_sum") == 0.5
+    assert value(samples, "agentos_task_firing_lag_seconds_bucket", le="0.25") == 0
+    assert value(samples, "agentos_task_firing_lag_seconds_bucket", le="0.5") == 1
