@@ -9,6 +9,8 @@ stdout, ``bench/RESULTS.md`` and ``bench/ratios.png``.
     python -m bench                 # the whole suite (about 3 minutes on 2 cores)
     python -m bench --quick         # smaller sizes, fewer rounds
     python -m bench --only 1,4      # some scenarios
+
+The run queue has its own benchmark, ``python -m bench.queue``; its section of RESULTS.md is kept.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 import httpx
 
 from bench.memory import buffered_event_cost
+from bench.queue import MARKER as QUEUE_MARKER
 from tests.servers import free_port
 
 HERE = Path(__file__).resolve().parent
@@ -543,7 +546,11 @@ def main() -> None:
         "",
         "![agentos / ceiling](ratios.png)",
     ]
-    (HERE / "RESULTS.md").write_text("\n".join(head + rep.lines).rstrip() + "\n")
+    results = HERE / "RESULTS.md"
+    # The run queue's section (``python -m bench.queue``) is written by that module: kept.
+    old = results.read_text() if results.exists() else ""
+    kept = "\n" + QUEUE_MARKER + old.split(QUEUE_MARKER, 1)[1] if QUEUE_MARKER in old else ""
+    results.write_text("\n".join(head + rep.lines).rstrip() + "\n" + kept)
     chart(rep.ratios, HERE / "ratios.png")
     print(f"wrote {HERE / 'RESULTS.md'} and {HERE / 'ratios.png'}")
 
