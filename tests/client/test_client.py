@@ -48,7 +48,18 @@ FAST: dict[str, Any] = {
     "backoff_max": 0.3,
 }
 # Keys that legitimately differ between two runs of the same input.
-VOLATILE = {"run_id", "session_id", "created_at", "member_run_id", "step_run_id", "updated_at"}
+VOLATILE = {
+    "run_id",
+    "session_id",
+    "created_at",
+    "member_run_id",
+    "step_run_id",
+    "updated_at",
+    # When the attempt was claimed (and queued, scheduled): the started event's timing.
+    "claimed_at",
+    "queued_at",
+    "scheduled_at",
+}
 
 
 @pytest.fixture(scope="module")
