@@ -182,8 +182,8 @@ async def test_list_runs_newest_first_with_filters(client: httpx.AsyncClient) ->
 async def test_catalogue_routes(client: httpx.AsyncClient) -> None:
     assert (await client.get("/health")).json()["status"] == "running"
     agents = (await client.get("/agents")).json()
-    assert {a["id"] for a in agents} == {"echo", "fails", "tools"}
+    assert {a["id"] for a in agents} == {"echo", "fails", "tools", "durable", "tenacious"}
     assert {t["id"] for t in (await client.get("/teams")).json()} == {"team", "parallel-team"}
     assert [w["id"] for w in (await client.get("/workflows")).json()] == ["flow"]
     config = (await client.get("/config")).json()
-    assert {a["id"] for a in config["agents"]} == {"echo", "fails", "tools"}
+    assert {a["id"] for a in config["agents"]} == {"echo", "fails", "tools", "durable", "tenacious"}

@@ -187,7 +187,8 @@ def _normalise(frame: Frame) -> tuple:
     payload = {
         k: v
         for k, v in frame.payload.items()
-        if k not in ("run_id", "session_id", "created_at", "member_run_id")
+        # Ids and times of the run (claimed_at: when the attempt began) differ between runs.
+        if k not in ("run_id", "session_id", "created_at", "member_run_id", "claimed_at")
     }
     return frame.id, frame.event, sorted(payload.items(), key=lambda kv: kv[0]).__repr__()
 
