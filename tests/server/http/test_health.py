@@ -48,6 +48,20 @@ def _start(server: ThreadServer, words: int) -> str:
     return run_id
 
 
+def _committed_an_event(server: ThreadServer, run_id: str) -> None:
+    """Wait until the run's first event has committed: a run waits for that commit before it
+    goes on, so a commit held back before it would hold the run too."""
+    while True:
+        run = httpx.get(
+            f"{server.url}/agents/echo/runs/{run_id}",
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=10,
+        ).json()
+        if run["event_count"] >= 1:
+            return
+        time.sleep(0.01)
+
+
 def _cancel(server: ThreadServer, run_id: str) -> None:
     cancelled = httpx.post(
         f"{server.url}/agents/echo/runs/{run_id}/cancel",
@@ -257,6 +271,7 @@ def test_a_full_commit_backlog_is_degraded(
         tmp_path, serve_thread, delay=0.005, max_pending_events=5, create_timeout=3600.0
     )
     run_id = _start(server, 1000)
+    _committed_an_event(server, run_id)
     server.call(store.gate.clear)  # the next commit waits
     try:
         body = _health_until(server, lambda b: b["pending_events"] >= 5)
