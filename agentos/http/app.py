@@ -36,7 +36,7 @@ from agentos.errors import (
     SchemaUnknown,
     ShuttingDown,
 )
-from agentos.events import KINDS, RunStatus, dumps
+from agentos.events import KINDS, dumps
 from agentos.health import HealthChecks
 from agentos.http import forms, openapi
 from agentos.http.auth import Authenticator, Principal, authorize, redact_tokens_in_logs
@@ -64,7 +64,6 @@ _PUBLIC_FILES = {"/": "index.html", "/static/agentos.js": "agentos.js"}
 # For load balancers, orchestrators and API tools: public, and they tell nothing secret.
 _PUBLIC_ROUTES = ("/health", "/health/live", "/health/ready", "/openapi.json")
 #: Most runs one ``GET .../runs`` lists, and the furthest ``offset`` it starts at.
-_MAX_LIST = 1000
 #: Largest ``wait_timeout_seconds`` accepted (then capped by ``max_wait_seconds``): a week.
 _MAX_WAIT = 7 * 24 * 3600.0
 
@@ -473,19 +472,9 @@ class AgentOS:
         caller = authorize(request.scope, "runs:read")
         component = self._component(request)
         params = request.query_params
-        status = params.get("status")
-        try:
-            status_filter = RunStatus(status.upper()) if status else None
-        except ValueError:
-            raise InvalidRequest(
-                f"status must be one of {', '.join(s.value for s in RunStatus)}"
-            ) from None
-        limit = forms.integer(params.get("limit", "100"), "limit")
-        if not 1 <= limit <= _MAX_LIST:
-            raise InvalidRequest(f"limit must be between 1 and {_MAX_LIST}")
-        offset = forms.integer(params.get("offset", "0"), "offset")
-        if not 0 <= offset <= _MAX_LIST:
-            raise InvalidRequest(f"offset must be between 0 and {_MAX_LIST}")
+        status_filter = forms.run_status(params)
+        limit = forms.limit(params)
+        offset = forms.offset(params, forms.MAX_LIMIT)  # the store reads offset + limit rows
         user_id = forms.filter_text(params, "user_id")
         session_id = forms.filter_id(params, "session_id")
         if caller.owner is not None:
@@ -560,9 +549,7 @@ class AgentOS:
         kind = params.get("kind") or None
         if kind is not None and kind not in KINDS:
             raise InvalidRequest(f"kind must be one of {', '.join(KINDS)}")
-        limit = forms.integer(params.get("limit", "100"), "limit")
-        if not 1 <= limit <= 1000:
-            raise InvalidRequest("limit must be between 1 and 1000")
+        limit = forms.limit(params)
         user_id = forms.filter_text(params, "user_id")
         if caller.owner is not None:
             if user_id not in (None, caller.owner):
@@ -581,9 +568,7 @@ class AgentOS:
         starts ``offset`` runs back from the newest; ``X-Next-Offset`` names the next page."""
         caller = authorize(request.scope, "sessions:read")
         session_id = request.path_params["session_id"]
-        offset = forms.integer(request.query_params.get("offset", "0"), "offset")
-        if not 0 <= offset <= _MAX_SESSION_RUNS:
-            raise InvalidRequest(f"offset must be between 0 and {_MAX_SESSION_RUNS}")
+        offset = forms.offset(request.query_params, _MAX_SESSION_RUNS)
         session = await self.manager.sessions.get_session(session_id, owner=caller.owner)
         by_run: dict[str, list[bytes]] = {}
         for message in session.messages:

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from agentos.errors import InvalidCursor, InvalidRequest, RequestTimeout, RequestTooLarge
+from agentos.events import RunStatus
 from agentos.records import check_id, check_text
 from agentos.retries import RetryPolicy, RunOptions
 
@@ -180,6 +181,37 @@ def _integer(value: Any) -> int | None:
     if isinstance(value, str) and _INTEGER.fullmatch(value):
         return int(value)
     return None
+
+
+#: The most items one page of a list holds (``limit``).
+MAX_LIMIT = 1000
+
+
+def limit(params: Mapping[str, str]) -> int:
+    """A list's ``limit``: 1 to MAX_LIMIT, 100 when absent."""
+    value = integer(params.get("limit", "100"), "limit")
+    if not 1 <= value <= MAX_LIMIT:
+        raise InvalidRequest(f"limit must be between 1 and {MAX_LIMIT}")
+    return value
+
+
+def offset(params: Mapping[str, str], high: int) -> int:
+    """A list's ``offset``: 0 to ``high``, 0 when absent."""
+    value = integer(params.get("offset", "0"), "offset")
+    if not 0 <= value <= high:
+        raise InvalidRequest(f"offset must be between 0 and {high}")
+    return value
+
+
+def run_status(params: Mapping[str, str]) -> RunStatus | None:
+    """A list's ``status`` filter, in any case; absent/empty is None."""
+    status = params.get("status")
+    try:
+        return RunStatus(status.upper()) if status else None
+    except ValueError:
+        raise InvalidRequest(
+            f"status must be one of {', '.join(s.value for s in RunStatus)}"
+        ) from None
 
 
 def filter_text(params: Mapping[str, str], name: str) -> str | None:

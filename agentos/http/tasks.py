@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agentos.errors import InvalidRequest, TaskNotFound, WaitTimeout
-from agentos.events import KINDS, RunStatus
+from agentos.events import KINDS
 from agentos.http import forms
 from agentos.http.auth import Principal, authorize
 from agentos.http.middleware import error_json
@@ -25,7 +25,6 @@ from agentos.tasks import TaskManager
 __all__ = ["TaskRoutes"]
 
 #: Most tasks or runs one list returns, and the furthest ``offset`` it starts at.
-_MAX_LIST = 1000
 _MAX_OFFSET = 1_000_000
 
 
@@ -69,7 +68,7 @@ class TaskRoutes:
         if kind is not None and kind not in KINDS:
             raise InvalidRequest(f"kind must be one of {', '.join(KINDS)}")
         active = params.get("active") or None
-        limit, offset = _page(params)
+        limit, offset = forms.limit(params), forms.offset(params, _MAX_OFFSET)
         user_id = forms.filter_text(params, "user_id")
         if caller.owner is not None:
             if user_id not in (None, caller.owner):
@@ -140,16 +139,11 @@ class TaskRoutes:
         caller = authorize(request.scope, "tasks:read")
         task = await self._task(request, caller)
         params = request.query_params
-        status = params.get("status")
-        try:
-            status_filter = RunStatus(status.upper()) if status else None
-        except ValueError:
-            raise InvalidRequest(
-                f"status must be one of {', '.join(s.value for s in RunStatus)}"
-            ) from None
-        limit, offset = _page(params)
         records = await self.tasks.runs(
-            task.task_id, status=status_filter, limit=limit, offset=offset
+            task.task_id,
+            status=forms.run_status(params),
+            limit=forms.limit(params),
+            offset=forms.offset(params, _MAX_OFFSET),
         )
         max_chars = self.settings.http.list_max_field_chars
         return JSONResponse([record.to_list_item(max_chars) for record in records])
@@ -168,13 +162,3 @@ class TaskRoutes:
 
 def _run_headers(kind: str, component_id: str, run_id: str) -> dict[str, str]:
     return {"X-Run-Id": run_id, "Location": f"/{kind}/{component_id}/runs/{run_id}"}
-
-
-def _page(params: Any) -> tuple[int, int]:
-    limit = forms.integer(params.get("limit", "100"), "limit")
-    if not 1 <= limit <= _MAX_LIST:
-        raise InvalidRequest(f"limit must be between 1 and {_MAX_LIST}")
-    offset = forms.integer(params.get("offset", "0"), "offset")
-    if not 0 <= offset <= _MAX_OFFSET:
-        raise InvalidRequest(f"offset must be between 0 and {_MAX_OFFSET}")
-    return limit, offset
