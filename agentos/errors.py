@@ -58,6 +58,7 @@ __all__ = [
     "DataRejected",
     "EventsUnavailable",
     "IdempotencyConflict",
+    "InstanceIdInUse",
     "InvalidCursor",
     "InvalidRequest",
     "InvalidToken",
@@ -349,6 +350,23 @@ class SchemaOutdated(AgentOSError):
         )
         self.current = current
         self.needed = needed
+
+
+class InstanceIdInUse(AgentOSError):
+    """Another live process serves with this ``instance_id``; the server does not start."""
+
+    status = 503
+    code = "instance_id_in_use"
+
+    def __init__(self, instance_id: str, holder: str) -> None:
+        super().__init__(
+            f"instance id {instance_id!r} is in use by another live process ({holder}): each "
+            "process on one database needs its own AGENTOS_INSTANCE_ID (the default one is "
+            "made from the host name and the database URL, the same for two processes on one "
+            "host)"
+        )
+        self.instance_id = instance_id
+        self.holder = holder
 
 
 class SchemaUnknown(AgentOSError):

@@ -20,18 +20,31 @@ A cancel for a run another instance owns sets ``cancel_requested`` (and, on Post
 the owner at once); the owner cancels it as if the request had come to it.
 
 At start-up, runs this very instance (same ``instance_id``) left PENDING or RUNNING get the terminal
-error ``"interrupted"`` the same way.
+error ``"interrupted"`` the same way. That is only right if no other live process serves with the
+same id (two processes on one host get the same default id), so first the instance holds its id:
+a named lease ``instance:<id>`` held by this process (host, pid, a random token) and renewed with
+the runs' leases::
+
+    start ── take_lease("instance:<id>") ── free, expired, or held by a dead process of this
+          │                                  host (or by this very process) ─▶ recover, serve
+          └─ held by a live process ── retry until lease_ttl + lease_renew_interval ─▶
+                                       still held: InstanceIdInUse, the server does not start
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
+import secrets
+import socket
 import time
 from collections.abc import Callable
 from typing import Protocol
 
 from agentos.backends.base import Ending, Store
+from agentos.errors import InstanceIdInUse
 from agentos.events import KINDS, Event, RunStatus, make_event
 from agentos.logs import run_fields
 from agentos.records import RunRecord, RunUpdate
@@ -84,6 +97,50 @@ class Leases:
         self._strays: set[str] = set()
         #: Runs of lost instances this instance ended (for metrics).
         self.reaps = 0
+        #: The lease on this instance's id, and who holds it when this process does.
+        self._identity = _identity_lease(instance_id)
+        self._holder = f"{socket.gethostname()[:150]}:{os.getpid()}:{secrets.token_hex(6)}"
+
+    async def hold_identity(self) -> None:
+        """Hold this instance's id for this process, or raise InstanceIdInUse.
+
+        A previous life of the instance that crashed still holds the id until its lease
+        expires; one on this host whose process is gone (or this very process, restarting a
+        manager) is taken over at once, any other is waited for up to ``lease_ttl +
+        lease_renew_interval``: a live holder renews within that time and keeps the id.
+        """
+        ttl = self._settings.ttl
+        deadline = time.monotonic() + ttl + self._settings.renew_interval
+        while True:
+            now = time.time()
+            if await self._store.take_lease(self._identity, self._holder, now, now + ttl):
+                return
+            found = await self._store.read_lease(self._identity)
+            holder = found[0] if found is not None else "unknown"
+            if _dead_holder(holder):
+                # Taken over whatever its expiry: "now" far in the future makes it expired.
+                if await self._store.take_lease(self._identity, self._holder, now + 1e9, now + ttl):
+                    logger.warning("instance id %s taken over from %s (gone)", self._me, holder)
+                    return
+            if time.monotonic() >= deadline:
+                raise InstanceIdInUse(self._me, holder)
+            await asyncio.sleep(min(0.5, self._settings.renew_interval))
+
+    async def release_identity(self) -> None:
+        """Let a restart of this instance take its id at once (a clean shutdown)."""
+        await self._store.take_lease(self._identity, self._holder, time.time(), 0.0)
+
+    async def _renew_identity(self) -> None:
+        now = time.time()
+        until = now + self._settings.ttl
+        if not await self._store.take_lease(self._identity, self._holder, now, until):
+            found = await self._store.read_lease(self._identity)
+            logger.error(
+                "instance id %s is held by another process (%s): two processes serve with one "
+                "id and end each other's runs; give each its own AGENTOS_INSTANCE_ID",
+                self._me,
+                found[0] if found is not None else "unknown",
+            )
 
     async def recover(self) -> None:
         """Give every run this instance left unfinished its terminal event."""
@@ -121,6 +178,7 @@ class Leases:
         ``commit_stall_timeout``): its leases then expire and other instances take its runs
         over, instead of the runs staying RUNNING for as long as this instance lives.
         """
+        await self._renew_identity()
         if not self._can_renew():
             logger.warning("commits are failing: leases not renewed, other instances may reap")
             return
@@ -211,3 +269,31 @@ def _ending(error: str, *, retry: bool = True) -> Ending:
         return event, update
 
     return ending
+
+
+def _identity_lease(instance_id: str) -> str:
+    """The name of the lease on an instance id (within the 100 characters of a lease name)."""
+    if len(instance_id) <= 90:
+        return f"instance:{instance_id}"
+    return (
+        "instance:#" + hashlib.sha256(instance_id.encode("utf-8", "surrogatepass")).hexdigest()[:64]
+    )
+
+
+def _dead_holder(holder: str) -> bool:
+    """Whether the holder ``host:pid:token`` is this very process or a process of this host that
+    is gone (a holder elsewhere is never known to be gone: its lease has to expire)."""
+    host, _, rest = holder.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname()[:150] or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False

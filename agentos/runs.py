@@ -232,6 +232,11 @@ class RunManager:
         if self._started:
             return
         await self.store.open()
+        try:
+            await self.leases.hold_identity()
+        except BaseException:
+            await self.store.close()
+            raise
         await self.lifecycle.register(list(self.components.values()))
         await self.leases.recover()
         self.committer.start()
@@ -283,6 +288,10 @@ class RunManager:
         for task in self._lease_tasks:
             task.cancel()
         await asyncio.gather(*self._lease_tasks, return_exceptions=True)
+        try:
+            await self.leases.release_identity()
+        except Exception:
+            logger.warning("could not release the instance id; a restart waits for its lease")
         await self.notifier.aclose()
         self.tool_threads.shutdown()
         try:

@@ -295,6 +295,10 @@ class Store(abc.ABC):
         already (then it is extended); False when another holder has it. One holder at a time,
         across every instance and process on the database."""
 
+    @abc.abstractmethod
+    async def read_lease(self, name: str) -> tuple[str, float] | None:
+        """The named lease's holder and expiry time, or None when nobody ever took it."""
+
     # -- tasks (agentos.tasks) -----------------------------------------------------------------
 
     @abc.abstractmethod

@@ -963,6 +963,12 @@ class SQLStore(Store):
             found = await conn.scalar(sa.select(_leases.c.holder).where(_leases.c.name == name))
         return bool(found == holder)
 
+    async def read_lease(self, name: str) -> tuple[str, float] | None:
+        query = sa.select(_leases.c.holder, _leases.c.expires_at).where(_leases.c.name == name)
+        async with self._connect() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else (row[0], row[1])
+
     # -- tasks -------------------------------------------------------------------------------------
 
     async def create_task(self, task: TaskRecord) -> None:

@@ -29,6 +29,7 @@ from agentos.components.base import Component
 from agentos.errors import (
     AgentOSError,
     ComponentNotFound,
+    InstanceIdInUse,
     InvalidRequest,
     RequestTimeout,
     RunNotFound,
@@ -203,7 +204,7 @@ class AgentOS:
         redact_tokens_in_logs()  # again, in case a logging set-up since then dropped the filter
         try:
             await self.manager.start()
-        except (SchemaOutdated, SchemaUnknown) as exc:
+        except (SchemaOutdated, SchemaUnknown, InstanceIdInUse) as exc:
             logger.critical("not starting: %s", exc.detail)  # the one line an operator reads
             raise
         self.tasks.start()

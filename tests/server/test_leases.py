@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -22,7 +24,7 @@ from sqlalchemy.util import await_
 from agentos import Agent, EchoModel, Event, RunManager, RunStatus, Settings
 from agentos.backends.base import Store
 from agentos.backends.sql import SQLStore
-from agentos.errors import StoreUnavailable
+from agentos.errors import InstanceIdInUse, StoreUnavailable
 from agentos.events import Meta
 from agentos.records import RunRecord, RunUpdate
 from tests.apps import words
@@ -355,3 +357,53 @@ async def test_a_run_this_instance_no_longer_executes_is_ended(make_manager: Mak
     assert [e.name for e in events] == ["RunError"] and events[0].terminal
     assert (await owner.get_run(live.run_id)).status is RunStatus.RUNNING  # the live run goes on
     await owner.cancel(live.run_id)
+
+
+async def _hold_elsewhere(store: Store, name: str, until: float) -> None:
+    """A process on another host holds the lease ``name`` from now on (its pid cannot be
+    checked); ``now`` far ahead takes it whoever held it."""
+    assert await store.take_lease(name, "elsewhere.example:1:abc", time.time() + 1e9, until)
+
+
+async def test_an_instance_id_held_elsewhere_is_taken_once_its_lease_lapses(
+    make_manager: MakeManager,
+) -> None:
+    """A crashed instance on another host still holds the id until its lease expires; a
+    restart there (or here) waits for that, then holds the id itself and recovers."""
+    first = await make_manager("first")
+    await _hold_elsewhere(first.store, "instance:twin", time.time() + 1.0)
+    twin = await make_manager("twin")  # waits about a second, then starts
+    found = await first.store.read_lease("instance:twin")
+    assert found is not None
+    assert found[0].startswith(f"{socket.gethostname()[:150]}:{os.getpid()}:")
+    assert found[1] > time.time()
+    await twin.aclose()
+    released = await first.store.read_lease("instance:twin")
+    assert released is not None and released[1] == 0.0  # a restart takes it at once
+
+
+async def test_an_instance_id_a_live_process_holds_refuses_to_start(
+    make_manager: MakeManager,
+) -> None:
+    """Two processes serving with one id would end each other's runs (restart recovery, strays):
+    the second does not start while the first keeps renewing, and it touched none of its runs."""
+    first = await make_manager("first")
+    run = await _start(first, "a b c")
+    # The id is held elsewhere from now on, by a live holder renewing while the second waits.
+    renewing = True
+
+    async def renew() -> None:
+        while renewing:
+            await _hold_elsewhere(first.store, "instance:first", time.time() + 2.0)
+            await asyncio.sleep(0.3)
+
+    renewer = asyncio.create_task(renew())
+    try:
+        with pytest.raises(InstanceIdInUse) as refused:
+            await make_manager("first")
+    finally:
+        renewing = False
+        await renewer
+    assert "elsewhere.example:1:abc" in str(refused.value)
+    items = await _collect(first, run.run_id)
+    assert _events(items)[-1].name == "RunCompleted"  # not "interrupted" by the second

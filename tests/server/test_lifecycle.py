@@ -61,6 +61,8 @@ async def test_crash_mid_run_ends_with_interrupted_after_restart(
                     break
     server.kill()  # kill -9: no shutdown code runs
     server.start()
+    # Its id was still held (lease), by a process of this host that is gone: taken at once.
+    assert "taken over from" in server.log()
     cursor = int(seen[-1].id)
     got = await _resume(server.url, f"/agents/echo/runs/{run_id}/resume", cursor)
     assert got[0].event == "replay" and got[0].payload["status"] == "ERROR"
@@ -161,3 +163,38 @@ def test_default_instance_id_hides_the_host_name_and_survives_a_restart(tmp_path
     assert Settings().replace(db_url=f"sqlite+aiosqlite:///{other}").instance_id == (
         Settings(db_url=f"sqlite+aiosqlite:///{other}").instance_id
     )
+
+
+def test_a_second_server_with_the_same_instance_id_does_not_start(tmp_path: Path) -> None:
+    """Two `agentos serve` on one host and one database get the same default id; the second
+    would end the first's runs as its own leftovers. It refuses to start, naming the cause,
+    and the first one's run goes on to its end."""
+    env = {"AGENTOS_LEASE_TTL": "2", "AGENTOS_LEASE_RENEW_INTERVAL": "0.5"}
+    first = ServerProcess(tmp_path, delay=0.4, env=env)  # 20 words: 8 s, past the second's wait
+    second = ServerProcess(tmp_path, env=env)
+    for server in (first, second):
+        server.env.pop("AGENTOS_INSTANCE_ID", None)
+    with first:
+        created = httpx.post(
+            f"{first.url}/agents/echo/runs",
+            data={"message": apps.WORDS, "background": "true", "stream": "false"},
+            timeout=10,
+        )
+        run_id = created.json()["run_id"]
+        second.launch()
+        assert second.proc is not None
+        code = second.proc.wait(timeout=30)  # lease_ttl + renew interval, then it gives up
+        assert code != 0
+        assert "instance_id_in_use" in second.log() or "in use by another live process" in (
+            second.log()
+        ), second.log()
+        running = httpx.get(f"{first.url}/agents/echo/runs/{run_id}").json()
+        assert running["status"] == "RUNNING", running  # the second gave up before it ended
+        deadline = time.monotonic() + 30
+        while (run := httpx.get(f"{first.url}/agents/echo/runs/{run_id}").json())["status"] not in (
+            "COMPLETED",
+            "ERROR",
+            "CANCELLED",
+        ) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert run["status"] == "COMPLETED", run
