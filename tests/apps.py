@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from agentos import Agent, AgentOS, EchoModel, Settings, Team, Workflow
 
@@ -14,6 +14,23 @@ def words(n: int, tag: str = "w") -> str:
 
 
 WORDS = words(20)
+
+
+def flaky(failures: int, slow_first: float = 0.0) -> Callable[[str], AsyncIterator[str]]:
+    """An agent function that raises the first ``failures`` times it sees a message, and is
+    ``slow_first`` seconds slow the first time (each call makes one with its own count)."""
+    seen: dict[str, int] = {}
+
+    async def agent(message: str) -> AsyncIterator[str]:
+        count = seen[message] = seen.get(message, 0) + 1
+        yield f"attempt {count} "
+        if count == 1 and slow_first:
+            await asyncio.sleep(slow_first)
+        if count <= failures:
+            raise ConnectionError(f"upstream gone ({count})")
+        yield "done"
+
+    return agent
 
 
 async def _fails_midway(message: str) -> AsyncIterator[str]:

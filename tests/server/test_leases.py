@@ -21,13 +21,14 @@ from sqlalchemy import event as sa_event
 from sqlalchemy import text
 from sqlalchemy.util import await_
 
-from agentos import Agent, EchoModel, Event, RunManager, RunStatus, Settings
+from agentos import Agent, Component, EchoModel, Event, RunManager, RunStatus
 from agentos.backends.base import Store
 from agentos.backends.sql import SQLStore
 from agentos.errors import InstanceIdInUse, StoreUnavailable
 from agentos.events import Meta
 from agentos.records import RunRecord, RunUpdate
 from tests.apps import words
+from tests.managers import MakeManager, manager_factory
 from tests.pgdb import db_url, pg_url
 from tests.servers import wait_for
 from tests.storage import run_record
@@ -35,33 +36,13 @@ from tests.storage import run_record
 __all__ = ["db_url", "pg_url"]  # fixtures, imported for pytest
 
 
-MakeManager = Callable[..., Awaitable[RunManager]]
-
-
 @pytest_asyncio.fixture
 async def make_manager(db_url: str) -> AsyncIterator[MakeManager]:
-    managers: list[RunManager] = []
+    def components() -> list[Component]:
+        return [Agent(id="echo", model=EchoModel(0.02))]
 
-    async def make(instance_id: str, **overrides: Any) -> RunManager:
-        values: dict[str, Any] = {
-            "db_url": db_url,
-            "instance_id": instance_id,
-            "tail_poll_interval": 0.2,
-            "lease_ttl": 2.0,
-            "lease_renew_interval": 0.5,
-            "reaper_interval": 60.0,  # tests call reap_once themselves unless they say otherwise
-            "shutdown_grace": 1.0,
-        }
-        values.update(overrides)
-        manager = RunManager(Settings(**values))
-        manager.register(Agent(id="echo", model=EchoModel(0.02)))
-        await manager.start()
-        managers.append(manager)
-        return manager
-
-    yield make
-    for manager in reversed(managers):
-        await manager.aclose()
+    async with manager_factory(db_url, components, tail_poll_interval=0.2) as make:
+        yield make
 
 
 async def _collect(manager: RunManager, run_id: str, after: int = -1) -> list[Event | Meta]:

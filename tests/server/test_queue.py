@@ -11,73 +11,42 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import pytest_asyncio
 
-from agentos import Agent, EchoModel, Event, RunManager, RunStatus, Settings
+from agentos import Agent, Component, EchoModel, Event, RunManager, RunStatus
 from agentos.errors import QueueFull, SessionBusy
 from agentos.events import Meta
 from agentos.records import RunRecord
 from agentos.retries import RetryPolicy, RunOptions
-from tests.apps import words
+from tests.apps import flaky, words
+from tests.managers import MakeManager, manager_factory
 from tests.pgdb import db_url, pg_url
 from tests.storage import run_record
 
 __all__ = ["db_url", "pg_url"]  # fixtures, imported for pytest
 
-MakeManager = Callable[..., Awaitable[RunManager]]
 #: Retry at once, up to three attempts.
 RETRY = RetryPolicy(max_attempts=3, delay=0, jitter=0)
 
 
-def flaky(failures: int, slow_first: float = 0.0) -> Callable[[str], AsyncIterator[str]]:
-    """An agent function that raises the first ``failures`` times it sees a message, and is
-    ``slow_first`` seconds slow the first time."""
-    seen: dict[str, int] = {}
-
-    async def agent(message: str) -> AsyncIterator[str]:
-        count = seen[message] = seen.get(message, 0) + 1
-        yield f"attempt {count} "
-        if count == 1 and slow_first:
-            await asyncio.sleep(slow_first)
-        if count <= failures:
-            raise ConnectionError(f"upstream gone ({count})")
-        yield "done"
-
-    return agent
-
-
 @pytest_asyncio.fixture
 async def make_manager(db_url: str) -> AsyncIterator[MakeManager]:
-    managers: list[RunManager] = []
+    def components() -> list[Component]:
+        return [
+            Agent(id="echo", model=EchoModel(0.01)),
+            Agent(id="flaky", fn=flaky(failures=1)),
+            Agent(id="broken", fn=flaky(failures=99)),
+            Agent(id="slow-first", fn=flaky(failures=0, slow_first=5.0)),
+        ]
 
-    async def make(instance_id: str, **overrides: Any) -> RunManager:
-        values: dict[str, Any] = {
-            "db_url": db_url,
-            "instance_id": instance_id,
-            "tail_poll_interval": 0.1,
-            "queue_poll_interval": 0.2,
-            "lease_ttl": 2.0,
-            "lease_renew_interval": 0.5,
-            "reaper_interval": 60.0,  # tests call reap_once themselves unless they say otherwise
-            "shutdown_grace": 1.0,
-        }
-        values.update(overrides)
-        manager = RunManager(Settings(**values))
-        manager.register(Agent(id="echo", model=EchoModel(0.01)))
-        manager.register(Agent(id="flaky", fn=flaky(failures=1)))
-        manager.register(Agent(id="broken", fn=flaky(failures=99)))
-        manager.register(Agent(id="slow-first", fn=flaky(failures=0, slow_first=5.0)))
-        await manager.start()
-        managers.append(manager)
-        return manager
-
-    yield make
-    for manager in reversed(managers):
-        await manager.aclose()
+    async with manager_factory(
+        db_url, components, tail_poll_interval=0.1, queue_poll_interval=0.2
+    ) as make:
+        yield make
 
 
 async def _start(manager: RunManager, agent: str, message: str, **options: Any) -> RunRecord:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from agentos.errors import InvalidRequest, TaskNotFound, WaitTimeout
 from agentos.events import Meta
 from agentos.schedules import occurrence_id
 from agentos.tasks import DEFAULT_RETRY_POLICY
+from tests.apps import flaky
 from tests.pgdb import db_url, pg_url  # noqa: F401
 from tests.servers import wait_for
 
@@ -39,23 +40,6 @@ class _Gate:
         yield "done"
 
 
-def _flaky(failures: int, slow_first: float = 0.0) -> Callable[[str], AsyncIterator[str]]:
-    """An agent function that raises on its first ``failures`` runs of a message, and is
-    ``slow_first`` seconds slow on the first."""
-    seen: dict[str, int] = {}
-
-    async def agent(message: str) -> AsyncIterator[str]:
-        count = seen[message] = seen.get(message, 0) + 1
-        yield f"attempt {count} "
-        if count == 1 and slow_first:
-            await asyncio.sleep(slow_first)
-        if count <= failures:
-            raise ConnectionError(f"upstream gone ({count})")
-        yield "done"
-
-    return agent
-
-
 def _os(url: str, gate: _Gate, **settings: Any) -> AgentOS:
     values: dict[str, Any] = {
         "db_url": url,
@@ -69,9 +53,9 @@ def _os(url: str, gate: _Gate, **settings: Any) -> AgentOS:
         agents=[
             Agent(id="echo", model=EchoModel(0)),
             Agent(id="slow", fn=gate.slow),
-            Agent(id="flaky", fn=_flaky(failures=1)),
-            Agent(id="broken", fn=_flaky(failures=99)),
-            Agent(id="slow-first", fn=_flaky(failures=0, slow_first=30.0)),
+            Agent(id="flaky", fn=flaky(failures=1)),
+            Agent(id="broken", fn=flaky(failures=99)),
+            Agent(id="slow-first", fn=flaky(failures=0, slow_first=30.0)),
         ],
         settings=Settings(**values),
     )
