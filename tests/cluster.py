@@ -223,6 +223,33 @@ async def create(
     return response
 
 
+async def create_streaming(
+    client: httpx.AsyncClient, base: str, message: str, followed: Followed, *, deadline: float
+) -> None:
+    """Start ``followed``'s run (its own run id) with a streaming create and read what it
+    streams, retrying while the run may not exist yet (refused, cut off before any event); a
+    409 means it was created and the answer was lost. ``follow`` then resumes the rest."""
+    while True:
+        assert time.monotonic() < deadline
+        try:
+            async with client.stream(
+                "POST",
+                f"{base}/agents/{followed.agent}/runs",
+                data={"message": message, "stream": "true", "background": "true"},
+                headers={"X-Run-Id": followed.run_id},
+            ) as response:
+                if response.status_code == 200:
+                    await read_stream(response, followed)
+                    return
+                await response.aread()
+                if response.status_code == 409:
+                    return
+        except httpx.TransportError:
+            if followed.events:
+                return
+        await asyncio.sleep(0.2)
+
+
 async def pg_query(url: str, query: str, *args: Any) -> list[asyncpg.Record]:
     """The rows of one query on the PostgreSQL database ``url``."""
     conn = await asyncpg.connect(_dsn(url))

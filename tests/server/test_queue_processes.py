@@ -34,10 +34,10 @@ from tests.cluster import (
     Cluster,
     Followed,
     create,
+    create_streaming,
     follow,
     nginx_binary,
     pg_query,
-    read_stream,
     serve_cluster,
 )
 from tests.pgdb import ascratch_database, scratch_database
@@ -241,24 +241,7 @@ async def test_rolling_restart_hands_runs_over(whole: Cluster) -> None:
         message = words(12, f"c{n}x{count}x")  # 3 s an attempt
         run_id = f"roll-{n}-{count}-{uuid.uuid4().hex[:8]}"
         followed = Followed(run_id, "tenacious")
-        while not followed.events:  # create (streaming), retrying what failed before it existed
-            assert time.monotonic() < deadline
-            try:
-                async with client.stream(
-                    "POST",
-                    f"{base}/agents/tenacious/runs",
-                    data={"message": message, "stream": "true", "background": "true"},
-                    headers={"X-Run-Id": run_id},
-                ) as response:
-                    if response.status_code == 200:
-                        await read_stream(response, followed)
-                        break
-                    await response.aread()
-                    if response.status_code == 409:  # created; the answer was lost
-                        break
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.2)
+        await create_streaming(client, base, message, followed, deadline=deadline)
         await follow(client, base, followed, deadline=deadline)
         assert followed.events[-1]["content"] == message, followed.events[-1]
         return followed

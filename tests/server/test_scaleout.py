@@ -25,11 +25,11 @@ from tests.cluster import (
     Cluster,
     Followed,
     create,
+    create_streaming,
     follow,
     nginx_binary,
     nginx_config,
     pg_query,
-    read_stream,
     serve_cluster,
 )
 from tests.pgdb import _dsn, scratch_database
@@ -228,25 +228,7 @@ async def test_rolling_restart_under_load(cluster: Cluster) -> None:
                 continue
             run_id = f"roll-{n}-{len(seen)}-{uuid.uuid4().hex[:8]}"
             followed = Followed(run_id)
-            while True:  # create, retrying what failed before the run existed
-                assert time.monotonic() < deadline
-                try:
-                    async with client.stream(
-                        "POST",
-                        f"{cluster.nginx_url}/agents/echo/runs",
-                        data={"message": message, "stream": "true", "background": "true"},
-                        headers={"X-Run-Id": run_id},
-                    ) as response:
-                        if response.status_code == 200:
-                            await read_stream(response, followed)
-                            break
-                        if response.status_code == 409:  # created, the answer was lost
-                            break
-                        await response.aread()
-                except httpx.TransportError:
-                    if followed.events:
-                        break
-                await asyncio.sleep(0.2)
+            await create_streaming(client, cluster.nginx_url, message, followed, deadline=deadline)
             await follow(client, cluster.nginx_url, followed, deadline=deadline)
             assert followed.events[-1]["event"] == "RunCompleted", followed.events[-1]
             assert followed.events[-1]["content"] == message
