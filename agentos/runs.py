@@ -38,7 +38,6 @@ from agentos.errors import (
     QueueFull,
     RunEnded,
     RunNotFound,
-    SessionBusy,
     ShuttingDown,
     StoreUnavailable,
     describe_error,
@@ -379,8 +378,8 @@ class RunManager:
             raise ShuttingDown("the server is shutting down; try another instance")
         self.lifecycle.check(component.kind.name, component.id)
         opts = _merged(options, component.options)
-        if opts.multitask in ("reject", "interrupt") and session_id is not None:
-            await self._make_room_in_session(session_id, opts.multitask)
+        if opts.multitask == "interrupt" and session_id is not None:
+            await self._interrupt_session(session_id)
         # Check and reserve with no await in between (_room_here returns from its last check
         # without one): concurrent creates cannot overshoot either limit.
         local = opts.multitask != "enqueue" and await self._room_here()
@@ -448,15 +447,10 @@ class RunManager:
                 async with asyncio.timeout(left):
                     await self._claim_done.wait()
 
-    async def _make_room_in_session(self, session_id: str, multitask: str) -> None:
-        """``multitask="reject"``: SessionBusy while the session has an active run;
-        ``"interrupt"``: cancel the session's active runs and wait for their end."""
-        active = await self.store.session_runs_active(session_id)
-        if not active:
-            return
-        if multitask == "reject":
-            raise SessionBusy(session_id)
-        for record in active:
+    async def _interrupt_session(self, session_id: str) -> None:
+        """``multitask="interrupt"``: cancel the session's active runs and wait for their end
+        (the create then goes in only if no other run got in meanwhile, see ``_create``)."""
+        for record in await self.store.session_runs_active(session_id):
             await self.cancel(record.run_id)
 
     async def _create(
@@ -493,18 +487,22 @@ class RunManager:
             occurrence=options.occurrence,
         )
         timeout = self.settings.commit.create_timeout
+        # "reject" and "interrupt": the run goes in only while its session has no other
+        # unfinished run, checked in the insert's transaction (exact across instances).
+        alone = session_id is not None and options.multitask in ("reject", "interrupt")
         if not local:
             depth = await self.store.queue_depth()
             if depth + self._enqueuing > self.settings.runs.max_queued:
                 raise QueueFull(f"{depth} runs wait in the queue already; try again later")
-        elif run_id is None or options.occurrence is not None:
+        elif (run_id is None or options.occurrence is not None) and not alone:
             # A fresh UUID, or a task occurrence's (taken only when the occurrence has fired
             # already: the committer then reports the clash): batched with other new runs.
             await self.committer.create(record, timeout)
             return record
         try:
             async with asyncio.timeout(timeout):
-                await self.store.create_run(record)  # a client's id may be taken: 409
+                # A client's id may be taken (409 run exists); a session busy (409 too).
+                await self.store.create_run(record, alone=alone)
         except TimeoutError:
             raise StoreUnavailable(
                 f"the database did not commit within {timeout:g} s; try again later"

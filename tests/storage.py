@@ -86,10 +86,10 @@ class ScriptedStore(SQLStore):
         await super().commit(events, updates, owner=owner, runs=runs)
         self.batches.append(len(events))
 
-    async def create_run(self, run: RunRecord) -> None:
+    async def create_run(self, run: RunRecord, *, alone: bool = False) -> None:
         if self.down:
             await asyncio.sleep(3600)  # a database that hangs rather than refuses
-        await super().create_run(run)
+        await super().create_run(run, alone=alone)
 
     async def renew_leases(self, instance_id: str, lease_until: float) -> dict[str, bool]:
         self.renewals += 1

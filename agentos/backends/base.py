@@ -87,8 +87,11 @@ class Store(abc.ABC):
         StoreUnavailable when the database cannot answer."""
 
     @abc.abstractmethod
-    async def create_run(self, run: RunRecord) -> None:
-        """Insert a new run; raises RunAlreadyExists when its id is taken."""
+    async def create_run(self, run: RunRecord, *, alone: bool = False) -> None:
+        """Insert a new run; raises RunAlreadyExists when its id is taken. ``alone``: raises
+        SessionBusy instead when its session has another unfinished run, checked in the
+        insert's transaction so that of several such creates at once (on any instances) at
+        most one goes in."""
 
     @abc.abstractmethod
     async def get_run(self, run_id: str) -> RunRecord | None:

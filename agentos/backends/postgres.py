@@ -124,6 +124,13 @@ class PostgresStore(SQLStore):
     async def _after_cancel_request(self, conn: AsyncConnection, run_id: str) -> None:
         await _notify(conn, CONTROL_CHANNEL, [f"cancel:{run_id}"])
 
+    async def _lock_session(self, conn: AsyncConnection, session_id: str) -> None:
+        # READ COMMITTED: two transactions would not see each other's insert; a transaction
+        # lock on the session's hash makes them take turns, and the second one's check (a new
+        # statement) sees the first one's committed run.
+        key = sa.func.hashtextextended("agentos-session:" + session_id, 0)
+        await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
+
     async def _after_enqueue(self, conn: AsyncConnection) -> None:
         await _notify(conn, CONTROL_CHANNEL, ["queue:"])
 

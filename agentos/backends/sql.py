@@ -42,6 +42,7 @@ from agentos.errors import (
     DataRejected,
     RunAlreadyExists,
     SessionActive,
+    SessionBusy,
     StoreUnavailable,
     TaskAlreadyExists,
     WriteConflict,
@@ -190,6 +191,17 @@ _TABLES = [_runs, _events, _messages, _components, _leases, _keys, _tasks]
 _KEY_COLUMNS = ("key", "kind", "component_id", "user_scope")
 
 
+def _others_unfinished(run: RunRecord) -> Any:
+    """Whether the run's session has another unfinished run (a scalar query)."""
+    return sa.select(
+        sa.exists().where(
+            _runs.c.session_id == run.session_id,
+            _runs.c.run_id != run.run_id,
+            _runs.c.status.in_(_UNFINISHED),
+        )
+    )
+
+
 def _record(row: Any) -> RunRecord:
     return RunRecord(
         run_id=row.run_id,
@@ -336,6 +348,11 @@ class SQLStore(Store):
     ) -> None:
         """Called in a commit's transaction after its writes (a dialect's hook)."""
 
+    async def _lock_session(self, conn: AsyncConnection, session_id: str) -> None:
+        """Make the creates of runs that must be alone in a session take turns, until the end
+        of the transaction. SQLite: the INSERT that follows takes the one write lock, and the
+        check after it sees every run committed before; PostgreSQL locks (see there)."""
+
     async def _after_enqueue(self, conn: AsyncConnection) -> None:
         """Called in the transaction that put a run in the queue (PostgreSQL notifies)."""
 
@@ -353,11 +370,15 @@ class SQLStore(Store):
         async with self._connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
 
-    async def create_run(self, run: RunRecord) -> None:
+    async def create_run(self, run: RunRecord, *, alone: bool = False) -> None:
         values = {**run.__dict__, "status": run.status.value}
         try:
             async with self._begin() as conn:
+                if alone:
+                    await self._lock_session(conn, run.session_id)
                 await conn.execute(_runs.insert().values(**values))
+                if alone and await conn.scalar(_others_unfinished(run)):
+                    raise SessionBusy(run.session_id)  # rolls the insert back
                 if run.status is RunStatus.QUEUED:
                     await self._after_enqueue(conn)
         except WriteConflict as exc:

@@ -218,6 +218,27 @@ async def test_multitask_reject_and_interrupt(make_manager: MakeManager) -> None
     assert (await manager.wait(second.run_id, 10)).status is RunStatus.COMPLETED
 
 
+async def test_multitask_reject_lets_one_of_many_racing_creates_in(
+    make_manager: MakeManager,
+) -> None:
+    """Twenty creates for one idle session at once, on two instances: exactly one run goes in,
+    every other one is refused; the session never has two active runs."""
+    managers = [await make_manager("a"), await make_manager("b")]
+    for attempt in range(3):
+        session = f"race-{attempt}"
+        results = await asyncio.gather(
+            *(
+                _start(managers[n % 2], "echo", words(3000), session_id=session, multitask="reject")
+                for n in range(20)
+            ),
+            return_exceptions=True,
+        )
+        made = [r for r in results if isinstance(r, RunRecord)]
+        refused = [r for r in results if isinstance(r, SessionBusy)]
+        assert (len(made), len(refused)) == (1, 19), results
+        await managers[0].cancel(made[0].run_id)
+
+
 async def test_multitask_enqueue_runs_a_session_one_run_at_a_time(
     make_manager: MakeManager,
 ) -> None:
