@@ -224,6 +224,8 @@ def configure(
         for old in uvicorn_logger.handlers[:]:
             uvicorn_logger.removeHandler(old)
         uvicorn_logger.propagate = True
+    # Alembic announces each of its plugins at INFO when first imported: noise for an operator.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     return context
 
 
