@@ -157,6 +157,14 @@ class RunManager:
         self._abandoning: set[asyncio.Future[None]] = set()
         #: Set to make the claimer look at the queue now (room freed, a run queued).
         self._queue_changed = asyncio.Event()
+        #: Whether the queue may hold a run to claim here: cleared by a claim that left nothing
+        #: queued, set again by whatever may queue one (wake_queue, the poll). Room freed here
+        #: wakes the claimer only while it is set: with the queue empty, a run's end costs no
+        #: claim query (500 direct starts made ~25 of them, 20 ms each, holding SQLite's write
+        #: lock; bench/NOTES.md, run queue).
+        self._queue_maybe = True
+        #: Counts wake_queue calls: a claim that raced one does not clear ``_queue_maybe``.
+        self._queue_hints = 0
         #: Counters for metrics: runs queued by a create here, claimed from the queue, and
         #: attempts that ended in a retry, here.
         self.runs_queued = 0
@@ -535,12 +543,15 @@ class RunManager:
             del self._active[run_id]
             self._tasks.pop(run_id, None)
         active.done.set()
-        self.wake_queue()  # room for a queued run
+        if self._queue_maybe:
+            self._queue_changed.set()  # room for a queued run
 
     # -- the queue -----------------------------------------------------------------------------
 
     def wake_queue(self) -> None:
-        """Look at the queue now (room freed here, or a run was queued)."""
+        """Look at the queue now: a run was (or may have been) queued, here or elsewhere."""
+        self._queue_maybe = True
+        self._queue_hints += 1
         self._queue_changed.set()
 
     async def _claim_forever(self) -> None:
@@ -551,7 +562,9 @@ class RunManager:
                 async with asyncio.timeout(self.settings.runs.queue_poll_interval):
                     await self._queue_changed.wait()
             except TimeoutError:
-                pass
+                # The poll: runs queued by another instance without a notification (SQLite),
+                # or whose not_before has come.
+                self._queue_maybe = True
             self._queue_changed.clear()
             try:
                 while await self.claim_once() > 0:
@@ -573,6 +586,7 @@ class RunManager:
         # Reserved across the await: creates wait for it (see _room_here) instead of taking it.
         self._claiming += room
         self._claim_done.clear()
+        hints = self._queue_hints
         try:
             now = time.time()
             claimed = await self.store.claim_runs(
@@ -590,6 +604,12 @@ class RunManager:
             self.runs_claimed += 1
             component = self.components[(record.kind, record.component_id)]
             self._launch(record, component, queued=True)
+        if not claimed and await self.store.queue_depth() == 0 and self._queue_hints == hints:
+            # Nothing is queued, and nothing was since the claim began (a run queued since then
+            # was woken for after its commit, so after ``hints`` was read). Runs left in the
+            # queue (not due yet, a busy session's, excluded here) keep it set: a release here
+            # may be what lets them start.
+            self._queue_maybe = False
         return len(claimed)
 
     def _finishing(self) -> list[str]:

@@ -259,6 +259,52 @@ async def test_multitask_enqueue_runs_a_session_one_run_at_a_time(
         assert start >= end
 
 
+async def test_runs_ending_with_the_queue_empty_make_no_claims(
+    make_manager: MakeManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No poll during the test: only wake-ups (a run queued, room freed) make claims.
+    manager = await make_manager("a", queue_poll_interval=60.0, max_active_runs=1)
+    claims = 0
+    claim_runs = manager.store.claim_runs
+
+    async def counted(*args: Any, **kwargs: Any) -> list[RunRecord]:
+        nonlocal claims
+        claims += 1
+        return await claim_runs(*args, **kwargs)
+
+    monkeypatch.setattr(manager.store, "claim_runs", counted)
+    first = await _start(manager, "echo", words(3, "first"))
+    await manager.wait(first.run_id, 20)  # the claimer has looked (start-up, this release)
+    await asyncio.sleep(0.1)
+    looked = claims
+    for i in range(10):
+        record = await _start(manager, "echo", words(3, f"r{i}"))
+        assert record.status is RunStatus.PENDING
+        assert (await manager.wait(record.run_id, 20)).status is RunStatus.COMPLETED
+    await asyncio.sleep(0.1)
+    assert claims == looked  # an empty queue: a run's end looks at it no more
+
+    # A run queued for want of room is still claimed as soon as room frees.
+    busy = await _start(manager, "echo", words(20, "busy"))
+    queued = await _start(manager, "echo", words(3, "queued"))
+    assert busy.status is RunStatus.PENDING and queued.status is RunStatus.QUEUED
+    final = await manager.wait(queued.run_id, 20)
+    assert final.status is RunStatus.COMPLETED and final.attempt == 1
+
+
+async def test_a_sessions_enqueued_runs_start_as_each_ends_without_the_poll(
+    make_manager: MakeManager,
+) -> None:
+    manager = await make_manager("a", queue_poll_interval=60.0)
+    records = [
+        await _start(manager, "echo", words(5, f"r{i}"), session_id="s", multitask="enqueue")
+        for i in range(3)
+    ]
+    # Each waits in the queue for the one before it: the release of that run claims it.
+    for record in records:
+        assert (await manager.wait(record.run_id, 10)).status is RunStatus.COMPLETED
+
+
 async def test_racing_instances_claim_each_queued_run_once(
     make_manager: MakeManager, db_url: str
 ) -> None:
