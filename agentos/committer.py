@@ -92,6 +92,7 @@ class GroupCommitter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._stopped = False
+        self._writing = False
         #: Counters for benchmarks, health and metrics: transactions and events written, and
         #: transactions that failed (each failed try counts).
         self.commits = 0
@@ -110,6 +111,11 @@ class GroupCommitter:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    @property
+    def writing(self) -> bool:
+        """Whether the commit task is writing groups (from its wake-up until the queue is empty)."""
+        return self._writing
 
     @property
     def running(self) -> bool:
@@ -227,12 +233,14 @@ class GroupCommitter:
         try:
             while True:
                 await self._wake.wait()
+                self._writing = True
                 # One turn of the loop first: the tasks woken with this one (a run's task that
                 # goes on to its terminal event) queue their events into the same group.
                 await asyncio.sleep(0)
                 self._wake.clear()
                 while self._pending or self._updates or self._waiters or self._creates:
                     await self._commit_one_group()
+                self._writing = False
                 if self._closing:
                     return
         finally:

@@ -141,6 +141,53 @@ async def test_a_runs_first_event_is_committed_before_the_run_goes_on(tmp_path: 
     assert seen == [1]
 
 
+async def test_a_first_event_behind_other_commits_does_not_hold_its_run(tmp_path: Path) -> None:
+    # Waiting for the first event's commit is for a run the committer would write alone: with
+    # a group being written, 500 runs started at once would each wait a group or two.
+    store = ScriptedStore(f"sqlite+aiosqlite:///{tmp_path / 'gated.db'}")
+    manager = RunManager(Settings(db_url=store.url, instance_id="t"), store=store)
+    go, done = asyncio.Event(), asyncio.Event()
+    ran: list[str] = []
+
+    async def busy(message: str) -> AsyncIterator[str]:
+        yield "one"
+        await go.wait()
+        yield "two"
+        await done.wait()
+
+    async def second(message: str) -> AsyncIterator[str]:
+        ran.append(message)
+        yield "chunk"
+
+    agents = [Agent(id="busy", fn=busy), Agent(id="second", fn=second)]
+    for agent in agents:
+        manager.register(agent)
+    await manager.start()
+    try:
+        first = await manager.start_run(agents[0], "go")
+        while (buf := manager.buffers.get(first.run_id)) is None or buf.next_index < 2:
+            await asyncio.sleep(0.01)  # its first events are committed
+        store.gate.clear()  # every later commit waits
+        go.set()
+        while not (manager.committer.writing and manager.committer.pending == 0):
+            await asyncio.sleep(0)  # the busy run's next group is being written (held)
+        # A client's run id: created outside the group commit, which is held.
+        record = await manager.start_run(agents[1], "behind", run_id="second-run")
+        async with asyncio.timeout(10):
+            while not ran:
+                await asyncio.sleep(0.01)
+        assert manager.committer.writing  # it went on while the commit was still held
+        store.gate.set()
+        done.set()
+        for run_id in (first.run_id, record.run_id):
+            final = await asyncio.wait_for(manager.wait(run_id), 10)
+            assert final.status is RunStatus.COMPLETED
+    finally:
+        store.gate.set()
+        done.set()
+        await manager.aclose()
+
+
 async def test_a_run_that_never_awaits_lets_other_tasks_in_while_it_emits(tmp_path: Path) -> None:
     # run_time_slice=0: the run lets others in after each event (by default, once a millisecond).
     manager = await _flood_manager(tmp_path, run_time_slice=0.0)
