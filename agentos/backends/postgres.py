@@ -134,6 +134,9 @@ class PostgresStore(SQLStore):
     async def _after_enqueue(self, conn: AsyncConnection) -> None:
         await _notify(conn, CONTROL_CHANNEL, ["queue:"])
 
+    def _enqueue_notice(self) -> Any:
+        return sa.func.pg_notify(CONTROL_CHANNEL, "queue:")
+
 
 async def _notify(conn: AsyncConnection, channel: str, payloads: list[str]) -> None:
     """``pg_notify`` each payload; PostgreSQL delivers them when the transaction commits."""

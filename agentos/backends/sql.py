@@ -320,12 +320,31 @@ class SQLStore(Store):
 
     @contextlib.asynccontextmanager
     async def _connect(self) -> AsyncIterator[AsyncConnection]:
-        """A connection; driver errors come out as the store's domain errors."""
+        """A connection to read with; driver errors come out as the store's domain errors.
+
+        On PostgreSQL its statements run in autocommit, each in a transaction of its own: a
+        read is one round trip to the server instead of three (BEGIN, the query, and the
+        ROLLBACK when the connection goes back to the pool), and it sees what it would have
+        seen in a transaction, since READ COMMITTED takes a snapshot per statement anyway.
+        """
         try:
             async with self.engine.connect() as conn:
+                if not self.is_sqlite:
+                    await conn.execution_options(isolation_level="AUTOCOMMIT")
                 yield conn
         except Exception as exc:
             raise _translate(exc) from exc
+
+    @contextlib.asynccontextmanager
+    async def _statement(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for one write statement that is atomic by itself: in autocommit on
+        PostgreSQL (one round trip, no BEGIN and COMMIT), a transaction on SQLite."""
+        if self.is_sqlite:
+            async with self._begin() as conn:
+                yield conn
+        else:
+            async with self._connect() as conn:
+                yield conn
 
     @contextlib.asynccontextmanager
     async def _begin(self) -> AsyncIterator[AsyncConnection]:
@@ -356,6 +375,11 @@ class SQLStore(Store):
     async def _after_enqueue(self, conn: AsyncConnection) -> None:
         """Called in the transaction that put a run in the queue (PostgreSQL notifies)."""
 
+    def _enqueue_notice(self) -> Any:
+        """What a statement that creates a queued run selects to announce it, or None (a
+        dialect's hook: PostgreSQL's ``pg_notify``)."""
+        return None
+
     async def _after_cancel_request(self, conn: AsyncConnection, run_id: str) -> None:
         """Called in the transaction that set a run's cancel request (a dialect's hook)."""
 
@@ -372,15 +396,27 @@ class SQLStore(Store):
 
     async def create_run(self, run: RunRecord, *, alone: bool = False) -> None:
         values = {**run.__dict__, "status": run.status.value}
+        insert = _runs.insert().values(**values)
         try:
-            async with self._begin() as conn:
-                if alone:
+            if alone:
+                async with self._begin() as conn:
                     await self._lock_session(conn, run.session_id)
-                await conn.execute(_runs.insert().values(**values))
-                if alone and await conn.scalar(_others_unfinished(run)):
-                    raise SessionBusy(run.session_id)  # rolls the insert back
-                if run.status is RunStatus.QUEUED:
-                    await self._after_enqueue(conn)
+                    await conn.execute(insert)
+                    if await conn.scalar(_others_unfinished(run)):
+                        raise SessionBusy(run.session_id)  # rolls the insert back
+                    if run.status is RunStatus.QUEUED:
+                        await self._after_enqueue(conn)
+                return
+            statement: Any = insert
+            notice = self._enqueue_notice() if run.status is RunStatus.QUEUED else None
+            if notice is not None:
+                # The insert and its notification in one statement (a data-modifying CTE
+                # always runs; the notification goes out when the statement commits): one
+                # round trip on the way from a queued run's create to its claim by another
+                # instance.
+                statement = sa.select(notice).select_from(insert.returning(_runs.c.run_id).cte())
+            async with self._statement() as conn:
+                await conn.execute(statement)
         except WriteConflict as exc:
             raise RunAlreadyExists(run.run_id) from exc
 
@@ -673,6 +709,17 @@ class SQLStore(Store):
             # claimed already, so that LIMIT bounded nothing (one claim took the whole queue).
             cte = eligible.cte("claimable").prefix_with("MATERIALIZED")
             picked = sa.select(cte.c.run_id)
+        # Each claimed run's last event index. On PostgreSQL it is read in the claim itself: one
+        # statement, so one round trip in autocommit (a claim sits between a queued run's
+        # create and its first event at the client). SQLite's RETURNING names columns without
+        # their table (the subquery's ``run_id`` would be the event's): a second query there.
+        last_index: Any = sa.null()
+        if not self.is_sqlite:
+            last_index = (
+                sa.select(sa.func.max(_events.c.event_index))
+                .where(_events.c.run_id == runs.run_id)
+                .scalar_subquery()
+            )
         # The status condition is the compare-and-set: of two claimers of one run, the second
         # finds it no longer QUEUED (SQLite has one writer; PostgreSQL re-checks locked rows).
         claim = (
@@ -687,20 +734,20 @@ class SQLStore(Store):
                 updated_at=now,
                 not_before=None,
             )
-            .returning(*_runs.c)
+            .returning(*_runs.c, last_index.label("last_index"))
         )
-        async with self._begin() as conn:
+        async with self._statement() as conn:
             rows = (await conn.execute(claim)).all()
-            if not rows:
-                return []
-            counts = sa.select(_events.c.run_id, sa.func.max(_events.c.event_index)).where(
-                _events.c.run_id.in_([row.run_id for row in rows])
-            )
-            grouped = await conn.execute(counts.group_by(_events.c.run_id))
-            last: dict[str, int] = {row[0]: row[1] for row in grouped.all()}
+            last: dict[str, int | None] = {row.run_id: row.last_index for row in rows}
+            if rows and self.is_sqlite:
+                counts = sa.select(_events.c.run_id, sa.func.max(_events.c.event_index)).where(
+                    _events.c.run_id.in_(list(last))
+                )
+                grouped = await conn.execute(counts.group_by(_events.c.run_id))
+                last.update({row[0]: row[1] for row in grouped.all()})
         records = []
         for row in rows:
-            top = last.get(row.run_id)
+            top = last[row.run_id]
             records.append(replace(_record(row), event_count=0 if top is None else top + 1))
         return sorted(records, key=lambda r: (r.created_at, r.run_id))
 

@@ -305,6 +305,24 @@ async def test_a_sessions_enqueued_runs_start_as_each_ends_without_the_poll(
         assert (await manager.wait(record.run_id, 10)).status is RunStatus.COMPLETED
 
 
+async def test_a_queued_create_wakes_another_instance_without_its_poll(
+    make_manager: MakeManager, db_url: str
+) -> None:
+    if db_url.startswith("sqlite"):
+        pytest.skip("another process's queued run is found by the poll on SQLite")
+    full = await make_manager("full", max_active_runs=0)
+    other = await make_manager("other", queue_poll_interval=60.0)
+    await asyncio.sleep(0.2)  # past the claim other makes when its LISTEN connection is up
+    for i in range(3):
+        # The create's one statement inserts the run and notifies (pg_notify in a CTE).
+        queued = await _start(full, "echo", words(3, f"q{i}"))
+        assert queued.status is RunStatus.QUEUED
+        final = await full.wait(queued.run_id, 10)
+        assert final.status is RunStatus.COMPLETED and final.instance_id == "other"
+        _check_numbering(await _collect(full, queued.run_id))
+    assert other.runs_claimed == 3
+
+
 async def test_racing_instances_claim_each_queued_run_once(
     make_manager: MakeManager, db_url: str
 ) -> None:
