@@ -567,7 +567,7 @@ class RunManager:
                 self._queue_maybe = True
             self._queue_changed.clear()
             try:
-                while await self.claim_once() > 0:
+                while await self.claim_once() > 0 and self._queue_maybe:
                     pass
             except StoreUnavailable as exc:
                 logger.warning("claiming queued runs failed (%s); retrying", exc)
@@ -604,12 +604,16 @@ class RunManager:
             self.runs_claimed += 1
             component = self.components[(record.kind, record.component_id)]
             self._launch(record, component, queued=True)
-        if not claimed and await self.store.queue_depth() == 0 and self._queue_hints == hints:
-            # Nothing is queued, and nothing was since the claim began (a run queued since then
-            # was woken for after its commit, so after ``hints`` was read). Runs left in the
-            # queue (not due yet, a busy session's, excluded here) keep it set: a release here
-            # may be what lets them start.
-            self._queue_maybe = False
+        if len(claimed) < room:
+            # The queue held less than the room: is it empty now? The runs just launched go
+            # first (to their first event, which their clients wait for).
+            await asyncio.sleep(0)
+            if await self.store.queue_depth() == 0 and self._queue_hints == hints:
+                # Nothing is queued, and nothing was since the claim began (a run queued since
+                # then was woken for after its commit, so after ``hints`` was read). Runs left
+                # in the queue (not due yet, a busy session's, excluded here) keep it set: a
+                # release here may be what lets them start.
+                self._queue_maybe = False
         return len(claimed)
 
     def _finishing(self) -> list[str]:
