@@ -618,8 +618,14 @@ class RunManager:
 
     def _finishing(self) -> list[str]:
         """Runs whose attempt here has ended but whose task has not: not to be claimed here
-        until it has (their release wakes the claimer)."""
-        return [run_id for run_id, active in self._active.items() if active.ended]
+        until it has (their release wakes the claimer). A run whose end has committed as its
+        final status is left out: it cannot be queued any more, and under a burst of short
+        runs the list (a NOT IN, new SQL for each length) would hold hundreds of them."""
+        return [
+            run_id
+            for run_id, active in self._active.items()
+            if active.ended and not active.record.status.ended
+        ]
 
     async def _drive(self, active: _ActiveRun) -> None:
         record = active.record
