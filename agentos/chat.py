@@ -33,6 +33,7 @@ from agentos.errors import (
     CommitterStopped,
     ModelTimeout,
     ModelUnavailable,
+    ReplyTooLarge,
     RunEnded,
     ToolCallsExceeded,
     ToolRoundsExceeded,
@@ -166,6 +167,27 @@ class _ToolCalls:
         return calls, refused
 
 
+class _ReplySize:
+    """The bytes of one model reply so far (content, reasoning, tool calls: UTF-8), within
+    ``limit`` (0: none). Past it, ReplyTooLarge: the run ends before that piece is emitted."""
+
+    __slots__ = ("limit", "size")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+
+    def add(self, text: str) -> None:
+        self.size += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+        if self.limit and self.size > self.limit:
+            raise ReplyTooLarge(f"the model's reply passed {self.limit} bytes (model_reply_bytes)")
+
+    def add_call(self, part: ToolCallPart) -> None:
+        for text in (part.id, part.name, part.arguments):
+            if text:
+                self.add(text)
+
+
 class ChatLoop:
     """Runs a chat model with tools over a session, emitting the run's events.
 
@@ -257,24 +279,30 @@ class ChatLoop:
                 parts: list[str] = []
                 settings = ctx.settings
                 calls = _ToolCalls(settings.max_tool_calls, settings.tool_argument_bytes)
+                size = _ReplySize(settings.model_reply_bytes)
                 finish: Finish | None = None
                 async with contextlib.aclosing(self._deltas(ctx, messages, specs)) as deltas:
                     async for delta in deltas:
                         if isinstance(delta, ContentDelta):
                             if delta.text:
+                                size.add(delta.text)
                                 emitted = True
                                 metrics.saw_output()
                                 parts.append(delta.text)
                                 await ctx.emit(self.content_event, content=delta.text)
                         elif isinstance(delta, ReasoningDelta):
                             if delta.text:
+                                size.add(delta.text)
                                 emitted = True
                                 metrics.saw_output()
                                 await ctx.emit("ReasoningContent", content=delta.text)
                         elif isinstance(delta, ToolCallPart):
+                            size.add_call(delta)
                             calls.add(delta)
                         elif isinstance(delta, ToolCall):
-                            calls.add(ToolCallPart(None, delta.id, delta.name, delta.arguments))
+                            part = ToolCallPart(None, delta.id, delta.name, delta.arguments)
+                            size.add_call(part)
+                            calls.add(part)
                         elif isinstance(delta, Usage):
                             metrics.add(delta)
                             ctx.meter.count_tokens(delta.input_tokens, delta.output_tokens)

@@ -335,6 +335,50 @@ async def test_tool_arguments_past_tool_argument_bytes_are_refused_and_the_run_g
     assert result_2["content"] == f"Error: {error['error']}"
 
 
+async def test_a_reply_past_model_reply_bytes_ends_the_run_and_closes_the_stream_at_once(
+    fake: FakeOpenAI, model_settings: Settings
+) -> None:
+    # 8 bytes of reasoning and 12 of content fit in 24 (ö is 2 bytes); the next piece does not,
+    # and the stream would then pause for 30 s.
+    reply = list(text_reply(["hello ", "wörld", "!!!!!", "never"], reasoning=["thinking"]).items)
+    fake.script(Reply([*reply[:5], Pause(30), *reply[5:]]))
+    agent = Agent(id="a", model=model(fake))
+    settings = model_settings.replace(model_reply_bytes=24)
+    events = await run_events(agent, settings)
+    assert names(events) == [
+        "RunStarted",
+        "ReasoningContent",
+        "RunContent",
+        "RunContent",
+        "RunError",
+    ]
+    assert [e.payload()["content"] for e in events[1:-1]] == ["thinking", "hello ", "wörld"]
+    assert events[-1].payload()["error"] == (
+        "ReplyTooLarge: the model's reply passed 24 bytes (model_reply_bytes)"
+    )
+    await wait_for(lambda: fake.disconnects == 1)
+    assert len(fake.requests) == 1  # not retried
+
+    # Tool calls count too (id, name, arguments): the call never runs.
+    ran: list[str] = []
+
+    def note(text: str) -> str:
+        ran.append(text)
+        return "noted"
+
+    fake.script(tool_reply([("c1", "note", '{"text": "' + "x" * 40 + '"}')]))
+    agent = Agent(id="a", model=model(fake), tools=[note])
+    events = await run_events(agent, settings)
+    assert names(events) == ["RunStarted", "RunError"]
+    assert events[-1].payload()["error"].startswith("ReplyTooLarge")
+    assert ran == []
+
+    # 0: no limit.
+    fake.script(text_reply(["x" * 100, "y" * 100]))
+    events = await run_events(agent, model_settings.replace(model_reply_bytes=0))
+    assert events[-1].payload()["content"] == "x" * 100 + "y" * 100
+
+
 # -- 6: failures -----------------------------------------------------------------------------
 
 
