@@ -94,6 +94,9 @@ class _ActiveRun:
     #: When this attempt's run was scheduled, queued and claimed: added to the attempt's first
     #: started event (RunStarted, TeamRunStarted, WorkflowStarted), then None.
     timing: dict[str, float] | None = None
+    #: Whether the run's session id was made for it here: no earlier run can be in it, so the
+    #: run reads no history.
+    new_session: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -402,7 +405,7 @@ class RunManager:
             else:
                 self._enqueuing -= 1
         if local:
-            self._launch(record, component)
+            self._launch(record, component, new_session=session_id is None)
         else:
             self.runs_queued += 1
             self.wake_queue()
@@ -509,9 +512,18 @@ class RunManager:
         self._launch(record, component)
         self.cancel_nowait(record.run_id, "cancelled")
 
-    def _launch(self, record: RunRecord, component: Component, *, queued: bool = False) -> None:
+    def _launch(
+        self,
+        record: RunRecord,
+        component: Component,
+        *,
+        queued: bool = False,
+        new_session: bool = False,
+    ) -> None:
         """Start executing ``record`` here (created here, or ``queued`` and claimed)."""
-        active = _ActiveRun(record, component, next_index=record.event_count)
+        active = _ActiveRun(
+            record, component, next_index=record.event_count, new_session=new_session
+        )
         active.timing = _timing(record, queued)
         self._active[record.run_id] = active
         self.buffers.open(record.run_id, record.event_count)
@@ -598,7 +610,9 @@ class RunManager:
             session_id=record.session_id,
             user_id=record.user_id,
             settings=self.settings.agents,
-            session=SessionLog(self.store, record, self.settings.agents.history_runs),
+            session=SessionLog(
+                self.store, record, self.settings.agents.history_runs, new=active.new_session
+            ),
             tool_threads=self.tool_threads,
             meter=self.meters.setdefault((record.kind, record.component_id), Meter()),
         )

@@ -164,13 +164,17 @@ def _short_id(value: str | None) -> str | None:
 class SessionLog:
     """What one run sees of its session: the earlier turns, and where its own go."""
 
-    __slots__ = ("_run", "_store", "history_runs")
+    __slots__ = ("_new", "_run", "_store", "history_runs")
 
-    def __init__(self, store: Store, run: RunRecord, history_runs: int) -> None:
+    def __init__(
+        self, store: Store, run: RunRecord, history_runs: int, *, new: bool = False
+    ) -> None:
         self._store = store
         self._run = run
         #: Earlier completed runs whose messages :meth:`history` returns by default.
         self.history_runs = history_runs
+        #: The session id was made for this run: no earlier run is in it, nothing to read.
+        self._new = new
 
     async def history(
         self, runs: int | None = None, *, max_bytes: int | None = None
@@ -182,7 +186,7 @@ class SessionLog:
         conversation and a tool call never comes without its result.
         """
         limit = self.history_runs if runs is None else runs
-        if limit <= 0 or (max_bytes is not None and max_bytes <= 0):
+        if self._new or limit <= 0 or (max_bytes is not None and max_bytes <= 0):
             return []
         # Only the same user's turns: a session id another user chose too shares nothing.
         records = await self._store.session_messages(
