@@ -761,18 +761,22 @@ class RunManager:
             await self._pace(active, event)
 
     async def _pace(self, active: _ActiveRun, event: Event) -> None:
-        """Commit a run's first event before it goes on, then let other tasks in once per
-        ``time_slice`` that the run spends emitting without awaiting anything else.
+        """Commit a run's first two events before it goes on (its started event, and its first
+        output: the time to first token), then let other tasks in once per ``time_slice`` that
+        the run spends emitting without awaiting anything else.
 
         A run that emits at full speed holds the event loop until its own next await, and
         while it runs, the database thread waits for the GIL and every step of a commit in
         flight waits for the loop: its first event used to wait 40 to 200 ms for a group
         commit of a few events (bench/NOTES.md, time to the first event). Waiting for that one
         commit leaves the loop idle, so it takes about a millisecond; the time slice bounds how
-        long a commit step, a stream or a request then waits behind the run. A gap of more than
-        a slice since the run's previous event means it was away (awaiting): a new slice begins.
+        long a commit step, a stream or a request then waits behind the run. The same holds
+        for a model's first token: its next deltas are often in already, and its commit took
+        4 to 10 ms on a busy machine while the run read them, about 1 ms waited for
+        (bench/NOTES.md, session 4). A gap of more than a slice since the run's previous event
+        means it was away (awaiting): a new slice begins.
         """
-        if active.next_index == 1:
+        if active.next_index <= 2:
             await self.committer.committed(event)
             active.emitted_at = active.slice_start = time.monotonic()
             return
