@@ -611,7 +611,11 @@ class RunManager:
             user_id=record.user_id,
             settings=self.settings.agents,
             session=SessionLog(
-                self.store, record, self.settings.agents.history_runs, new=active.new_session
+                self.store,
+                record,
+                self.settings.agents.history_runs,
+                new=active.new_session,
+                retry=self.settings.commit,
             ),
             tool_threads=self.tool_threads,
             meter=self.meters.setdefault((record.kind, record.component_id), Meter()),
