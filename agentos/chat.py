@@ -24,7 +24,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ from agentos.errors import (
     CommitterStopped,
     ModelTimeout,
     ModelUnavailable,
+    ReplyTooLarge,
     RunEnded,
     ToolCallsExceeded,
     ToolRoundsExceeded,
@@ -94,6 +95,10 @@ class _Turn:
     #: Why a call is refused before it runs (its arguments were too large), by its position.
     refused: dict[int, str] = field(default_factory=dict)
 
+
+#: Loop turns that let a group commit begin: the committer's wake-up, then its hand-over of
+#: the group to the database (``committer.py``).
+_COMMIT_TURNS = 2
 
 #: The longest tool name (``tools.py`` allows 1 to 64 of ``[A-Za-z0-9_-]``).
 _MAX_TOOL_NAME = 64
@@ -166,6 +171,27 @@ class _ToolCalls:
         return calls, refused
 
 
+class _ReplySize:
+    """The bytes of one model reply so far (content, reasoning, tool calls: UTF-8), within
+    ``limit`` (0: none). Past it, ReplyTooLarge: the run ends before that piece is emitted."""
+
+    __slots__ = ("limit", "size")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+
+    def add(self, text: str) -> None:
+        self.size += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+        if self.limit and self.size > self.limit:
+            raise ReplyTooLarge(f"the model's reply passed {self.limit} bytes (model_reply_bytes)")
+
+    def add_call(self, part: ToolCallPart) -> None:
+        for text in (part.id, part.name, part.arguments):
+            if text:
+                self.add(text)
+
+
 class ChatLoop:
     """Runs a chat model with tools over a session, emitting the run's events.
 
@@ -191,29 +217,38 @@ class ChatLoop:
         self.content_event = content_event
 
     async def run(
-        self, ctx: RunContext, message: str, extra_tools: dict[str, Tool] | None = None
+        self,
+        ctx: RunContext,
+        message: str,
+        extra_tools: dict[str, Tool] | None = None,
+        *,
+        started: Callable[[], Awaitable[None]] | None = None,
     ) -> str:
-        """Answer ``message``; returns the content streamed, sets ``ctx.completed["metrics"]``."""
+        """Answer ``message``; returns the content streamed, sets ``ctx.completed["metrics"]``.
+
+        ``started`` emits the run's first event. The session's history is read and the first
+        model call sent while that event commits (a run's first event commits before the run
+        goes on): the model's first delta is then on its way, not requested after the commit.
+        Nothing the model sends is emitted before ``started`` returns.
+        """
         tools = {**self.tools, **(extra_tools or {})}
         specs = [t.spec for t in tools.values()]
         metrics = _Metrics(self.model.name)
-        messages: list[dict[str, Any]] = []
-        if self.instructions:
-            messages.append({"role": "system", "content": self.instructions})
-        if ctx.session is not None:
-            budget = self.history_bytes
-            messages.extend(
-                await ctx.session.history(
-                    self.history_runs,
-                    max_bytes=ctx.settings.history_bytes if budget is None else budget,
-                )
-            )
-        first_new = len(messages)
-        messages.append({"role": "user", "content": message})
+        opening = asyncio.ensure_future(self._open(ctx, message, specs))
+        try:
+            if started is not None:
+                await started()
+            messages, first_call = await opening
+        except BaseException:
+            await _discard(opening)
+            raise
+        first_new = len(messages) - 1  # the user's message: the first of this run's own
+        opened: _Opened | None = first_call
         parts: list[str] = []
         rounds = 0
         while True:
-            turn = await self._call(ctx, messages, specs, metrics)
+            turn = await self._call(ctx, messages, specs, metrics, opened)
+            opened = None
             parts.append(turn.content)
             if turn.finish is not None and turn.finish.model:
                 metrics.model = turn.finish.model
@@ -241,6 +276,41 @@ class ChatLoop:
         ctx.completed["metrics"] = metrics.to_dict()
         return "".join(parts)
 
+    async def _open(
+        self, ctx: RunContext, message: str, specs: Sequence[ToolSpec]
+    ) -> tuple[list[dict[str, Any]], _Opened]:
+        """The first call's messages (instructions, history, ``message``), and that call sent
+        with its first delta read (or the failure that reading it met)."""
+        # Let the started event's group go to the database first: building and sending the
+        # request holds the loop for about 1.5 ms (the SDK's work), which the commit would
+        # otherwise wait for.
+        for _ in range(_COMMIT_TURNS):
+            await asyncio.sleep(0)
+        messages: list[dict[str, Any]] = []
+        if self.instructions:
+            messages.append({"role": "system", "content": self.instructions})
+        if ctx.session is not None:
+            budget = self.history_bytes
+            messages.extend(
+                await ctx.session.history(
+                    self.history_runs,
+                    max_bytes=ctx.settings.history_bytes if budget is None else budget,
+                )
+            )
+        messages.append({"role": "user", "content": message})
+        stream = self.model.astream_chat(list(messages), specs)
+        opened = _Opened(stream)
+        try:
+            opened.first = await _next(stream, ctx.settings.model_read_timeout)
+        except StopAsyncIteration:
+            opened.ended = True
+        except Exception as exc:  # raised where the call's deltas are read (retried there)
+            opened.error = exc
+        except BaseException:
+            await _close(stream)
+            raise
+        return messages, opened
+
     # -- one model call ---------------------------------------------------------------------------
 
     async def _call(
@@ -249,6 +319,7 @@ class ChatLoop:
         messages: list[dict[str, Any]],
         specs: Sequence[ToolSpec],
         metrics: _Metrics,
+        opened: _Opened | None = None,
     ) -> _Turn:
         attempt = 0
         while True:
@@ -257,24 +328,32 @@ class ChatLoop:
                 parts: list[str] = []
                 settings = ctx.settings
                 calls = _ToolCalls(settings.max_tool_calls, settings.tool_argument_bytes)
+                size = _ReplySize(settings.model_reply_bytes)
                 finish: Finish | None = None
-                async with contextlib.aclosing(self._deltas(ctx, messages, specs)) as deltas:
+                deltas_of_call = self._deltas(ctx, messages, specs, opened)
+                opened = None  # a retry sends the call again
+                async with contextlib.aclosing(deltas_of_call) as deltas:
                     async for delta in deltas:
                         if isinstance(delta, ContentDelta):
                             if delta.text:
+                                size.add(delta.text)
                                 emitted = True
                                 metrics.saw_output()
                                 parts.append(delta.text)
                                 await ctx.emit(self.content_event, content=delta.text)
                         elif isinstance(delta, ReasoningDelta):
                             if delta.text:
+                                size.add(delta.text)
                                 emitted = True
                                 metrics.saw_output()
                                 await ctx.emit("ReasoningContent", content=delta.text)
                         elif isinstance(delta, ToolCallPart):
+                            size.add_call(delta)
                             calls.add(delta)
                         elif isinstance(delta, ToolCall):
-                            calls.add(ToolCallPart(None, delta.id, delta.name, delta.arguments))
+                            part = ToolCallPart(None, delta.id, delta.name, delta.arguments)
+                            size.add_call(part)
+                            calls.add(part)
                         elif isinstance(delta, Usage):
                             metrics.add(delta)
                             ctx.meter.count_tokens(delta.input_tokens, delta.output_tokens)
@@ -297,27 +376,35 @@ class ChatLoop:
                 await asyncio.sleep(delay)
 
     async def _deltas(
-        self, ctx: RunContext, messages: list[dict[str, Any]], specs: Sequence[ToolSpec]
+        self,
+        ctx: RunContext,
+        messages: list[dict[str, Any]],
+        specs: Sequence[ToolSpec],
+        opened: _Opened | None = None,
     ) -> AsyncGenerator[Delta]:
-        """The model's deltas, each within ``model_read_timeout``; the stream is always closed."""
-        timeout = ctx.settings.model_read_timeout or None
-        stream = self.model.astream_chat(list(messages), specs)
+        """The model's deltas, each within ``model_read_timeout``; the stream is always closed.
+
+        ``opened``: the call already sent by :meth:`_open`, its first delta read."""
+        timeout = ctx.settings.model_read_timeout
+        stream = (
+            opened.stream if opened is not None else self.model.astream_chat(list(messages), specs)
+        )
         try:
+            if opened is not None:
+                if opened.error is not None:
+                    raise opened.error
+                if opened.ended:
+                    return
+                assert opened.first is not None
+                yield opened.first
             while True:
                 try:
-                    async with asyncio.timeout(timeout):
-                        delta = await anext(stream)
+                    delta = await _next(stream, timeout)
                 except StopAsyncIteration:
                     return
-                except TimeoutError:
-                    raise ModelTimeout(
-                        f"the model sent nothing for {timeout:g} s (model_read_timeout)"
-                    ) from None
                 yield delta
         finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await _close(stream)
 
     # -- tools ------------------------------------------------------------------------------------
 
@@ -384,6 +471,46 @@ class ChatLoop:
                 with contextlib.suppress(RunEnded, CommitterStopped):  # the run takes no more
                     await end("ToolCallError", error="cancelled")
             raise
+
+
+class _Opened:
+    """A model call sent before the run's first event committed: its stream, and its first
+    delta read (or the stream's end, or the failure met)."""
+
+    __slots__ = ("ended", "error", "first", "stream")
+
+    def __init__(self, stream: AsyncIterator[Delta]) -> None:
+        self.stream = stream
+        self.first: Delta | None = None
+        self.ended = False
+        self.error: Exception | None = None
+
+
+async def _next(stream: AsyncIterator[Delta], timeout: float) -> Delta:
+    """The stream's next delta within ``timeout`` seconds (0: no limit), else ModelTimeout."""
+    try:
+        async with asyncio.timeout(timeout or None):
+            return await anext(stream)
+    except TimeoutError:
+        raise ModelTimeout(
+            f"the model sent nothing for {timeout:g} s (model_read_timeout)"
+        ) from None
+
+
+async def _close(stream: AsyncIterator[Delta]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def _discard(opening: asyncio.Future[tuple[list[dict[str, Any]], _Opened]]) -> None:
+    """Stop a model call begun early whose run did not go on (cancelled, or its first event
+    refused): its stream is closed, so the model server stops at once."""
+    opening.cancel()
+    with contextlib.suppress(BaseException):
+        await asyncio.wait([opening])  # not cancelled again by this task's own cancel
+    if opening.done() and not opening.cancelled() and opening.exception() is None:
+        await _close(opening.result()[1].stream)
 
 
 def _retry_delay(exc: ModelUnavailable, attempt: int, ctx: RunContext) -> float | None:

@@ -32,6 +32,7 @@
      │    └── ModelTimeout      no data from the model for model_read_timeout seconds
      ├── ToolRoundsExceeded     the model kept calling tools past max_tool_rounds
      ├── ToolCallsExceeded      more tool calls in one model turn than max_tool_calls
+     ├── ReplyTooLarge          one model reply past model_reply_bytes
      ├── WriteConflict          another writer holds a run's event index (store -> committer)
      ├── StoreUnavailable       the database cannot be reached or commit now (transient) 503
      ├── DataRejected           the database refuses a value; retrying cannot help
@@ -70,6 +71,7 @@ __all__ = [
     "NotAuthorized",
     "Overloaded",
     "QueueFull",
+    "ReplyTooLarge",
     "RequestTimeout",
     "RequestTooLarge",
     "RunAlreadyExists",
@@ -421,6 +423,13 @@ class ToolCallsExceeded(AgentOSError):
     """The model asked for more than ``max_tool_calls`` tool calls in one turn; the run ends."""
 
     code = "tool_calls_exceeded"
+
+
+class ReplyTooLarge(AgentOSError):
+    """One model reply (content, reasoning, tool calls) passed ``model_reply_bytes``; the run
+    ends and the model's stream is closed."""
+
+    code = "reply_too_large"
 
 
 def describe_error(exc: BaseException) -> str:

@@ -93,6 +93,9 @@ class _ActiveRun:
     #: When this attempt's run was scheduled, queued and claimed: added to the attempt's first
     #: started event (RunStarted, TeamRunStarted, WorkflowStarted), then None.
     timing: dict[str, float] | None = None
+    #: Whether the run's session id was made for it here: no earlier run can be in it, so the
+    #: run reads no history.
+    new_session: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -418,7 +421,7 @@ class RunManager:
             else:
                 self._enqueuing -= 1
         if local:
-            self._launch(record, component)
+            self._launch(record, component, new_session=session_id is None)
         else:
             self.runs_queued += 1
             self.wake_queue()
@@ -524,9 +527,18 @@ class RunManager:
         self._launch(record, component)
         self.cancel_nowait(record.run_id, "cancelled")
 
-    def _launch(self, record: RunRecord, component: Component, *, queued: bool = False) -> None:
+    def _launch(
+        self,
+        record: RunRecord,
+        component: Component,
+        *,
+        queued: bool = False,
+        new_session: bool = False,
+    ) -> None:
         """Start executing ``record`` here (created here, or ``queued`` and claimed)."""
-        active = _ActiveRun(record, component, next_index=record.event_count)
+        active = _ActiveRun(
+            record, component, next_index=record.event_count, new_session=new_session
+        )
         active.timing = _timing(record, queued)
         self._active[record.run_id] = active
         self.buffers.open(record.run_id, record.event_count)
@@ -635,7 +647,13 @@ class RunManager:
             session_id=record.session_id,
             user_id=record.user_id,
             settings=self.settings.agents,
-            session=SessionLog(self.store, record, self.settings.agents.history_runs),
+            session=SessionLog(
+                self.store,
+                record,
+                self.settings.agents.history_runs,
+                new=active.new_session,
+                retry=self.settings.commit,
+            ),
             tool_threads=self.tool_threads,
             meter=self.meters.setdefault((record.kind, record.component_id), Meter()),
         )
@@ -784,25 +802,29 @@ class RunManager:
             await self._pace(active, event)
 
     async def _pace(self, active: _ActiveRun, event: Event) -> None:
-        """Commit a run's first event before it goes on when nothing else is being committed,
-        then let other tasks in once per ``time_slice`` that the run spends emitting without
-        awaiting anything else.
+        """Commit a run's first two events before it goes on (its started event, and its first
+        output: the time to first token) when nothing else is being committed, then let other
+        tasks in once per ``time_slice`` that the run spends emitting without awaiting anything
+        else.
 
         A run that emits at full speed holds the event loop until its own next await, and
         while it runs, the database thread waits for the GIL and every step of a commit in
         flight waits for the loop: its first event used to wait 40 to 200 ms for a group
         commit of a few events (bench/NOTES.md, time to the first event). Waiting for that one
         commit leaves the loop idle, so it takes about a millisecond; the time slice bounds how
-        long a commit step, a stream or a request then waits behind the run. A gap of more than
-        a slice since the run's previous event means it was away (awaiting): a new slice begins.
+        long a commit step, a stream or a request then waits behind the run. The same holds
+        for a model's first token: its next deltas are often in already, and its commit took
+        4 to 10 ms on a busy machine while the run read them, about 1 ms waited for
+        (bench/NOTES.md, session 4). A gap of more than a slice since the run's previous event
+        means it was away (awaiting): a new slice begins.
 
-        Only a first event that the committer would write on its own is waited for. With other
+        Only an event that the committer would write on its own is waited for. With other
         runs' events pending or a group being written, the wait would be a group or two, and
-        every run's events would be split over two groups: 500 runs started at once then cost
+        every run's events would be split over more groups: 500 runs started at once then cost
         twice the fence checks, notifications and status updates (bench/NOTES.md, run queue);
         there the time slice alone keeps the loop turning.
         """
-        if active.next_index == 1:
+        if active.next_index <= 2:
             committer = self.committer
             if committer.pending <= 1 and not committer.writing:
                 await committer.committed(event)

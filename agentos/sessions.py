@@ -16,17 +16,19 @@ Only completed runs count: a run that failed or was cancelled leaves no half con
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agentos.errors import SessionNotFound
+from agentos.errors import SessionNotFound, StoreUnavailable
 from agentos.records import MAX_ID_LENGTH, RunRecord, is_valid_id, storable
 
 if TYPE_CHECKING:
     from agentos.backends.base import Store
+    from agentos.settings import CommitSettings
 
 __all__ = ["MessageRecord", "Session", "SessionLog", "SessionRecord", "Sessions"]
 
@@ -164,13 +166,25 @@ def _short_id(value: str | None) -> str | None:
 class SessionLog:
     """What one run sees of its session: the earlier turns, and where its own go."""
 
-    __slots__ = ("_run", "_store", "history_runs")
+    __slots__ = ("_new", "_retry", "_run", "_store", "history_runs")
 
-    def __init__(self, store: Store, run: RunRecord, history_runs: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        run: RunRecord,
+        history_runs: int,
+        *,
+        new: bool = False,
+        retry: CommitSettings | None = None,
+    ) -> None:
         self._store = store
         self._run = run
         #: Earlier completed runs whose messages :meth:`history` returns by default.
         self.history_runs = history_runs
+        #: The session id was made for this run: no earlier run is in it, nothing to read.
+        self._new = new
+        #: How :meth:`save` retries a database that cannot commit now (None: it does not).
+        self._retry = retry
 
     async def history(
         self, runs: int | None = None, *, max_bytes: int | None = None
@@ -182,7 +196,7 @@ class SessionLog:
         conversation and a tool call never comes without its result.
         """
         limit = self.history_runs if runs is None else runs
-        if limit <= 0 or (max_bytes is not None and max_bytes <= 0):
+        if self._new or limit <= 0 or (max_bytes is not None and max_bytes <= 0):
             return []
         # Only the same user's turns: a session id another user chose too shares nothing.
         records = await self._store.session_messages(
@@ -208,14 +222,33 @@ class SessionLog:
         return [message for turn in turns for message in turn]
 
     async def save(self, messages: list[dict[str, Any]]) -> None:
-        """Keep this run's messages (chat format); the next runs see them once it completed."""
+        """Keep this run's messages (chat format); the next runs see them once it completed.
+
+        A database that cannot commit now (StoreUnavailable: on SQLite, another writer held
+        the lock past ``db_timeout``, as when many runs end at once on a busy machine) is
+        retried like a group commit (``commit_retry_delay``, doubled up to
+        ``commit_retry_max_delay``) for at most ``commit_stall_timeout`` seconds.
+        """
         run = self._run
-        await self._store.add_messages(
-            [
-                MessageRecord.from_chat(run.session_id, run.run_id, position, message)
-                for position, message in enumerate(messages)
-            ]
-        )
+        records = [
+            MessageRecord.from_chat(run.session_id, run.run_id, position, message)
+            for position, message in enumerate(messages)
+        ]
+        retry = self._retry
+        if retry is None:
+            await self._store.add_messages(records)
+            return
+        delay = retry.retry_delay
+        deadline = time.monotonic() + retry.stall_timeout
+        while True:
+            try:
+                await self._store.add_messages(records)
+                return
+            except StoreUnavailable:
+                if time.monotonic() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, retry.retry_max_delay)
 
 
 class Sessions:

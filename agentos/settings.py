@@ -331,6 +331,10 @@ class AgentSettings:
     #: Bytes of one tool call's arguments accepted from the model (UTF-8); a call with more is
     #: not run, its error goes back to the model, and only its size is kept.
     tool_argument_bytes: int = _setting(64 * 1024, "tool_argument_bytes")
+    #: Bytes of one model reply (its content, reasoning and tool calls as they stream, UTF-8);
+    #: past it the run ends with RunError (ReplyTooLarge) and the model's stream is closed at
+    #: once. 0: no limit.
+    model_reply_bytes: int = _setting(1024 * 1024, "model_reply_bytes")
     #: Seconds one tool call may take; then its error goes back to the model.
     tool_timeout: float = _setting(60.0, "tool_timeout")
     #: Threads for sync tools (a sync tool past its timeout keeps its thread until it returns;

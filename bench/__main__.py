@@ -10,7 +10,8 @@ stdout, ``bench/RESULTS.md`` and ``bench/ratios.png``.
     python -m bench --quick         # smaller sizes, fewer rounds
     python -m bench --only 1,4      # some scenarios
 
-The run queue has its own benchmark, ``python -m bench.queue``; its section of RESULTS.md is kept.
+The run queue and the model relay have their own benchmarks, ``python -m bench.queue`` and
+``python -m bench.model_relay``; their sections of RESULTS.md are kept.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 import httpx
 
 from bench.memory import buffered_event_cost
+from bench.model_relay import MARKER as RELAY_MARKER
 from bench.queue import MARKER as QUEUE_MARKER
 from tests.servers import free_port
 
@@ -547,9 +549,11 @@ def main() -> None:
         "![agentos / ceiling](ratios.png)",
     ]
     results = HERE / "RESULTS.md"
-    # The run queue's section (``python -m bench.queue``) is written by that module: kept.
+    # The sections of the model relay (``python -m bench.model_relay``) and the run queue
+    # (``python -m bench.queue``) are written by those modules: kept.
     old = results.read_text() if results.exists() else ""
-    kept = "\n" + QUEUE_MARKER + old.split(QUEUE_MARKER, 1)[1] if QUEUE_MARKER in old else ""
+    starts = [old.find(marker) for marker in (RELAY_MARKER, QUEUE_MARKER) if marker in old]
+    kept = "\n" + old[min(starts) :] if starts else ""
     results.write_text("\n".join(head + rep.lines).rstrip() + "\n" + kept)
     chart(rep.ratios, HERE / "ratios.png")
     print(f"wrote {HERE / 'RESULTS.md'} and {HERE / 'ratios.png'}")

@@ -15,8 +15,13 @@ same run (alternating direct and relay rounds):
 - ``--concurrent`` (100) model runs at once: total deltas/s and the agentos server's CPU time
   per delta (from /proc).
 
-The agentos server runs with ``history_runs=0`` unless ``--history-runs N``: each run is a new
-session, so history only adds the database read a run makes before it calls its model.
+The agentos server runs with the default ``history_runs`` (10) unless ``--history-runs N``. Each
+run is a new session (no ``session_id``): a run reads no history then (there is none), while
+the code before session 4 made that database read before it called its model.
+
+Results go to stdout and to this benchmark's section of ``bench/RESULTS.md`` (``--no-write``:
+stdout only), with the load average before and after (the machine is shared: compare against
+the direct SDK of the same run).
 
 Run: ``python -m bench.model_relay [--deltas 5000] [--rounds 5] [--concurrent 100]``.
 The servers: ``python -m bench.model_relay fake --port P`` and
@@ -40,6 +45,9 @@ from typing import Any
 import httpx
 
 _ROOT = Path(__file__).resolve().parent.parent
+RESULTS = _ROOT / "bench" / "RESULTS.md"
+#: Where this benchmark's section of RESULTS.md begins (``python -m bench`` keeps it).
+MARKER = "<!-- bench.model_relay -->"
 
 
 # -- the fake model server --------------------------------------------------------------------
@@ -213,6 +221,7 @@ async def _relay(http: httpx.AsyncClient, n: int, agent: str = "relay") -> tuple
     start = time.perf_counter()
     first = 0.0
     count = 0
+    failed = False
     async with http.stream(
         "POST", f"/agents/{agent}/runs", data={"message": str(n), "stream": "true"}
     ) as response:
@@ -224,7 +233,9 @@ async def _relay(http: httpx.AsyncClient, n: int, agent: str = "relay") -> tuple
             elif line == "event: RunCompleted":
                 break
             elif line == "event: RunError":
-                raise RuntimeError("the relayed run failed")
+                failed = True
+            elif failed and line.startswith("data:"):
+                raise RuntimeError(f"the relayed run failed: {line}")
     return first, time.perf_counter() - start, count
 
 
@@ -267,6 +278,7 @@ async def _measure(
         "ratio": round(relay_rate / direct_rate, 3),
         "direct_raw_deltas_per_s": round(statistics.median(raw_rates)),
         "ratio_to_raw": round(relay_rate / statistics.median(raw_rates), 3),
+        "ratio_rounds": [round(r / d, 3) for r, d in zip(relay_rates, direct_rates, strict=True)],
         "direct_ttft_p50_ms": round(statistics.median(direct_ttft) * 1000, 2),
         "relay_ttft_p50_ms": round(statistics.median(relay_ttft) * 1000, 2),
         "echo_agent_ttft_p50_ms": round(statistics.median(echo_ttft) * 1000, 2),
@@ -294,10 +306,11 @@ def main() -> None:
     parser.add_argument(
         "--history-runs",
         type=int,
-        default=0,
-        help="the agentos server's history_runs (each run is a new session: with more than 0, "
-        "each run still asks the database for its history before calling the model)",
+        default=10,
+        help="the agentos server's history_runs (each run is a new session, whose history is "
+        "not read)",
     )
+    parser.add_argument("--no-write", action="store_true", help="do not write RESULTS.md")
     args = parser.parse_args()
     if args.role == "fake":
         _serve_fake(args.port)
@@ -305,6 +318,7 @@ def main() -> None:
     if args.role == "agentos":
         _serve_agentos(args.port, args.model_url, args.db, args.history_runs)
         return
+    load_before = os.getloadavg()
     fake_port, agentos_port = _free_port(), _free_port()
     model_url = f"http://127.0.0.1:{fake_port}/v1"
     with tempfile.TemporaryDirectory() as tmp:
@@ -329,7 +343,54 @@ def main() -> None:
         finally:
             fake.terminate()
             fake.wait(timeout=30)
+    result["load_average_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
     print(json.dumps(result, indent=2))
+    if not args.no_write:
+        _write_section(result, args)
+        print(f"wrote {RESULTS}")
+
+
+def _write_section(result: dict[str, Any], args: argparse.Namespace) -> None:
+    """Replace this benchmark's section of RESULTS.md (before the run queue's, which
+    ``python -m bench.queue`` keeps at the end), or add it."""
+    r = result
+    lines = [
+        "## Model relay: one model run through agentos against the openai SDK",
+        "",
+        f"Written by `python -m bench.model_relay` on {time.strftime('%Y-%m-%d %H:%M')}; load"
+        f" average (1 min) {r['load_average_before_after'][0]} before and"
+        f" {r['load_average_before_after'][1]} after, on 2 shared cores. A fake"
+        " OpenAI-compatible server streams content deltas; the openai SDK reads it directly"
+        " (`direct`) and agentos relays it to an SSE client (`relay`), alternately in one run."
+        " The server's `history_runs` is"
+        f" {r['history_runs']}; each run is a new session. What the profiles showed and what"
+        " each change gained: [NOTES.md](NOTES.md) (sessions 3 and 4).",
+        "",
+        "| measure | value | target |",
+        "|---|---|---|",
+        f"| one run of {r['deltas']:,} deltas: relay / direct (SDK) deltas/s | "
+        f"**{r['ratio']}** ({r['relay_deltas_per_s']:,} / {r['direct_deltas_per_s']:,};"
+        f" rounds {', '.join(str(x) for x in r['ratio_rounds'])}) | >= 0.9 |",
+        f"| relay / direct reading raw JSON chunks (as agentos does) | {r['ratio_to_raw']}"
+        f" ({r['direct_raw_deltas_per_s']:,} deltas/s direct) | |",
+        f"| added time to first token, p50 of {args.ttft_runs} runs | "
+        f"**{r['added_ttft_p50_ms']} ms** (relay {r['relay_ttft_p50_ms']}, direct"
+        f" {r['direct_ttft_p50_ms']}, echo agent {r['echo_agent_ttft_p50_ms']}) | <= 5 ms |",
+        f"| {r['concurrent_runs']} concurrent runs of {args.concurrent_deltas} deltas: total"
+        f" deltas/s | {r['concurrent_total_deltas_per_s']:,} | |",
+        f"| agentos server CPU per relayed delta | {r['server_cpu_us_per_delta']} µs | |",
+        "",
+    ]
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    if MARKER in text:
+        head, rest = text.split(MARKER, 1)
+        following = rest.find("\n<!-- bench.")
+        tail = rest[following:] if following >= 0 else ""
+    else:
+        at = text.find("\n<!-- bench.")
+        head, tail = (text[:at], text[at:]) if at >= 0 else (text, "")
+    body = "\n".join(lines).rstrip() + "\n"
+    RESULTS.write_text(head.rstrip() + "\n\n" + MARKER + "\n" + body + tail)
 
 
 if __name__ == "__main__":

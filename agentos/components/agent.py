@@ -136,9 +136,12 @@ class Agent(Component):
         return self.fn(message)
 
     async def execute(self, ctx: RunContext, message: str) -> str:
-        await ctx.emit(self.kind.started, input=message)
         if self._chat is not None:
-            return await self._chat.run(ctx, message)
+            # The chat loop emits the started event: its model call goes out meanwhile.
+            return await self._chat.run(
+                ctx, message, started=lambda: ctx.emit(self.kind.started, input=message)
+            )
+        await ctx.emit(self.kind.started, input=message)
         parts: list[str] = []
         chunks = self._chunks(ctx, message)
         try:

@@ -103,10 +103,17 @@ class Team(Component):
         return {**super().describe(), "mode": self.mode, "members": [m.id for m in self.members]}
 
     async def execute(self, ctx: RunContext, message: str) -> str:
-        await ctx.emit(self.kind.started, input=message, members=[m.id for m in self.members])
+        members = [m.id for m in self.members]
         if self._leader is not None:
             tools = {_tool_name(m): _delegation(ctx, m) for m in self.members}
-            return await self._leader.run(ctx, message, tools)
+            # The leader's loop emits the started event: its model call goes out meanwhile.
+            return await self._leader.run(
+                ctx,
+                message,
+                tools,
+                started=lambda: ctx.emit(self.kind.started, input=message, members=members),
+            )
+        await ctx.emit(self.kind.started, input=message, members=members)
         if self.mode == "parallel":
             try:
                 async with asyncio.TaskGroup() as group:

@@ -49,15 +49,15 @@ def _start(server: ThreadServer, words: int) -> str:
 
 
 def _committed_an_event(server: ThreadServer, run_id: str) -> None:
-    """Wait until the run's first event has committed: a run waits for that commit before it
-    goes on, so a commit held back before it would hold the run too."""
+    """Wait until the run's first two events have committed: a run waits for those commits
+    before it goes on, so a commit held back before them would hold the run too."""
     while True:
         run = httpx.get(
             f"{server.url}/agents/echo/runs/{run_id}",
             headers={"Authorization": f"Bearer {KEY}"},
             timeout=10,
         ).json()
-        if run["event_count"] >= 1:
+        if run["event_count"] >= 2:
             return
         time.sleep(0.01)
 

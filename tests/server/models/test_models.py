@@ -27,6 +27,7 @@ from tests.fake_openai import (
 )
 from tests.proxy import TCPProxy
 from tests.servers import wait_for
+from tests.storage import ScriptedStore
 
 
 def model(fake: FakeOpenAI) -> OpenAIChat:
@@ -335,6 +336,50 @@ async def test_tool_arguments_past_tool_argument_bytes_are_refused_and_the_run_g
     assert result_2["content"] == f"Error: {error['error']}"
 
 
+async def test_a_reply_past_model_reply_bytes_ends_the_run_and_closes_the_stream_at_once(
+    fake: FakeOpenAI, model_settings: Settings
+) -> None:
+    # 8 bytes of reasoning and 12 of content fit in 24 (ö is 2 bytes); the next piece does not,
+    # and the stream would then pause for 30 s.
+    reply = list(text_reply(["hello ", "wörld", "!!!!!", "never"], reasoning=["thinking"]).items)
+    fake.script(Reply([*reply[:5], Pause(30), *reply[5:]]))
+    agent = Agent(id="a", model=model(fake))
+    settings = model_settings.replace(model_reply_bytes=24)
+    events = await run_events(agent, settings)
+    assert names(events) == [
+        "RunStarted",
+        "ReasoningContent",
+        "RunContent",
+        "RunContent",
+        "RunError",
+    ]
+    assert [e.payload()["content"] for e in events[1:-1]] == ["thinking", "hello ", "wörld"]
+    assert events[-1].payload()["error"] == (
+        "ReplyTooLarge: the model's reply passed 24 bytes (model_reply_bytes)"
+    )
+    await wait_for(lambda: fake.disconnects == 1)
+    assert len(fake.requests) == 1  # not retried
+
+    # Tool calls count too (id, name, arguments): the call never runs.
+    ran: list[str] = []
+
+    def note(text: str) -> str:
+        ran.append(text)
+        return "noted"
+
+    fake.script(tool_reply([("c1", "note", '{"text": "' + "x" * 40 + '"}')]))
+    agent = Agent(id="a", model=model(fake), tools=[note])
+    events = await run_events(agent, settings)
+    assert names(events) == ["RunStarted", "RunError"]
+    assert events[-1].payload()["error"].startswith("ReplyTooLarge")
+    assert ran == []
+
+    # 0: no limit.
+    fake.script(text_reply(["x" * 100, "y" * 100]))
+    events = await run_events(agent, model_settings.replace(model_reply_bytes=0))
+    assert events[-1].payload()["content"] == "x" * 100 + "y" * 100
+
+
 # -- 6: failures -----------------------------------------------------------------------------
 
 
@@ -500,6 +545,60 @@ async def test_cancelling_a_run_closes_the_upstream_stream_at_once(
         assert record.status is RunStatus.CANCELLED
         await wait_for(lambda: fake.disconnects == 1, timeout=5)
         assert fake.completed == 0
+
+
+class _HoldStarted(ScriptedStore):
+    """Commits of a group holding a ``RunStarted`` event wait until ``started_gate`` is set."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.started_gate = asyncio.Event()
+
+    async def commit(self, events: Any, updates: Any, **kw: Any) -> None:
+        if any(event.name == "RunStarted" for _, event in events):
+            await self.started_gate.wait()
+        await super().commit(events, updates, **kw)
+
+
+async def test_the_model_call_goes_out_while_the_started_event_commits(
+    fake: FakeOpenAI, model_settings: Settings
+) -> None:
+    """The first model call does not wait for the run's first commit; what the model sends is
+    visible only after that event committed (durable before visible)."""
+    fake.script(text_reply(["Hel", "lo"]))
+    agent = Agent(id="a", model=model(fake), instructions="Be brief.")
+    store = _HoldStarted(model_settings.database.url)
+    async with AgentOS(agents=[agent], settings=model_settings, store=store) as agent_os:
+        run = await agent.arun("hi", background=True)
+        await wait_for(lambda: len(fake.requests) == 1)  # sent, RunStarted still uncommitted
+        assert fake.requests[0]["messages"][-1] == {"role": "user", "content": "hi"}
+        await asyncio.sleep(0.1)  # the model's reply has had time to arrive: nothing shows
+        assert await store.read_events(run.run_id, 0, 100) == []
+        buffer = agent_os.manager.buffers.get(run.run_id)
+        assert buffer is not None and len(buffer) == 0
+        store.started_gate.set()
+        events = [e async for e in await agent.aresume(run.run_id)]  # type: ignore[union-attr]
+    assert names(events) == ["RunStarted", "RunContent", "RunContent", "RunCompleted"]
+    assert events[-1].payload()["content"] == "Hello"
+
+
+async def test_a_run_cancelled_while_its_started_event_commits_closes_the_early_call(
+    fake: FakeOpenAI, model_settings: Settings
+) -> None:
+    fake.script(text_reply([f"w{i} " for i in range(500)], pause=0.02))
+    agent = Agent(id="a", model=model(fake))
+    store = _HoldStarted(model_settings.database.url)
+    async with AgentOS(agents=[agent], settings=model_settings, store=store):
+        run = await agent.arun("go", background=True)
+        await wait_for(lambda: len(fake.requests) == 1)
+        cancelling = asyncio.ensure_future(agent.acancel_run(run.run_id))
+        await wait_for(lambda: fake.disconnects == 1, timeout=5)
+        store.started_gate.set()
+        record = await cancelling
+        events = [e async for e in await agent.aresume(run.run_id)]  # type: ignore[union-attr]
+    assert record.status is RunStatus.CANCELLED
+    assert names(events) == ["RunStarted", "RunCancelled"]
+    assert fake.completed == 0
 
 
 async def test_tool_call_shapes_of_other_servers(

@@ -10,6 +10,7 @@ import pytest
 from agentos_client import APIStatusError, AsyncClient
 
 from agentos import Agent, AgentOS, OpenAIChat, RunStatus, SessionActive, SessionNotFound, Settings
+from agentos.errors import StoreUnavailable
 from agentos.records import RunUpdate
 from tests.fake_openai import (
     MODEL,
@@ -152,6 +153,65 @@ async def test_session_history_in_process_with_a_run_limit(
         await agent.adelete_session("s1")
         with pytest.raises(SessionNotFound):
             await agent.aget_session("s1")
+
+
+async def test_a_session_made_for_its_run_reads_no_history_and_the_next_run_sees_it(
+    fake: FakeOpenAI, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run without a session_id gets a new session: its history is not read (there is none
+    to read); a run given that session id reads it and sees the first run."""
+    reads: list[str] = []
+    fake.script(text_reply(["Hello", " Ada"]), text_reply(["Hi again"]))
+    agent = make_agent(fake)
+    async with AgentOS(agents=[agent], settings=settings) as agent_os:
+        store = agent_os.manager.store
+        read = store.session_messages
+
+        async def counted(session_id: str, **kw: object) -> object:
+            reads.append(session_id)
+            return await read(session_id, **kw)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(store, "session_messages", counted)
+        first = await agent.arun("I am Ada")
+        assert first.status is RunStatus.COMPLETED
+        assert reads == []
+        second = await agent.arun("again", session_id=first.session_id)
+        assert second.status is RunStatus.COMPLETED
+        assert reads == [first.session_id]
+    assert roles(fake.requests[1]["messages"]) == ["system", "user", "assistant", "user"]
+    assert fake.requests[1]["messages"][1:3] == [
+        {"role": "user", "content": "I am Ada"},
+        {"role": "assistant", "content": "Hello Ada"},
+    ]
+
+
+async def test_a_database_that_cannot_commit_the_messages_now_is_retried(
+    fake: FakeOpenAI, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's lock held past db_timeout by other writers (many runs ending at once) fails a
+    session's save now and then: it is retried like a group commit, and the run completes."""
+    fake.script(text_reply(["Hello", " Ada"]), text_reply(["Hi again"]))
+    agent = make_agent(fake)
+    async with AgentOS(agents=[agent], settings=settings) as agent_os:
+        store = agent_os.manager.store
+        add = store.add_messages
+        failures = [StoreUnavailable("the database cannot commit now")] * 2
+
+        async def flaky(messages: object) -> None:
+            if failures:
+                raise failures.pop()
+            await add(messages)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(store, "add_messages", flaky)
+        first = await agent.arun("I am Ada", session_id="s")
+        assert first.status is RunStatus.COMPLETED
+        assert failures == []
+        second = await agent.arun("again", session_id="s")
+        assert second.status is RunStatus.COMPLETED
+    assert fake.requests[1]["messages"][1:3] == [
+        {"role": "user", "content": "I am Ada"},
+        {"role": "assistant", "content": "Hello Ada"},
+    ]
 
 
 async def test_history_runs_argument_and_failed_runs_leave_no_history(
