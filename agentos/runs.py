@@ -236,8 +236,16 @@ class RunManager:
         except BaseException:
             await self.store.close()
             raise
-        await self.lifecycle.register(list(self.components.values()))
-        await self.leases.recover()
+        try:
+            await self.lifecycle.register(list(self.components.values()))
+            await self.leases.recover()
+        except BaseException:
+            # Nothing runs yet: let the id go and close, so that a retry (or another process)
+            # can start at once.
+            with contextlib.suppress(Exception):
+                await self.leases.release_identity()
+            await self.store.close()
+            raise
         self.committer.start()
         await self.notifier.start(on_cancel=self.cancel_nowait, on_queue=self.wake_queue)
         self._sweeper = asyncio.create_task(self._sweep(), name="agentos-buffer-sweeper")

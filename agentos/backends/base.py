@@ -293,10 +293,13 @@ class Store(abc.ABC):
         or RUNNING run."""
 
     @abc.abstractmethod
-    async def take_lease(self, name: str, holder: str, now: float, until: float) -> bool:
+    async def take_lease(
+        self, name: str, holder: str, now: float, until: float, *, replacing: str | None = None
+    ) -> bool:
         """Hold the named lease until ``until`` if it is free, expired at ``now`` or ``holder``'s
-        already (then it is extended); False when another holder has it. One holder at a time,
-        across every instance and process on the database."""
+        already (then it is extended), or, given ``replacing``, still that holder's (taken over
+        whatever its expiry, only if nobody took it meanwhile); False when another holder has
+        it. One holder at a time, across every instance and process on the database."""
 
     @abc.abstractmethod
     async def read_lease(self, name: str) -> tuple[str, float] | None:

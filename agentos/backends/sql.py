@@ -965,7 +965,9 @@ class SQLStore(Store):
                 await conn.execute(_messages.delete().where(_messages.c.run_id.in_(gone)))
         return len(gone)
 
-    async def take_lease(self, name: str, holder: str, now: float, until: float) -> bool:
+    async def take_lease(
+        self, name: str, holder: str, now: float, until: float, *, replacing: str | None = None
+    ) -> bool:
         row = {"name": name, "holder": holder, "expires_at": until}
         # Insert, or take over a lease that is ours or has expired; a lease another holder
         # holds is left alone (the WHERE of ON CONFLICT DO UPDATE). One statement: on
@@ -976,7 +978,9 @@ class SQLStore(Store):
             .on_conflict_do_update(
                 index_elements=["name"],
                 set_={"holder": holder, "expires_at": until},
-                where=(_leases.c.holder == holder) | (_leases.c.expires_at < now),
+                where=(_leases.c.holder == holder)
+                | (_leases.c.expires_at < now)
+                | (_leases.c.holder == replacing if replacing is not None else sa.false()),
             )
         )
         async with self._begin() as conn:
