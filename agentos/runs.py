@@ -386,8 +386,9 @@ class RunManager:
             raise ShuttingDown("the server is shutting down; try another instance")
         self.lifecycle.check(component.kind.name, component.id)
         opts = _merged(options, component.options)
+        interrupted: frozenset[str] = frozenset()
         if opts.multitask == "interrupt" and session_id is not None:
-            await self._interrupt_session(session_id)
+            interrupted = await self._interrupt_session(session_id)
         # Check and reserve with no await in between (_room_here returns from its last check
         # without one): concurrent creates cannot overshoot either limit.
         local = opts.multitask != "enqueue" and await self._room_here()
@@ -400,7 +401,7 @@ class RunManager:
         else:
             self._enqueuing += 1
         creating = asyncio.ensure_future(
-            self._create(component, message, session_id, user_id, run_id, opts, local)
+            self._create(component, message, session_id, user_id, run_id, opts, local, interrupted)
         )
         try:
             record = await asyncio.shield(creating)
@@ -455,11 +456,14 @@ class RunManager:
                 async with asyncio.timeout(left):
                     await self._claim_done.wait()
 
-    async def _interrupt_session(self, session_id: str) -> None:
-        """``multitask="interrupt"``: cancel the session's active runs and wait for their end
-        (the create then goes in only if no other run got in meanwhile, see ``_create``)."""
-        for record in await self.store.session_runs_active(session_id):
+    async def _interrupt_session(self, session_id: str) -> frozenset[str]:
+        """``multitask="interrupt"``: cancel the session's active runs and wait (``cancel_wait``)
+        for their end; their ids. The create then goes in only if no other run got in
+        meanwhile (see ``_create``): one of these still ending does not keep it out."""
+        active = await self.store.session_runs_active(session_id)
+        for record in active:
             await self.cancel(record.run_id)
+        return frozenset(record.run_id for record in active)
 
     async def _create(
         self,
@@ -470,6 +474,7 @@ class RunManager:
         run_id: str | None,
         options: RunOptions,
         local: bool = True,
+        interrupted: frozenset[str] = frozenset(),
     ) -> RunRecord:
         now = time.time()
         policy = options.retry_policy
@@ -510,7 +515,7 @@ class RunManager:
         try:
             async with asyncio.timeout(timeout):
                 # A client's id may be taken (409 run exists); a session busy (409 too).
-                await self.store.create_run(record, alone=alone)
+                await self.store.create_run(record, alone=alone, besides=interrupted)
         except TimeoutError:
             raise StoreUnavailable(
                 f"the database did not commit within {timeout:g} s; try again later"

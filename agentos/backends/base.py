@@ -29,7 +29,7 @@ import abc
 import asyncio
 import importlib
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from agentos.events import Event, RunStatus
@@ -87,11 +87,13 @@ class Store(abc.ABC):
         StoreUnavailable when the database cannot answer."""
 
     @abc.abstractmethod
-    async def create_run(self, run: RunRecord, *, alone: bool = False) -> None:
+    async def create_run(
+        self, run: RunRecord, *, alone: bool = False, besides: Collection[str] = ()
+    ) -> None:
         """Insert a new run; raises RunAlreadyExists when its id is taken. ``alone``: raises
-        SessionBusy instead when its session has another unfinished run, checked in the
-        insert's transaction so that of several such creates at once (on any instances) at
-        most one goes in."""
+        SessionBusy instead when its session has another unfinished run (other than the runs
+        ``besides``, cancelled already), checked in the insert's transaction so that of several
+        such creates at once (on any instances) at most one goes in."""
 
     @abc.abstractmethod
     async def get_run(self, run_id: str) -> RunRecord | None:

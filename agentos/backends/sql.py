@@ -24,7 +24,7 @@ import contextlib
 import functools
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import fields, replace
 from typing import Any
 
@@ -191,12 +191,13 @@ _TABLES = [_runs, _events, _messages, _components, _leases, _keys, _tasks]
 _KEY_COLUMNS = ("key", "kind", "component_id", "user_scope")
 
 
-def _others_unfinished(run: RunRecord) -> Any:
-    """Whether the run's session has another unfinished run (a scalar query)."""
+def _others_unfinished(run: RunRecord, besides: Collection[str]) -> Any:
+    """Whether the run's session has another unfinished run, not one of ``besides`` (a scalar
+    query)."""
     return sa.select(
         sa.exists().where(
             _runs.c.session_id == run.session_id,
-            _runs.c.run_id != run.run_id,
+            _runs.c.run_id.not_in([run.run_id, *besides]),
             _runs.c.status.in_(_UNFINISHED),
         )
     )
@@ -370,15 +371,17 @@ class SQLStore(Store):
         async with self._connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
 
-    async def create_run(self, run: RunRecord, *, alone: bool = False) -> None:
+    async def create_run(
+        self, run: RunRecord, *, alone: bool = False, besides: Collection[str] = ()
+    ) -> None:
         values = {**run.__dict__, "status": run.status.value}
         try:
             async with self._begin() as conn:
                 if alone:
                     await self._lock_session(conn, run.session_id)
                 await conn.execute(_runs.insert().values(**values))
-                if alone and await conn.scalar(_others_unfinished(run)):
-                    raise SessionBusy(run.session_id)  # rolls the insert back
+                if alone and await conn.scalar(_others_unfinished(run, besides)):
+                    raise SessionBusy(run.session_id, run.multitask or "reject")  # rolls back
                 if run.status is RunStatus.QUEUED:
                     await self._after_enqueue(conn)
         except WriteConflict as exc:
