@@ -211,13 +211,14 @@ class QueueFull(AgentOSError):
 
 
 class SessionBusy(AgentOSError):
-    """``multitask=reject`` and the session has an active run."""
+    """``multitask=reject`` (or ``interrupt``, another run got in) and the session has an
+    active run."""
 
     status = 409
     code = "session_busy"
 
-    def __init__(self, session_id: str) -> None:
-        super().__init__(f"session {session_id!r} has an active run (multitask=reject)")
+    def __init__(self, session_id: str, multitask: str = "reject") -> None:
+        super().__init__(f"session {session_id!r} has an active run (multitask={multitask})")
         self.session_id = session_id
 
 

@@ -26,7 +26,7 @@ a named lease ``instance:<id>`` held by this process (host, pid, a random token)
 the runs' leases::
 
     start ── take_lease("instance:<id>") ── free, expired, or held by a dead process of this
-          │                                  host (or by this very process) ─▶ recover, serve
+          │                                  host (compare-and-set on it) ─▶ recover, serve
           └─ held by a live process ── retry until lease_ttl + lease_renew_interval ─▶
                                        still held: InstanceIdInUse, the server does not start
 """
@@ -34,6 +34,7 @@ the runs' leases::
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -99,7 +100,7 @@ class Leases:
         self.reaps = 0
         #: The lease on this instance's id, and who holds it when this process does.
         self._identity = _identity_lease(instance_id)
-        self._holder = f"{socket.gethostname()[:150]}:{os.getpid()}:{secrets.token_hex(6)}"
+        self._holder = f"{_this_host()}:{os.getpid()}:{secrets.token_hex(6)}"
 
     async def hold_identity(self) -> None:
         """Hold this instance's id for this process, or raise InstanceIdInUse.
@@ -107,30 +108,37 @@ class Leases:
         A previous life of the instance that crashed still holds the id until its lease
         expires; one on this host whose process is gone (or this very process, restarting a
         manager) is taken over at once, any other is waited for up to ``lease_ttl +
-        lease_renew_interval``: a live holder renews within that time and keeps the id.
+        lease_renew_interval``: a live holder renews within that time and keeps the id. Of
+        several processes taking over one gone holder at once, only the first gets the id.
         """
         ttl = self._settings.ttl
         deadline = time.monotonic() + ttl + self._settings.renew_interval
         while True:
             now = time.time()
             if await self._store.take_lease(self._identity, self._holder, now, now + ttl):
+                _HELD.add(self._holder)
                 return
             found = await self._store.read_lease(self._identity)
             holder = found[0] if found is not None else "unknown"
-            if _dead_holder(holder):
-                # Taken over whatever its expiry: "now" far in the future makes it expired.
-                if await self._store.take_lease(self._identity, self._holder, now + 1e9, now + ttl):
-                    logger.warning("instance id %s taken over from %s (gone)", self._me, holder)
-                    return
+            if _dead_holder(holder) and await self._store.take_lease(
+                self._identity, self._holder, now, now + ttl, replacing=holder
+            ):
+                # Taken over whatever its expiry, unless another process took it meanwhile.
+                _HELD.add(self._holder)
+                logger.warning("instance id %s taken over from %s (gone)", self._me, holder)
+                return
             if time.monotonic() >= deadline:
                 raise InstanceIdInUse(self._me, holder)
             await asyncio.sleep(min(0.5, self._settings.renew_interval))
 
     async def release_identity(self) -> None:
         """Let a restart of this instance take its id at once (a clean shutdown)."""
+        _HELD.discard(self._holder)
         await self._store.take_lease(self._identity, self._holder, time.time(), 0.0)
 
-    async def _renew_identity(self) -> None:
+    async def _renew_identity(self) -> bool:
+        """Extend this process's hold on its id; False (logged) when another process holds it:
+        this one was paused, or its clock lagged, past its lease, and the other took over."""
         now = time.time()
         until = now + self._settings.ttl
         if not await self._store.take_lease(self._identity, self._holder, now, until):
@@ -141,10 +149,17 @@ class Leases:
                 self._me,
                 found[0] if found is not None else "unknown",
             )
+            return False
+        return True
 
     async def recover(self) -> None:
         """Give every run this instance left unfinished its terminal event."""
+        renewed = time.monotonic()
         for record in await self._store.unfinished_runs(self._me):
+            if time.monotonic() - renewed >= self._settings.renew_interval:
+                # Many leftovers may take longer than the id's lease: keep holding it.
+                await self._renew_identity()
+                renewed = time.monotonic()
             if await self.end_unfinished(record, "interrupted"):
                 logger.warning(
                     "run %s was interrupted by a restart; queued again or ended per its retry policy",
@@ -177,8 +192,12 @@ class Leases:
         Skipped while ``can_renew()`` is false (this instance's commits have been failing past
         ``commit_stall_timeout``): its leases then expire and other instances take its runs
         over, instead of the runs staying RUNNING for as long as this instance lives.
+
+        Skipped too while another process holds this instance's id (it took over while this
+        one was paused): the runs of the id are that process's, not strays to end here.
         """
-        await self._renew_identity()
+        if not await self._renew_identity():
+            return
         if not self._can_renew():
             logger.warning("commits are failing: leases not renewed, other instances may reap")
             return
@@ -280,16 +299,37 @@ def _identity_lease(instance_id: str) -> str:
     )
 
 
+#: The holders of instance ids in this process (a run manager each, from its start to its
+#: close): a holder with this process's pid that is not in here is gone.
+_HELD: set[str] = set()
+
+
+@functools.cache
+def _this_host() -> str:
+    """This host as a holder names it: its name (no ``:``, encodable) and, on Linux, a tag of
+    the boot and the pid namespace, since containers may share a host name but not their pids
+    (a pid of one says nothing about the processes of another)."""
+    name = socket.gethostname()[:150].replace(":", "_")
+    name = name.encode("utf-8", "backslashreplace").decode("utf-8")
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as boot:
+            scope = f"{boot.read().strip()}\0{os.readlink('/proc/self/ns/pid')}"
+    except (OSError, UnicodeDecodeError):
+        return name
+    return f"{name}/{hashlib.sha256(scope.encode()).hexdigest()[:8]}"
+
+
 def _dead_holder(holder: str) -> bool:
-    """Whether the holder ``host:pid:token`` is this very process or a process of this host that
-    is gone (a holder elsewhere is never known to be gone: its lease has to expire)."""
+    """Whether the holder ``host:pid:token`` is a process of this host (and pid namespace)
+    that is gone, or a run manager of this very process that let its id go (a holder elsewhere
+    is never known to be gone: its lease has to expire)."""
     host, _, rest = holder.partition(":")
     pid_text = rest.partition(":")[0]
-    if host != socket.gethostname()[:150] or not pid_text.isdigit():
+    if host != _this_host() or not pid_text.isdigit():
         return False
     pid = int(pid_text)
     if pid == os.getpid():
-        return True
+        return holder not in _HELD
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -247,8 +247,16 @@ class RunManager:
         except BaseException:
             await self.store.close()
             raise
-        await self.lifecycle.register(list(self.components.values()))
-        await self.leases.recover()
+        try:
+            await self.lifecycle.register(list(self.components.values()))
+            await self.leases.recover()
+        except BaseException:
+            # Nothing runs yet: let the id go and close, so that a retry (or another process)
+            # can start at once.
+            with contextlib.suppress(Exception):
+                await self.leases.release_identity()
+            await self.store.close()
+            raise
         self.committer.start()
         await self.notifier.start(on_cancel=self.cancel_nowait, on_queue=self.wake_queue)
         self._sweeper = asyncio.create_task(self._sweep(), name="agentos-buffer-sweeper")
@@ -389,8 +397,9 @@ class RunManager:
             raise ShuttingDown("the server is shutting down; try another instance")
         self.lifecycle.check(component.kind.name, component.id)
         opts = _merged(options, component.options)
+        interrupted: frozenset[str] = frozenset()
         if opts.multitask == "interrupt" and session_id is not None:
-            await self._interrupt_session(session_id)
+            interrupted = await self._interrupt_session(session_id)
         # Check and reserve with no await in between (_room_here returns from its last check
         # without one): concurrent creates cannot overshoot either limit.
         local = opts.multitask != "enqueue" and await self._room_here()
@@ -403,7 +412,7 @@ class RunManager:
         else:
             self._enqueuing += 1
         creating = asyncio.ensure_future(
-            self._create(component, message, session_id, user_id, run_id, opts, local)
+            self._create(component, message, session_id, user_id, run_id, opts, local, interrupted)
         )
         try:
             record = await asyncio.shield(creating)
@@ -458,11 +467,14 @@ class RunManager:
                 async with asyncio.timeout(left):
                     await self._claim_done.wait()
 
-    async def _interrupt_session(self, session_id: str) -> None:
-        """``multitask="interrupt"``: cancel the session's active runs and wait for their end
-        (the create then goes in only if no other run got in meanwhile, see ``_create``)."""
-        for record in await self.store.session_runs_active(session_id):
+    async def _interrupt_session(self, session_id: str) -> frozenset[str]:
+        """``multitask="interrupt"``: cancel the session's active runs and wait (``cancel_wait``)
+        for their end; their ids. The create then goes in only if no other run got in
+        meanwhile (see ``_create``): one of these still ending does not keep it out."""
+        active = await self.store.session_runs_active(session_id)
+        for record in active:
             await self.cancel(record.run_id)
+        return frozenset(record.run_id for record in active)
 
     async def _create(
         self,
@@ -473,6 +485,7 @@ class RunManager:
         run_id: str | None,
         options: RunOptions,
         local: bool = True,
+        interrupted: frozenset[str] = frozenset(),
     ) -> RunRecord:
         now = time.time()
         policy = options.retry_policy
@@ -513,7 +526,7 @@ class RunManager:
         try:
             async with asyncio.timeout(timeout):
                 # A client's id may be taken (409 run exists); a session busy (409 too).
-                await self.store.create_run(record, alone=alone)
+                await self.store.create_run(record, alone=alone, besides=interrupted)
         except TimeoutError:
             raise StoreUnavailable(
                 f"the database did not commit within {timeout:g} s; try again later"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from agentos.backends.sql import SQLStore
@@ -86,10 +86,12 @@ class ScriptedStore(SQLStore):
         await super().commit(events, updates, owner=owner, runs=runs)
         self.batches.append(len(events))
 
-    async def create_run(self, run: RunRecord, *, alone: bool = False) -> None:
+    async def create_run(
+        self, run: RunRecord, *, alone: bool = False, besides: Collection[str] = ()
+    ) -> None:
         if self.down:
             await asyncio.sleep(3600)  # a database that hangs rather than refuses
-        await super().create_run(run, alone=alone)
+        await super().create_run(run, alone=alone, besides=besides)
 
     async def renew_leases(self, instance_id: str, lease_until: float) -> dict[str, bool]:
         self.renewals += 1

@@ -29,7 +29,7 @@ import abc
 import asyncio
 import importlib
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from agentos.events import Event, RunStatus
@@ -87,11 +87,13 @@ class Store(abc.ABC):
         StoreUnavailable when the database cannot answer."""
 
     @abc.abstractmethod
-    async def create_run(self, run: RunRecord, *, alone: bool = False) -> None:
+    async def create_run(
+        self, run: RunRecord, *, alone: bool = False, besides: Collection[str] = ()
+    ) -> None:
         """Insert a new run; raises RunAlreadyExists when its id is taken. ``alone``: raises
-        SessionBusy instead when its session has another unfinished run, checked in the
-        insert's transaction so that of several such creates at once (on any instances) at
-        most one goes in."""
+        SessionBusy instead when its session has another unfinished run (other than the runs
+        ``besides``, cancelled already), checked in the insert's transaction so that of several
+        such creates at once (on any instances) at most one goes in."""
 
     @abc.abstractmethod
     async def get_run(self, run_id: str) -> RunRecord | None:
@@ -293,10 +295,13 @@ class Store(abc.ABC):
         or RUNNING run."""
 
     @abc.abstractmethod
-    async def take_lease(self, name: str, holder: str, now: float, until: float) -> bool:
+    async def take_lease(
+        self, name: str, holder: str, now: float, until: float, *, replacing: str | None = None
+    ) -> bool:
         """Hold the named lease until ``until`` if it is free, expired at ``now`` or ``holder``'s
-        already (then it is extended); False when another holder has it. One holder at a time,
-        across every instance and process on the database."""
+        already (then it is extended), or, given ``replacing``, still that holder's (taken over
+        whatever its expiry, only if nobody took it meanwhile); False when another holder has
+        it. One holder at a time, across every instance and process on the database."""
 
     @abc.abstractmethod
     async def read_lease(self, name: str) -> tuple[str, float] | None:

@@ -24,7 +24,7 @@ import contextlib
 import functools
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import fields, replace
 from typing import Any
 
@@ -191,12 +191,13 @@ _TABLES = [_runs, _events, _messages, _components, _leases, _keys, _tasks]
 _KEY_COLUMNS = ("key", "kind", "component_id", "user_scope")
 
 
-def _others_unfinished(run: RunRecord) -> Any:
-    """Whether the run's session has another unfinished run (a scalar query)."""
+def _others_unfinished(run: RunRecord, besides: Collection[str]) -> Any:
+    """Whether the run's session has another unfinished run, not one of ``besides`` (a scalar
+    query)."""
     return sa.select(
         sa.exists().where(
             _runs.c.session_id == run.session_id,
-            _runs.c.run_id != run.run_id,
+            _runs.c.run_id.not_in([run.run_id, *besides]),
             _runs.c.status.in_(_UNFINISHED),
         )
     )
@@ -394,7 +395,9 @@ class SQLStore(Store):
         async with self._connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
 
-    async def create_run(self, run: RunRecord, *, alone: bool = False) -> None:
+    async def create_run(
+        self, run: RunRecord, *, alone: bool = False, besides: Collection[str] = ()
+    ) -> None:
         values = {**run.__dict__, "status": run.status.value}
         insert = _runs.insert().values(**values)
         try:
@@ -402,8 +405,8 @@ class SQLStore(Store):
                 async with self._begin() as conn:
                     await self._lock_session(conn, run.session_id)
                     await conn.execute(insert)
-                    if await conn.scalar(_others_unfinished(run)):
-                        raise SessionBusy(run.session_id)  # rolls the insert back
+                    if await conn.scalar(_others_unfinished(run, besides)):
+                        raise SessionBusy(run.session_id, run.multitask or "reject")  # rolls back
                     if run.status is RunStatus.QUEUED:
                         await self._after_enqueue(conn)
                 return
@@ -1012,7 +1015,9 @@ class SQLStore(Store):
                 await conn.execute(_messages.delete().where(_messages.c.run_id.in_(gone)))
         return len(gone)
 
-    async def take_lease(self, name: str, holder: str, now: float, until: float) -> bool:
+    async def take_lease(
+        self, name: str, holder: str, now: float, until: float, *, replacing: str | None = None
+    ) -> bool:
         row = {"name": name, "holder": holder, "expires_at": until}
         # Insert, or take over a lease that is ours or has expired; a lease another holder
         # holds is left alone (the WHERE of ON CONFLICT DO UPDATE). One statement: on
@@ -1023,7 +1028,9 @@ class SQLStore(Store):
             .on_conflict_do_update(
                 index_elements=["name"],
                 set_={"holder": holder, "expires_at": until},
-                where=(_leases.c.holder == holder) | (_leases.c.expires_at < now),
+                where=(_leases.c.holder == holder)
+                | (_leases.c.expires_at < now)
+                | (_leases.c.holder == replacing if replacing is not None else sa.false()),
             )
         )
         async with self._begin() as conn:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -21,11 +20,12 @@ from sqlalchemy import event as sa_event
 from sqlalchemy import text
 from sqlalchemy.util import await_
 
-from agentos import Agent, Component, EchoModel, Event, RunManager, RunStatus
+from agentos import Agent, Component, EchoModel, Event, RunManager, RunStatus, Settings
 from agentos.backends.base import Store
 from agentos.backends.sql import SQLStore
 from agentos.errors import InstanceIdInUse, StoreUnavailable
 from agentos.events import Meta
+from agentos.leases import Leases, _this_host
 from agentos.records import RunRecord, RunUpdate
 from tests.apps import words
 from tests.managers import MakeManager, manager_factory
@@ -356,7 +356,7 @@ async def test_an_instance_id_held_elsewhere_is_taken_once_its_lease_lapses(
     twin = await make_manager("twin")  # waits about a second, then starts
     found = await first.store.read_lease("instance:twin")
     assert found is not None
-    assert found[0].startswith(f"{socket.gethostname()[:150]}:{os.getpid()}:")
+    assert found[0].startswith(f"{_this_host()}:{os.getpid()}:")
     assert found[1] > time.time()
     await twin.aclose()
     released = await first.store.read_lease("instance:twin")
@@ -388,3 +388,95 @@ async def test_an_instance_id_a_live_process_holds_refuses_to_start(
     assert "elsewhere.example:1:abc" in str(refused.value)
     items = await _collect(first, run.run_id)
     assert _events(items)[-1].name == "RunCompleted"  # not "interrupted" by the second
+
+
+async def test_two_processes_taking_over_a_dead_holder_at_once_one_gets_the_id(
+    make_manager: MakeManager,
+) -> None:
+    """A crashed holder on this host is taken over at once; when two processes restart at once
+    (uvicorn --workers after a crash, a unit and a manual start), both see the dead holder, but
+    only the first take-over may win: the second sees the first's live process and gives up."""
+    first = await make_manager("first")
+    name = "instance:twin"
+    settings = first.settings.replace(instance_id="twin", lease_ttl=0.6, lease_renew_interval=0.2)
+    dead = await asyncio.create_subprocess_exec("true")
+    await dead.wait()  # a pid of this host that is gone
+    assert await first.store.take_lease(
+        name, f"{_this_host()}:{dead.pid}:dead", time.time(), time.time() + 60
+    )
+    takers = [
+        Leases(first.store, first, settings.leases, instance_id="twin", page_size=10)
+        for _ in range(2)
+    ]
+    for n, leases in enumerate(takers):  # two live processes of this host (not this one)
+        leases._holder = f"{_this_host()}:{os.getppid()}:live{n}"
+    both_read = asyncio.Barrier(2)
+    read_lease = first.store.read_lease
+
+    async def read_together(lease: str) -> tuple[str, float] | None:
+        found = await read_lease(lease)
+        if lease == name and not both_read.broken:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    await both_read.wait()
+        return found
+
+    first.store.read_lease = read_together  # type: ignore[method-assign]
+    try:
+        results = await asyncio.gather(
+            *(leases.hold_identity() for leases in takers), return_exceptions=True
+        )
+    finally:
+        del first.store.read_lease
+    assert sorted(type(r).__name__ for r in results) == ["InstanceIdInUse", "NoneType"], results
+    found = await first.store.read_lease(name)
+    winner = takers[results.index(None)]
+    assert found is not None and found[0] == winner._holder
+
+
+async def test_two_run_managers_of_one_process_cannot_share_an_instance_id(
+    make_manager: MakeManager,
+) -> None:
+    """Several RunManagers in one process (two AgentOS apps on one database, tests) with one id
+    would end each other's runs like two processes would: the second one refuses to start."""
+    first = await make_manager("same")
+    run = await _start(first, words(60))
+    with pytest.raises(InstanceIdInUse):
+        await make_manager("same")
+    items = await _collect(first, run.run_id)
+    assert _events(items)[-1].name == "RunCompleted"  # not "interrupted" by the second
+
+
+async def test_a_process_whose_id_was_taken_over_does_not_end_the_new_holders_runs(
+    make_manager: MakeManager,
+) -> None:
+    """A process paused past its lease (SIGSTOP, a VM paused, a clock jump) finds its id held by
+    the process that took over meanwhile; the runs owned by the id are that process's now, and
+    must not be ended here as strays (nor their leases renewed by a process that lost the id)."""
+    owner = await make_manager("a", lease_renew_interval=60.0, lease_ttl=120.0)
+    await _hold_elsewhere(owner.store, "instance:a", time.time() + 60)  # the successor
+    theirs = run_record("theirs", instance_id="a", lease_until=time.time() + 60)
+    await owner.store.create_run(theirs)  # the successor executes it
+    await owner.leases.renew_once()
+    await owner.leases.renew_once()
+    assert (await owner.get_run("theirs")).status is RunStatus.RUNNING
+
+
+async def test_a_start_that_fails_after_taking_the_id_lets_it_go(
+    make_manager: MakeManager, db_url: str
+) -> None:
+    """Restart recovery failing (the database went away mid-way, a bug) ends the start; the id
+    is let go and the store closed, so that a retry starts at once instead of waiting."""
+    first = await make_manager("first")
+    manager = RunManager(Settings(db_url=db_url, instance_id="flaky", lease_ttl=60.0))
+
+    async def broken() -> None:
+        raise RuntimeError("recovery failed")
+
+    manager.leases.recover = broken  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        await manager.start()
+    found = await first.store.read_lease("instance:flaky")
+    assert found is not None and found[1] == 0.0
+    retry = await make_manager("flaky")  # at once: not InstanceIdInUse after 60 s
+    assert retry.settings.instance_id == "flaky"

@@ -411,3 +411,16 @@ async def test_an_abandoned_inline_stream_cancels_its_queued_run(
         await asyncio.sleep(0.05)
     assert (await manager.get_run(record.run_id)).status is RunStatus.CANCELLED
     await manager.cancel(busy.run_id)
+
+
+async def test_multitask_interrupt_starts_while_the_interrupted_run_is_still_ending(
+    make_manager: MakeManager,
+) -> None:
+    """The active run was asked to cancel but has not ended within ``cancel_wait`` (its owner
+    crashed and its lease has not lapsed yet; a tool that does not stop at once): the
+    interrupting run starts all the same; only a run that got in meanwhile keeps it out."""
+    manager = await make_manager("a", cancel_wait=0.2)
+    hung = run_record("hung", instance_id="gone", lease_until=time.time() + 60, session_id="s")
+    await manager.store.create_run(hung)
+    record = await _start(manager, "echo", "now", session_id="s", multitask="interrupt")
+    assert (await manager.wait(record.run_id, 10)).status is RunStatus.COMPLETED
