@@ -71,6 +71,27 @@ def test_sse_frame_is_encoded_once_and_shared() -> None:
     assert event == Event(7, "RunContent", event.data)  # the cache is not part of its value
 
 
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("RunContent", '{"event":"RunContent","content":" w1"}'),
+        ("RunStarted", '{"content":"é ✓ \U0001f600 \\n"}'),
+        ("my.custom-event", "{}"),
+        ("two\nlines", '{"a":1}'),  # sse-starlette drops the line break of a name
+        ("RunContent", '{"a":\n1}'),  # text with line breaks: one data line each
+        ("RunContent", '{"a":\r\n1,\r"b":2}'),
+        ("Name\x00", '{"a":1}'),  # a name no store would take: encoded whole all the same
+        ("RunContent", ""),
+    ],
+)
+@pytest.mark.parametrize("index", [0, 7, 123456789])
+def test_sse_frame_is_sse_starlettes_encoding(name: str, data: str, index: int) -> None:
+    event = Event(index, name, data)
+    expected = ServerSentEvent(data, event=name, id=str(index), sep="\n").encode()
+    assert sse_frame(event) == expected
+    assert sse_frame(Event(index, name, data), 0) == expected  # not cached
+
+
 def test_big_events_are_not_cached() -> None:
     event = Event(8, "RunContent", '{"content":"' + "x" * 600 + '"}')
     assert sse_frame(event, 512) == sse_frame(event, 512)
