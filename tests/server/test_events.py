@@ -14,6 +14,7 @@ from sse_starlette import ServerSentEvent
 from agentos import Event, events
 from agentos.events import dumps
 from agentos.http.sse import sse_frame
+from tests.storage import run_record
 
 
 class Color(enum.Enum):
@@ -53,6 +54,31 @@ def test_dumps_is_json_dumps(payload: Any, fast: bool, monkeypatch: pytest.Monke
     if not fast:
         monkeypatch.setattr(events, "_orjson", None)
     assert dumps(payload) == reference(payload)
+
+
+@pytest.mark.parametrize("payload", [p for p in PAYLOADS if isinstance(p, dict)])
+@pytest.mark.parametrize("fast", [True, False])
+def test_make_event_text_is_json_dumps(
+    payload: dict[Any, Any], fast: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not fast:
+        monkeypatch.setattr(events, "_orjson", None)
+    record = run_record("r\u00e9", session_id="s", attempt=2)
+    event = events.make_event(record, 4, "RunContent", payload, False)
+    common = {
+        "event": "RunContent",
+        "event_index": 4,
+        "run_id": "r\u00e9",
+        "session_id": "s",
+        "agent_id": "echo",
+        "attempt": 2,
+    }
+    created_at = json.loads(event.data)["created_at"]
+    expected = {**common, "created_at": created_at}
+    for key, value in payload.items():
+        expected.setdefault(key, value)
+    assert event.data == reference(expected)
+    assert (event.index, event.name, event.terminal) == (4, "RunContent", False)
 
 
 @pytest.mark.parametrize("text", ["\ud800", "a\udfffb", "\ud83d", "\U0001f600\ud800\x00"])
