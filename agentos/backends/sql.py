@@ -439,17 +439,19 @@ class SQLStore(Store):
             await self._after_write(conn, events)
 
     def _commit_inline(self, group: _SQLiteGroup) -> bool:
-        """:meth:`commit` of a small group on SQLite, right here on the event loop: True once
-        it has committed, False when it should go to the driver's thread instead.
+        """:meth:`commit` of a group on SQLite, right here on the event loop: True once it has
+        committed, False when it should go to the driver's thread instead.
 
-        A group sent to aiosqlite's thread waits for that thread to be scheduled and for the
-        GIL, then for the event loop to take its result back: with the server under load, each
-        hop cost milliseconds, and a run's first event waits for two commits (its run's insert,
-        then the event). A few rows take SQLite some tens of microseconds, less than the hop.
-        This connection never waits for a lock (busy timeout 0): when another connection or
-        process holds the database, the attempt rolls back at once and the group goes to the
-        thread, which waits as before. It never checkpoints the WAL either (an fsync); every
-        ``_INLINE_STREAK`` groups one goes through the thread, whose connection does.
+        A group sent to aiosqlite's thread waits for that thread to be scheduled, then for the
+        GIL at every row (the loop holds it while runs emit: up to the 5 ms switch interval
+        each time), then for the event loop to take its result back. Under load each trip cost
+        milliseconds; a run's first event waited for two (its run's insert, then the event),
+        and many concurrent runs spent more time handing the GIL over than writing. On the
+        loop, SQLite writes a row in a microsecond or two. This connection never waits for a
+        lock (busy timeout 0): when another connection or process holds the database, the
+        attempt rolls back at once and the group goes to the thread, which waits as before. It
+        never checkpoints the WAL either (an fsync); every ``_INLINE_STREAK`` groups one goes
+        through the thread, whose connection does.
         """
         if group.rows > self.inline_commit_max_rows or self._inline_streak >= _INLINE_STREAK:
             self._inline_streak = 0
