@@ -196,8 +196,10 @@ class RunEventResponse(Response):
         self.background = None
         self.init_headers(all_headers)
         self._task: asyncio.Task[Any] | None = None
-        #: Why the response stopped the request's task (disconnect, send timeout, shutdown).
+        #: Why the response ended (disconnect, send timeout, shutdown, or ended).
         self._stopped: str | None = None
+        #: Whether _stop cancelled the request's task.
+        self._cancelled = False
         #: When the send in progress began (loop time), None between sends.
         self._sending: float | None = None
         self._last_send = 0.0
@@ -228,9 +230,9 @@ class RunEventResponse(Response):
             self._stopped = self._stopped or "ended"
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if self._stopped is None:
+            # Stopped by this response (see _stop) and by nothing else: it ends as it should.
+            if not self._cancelled or task.uncancel() > 0:
                 raise
-            task.uncancel()  # stopped by this response (see _stop): it ends as it should
             self._sending = None
             if self._stopped == "shutdown":  # the client is there: end the response cleanly
                 with contextlib.suppress(TimeoutError):
@@ -289,6 +291,7 @@ class RunEventResponse(Response):
     def _stop(self, reason: str) -> None:
         if self._stopped is None and self._task is not None:
             self._stopped = reason
+            self._cancelled = True
             self._task.cancel()
 
 
