@@ -189,7 +189,8 @@ class GroupCommitter:
         """Wait until ``event``, just queued with :meth:`put`, is committed and published.
 
         Unlike :meth:`flush`, this waits for the group that holds the event only, not for the
-        queue to empty. Raises CommitterStopped when the committer stops first, and
+        queue to empty. Call it before the commit task gets a turn of the loop (a group can
+        commit without suspending), as a run's task does right after :meth:`put`. Raises CommitterStopped when the committer stops first, and
         CancelledError when the event's run is dropped (its task is cancelled then too).
         """
         if not self.running:
@@ -234,11 +235,14 @@ class GroupCommitter:
             while True:
                 await self._wake.wait()
                 self._writing = True
-                # One turn of the loop first: the tasks woken with this one (a run's task that
-                # goes on to its terminal event) queue their events into the same group.
-                await asyncio.sleep(0)
                 self._wake.clear()
                 while self._pending or self._updates or self._waiters or self._creates:
+                    # One turn of the loop before each group: the tasks woken with this one (a
+                    # run's task that goes on to its terminal event) queue their events into
+                    # the same group, and, as a small group commits without suspending (the
+                    # store may make it on the loop), the tasks that just queued events get to
+                    # wait for them (committed) before they are published.
+                    await asyncio.sleep(0)
                     await self._commit_one_group()
                 self._writing = False
                 if self._closing:

@@ -201,4 +201,11 @@ def make_event(
     }
     for key, value in fields.items():
         payload.setdefault(key, value)
+    # The common fields are plain (str, int, a float of today's time): only ``fields`` need
+    # dumps' check of what orjson writes as json does. Same text, a microsecond less per event.
+    if _orjson is not None and all(map(_orjson_same, fields.values())):
+        try:
+            return Event(index, name, _orjson.dumps(payload).decode(), terminal)
+        except TypeError:  # a key that is not str, an int beyond 64 bits, a lone surrogate
+            pass
     return Event(index, name, dumps(payload), terminal)

@@ -43,7 +43,7 @@ from agentos.http import forms, openapi
 from agentos.http.auth import Authenticator, Principal, authorize, redact_tokens_in_logs
 from agentos.http.metrics import Metrics
 from agentos.http.middleware import InstanceHeader, SecurityGuard, error_body, error_json
-from agentos.http.sse import event_stream
+from agentos.http.sse import OpenStreams, event_stream
 from agentos.http.tasks import TaskRoutes
 from agentos.http.ws import WorkflowSockets
 from agentos.idempotency import Idempotency, request_hash
@@ -107,6 +107,8 @@ class AgentOS:
         #: The tasks and this instance's scheduler (``agentos/tasks.py``).
         self.tasks = TaskManager(self.manager, settings.tasks)
         self._exit = anyio.Event()
+        #: The open SSE responses, ended after the grace period on shutdown.
+        self._streams = OpenStreams()
         self.authenticator = Authenticator(settings.auth)
         #: The Idempotency-Keys of creates, kept in the run store.
         self.idempotency = Idempotency(
@@ -219,16 +221,20 @@ class AgentOS:
             await self._close_components()
 
     async def _watch_exit(self) -> None:
-        # uvicorn's SIGTERM reaches us through sse-starlette (AppStatus, or a stream's
-        # shutdown_event); start the run grace period as soon as it does, not only once every
-        # stream has closed and the lifespan ends.
+        # uvicorn's SIGTERM reaches us through sse-starlette's patch of uvicorn (AppStatus), or
+        # begin_shutdown (``agentos serve``); start the run grace period, and the streams' end
+        # after it, as soon as it does, not only once every stream has closed and the lifespan
+        # ends.
         while not (AppStatus.should_exit or self._exit.is_set()):
             await asyncio.sleep(0.2)
+        settings = self.settings
+        self._streams.shutdown(settings.runs.shutdown_grace + settings.streams.shutdown_extra)
         await self.tasks.aclose()  # a draining instance fires nothing more
         self.manager.begin_shutdown()
 
     def begin_shutdown(self) -> None:
         """Start draining: new runs get 503, running ones get the grace period."""
+        self._exit.set()
         self.manager.begin_shutdown()
 
     # -- routes --------------------------------------------------------------------------------
@@ -645,7 +651,7 @@ class AgentOS:
         return Response(body, media_type="application/json", headers=headers)
 
     def _sse(self, run_stream: RunStream, headers: Mapping[str, str]) -> Response:
-        return event_stream(run_stream, headers, self.settings, shutdown=self._exit)
+        return event_stream(run_stream, headers, self.settings, streams=self._streams)
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from sse_starlette import ServerSentEvent
 from agentos import Event, events
 from agentos.events import dumps
 from agentos.http.sse import sse_frame
+from tests.storage import run_record
 
 
 class Color(enum.Enum):
@@ -55,6 +56,31 @@ def test_dumps_is_json_dumps(payload: Any, fast: bool, monkeypatch: pytest.Monke
     assert dumps(payload) == reference(payload)
 
 
+@pytest.mark.parametrize("payload", [p for p in PAYLOADS if isinstance(p, dict)])
+@pytest.mark.parametrize("fast", [True, False])
+def test_make_event_text_is_json_dumps(
+    payload: dict[Any, Any], fast: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not fast:
+        monkeypatch.setattr(events, "_orjson", None)
+    record = run_record("r\u00e9", session_id="s", attempt=2)
+    event = events.make_event(record, 4, "RunContent", payload, False)
+    common = {
+        "event": "RunContent",
+        "event_index": 4,
+        "run_id": "r\u00e9",
+        "session_id": "s",
+        "agent_id": "echo",
+        "attempt": 2,
+    }
+    created_at = json.loads(event.data)["created_at"]
+    expected = {**common, "created_at": created_at}
+    for key, value in payload.items():
+        expected.setdefault(key, value)
+    assert event.data == reference(expected)
+    assert (event.index, event.name, event.terminal) == (4, "RunContent", False)
+
+
 @pytest.mark.parametrize("text", ["\ud800", "a\udfffb", "\ud83d", "\U0001f600\ud800\x00"])
 def test_lone_surrogates_are_escaped_and_round_trip(text: str) -> None:
     data = dumps({"content": text, text: 1})
@@ -69,6 +95,27 @@ def test_sse_frame_is_encoded_once_and_shared() -> None:
     assert frame == expected
     assert sse_frame(event) is frame
     assert event == Event(7, "RunContent", event.data)  # the cache is not part of its value
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("RunContent", '{"event":"RunContent","content":" w1"}'),
+        ("RunStarted", '{"content":"é ✓ \U0001f600 \\n"}'),
+        ("my.custom-event", "{}"),
+        ("two\nlines", '{"a":1}'),  # sse-starlette drops the line break of a name
+        ("RunContent", '{"a":\n1}'),  # text with line breaks: one data line each
+        ("RunContent", '{"a":\r\n1,\r"b":2}'),
+        ("Name\x00", '{"a":1}'),  # a name no store would take: encoded whole all the same
+        ("RunContent", ""),
+    ],
+)
+@pytest.mark.parametrize("index", [0, 7, 123456789])
+def test_sse_frame_is_sse_starlettes_encoding(name: str, data: str, index: int) -> None:
+    event = Event(index, name, data)
+    expected = ServerSentEvent(data, event=name, id=str(index), sep="\n").encode()
+    assert sse_frame(event) == expected
+    assert sse_frame(Event(index, name, data), 0) == expected  # not cached
 
 
 def test_big_events_are_not_cached() -> None:

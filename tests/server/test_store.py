@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -14,6 +17,7 @@ from sqlalchemy.exc import DBAPIError
 
 from agentos.backends.base import Ending, Store, open_backend
 from agentos.backends.postgres import EVENTS_CHANNEL
+from agentos.backends.sql import SQLStore
 from agentos.errors import RunAlreadyExists, WriteConflict
 from agentos.events import Event, RunStatus
 from agentos.records import RunRecord, RunUpdate
@@ -335,3 +339,48 @@ async def test_a_paused_owner_s_transaction_does_not_block_the_reaper(pg_url: st
     finally:
         await owner.close()
         await reaper.close()
+
+
+async def test_sqlite_small_groups_commit_on_the_loop_unless_another_writer_holds_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small group commits on the event loop, with no trip to the driver's thread; while
+    another connection holds the write lock, the group goes to the thread and waits there (the
+    loop never waits for a lock); a larger group always goes to the thread. Same rows either way."""
+    path = tmp_path / "inline.db"
+    store = SQLStore(f"sqlite+aiosqlite:///{path}", inline_commit_max_rows=4)
+    await store.open()
+    threaded: list[int] = []
+    to_thread = store._commit_sqlite
+
+    async def counted(group: Any) -> None:
+        threaded.append(group.rows)
+        await to_thread(group)
+
+    monkeypatch.setattr(store, "_commit_sqlite", counted)
+    try:
+        await store.commit([], [], runs=[run_record("r", status=RunStatus.PENDING)])
+        await store.commit([("r", _event(0))], [RunUpdate("r", status=RunStatus.RUNNING)])
+        assert threaded == []
+        with pytest.raises(WriteConflict):  # the same error as from the thread
+            await store.commit([("r", _event(0))], [])
+        assert threaded == []
+
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the database
+        commit = asyncio.ensure_future(store.commit([("r", _event(1))], []))
+        await asyncio.sleep(0.2)
+        assert not commit.done() and threaded == [1]  # waiting in the thread, not on the loop
+        other.execute("COMMIT")
+        other.close()
+        await asyncio.wait_for(commit, 10)
+
+        await store.commit([("r", _event(i)) for i in range(2, 7)], [])  # 5 rows > 4
+        assert threaded == [1, 5]
+        await store.commit([("r", _event(7, terminal=True))], [])
+        assert threaded == [1, 5]
+        assert [e.index for e in await store.read_events("r", 0, 100)] == list(range(8))
+        got = await store.get_run("r")
+        assert got is not None and got.status is RunStatus.RUNNING
+    finally:
+        await store.close()

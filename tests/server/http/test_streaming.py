@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 from collections.abc import Callable
+from urllib.parse import urlencode
 
 import httpx
 
 from agentos import AgentOS, Settings
 from tests import apps, sse
+from tests.servers import ThreadServer
 from tests.sse import collect, frames
 
 
@@ -84,3 +88,68 @@ async def test_many_subscribers_of_one_run_all_get_everything(client: httpx.Asyn
     results = await asyncio.gather(*(follow() for _ in range(20)))
     assert all(result == results[0] for result in results)
     assert len(results[0]) == 3 + 2 * 22  # TeamRunStarted/Content/Completed + two members
+
+
+async def _until(check: Callable[[], bool], seconds: float) -> bool:
+    for _ in range(int(seconds / 0.02)):
+        if check():
+            return True
+        await asyncio.sleep(0.02)
+    return check()
+
+
+async def test_shutdown_ends_open_streams_after_the_grace_period(
+    serve_thread: Callable[[AgentOS], ThreadServer], settings: Settings
+) -> None:
+    """A stream of a run that goes on ends once the shutdown grace has passed (its client
+    resumes elsewhere); the run itself is not touched by it."""
+    agent_os = apps.build(settings.replace(demo_delay=0.5))
+    server = serve_thread(agent_os)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        async with client.stream(
+            "POST", "/agents/echo/runs", data={"message": apps.words(200), "background": "true"}
+        ) as r:
+            run_id = r.headers["x-run-id"]
+            stream = frames(r)
+            async for frame in stream:
+                if frame.event == "RunStarted":
+                    break
+            began = asyncio.get_running_loop().time()
+            server.call(lambda: agent_os._streams.shutdown(0.3))
+            async for _ in stream:  # the stream ends: the loop ends
+                pass
+            took = asyncio.get_running_loop().time() - began
+        assert 0.25 <= took < 5
+        assert await _until(lambda: agent_os.manager.open_streams == 0, 5)
+        run = (await client.get(f"/agents/echo/runs/{run_id}")).json()
+        assert run["status"] == "RUNNING"
+
+
+def test_a_stream_whose_client_stops_reading_ends_after_the_send_timeout(
+    serve_thread: Callable[[AgentOS], ThreadServer], settings: Settings
+) -> None:
+    """A client that stops reading holds a send until ``send_timeout``; then (at the next
+    ping) the stream ends and gives its slot back, while the run goes on to its end."""
+    agent_os = apps.build(settings.replace(demo_delay=0.0, ping_interval=0.2, send_timeout=0.3))
+    server = serve_thread(agent_os)
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    body = urlencode({"message": apps.words(60_000), "background": "true"}).encode()
+    sock.sendall(
+        b"POST /agents/echo/runs HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while agent_os.manager.open_streams == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert agent_os.manager.open_streams == 1
+        while agent_os.manager.open_streams and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert agent_os.manager.open_streams == 0  # ended while the client still holds it
+    finally:
+        sock.close()
