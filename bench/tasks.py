@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import cProfile
 import gc
+import json
 import math
 import os
 import pstats
@@ -39,6 +40,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -53,12 +55,18 @@ _SCHEDULER_SQL = ("agentos_tasks", "task_id IN")
 
 
 async def _run(
-    url: str, instances: int, tasks: int, seconds: float, settle: float, profile: bool
+    url: str,
+    instances: int,
+    tasks: int,
+    seconds: float,
+    settle: float,
+    profile: bool,
+    settings: dict[str, Any],
 ) -> None:
     oses = [
         AgentOS(
             agents=[Agent(id="echo", model=EchoModel(0))],
-            settings=Settings(db_url=url, instance_id=f"bench-{n}"),
+            settings=Settings(db_url=url, instance_id=f"bench-{n}", **settings),
         )
         for n in range(instances)
     ]
@@ -87,20 +95,28 @@ async def _run(
     start_at = float(int(time.time()) + 3 + tasks // 500)
     end = start_at + seconds
     #: Lags of the window's occurrences (the bench's occurrences are whole seconds: the one a
-    #: lag stands for is the time it was observed minus the lag, rounded).
+    #: lag stands for is the scheduler's clock reading it was computed from minus the lag,
+    #: rounded; not a later reading, which a pause of the process would shift).
     window_lags: list[float] = []
     fired_in_window = 0
+    last_reading = 0.0
+
+    def clock() -> float:
+        nonlocal last_reading
+        last_reading = time.time()
+        return last_reading
 
     def observe(lag: float) -> None:
         nonlocal fired_in_window
         if counting:
             fired_in_window += 1
-        if start_at < round(time.time() - lag) <= end:
+        if start_at < round(last_reading - lag) <= end:
             window_lags.append(lag)
 
     for served in oses:
         await served.__aenter__()
         served.tasks.observer = observe
+        served.tasks.clock = clock
         store = served.manager.store
         assert isinstance(store, SQLStore)
         engine: AsyncEngine = store.engine
@@ -254,6 +270,14 @@ def _database(pg: str | None) -> Iterator[str]:
             yield f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}"
 
 
+def _value(text: str) -> Any:
+    """A setting's value from the command line: JSON (10, 0.5, true), else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=1000)
@@ -271,11 +295,29 @@ def main() -> None:
     )
     parser.add_argument("--profile", action="store_true", help="profile the firing window")
     parser.add_argument("--quick", action="store_true", help="100 tasks for 10 s")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a server setting by its flat name (buffer_ttl=10), for experiments",
+    )
     args = parser.parse_args()
     if args.quick:
         args.tasks, args.seconds = 100, 10
     with _database(args.pg) as url:
-        asyncio.run(_run(url, args.instances, args.tasks, args.seconds, args.settle, args.profile))
+        settings = {n: _value(v) for n, _, v in (item.partition("=") for item in args.set)}
+        asyncio.run(
+            _run(
+                url,
+                args.instances,
+                args.tasks,
+                args.seconds,
+                args.settle,
+                args.profile,
+                settings,
+            )
+        )
 
 
 if __name__ == "__main__":
