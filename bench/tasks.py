@@ -4,6 +4,7 @@
     python -m bench.tasks --tasks 1000 --seconds 60   # the issue's numbers, SQLite
     python -m bench.tasks --pg --instances 3          # PostgreSQL (a scratch database on the
                                                       # test server, or --pg URL), 3 instances
+    python -m bench.tasks --set buffer_ttl=5          # with a server setting changed
 
 The instances share this process (and so its one core for Python). Reports:
 
@@ -14,7 +15,8 @@ The instances share this process (and so its one core for Python). Reports:
   from the scheduler's lag hook);
 - CPU per occurrence (the whole process: the schedulers and the runs they start), the share of
   one core the process had, and the machine's load average before and after (the other work on
-  the machine takes the rest: a process that gets half a core cannot do what needs a whole one);
+  the machine takes the rest: a process that gets half a core cannot do what needs a whole one)
+  and the share of the window spent in garbage collection;
   ``--profile`` splits out the schedulers' own steps (a CPU-time profile of the event loop's
   thread);
 - SQL statements per occurrence (the scheduler's, and everything's).
