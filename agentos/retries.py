@@ -20,6 +20,7 @@ attempt (nothing is retried, as before there were retries).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -120,6 +121,11 @@ class RetryPolicy:
         }
 
     def to_json(self) -> str:
+        return self._json
+
+    @functools.cached_property
+    def _json(self) -> str:
+        # Written into every run a task starts: made once per policy, not once per run.
         return json.dumps(self.to_dict(), separators=(",", ":"))
 
     def retries(self, attempt: int, reason: str, error: BaseException | None = None) -> bool:

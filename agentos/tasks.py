@@ -74,8 +74,10 @@ __all__ = ["DEFAULT_RETRY_POLICY", "TaskManager"]
 
 logger = logging.getLogger("agentos.tasks")
 
-#: Tasks of one pass started at once (their run creates share group commits).
-_CONCURRENCY = 256
+#: Batches of claimed tasks being fired at once by one pass, at most (each up to
+#: ``task_claim_batch`` tasks, whose runs are all started at once: their creates share group
+#: commits).
+_BATCHES_IN_FLIGHT = 4
 #: The retry policy of a task's runs when neither the task nor its component has one: an
 #: occurrence whose instance died (``instance_lost``: kill -9, a lost lease, a restart) or was
 #: deployed away mid-run (``shutdown``) runs again on another instance, up to three attempts.
@@ -264,8 +266,7 @@ class TaskManager:
         while True:
             delay = self.settings.tick
             try:
-                while await self.fire_due() >= self.settings.claim_batch:
-                    pass  # a full batch: more may be due
+                await self._pass()
                 upcoming = await self.store.next_fire_time(self.clock())
                 if upcoming is not None:
                     delay = min(delay, max(0.0, upcoming - self.clock()))
@@ -278,41 +279,76 @@ class TaskManager:
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
 
-    async def fire_due(self, now: float | None = None) -> int:
-        """One scheduler pass: fire every due occurrence of the tasks this instance can claim
-        (``now``: the time to go by, else the clock). Returns how many tasks it took.
+    async def _pass(self) -> None:
+        """Fire everything due now, a batch (``claim_batch`` tasks) at a time. A full batch
+        means more may be due: the next batch is claimed while the first one's runs are being
+        created, so that their creates share group commits instead of waiting for each other
+        (at most ``_BATCHES_IN_FLIGHT`` batches at once)."""
+        now = self.clock()
+        batches: list[asyncio.Future[int]] = []
+        try:
+            while True:
+                claimed = await self._claim(now)
+                if claimed:
+                    batches.append(asyncio.ensure_future(self._fire_claimed(claimed, now)))
+                if len(claimed) < self.settings.claim_batch:
+                    break
+                in_flight = [batch for batch in batches if not batch.done()]
+                if len(in_flight) >= _BATCHES_IN_FLIGHT:
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                now = self.clock()
+        except asyncio.CancelledError:
+            for batch in batches:
+                batch.cancel()  # stopping: their claims expire (see the module docstring)
+            await asyncio.gather(*batches, return_exceptions=True)
+            raise
+        except BaseException:
+            await asyncio.gather(*batches, return_exceptions=True)
+            raise
+        # Each batch releases its own claims, whatever happens to the others.
+        for outcome in await asyncio.gather(*batches, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
 
-        A pass costs a few statements whatever the number of tasks: the claim, the tasks'
-        running runs, the new runs (created in the run manager's group commits) and the
-        release of every claim in one transaction.
+    async def fire_due(self, now: float | None = None) -> int:
+        """One scheduler pass over a batch: fire every due occurrence of the tasks this
+        instance can claim (at most ``claim_batch``; ``now``: the time to go by, else the
+        clock). Returns how many tasks it took.
+
+        A batch costs a few statements whatever the number of tasks: the claim, the tasks'
+        running runs, the new runs (created together in the run manager's group commits) and
+        the release of every claim in one transaction.
         """
         if now is None:
             now = self.clock()
+        claimed = await self._claim(now)
+        if claimed:
+            await self._fire_claimed(claimed, now)
+        return len(claimed)
+
+    async def _claim(self, now: float) -> list[TaskRecord]:
         if not self.manager.accepting:
-            return 0
-        claimed = await self.store.claim_tasks(
+            return []
+        return await self.store.claim_tasks(
             self.instance_id, now, now + self.settings.claim_ttl, self.settings.claim_batch
         )
-        if not claimed:
-            return 0
+
+    async def _fire_claimed(self, claimed: list[TaskRecord], now: float) -> int:
+        """Fire the due occurrences of the claimed tasks, all at once, then release them."""
         watched = [
             t.task_id for t in claimed if t.overlap_policy != "allow_parallel" or t.queued_at
         ]
         running = await self.store.active_task_runs(watched)
-        limit = asyncio.Semaphore(_CONCURRENCY)
         releases: list[TaskRelease] = []
 
         async def one(task: TaskRecord) -> None:
-            async with limit:
-                try:
-                    releases.append(
-                        await self._fire(task, now, list(running.get(task.task_id, [])))
-                    )
-                except AgentOSError as exc:
-                    logger.warning("task %s not fired now (%s)", task.task_id, exc.detail)
-                except Exception:
-                    # Its claim expires and a later pass fires what is due (still once).
-                    logger.exception("task %s not fired now", task.task_id)
+            try:
+                releases.append(await self._fire(task, now, list(running.get(task.task_id, []))))
+            except AgentOSError as exc:
+                logger.warning("task %s not fired now (%s)", task.task_id, exc.detail)
+            except Exception:
+                # Its claim expires and a later pass fires what is due (still once).
+                logger.exception("task %s not fired now", task.task_id)
 
         await asyncio.gather(*(one(task) for task in claimed))
         await self.store.release_tasks(self.instance_id, releases)

@@ -33,8 +33,7 @@ from typing import Any
 import httpx
 
 from bench.memory import buffered_event_cost
-from bench.model_relay import MARKER as RELAY_MARKER
-from bench.queue import MARKER as QUEUE_MARKER
+from bench.sections import kept_sections
 from tests.servers import free_port
 
 HERE = Path(__file__).resolve().parent
@@ -550,11 +549,8 @@ def main() -> None:
         "![agentos / ceiling](ratios.png)",
     ]
     results = HERE / "RESULTS.md"
-    # The sections of the model relay (``python -m bench.model_relay``) and the run queue
-    # (``python -m bench.queue``) are written by those modules: kept.
-    old = results.read_text() if results.exists() else ""
-    starts = [old.find(marker) for marker in (RELAY_MARKER, QUEUE_MARKER) if marker in old]
-    kept = "\n" + old[min(starts) :] if starts else ""
+    # The sections the other benchmarks write (bench/sections.py) are kept.
+    kept = kept_sections(results)
     results.write_text("\n".join(head + rep.lines).rstrip() + "\n" + kept)
     chart(rep.ratios, HERE / "ratios.png")
     print(f"wrote {HERE / 'RESULTS.md'} and {HERE / 'ratios.png'}")

@@ -44,6 +44,8 @@ from typing import Any
 
 import httpx
 
+from bench.sections import write_section
+
 _ROOT = Path(__file__).resolve().parent.parent
 RESULTS = _ROOT / "bench" / "RESULTS.md"
 #: Where this benchmark's section of RESULTS.md begins (``python -m bench`` keeps it).
@@ -351,8 +353,7 @@ def main() -> None:
 
 
 def _write_section(result: dict[str, Any], args: argparse.Namespace) -> None:
-    """Replace this benchmark's section of RESULTS.md (before the run queue's, which
-    ``python -m bench.queue`` keeps at the end), or add it."""
+    """Replace this benchmark's section of RESULTS.md, or add it."""
     r = result
     lines = [
         "## Model relay: one model run through agentos against the openai SDK",
@@ -381,16 +382,7 @@ def _write_section(result: dict[str, Any], args: argparse.Namespace) -> None:
         f"| agentos server CPU per relayed delta | {r['server_cpu_us_per_delta']} µs | |",
         "",
     ]
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if MARKER in text:
-        head, rest = text.split(MARKER, 1)
-        following = rest.find("\n<!-- bench.")
-        tail = rest[following:] if following >= 0 else ""
-    else:
-        at = text.find("\n<!-- bench.")
-        head, tail = (text[:at], text[at:]) if at >= 0 else (text, "")
-    body = "\n".join(lines).rstrip() + "\n"
-    RESULTS.write_text(head.rstrip() + "\n\n" + MARKER + "\n" + body + tail)
+    write_section(MARKER, lines, RESULTS)
 
 
 if __name__ == "__main__":

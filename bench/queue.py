@@ -60,6 +60,7 @@ from agentos.backends.base import open_backend
 from agentos.events import RunStatus
 from agentos.records import RunRecord
 from agentos.settings import Settings
+from bench import sections
 from bench.client import _request, open_conn
 from tests.pgdb import _dsn, scratch_database
 from tests.servers import free_port
@@ -383,10 +384,8 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def write_section(lines: list[str]) -> None:
-    """Replace this benchmark's section at the end of RESULTS.md (or add it)."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    head = text.split(MARKER)[0].rstrip()
-    RESULTS.write_text(head + "\n\n" + MARKER + "\n" + "\n".join(lines).rstrip() + "\n")
+    """Replace this benchmark's section of RESULTS.md (or add it)."""
+    sections.write_section(MARKER, lines, RESULTS)
 
 
 def main() -> None:

@@ -1361,16 +1361,18 @@ def _task_values(task: TaskRecord) -> dict[str, Any]:
 
 
 def _task(row: Any) -> TaskRecord:
+    # A claim reads the due tasks' rows every time they fire: their schedules, policies and
+    # tags are parsed once each (they are immutable).
     return TaskRecord(
         task_id=row.task_id,
         kind=row.kind,
         component_id=row.component_id,
         message=row.message,
-        schedule=Schedule.from_json(row.schedule),
+        schedule=_schedule(row.schedule),
         created_at=row.created_at,
         updated_at=row.updated_at,
         timeout=row.timeout,
-        retry_policy=None if row.retry_policy is None else RetryPolicy.parse(row.retry_policy),
+        retry_policy=None if row.retry_policy is None else _retry_policy(row.retry_policy),
         overlap_policy=row.overlap_policy,
         session_policy=row.session_policy,
         session_id=row.session_id,
@@ -1378,7 +1380,7 @@ def _task(row: Any) -> TaskRecord:
         catchup_window=row.catchup_window,
         active=bool(row.active),
         description=row.description,
-        tags=tuple(json.loads(row.tags)),
+        tags=_tags(row.tags),
         user_id=row.user_id,
         next_fire_at=row.next_fire_at,
         queued_at=row.queued_at,
@@ -1389,6 +1391,15 @@ def _task(row: Any) -> TaskRecord:
         claimed_by=row.claimed_by,
         claim_until=row.claim_until,
     )
+
+
+_schedule = functools.lru_cache(maxsize=4096)(Schedule.from_json)
+_retry_policy = functools.lru_cache(maxsize=256)(RetryPolicy.parse)
+
+
+@functools.lru_cache(maxsize=1024)
+def _tags(text: str) -> tuple[str, ...]:
+    return tuple(json.loads(text))
 
 
 def _component_state(row: Any) -> ComponentState:

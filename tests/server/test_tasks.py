@@ -511,6 +511,55 @@ async def test_an_occurrence_claimed_by_a_dead_instance_fires_once_elsewhere(
         assert task.next_fire_at == T0 + 30 and task.claimed_by is None
 
 
+# -- batches -------------------------------------------------------------------------------------
+
+
+async def test_a_pass_fires_full_batches_together_each_task_once(
+    db_url: str,  # noqa: F811
+    gate: _Gate,
+) -> None:
+    async with _os(db_url, gate, task_claim_batch=2) as served:
+        clock = served.tasks.clock = _Clock()
+        ids = [await _interval(served, "echo", overlap_policy="allow_parallel") for _ in range(5)]
+        clock.now = T0 + 10
+        store = served.tasks.store
+        steps: list[str] = []
+        all_claimed = asyncio.Event()
+        claim, release = store.claim_tasks, store.release_tasks
+
+        async def claims(*args: Any) -> Any:
+            claimed = await claim(*args)
+            steps.append(f"claim {len(claimed)}")
+            if len(claimed) < 2:
+                all_claimed.set()
+            return claimed
+
+        async def releases(instance_id: str, done: Any) -> None:
+            # A batch is released only once every batch has been claimed: a pass that waited
+            # for a batch's release before claiming the next would never get here in time.
+            try:
+                await asyncio.wait_for(all_claimed.wait(), 5)
+            except TimeoutError:
+                steps.append("timed out waiting for the next claim")
+            await release(instance_id, done)
+            steps.append(f"release {len(done)}")
+
+        store.claim_tasks, store.release_tasks = claims, releases  # type: ignore[method-assign]
+        await served.tasks._pass()
+        # Three batches (2, 2, 1), the next claimed while the one before is being fired.
+        assert steps[:3] == ["claim 2", "claim 2", "claim 1"]
+        assert sorted(steps[3:]) == ["release 1", "release 2", "release 2"]
+        for task_id in ids:
+            assert [r.occurrence for r in await served.tasks.runs(task_id)] == [
+                occurrence_id(T0 + 10)
+            ]
+            task = await served.tasks.get(task_id)
+            assert task.next_fire_at == T0 + 20 and task.claimed_by is None
+        clock.now = T0 + 19
+        await served.tasks._pass()  # nothing due: nothing more
+        assert steps[6:] == ["claim 0"]
+
+
 # -- metrics -------------------------------------------------------------------------------------
 
 
