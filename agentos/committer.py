@@ -461,7 +461,20 @@ class GroupCommitter:
         for run_id, event in events:
             by_run.setdefault(run_id, []).append(event)
         for run_id, run_events in by_run.items():
-            self._buffers.publish(run_id, run_events)
+            try:
+                self._buffers.publish(run_id, run_events)
+            except ValueError:
+                # Out of order for its buffer (two attempts of one run writing at once): the
+                # events are committed, so the run's followers read it from the database. One
+                # run's buffer must not stop the commits of every other run.
+                logger.error(
+                    "run %s: committed events out of order for its buffer; followed from the "
+                    "database",
+                    run_id,
+                    exc_info=True,
+                    extra={"run_id": run_id},
+                )
+                self._buffers.discard(run_id)
         for update in updates:
             if update.status is not None:
                 self._buffers.set_status(update.run_id, update.status)

@@ -17,10 +17,11 @@ async def manager_factory(
     db_url: str, components: Callable[[], Sequence[Component]], **defaults: Any
 ) -> AsyncIterator[MakeManager]:
     """``make(instance_id, **settings)`` starts a RunManager on ``db_url`` with short leases,
-    serving fresh ``components()``; every one made is closed on exit, newest first."""
+    serving fresh ``components()`` (none with ``agents=False``); every one made is closed on
+    exit, newest first."""
     managers: list[RunManager] = []
 
-    async def make(instance_id: str, **overrides: Any) -> RunManager:
+    async def make(instance_id: str, *, agents: bool = True, **overrides: Any) -> RunManager:
         values: dict[str, Any] = {
             "db_url": db_url,
             "instance_id": instance_id,
@@ -32,7 +33,7 @@ async def manager_factory(
             **overrides,
         }
         manager = RunManager(Settings(**values))
-        for component in components():
+        for component in components() if agents else ():
             manager.register(component)
         await manager.start()
         managers.append(manager)

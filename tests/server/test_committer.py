@@ -264,3 +264,27 @@ async def test_committed_waits_for_the_events_group_only(tmp_path: Path) -> None
     with pytest.raises(CommitterStopped):
         await committer.committed(Event(4, "RunContent", "{}"))
     await store.close()
+
+
+async def test_events_out_of_order_for_a_buffer_do_not_stop_the_committer(tmp_path: Path) -> None:
+    """Committed events that do not follow a run's buffer (two attempts of one run writing at
+    once) drop that buffer, whose followers go to the database; other runs go on committing."""
+    store = SQLStore(f"sqlite+aiosqlite:///{tmp_path}/c.db")
+    await store.open()
+    for run_id in ("r", "other"):
+        await store.create_run(run_record(run_id))
+    buffers = EventBuffer(Settings().buffer)
+    buffers.open("r", next_index=2)  # a newer attempt's buffer: it expects event 2
+    other = buffers.open("other")
+    committer = GroupCommitter(store, buffers, Settings().commit, owner="test")
+    committer.start()
+    committer.put("r", Event(0, "RunStarted", "{}"))
+    await asyncio.wait_for(committer.flush(), 10)
+    assert committer.running
+    assert buffers.get("r") is None  # dropped: followed from the database
+    assert [e.index for e in await store.read_events("r", 0, 10)] == [0]
+    committer.put("other", Event(0, "RunStarted", "{}"))
+    await asyncio.wait_for(committer.flush(), 10)
+    assert other.next_index == 1
+    await committer.aclose()
+    await store.close()

@@ -27,6 +27,7 @@ from agentos.errors import InstanceIdInUse, StoreUnavailable
 from agentos.events import Meta
 from agentos.leases import Leases, _this_host
 from agentos.records import RunRecord, RunUpdate
+from agentos.retries import RetryPolicy, RunOptions
 from tests.apps import words
 from tests.managers import MakeManager, manager_factory
 from tests.pgdb import db_url, pg_url
@@ -480,3 +481,36 @@ async def test_a_start_that_fails_after_taking_the_id_lets_it_go(
     assert found is not None and found[1] == 0.0
     retry = await make_manager("flaky")  # at once: not InstanceIdInUse after 60 s
     assert retry.settings.instance_id == "flaky"
+
+
+async def test_a_run_requeued_while_still_executing_here_is_not_run_twice(
+    make_manager: MakeManager,
+) -> None:
+    """A slow owner's lease runs out and the run goes back to the queue (its retry policy
+    allows it) while the owner still executes it; the owner's own claimer takes it back before
+    its renewal noticed. The old attempt stops, the new one runs alone: contiguous indexes, one
+    terminal event, and the committer keeps going."""
+    owner = await make_manager("a", lease_renew_interval=1.9)
+    component = owner.component("agents", "echo")
+    record = await owner.start_run(
+        component, words(150), options=RunOptions(retry_policy=RetryPolicy(2, delay=0, jitter=0))
+    )
+    await asyncio.sleep(0.5)  # well into its first attempt
+    store = owner.store
+    assert isinstance(store, SQLStore)
+    async with store.engine.begin() as conn:  # the lease runs out
+        await conn.execute(
+            text("UPDATE agentos_runs SET lease_until = 0 WHERE run_id = :r"), {"r": record.run_id}
+        )
+    # The reaper of an instance without this agent: it cannot claim the run itself.
+    reaper = await make_manager("b", agents=False)
+    assert await reaper.leases.reap_once() == [record.run_id]  # requeued: instance_lost
+    ended = await asyncio.wait_for(owner.wait(record.run_id), 30)
+    assert ended.status is RunStatus.COMPLETED, ended
+    stored = await store.read_events(record.run_id, 0, 10_000)
+    assert [e.index for e in stored] == list(range(len(stored)))
+    assert [e.terminal for e in stored].count(True) == 1
+    assert [e.name for e in stored].count("RunRetrying") == 1
+    assert owner.committer.running
+    again = await owner.start_run(component, "still committing")
+    assert (await asyncio.wait_for(owner.wait(again.run_id), 10)).status is RunStatus.COMPLETED
