@@ -460,7 +460,11 @@ def scenario_5_6(
 
 
 def chart(ratios: list[tuple[str, float, float | None]], path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"matplotlib is not installed (pip install -e '.[bench]'): {path.name} not redrawn")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
