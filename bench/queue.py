@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -54,7 +55,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 
 from agentos.backends.base import open_backend
 from agentos.events import RunStatus
@@ -63,7 +63,7 @@ from agentos.settings import Settings
 from bench import sections
 from bench.client import _request, open_conn
 from tests.pgdb import _dsn, scratch_database
-from tests.servers import free_port
+from tests.servers import free_port, wait_healthy
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -74,6 +74,10 @@ WARMUP = 10
 
 
 # -- servers ------------------------------------------------------------------------------------
+
+
+def _running(proc: subprocess.Popen[bytes]) -> bool:
+    return proc.poll() is None
 
 
 @contextlib.contextmanager
@@ -103,7 +107,7 @@ def servers(
             urls.append(f"http://127.0.0.1:{port}")
             # One after the other: SQLite processes creating an empty file's tables at once
             # collide.
-            _wait_healthy(urls[-1], procs[-1])
+            wait_healthy(urls[-1], timeout=60, alive=functools.partial(_running, procs[-1]))
         yield urls
     finally:
         for proc in procs:
@@ -114,18 +118,6 @@ def servers(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the bench server {url} exited")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"the bench server {url} did not start")
 
 
 def export(rev: str, dest: Path) -> Path:
