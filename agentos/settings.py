@@ -84,8 +84,10 @@ class DatabaseSettings:
     auto_upgrade: bool = _setting(False, "db_auto_upgrade")
     #: SQLite: a group commit of at most this many rows (new runs, events, run updates) is made
     #: on the event loop, with no trip to the driver's thread, when no other writer holds the
-    #: database; larger groups, and any that would wait for a lock, go to the thread. 0: never.
-    #: (About 1 to 2 µs of the loop's time per row; ``max_batch_events`` caps a group.)
+    #: database; larger groups, and any that would wait for a lock, go to the thread. 0: never,
+    #: and reads stay off the loop too (otherwise a run, and a page of at most 16 events, are
+    #: read on the loop). (About 1 to 2 µs of the loop's time per row; ``max_batch_events`` caps
+    #: a group.)
     inline_commit_max_rows: int = _setting(2_000, "db_inline_commit_max_rows")
 
 

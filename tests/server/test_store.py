@@ -384,3 +384,78 @@ async def test_sqlite_small_groups_commit_on_the_loop_unless_another_writer_hold
         assert got is not None and got.status is RunStatus.RUNNING
     finally:
         await store.close()
+
+
+async def test_sqlite_small_reads_are_made_on_the_loop_with_the_threads_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run and a short page of events are read on the event loop, with no trip to the
+    driver's thread, and read exactly what the thread reads (hostile text included); a longer
+    page, and any read the loop's connection cannot make, go to the thread."""
+    path = tmp_path / "reads.db"
+    store = SQLStore(f"sqlite+aiosqlite:///{path}")
+    await store.open()
+    text = "\x00\u202e\U0001f600 ' \" \\ \n\r"
+    try:
+        await store.commit(
+            [], [], runs=[run_record("r", status=RunStatus.PENDING, input=text, user_id=text)]
+        )
+        await store.commit(
+            [("r", Event(i, "RunContent", f'{{"t": "{i}{text!r}"}}', False)) for i in range(20)],
+            [RunUpdate("r", status=RunStatus.RUNNING)],
+        )
+        threaded: list[str] = []
+        to_thread = store._connect
+
+        def counted() -> Any:
+            threaded.append("read")
+            return to_thread()
+
+        monkeypatch.setattr(store, "_connect", counted)
+        inline_run = await store.get_run("r")
+        inline_page = await store.read_events("r", 3, 16)
+        assert await store.get_run("missing") is None
+        assert threaded == []
+        assert inline_run is not None and inline_run.event_count == 20  # live: counted events
+        assert await store.read_events("r", 3, 17) == (await store.read_events("r", 0, 20))[3:]
+        assert threaded == ["read", "read"]
+
+        store.inline_commit_max_rows = 0  # the setting that keeps the loop out of SQLite
+        store._inline.close()  # type: ignore[union-attr]
+        store._inline = None
+        assert await store.get_run("r") == inline_run
+        assert await store.read_events("r", 3, 16) == inline_page
+        assert inline_page[0].data == f'{{"t": "3{text!r}"}}' and inline_run.input == text
+        assert len(threaded) == 4
+    finally:
+        await store.close()
+
+
+async def test_sqlite_a_read_the_loop_cannot_make_goes_to_the_thread(tmp_path: Path) -> None:
+    """An OperationalError on the loop's connection (busy, say) is not an error of the read: it
+    is made again through the driver's thread, and the loop's connection stays usable."""
+    store = SQLStore(f"sqlite+aiosqlite:///{tmp_path / 'busy.db'}")
+    await store.open()
+    try:
+        await store.commit([], [], runs=[run_record("r", status=RunStatus.PENDING)])
+        real = store._loop_connection()
+        assert real is not None
+        failures = iter([sqlite3.OperationalError("database is locked")])
+
+        class Flaky:
+            in_transaction = False
+
+            def execute(self, sql: str, *args: Any) -> Any:
+                failure = next(failures, None)
+                if failure is not None:
+                    raise failure
+                return real.execute(sql, *args)
+
+        store._inline = Flaky()  # type: ignore[assignment]
+        got = await store.get_run("r")  # through the thread
+        assert got is not None and got.status is RunStatus.PENDING
+        store._inline = real
+        assert await store.get_run("r") == got
+        assert not real.in_transaction
+    finally:
+        await store.close()
