@@ -27,6 +27,7 @@
  ├── WaitTimeout            wait=true ran past its budget        504
      ├── SchemaOutdated         the database needs `agentos db upgrade` (at start-up)
      ├── SchemaUnknown          the database is at a revision this release does not know
+     ├── DatabaseUnsupported    a database server older than agentos needs (at start-up)
      ├── ModelError             the model server refused or failed (ends the run: RunError)
      │    ├── ModelUnavailable  connection error, 429, 5xx: retried before the first output
      │    └── ModelTimeout      no data from the model for model_read_timeout seconds
@@ -57,6 +58,7 @@ __all__ = [
     "ComponentNotFound",
     "ComponentPaused",
     "DataRejected",
+    "DatabaseUnsupported",
     "EventsUnavailable",
     "IdempotencyConflict",
     "InstanceIdInUse",
@@ -384,6 +386,18 @@ class SchemaUnknown(AgentOSError):
             "(written by a newer release?)"
         )
         self.current = current
+
+
+class DatabaseUnsupported(AgentOSError):
+    """The database server is older than agentos needs; the server does not start."""
+
+    status = 503
+    code = "database_unsupported"
+
+    def __init__(self, found: str, needed: str) -> None:
+        super().__init__(f"the database server is {found}; agentos needs {needed} or later")
+        self.found = found
+        self.needed = needed
 
 
 class ModelError(AgentOSError):

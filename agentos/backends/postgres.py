@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentos.backends.base import CancelFn, Notifier, register_backend
 from agentos.backends.sql import SQLStore
+from agentos.errors import DatabaseUnsupported
 from agentos.events import Event
 from agentos.settings import DatabaseSettings, Settings
 
@@ -46,6 +47,9 @@ EVENTS_CHANNEL = "agentos_events"
 CONTROL_CHANNEL = "agentos_control"
 # Any constant shared by all instances: serializes schema creation and upgrades.
 _SCHEMA_LOCK = 0x6167_656E_746F_73
+
+#: The oldest PostgreSQL server agentos runs on (``server_version_num``).
+MIN_SERVER_VERSION = 110000
 
 
 class PostgresStore(SQLStore):
@@ -108,6 +112,11 @@ class PostgresStore(SQLStore):
         return postgresql_insert(table)
 
     async def _before_schema(self, conn: AsyncConnection) -> None:
+        version = await conn.scalar(sa.text("SELECT current_setting('server_version_num')::int"))
+        if version < MIN_SERVER_VERSION:
+            # Older servers lack hashtextextended (the session lock of multitask runs).
+            found = await conn.scalar(sa.text("SELECT current_setting('server_version')"))
+            raise DatabaseUnsupported(f"PostgreSQL {found}", "PostgreSQL 11")
         # Instances starting together would race on CREATE TABLE (duplicate pg_type rows);
         # the lock makes them take turns, and the later ones find the tables.
         await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK)))

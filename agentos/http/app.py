@@ -29,6 +29,7 @@ from agentos.components.base import Component
 from agentos.errors import (
     AgentOSError,
     ComponentNotFound,
+    DatabaseUnsupported,
     InstanceIdInUse,
     InvalidRequest,
     RequestTimeout,
@@ -206,7 +207,7 @@ class AgentOS:
         redact_tokens_in_logs()  # again, in case a logging set-up since then dropped the filter
         try:
             await self.manager.start()
-        except (SchemaOutdated, SchemaUnknown, InstanceIdInUse) as exc:
+        except (SchemaOutdated, SchemaUnknown, DatabaseUnsupported, InstanceIdInUse) as exc:
             logger.critical("not starting: %s", exc.detail)  # the one line an operator reads
             raise
         self.tasks.start()

@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from agentos.backends.base import Ending, Store, open_backend
 from agentos.backends.postgres import EVENTS_CHANNEL
 from agentos.backends.sql import SQLStore
-from agentos.errors import RunAlreadyExists, WriteConflict
+from agentos.errors import DatabaseUnsupported, RunAlreadyExists, WriteConflict
 from agentos.events import Event, RunStatus
 from agentos.records import RunRecord, RunUpdate
 from agentos.settings import Settings
@@ -458,4 +458,26 @@ async def test_sqlite_a_read_the_loop_cannot_make_goes_to_the_thread(tmp_path: P
         assert await store.get_run("r") == got
         assert not real.in_transaction
     finally:
+        await store.close()
+
+
+async def test_a_postgresql_server_too_old_is_refused_with_what_it_needs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Below the oldest supported PostgreSQL the store does not open (the session lock of
+    multitask runs needs ``hashtextextended``, PostgreSQL 11): a clear error, nothing created."""
+    from agentos.backends import postgres
+
+    async with ascratch_database() as url:
+        monkeypatch.setattr(postgres, "MIN_SERVER_VERSION", 10_000_000)  # no server is so new
+        store = _store(url)
+        with pytest.raises(DatabaseUnsupported, match=r"is PostgreSQL \d+.*needs PostgreSQL 11"):
+            await store.open()
+        conn = await asyncpg.connect(_dsn(url), timeout=5)
+        try:
+            assert await conn.fetchval("SELECT to_regclass('agentos_runs')") is None
+        finally:
+            await conn.close()
+        monkeypatch.setattr(postgres, "MIN_SERVER_VERSION", 110000)
+        await store.open()  # the real server is new enough
         await store.close()
