@@ -17,6 +17,9 @@ its group commits::
     StoreUnavailable (connection lost, locked, disk full)  ─▶ retry the group, backoff up to
                                                               commit_retry_max_delay; health
                                                               reports since when it fails
+    a new run's id taken (WriteConflict at its insert)     ─▶ its create fails alone
+                                                              (RunAlreadyExists); the group is
+                                                              tried once more without it
     WriteConflict (another writer holds an index)          ─▶ commit run by run; the conflicting
     DataRejected, or an error the store cannot judge        ─▶ run is dropped (on_conflict), a
                                                               refused one ends with an error
@@ -150,9 +153,10 @@ class GroupCommitter:
     async def create(self, record: RunRecord, timeout: float) -> None:
         """Insert a new run with the next group; returns once that group has committed.
 
-        Many runs started at once then cost one transaction, not one each. The run id must be
-        new (a server-made UUID): a clash would fail the whole group, so runs whose id a client
-        chose are created with ``Store.create_run``, which reports the clash.
+        Many runs started at once then cost one transaction, not one each. The run id should
+        be new (a server-made UUID, a task occurrence's): a clash fails the group's transaction,
+        which is then tried once more without the runs whose id is taken (RunAlreadyExists for
+        each). Runs whose id a client chose are created with ``Store.create_run`` instead.
 
         Raises StoreUnavailable after ``timeout`` seconds without a commit (the database is down
         or stuck). A run not yet handed to a transaction is then never created; one that was is
@@ -316,10 +320,46 @@ class GroupCommitter:
         except (asyncio.CancelledError, StoreUnavailable):
             raise  # unavailable only escapes while closing: nothing is judged refused then
         except Exception as exc:
-            logger.warning("group commit failed (%s); committing run by run", error_summary(exc))
+            failure: Exception = exc
+            kept = await self._refuse_taken(creates)
+            if len(kept) < len(creates):
+                creates = kept
+                try:
+                    await self._commit(events, updates, [record for record, _ in creates])
+                except (asyncio.CancelledError, StoreUnavailable):
+                    raise
+                except Exception as again:
+                    failure = again
+                else:
+                    return events, updates
+            logger.warning(
+                "group commit failed (%s); committing run by run", error_summary(failure)
+            )
             await self._create_each(creates)
             return await self._write_each_run(events, updates)
         return events, updates
+
+    async def _refuse_taken(
+        self, creates: list[tuple[RunRecord, asyncio.Future[None]]]
+    ) -> list[tuple[RunRecord, asyncio.Future[None]]]:
+        """Fail the new runs whose id is taken (RunAlreadyExists); returns the others.
+
+        A create with a taken id (a client's own run id sent twice, a task occurrence fired
+        again after a timeout) fails the whole group's transaction. Going run by run for it
+        would turn a group of hundreds of runs into as many transactions, each time: one query
+        finds the taken ids, and the group is tried once more without them.
+        """
+        if not creates:
+            return creates
+        try:
+            taken = await self._store.taken_run_ids([record.run_id for record, _ in creates])
+        except Exception as exc:  # run by run finds them (and waits out an outage)
+            logger.warning("could not look up the new runs' ids (%s)", error_summary(exc))
+            return creates
+        for record, future in creates:
+            if record.run_id in taken and not future.done():
+                future.set_exception(RunAlreadyExists(record.run_id))
+        return [(record, future) for record, future in creates if record.run_id not in taken]
 
     async def _commit(
         self,

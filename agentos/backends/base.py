@@ -100,6 +100,10 @@ class Store(abc.ABC):
         """The run, with ``event_count`` counting its committed events."""
 
     @abc.abstractmethod
+    async def taken_run_ids(self, run_ids: Collection[str]) -> set[str]:
+        """Which of ``run_ids`` a run already has."""
+
+    @abc.abstractmethod
     async def list_runs(
         self,
         kind: str,

@@ -452,6 +452,16 @@ class SQLStore(Store):
                 record = replace(record, event_count=0 if count is None else count + 1)
         return record
 
+    async def taken_run_ids(self, run_ids: Collection[str]) -> set[str]:
+        wanted = sorted(set(run_ids))
+        taken: set[str] = set()
+        async with self._connect() as conn:
+            for start in range(0, len(wanted), _IN_LIST_MAX):
+                part = wanted[start : start + _IN_LIST_MAX]
+                query = sa.select(_runs.c.run_id).where(_runs.c.run_id.in_(part))
+                taken.update((await conn.scalars(query)).all())
+        return taken
+
     async def list_runs(
         self,
         kind: str,
@@ -1647,6 +1657,9 @@ _SQLITE_OWNERS = (
     f"FROM {_runs.name} WHERE run_id IN ({{}})"
 )
 
+
+#: Ids per IN list of one statement (well within SQLite's and asyncpg's parameter limits).
+_IN_LIST_MAX = 500
 
 #: Reads of at most this many events are made on the event loop (see SQLStore._read_inline).
 _INLINE_READ_MAX_ROWS = 16

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -286,5 +287,48 @@ async def test_events_out_of_order_for_a_buffer_do_not_stop_the_committer(tmp_pa
     committer.put("other", Event(0, "RunStarted", "{}"))
     await asyncio.wait_for(committer.flush(), 10)
     assert other.next_index == 1
+    await committer.aclose()
+    await store.close()
+
+
+async def test_a_taken_run_id_fails_its_create_alone_and_the_group_commits_once_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new run whose id is taken (an occurrence fired again after a timeout) fails its own
+    create with RunAlreadyExists; the rest of its group (other new runs, other runs' events)
+    commits in one more transaction, not run by run."""
+    store = SQLStore(f"sqlite+aiosqlite:///{tmp_path}/c.db")
+    await store.open()
+    await store.create_run(run_record("taken", input="first"))
+    await store.create_run(run_record("ok"))
+    buffers = EventBuffer(Settings().buffer)
+    ok = buffers.open("ok")
+    committer = GroupCommitter(store, buffers, Settings().commit, owner="test")
+    transactions: list[int] = []
+    commit = store.commit
+
+    async def counted(events: Any, updates: Any, **kwargs: Any) -> None:
+        transactions.append(len(kwargs.get("runs", ())))
+        await commit(events, updates, **kwargs)
+
+    monkeypatch.setattr(store, "commit", counted)
+    new = [run_record(f"new-{i}", status=RunStatus.PENDING) for i in range(5)]
+    committer.start()  # its task takes a group once woken: all that follows, in one turn
+    creates = [
+        asyncio.ensure_future(committer.create(record, 10))
+        for record in [*new[:2], run_record("taken", input="again"), *new[2:]]
+    ]
+    committer.put("ok", Event(0, "RunStarted", "{}"))
+    committer.put("ok", Event(1, "RunContent", "{}"))
+    results = await asyncio.wait_for(asyncio.gather(*creates, return_exceptions=True), 10)
+    assert [type(r).__name__ for r in results] == ["NoneType"] * 2 + ["RunAlreadyExists"] + [
+        "NoneType"
+    ] * 3
+    assert transactions == [6, 5]  # the group, then the group without "taken"
+    assert ok.next_index == 2
+    for record in new:
+        assert await store.get_run(record.run_id) is not None
+    taken = await store.get_run("taken")
+    assert taken is not None and taken.input == "first"
     await committer.aclose()
     await store.close()

@@ -481,3 +481,12 @@ async def test_a_postgresql_server_too_old_is_refused_with_what_it_needs(
         monkeypatch.setattr(postgres, "MIN_SERVER_VERSION", 110000)
         await store.open()  # the real server is new enough
         await store.close()
+
+
+async def test_taken_run_ids_names_the_ids_a_run_has(store: Store) -> None:
+    ids = [f"r-{i}" for i in range(1_200)]  # past one statement's list of ids
+    for run_id in ids[::300]:
+        await store.create_run(run_record(run_id))
+    asked = [*ids, "r-0", "no-such-run", "é\u202e"]
+    assert await store.taken_run_ids(asked) == set(ids[::300])
+    assert await store.taken_run_ids([]) == set()
