@@ -45,7 +45,6 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import uuid
@@ -62,6 +61,7 @@ from agentos.records import RunRecord
 from agentos.settings import Settings
 from bench import sections
 from bench.client import _request, open_conn
+from bench.trees import export
 from tests.pgdb import _dsn, scratch_database
 from tests.servers import free_port, wait_healthy
 
@@ -118,21 +118,6 @@ def servers(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-def export(rev: str, dest: Path) -> Path:
-    """The tree of commit ``rev`` of this repository, under ``dest``."""
-    archive = subprocess.run(
-        ["git", "archive", "--format=tar", rev], cwd=ROOT, capture_output=True, check=True
-    ).stdout
-    tree = dest / f"agentos-{rev}"
-    tree.mkdir()
-    with tempfile.TemporaryFile() as tmp:
-        tmp.write(archive)
-        tmp.seek(0)
-        with tarfile.open(fileobj=tmp) as tar:
-            tar.extractall(tree, filter="data")
-    return tree
 
 
 @contextlib.contextmanager
