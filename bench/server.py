@@ -13,7 +13,9 @@
 - ``/bench/gate``, ``/bench/evict/{run_id}``, ``/bench/stats``: the benchmark's own controls
   (release a gate, drop a run's buffer so it is read from the database, resident memory and CPU).
 
-Run: ``python -m bench.server --port PORT --db DB_URL [--loop asyncio|uvloop] [--http h11|httptools]``.
+Run: ``python -m bench.server --port PORT --db DB_URL [--loop asyncio|uvloop] [--http h11|httptools]``;
+``--more-ports P2,P3`` listens on those ports of 127.0.0.1 too (``bench/idle_streams.py``: a
+client has about 28,000 ephemeral ports per server address and port).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import asyncio
 import gc
 import os
 import resource
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -239,19 +242,33 @@ def main() -> None:
     parser.add_argument("--db", required=True)
     parser.add_argument("--loop", default="auto")
     parser.add_argument("--http", default="auto")
+    parser.add_argument("--more-ports", default="", help="more ports to listen on, e.g. 81,82")
     args = parser.parse_args()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    uvicorn.run(
-        build(args.db).app,
-        host="127.0.0.1",
-        port=args.port,
-        log_level="warning",
-        loop=args.loop,
-        http=args.http,
-        backlog=4096,
-        timeout_graceful_shutdown=5,
-    )
+    options: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": args.port,
+        "log_level": "warning",
+        "loop": args.loop,
+        "http": args.http,
+        "backlog": 4096,
+        "timeout_graceful_shutdown": 5,
+    }
+    if not args.more_ports:
+        uvicorn.run(build(args.db).app, **options)
+        return
+    ports = [args.port, *(int(p) for p in args.more_ports.split(","))]
+    server = uvicorn.Server(uvicorn.Config(build(args.db).app, **options))
+    server.run(sockets=[_listener(port) for port in ports])
+
+
+def _listener(port: int) -> socket.socket:
+    """A socket bound to ``port`` of 127.0.0.1 (uvicorn's ``create_server`` listens on it)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock
 
 
 if __name__ == "__main__":
