@@ -9,6 +9,7 @@ stdout, ``bench/RESULTS.md`` and ``bench/ratios.png``.
     python -m bench                 # the whole suite (about 3 minutes on 2 cores)
     python -m bench --quick         # smaller sizes, fewer rounds
     python -m bench --only 1,4      # some scenarios
+    python -m bench --only 6 --idle-streams 19000   # scenario 6 at that size, pings timed
 
 The run queue and the model relay have their own benchmarks, ``python -m bench.queue`` and
 ``python -m bench.model_relay``; their sections of RESULTS.md are kept.
@@ -32,8 +33,10 @@ from typing import Any
 
 import httpx
 
+from bench import idle_streams
 from bench.memory import buffered_event_cost
 from bench.sections import kept_sections
+from bench.trees import export
 from tests.servers import free_port
 
 HERE = Path(__file__).resolve().parent
@@ -44,10 +47,18 @@ KiB = 1024
 
 @contextlib.contextmanager
 def server(
-    tmp: Path, name: str, loop: str, http: str, env: dict[str, str] | None = None
+    tmp: Path,
+    name: str,
+    loop: str,
+    http: str,
+    env: dict[str, str] | None = None,
+    tree: Path = ROOT,
 ) -> Iterator[int]:
-    """A fresh bench server (agentos + ceiling) on its own SQLite file; yields its port."""
+    """A fresh bench server (agentos + ceiling) on its own SQLite file; yields its port.
+    ``tree``: the code to run, this tree or another commit's (``bench/trees.py``)."""
     port = free_port()
+    if tree != ROOT:
+        env = {"PYTHONPATH": str(tree), **(env or {})}
     db_url = f"sqlite+aiosqlite:///{tmp / (name + '.db')}"
     proc = subprocess.Popen(
         [
@@ -63,7 +74,7 @@ def server(
             "--http",
             http,
         ],
-        cwd=ROOT,
+        cwd=tree,
         env={**os.environ, "AGENTOS_BUFFER_MAX_EVENTS_PER_RUN": "20000", **(env or {})},
     )
     try:
@@ -355,6 +366,77 @@ def scenario_7(port: int, rep: Report, rounds: int, runs: int) -> None:
     rep.note(f"CPU per one-chunk run: **{cpu:.2f} ms**; target <= 3 ms: {verdict(cpu <= 3.0)}")
 
 
+#: The code before issue 15's work: "today's" in its target 5 (scenario 8).
+BASELINE_15 = "f726746"
+
+
+def scenario_8(tmp: Path, rep: Report, rounds: int, rev: str) -> None:
+    """200 runs x 200 events on the plain stack: this tree, the code of ``rev`` (its own bench
+    server, exported from git) and the ceiling, in turn round by round."""
+    runs, events = 200, 200
+    rep.section(
+        f"8. {runs} concurrent runs x {events} events on the plain stack, against {rev}",
+        f"As scenario 3 with {runs} background streaming runs of {events} events, on uvicorn "
+        f"`--loop asyncio --http h11` whatever the suite's options: this tree, the code of "
+        f"`{rev}` (before issue 15's work; `git archive` into a temporary directory and its own "
+        "`bench.server` from there, its own SQLite file) and the ceiling (`/bare` on this "
+        "tree's server). The three take turns, one round each in a rotating order; a first "
+        "round of each is not counted. Run time = request sent to its last byte; CPU = that "
+        "server process's.",
+    )
+    baseline = export(rev, tmp)
+    with (
+        server(tmp, "plain", "asyncio", "h11") as here,
+        server(tmp, "plain-base", "asyncio", "h11", tree=baseline) as base,
+    ):
+        sides = [("bare", here, "bare"), (rev, base, "agentos"), ("agentos", here, "agentos")]
+        res: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in sides}
+        for r in range(rounds + 1):
+            for label, port, side in sides[r % 3 :] + sides[: r % 3]:
+                job = client(port, job="streams", rounds=1, runs=runs, events=events, sides=[side])
+                if r:
+                    res[label].append(job[side][0])
+    rows = []
+    for label, rs in res.items():
+        rows.append(
+            [
+                label if label != rev else f"agentos at {rev}",
+                f"{med(rs, 'events_per_s'):,.0f}",
+                f"{med(rs, 'p50_run_s') * 1000:,.0f}",
+                f"{med(rs, 'p99_run_s') * 1000:,.0f}",
+                f"{max(r['p99_run_s'] for r in rs) * 1000:,.0f}",
+                f"{med(rs, 'cpu_us_per_event'):.1f}",
+                ", ".join(f"{r['events_per_s']:,.0f}" for r in rs),
+            ]
+        )
+    rep.table(
+        [
+            "side",
+            "events/s",
+            "p50 run (ms)",
+            "p99 run (ms)",
+            "worst round p99 (ms)",
+            "server CPU µs/event",
+            "rounds (ev/s)",
+        ],
+        rows,
+    )
+    ratio = statistics.median(
+        a["events_per_s"] / b["events_per_s"] for a, b in zip(res["agentos"], res[rev], strict=True)
+    )
+    ceiling = statistics.median(
+        a["events_per_s"] / b["events_per_s"]
+        for a, b in zip(res["agentos"], res["bare"], strict=True)
+    )
+    p99 = med(res["agentos"], "p99_run_s")
+    rep.note(
+        f"{rounds} rounds. events/s against {rev} (median of paired rounds): **{ratio:.2f}x**; "
+        f"target >= 1.5x: {verdict(ratio >= 1.5)}. p99 run completion: **{p99:.2f} s**; target "
+        f"< 3 s: {verdict(p99 < 3.0)}. Against the ceiling: {ceiling:.2f}."
+    )
+    rep.ratios.append((f"8: 200x200 ev/s vs {rev} (not ceiling)", ratio, 1.5))
+
+
 def scenario_5_6(
     tmp: Path,
     rep: Report,
@@ -459,6 +541,15 @@ def scenario_5_6(
     rep.ratios.append(("6: idle streams held", a["pinged"] / max(b["pinged"], 1), None))
 
 
+def idle_capacity(streams: int, ping: float, write: bool) -> None:
+    """Scenario 6 at ``streams`` idle streams, several client processes, pings timed
+    (``bench/idle_streams.py``; its section of RESULTS.md is its own)."""
+    try:
+        idle_streams.measure(streams, ping, hold=max(10.0, 6 * ping), write=write)
+    except idle_streams.NotEnoughDescriptors as exc:
+        raise SystemExit(f"python -m bench --idle-streams {streams}: {exc}") from None
+
+
 def chart(ratios: list[tuple[str, float, float | None]], path: Path) -> None:
     try:
         import matplotlib
@@ -495,10 +586,17 @@ def chart(ratios: list[tuple[str, float, float | None]], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer rounds")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7", help="scenarios to run, e.g. 1,3")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8", help="scenarios to run, e.g. 1,3")
     parser.add_argument("--loop", default="auto", help="uvicorn --loop: auto, asyncio, uvloop")
     parser.add_argument("--http", default="auto", help="uvicorn --http: auto, h11, httptools")
     parser.add_argument("--rounds", type=int, default=None, help="rounds of scenario 1")
+    parser.add_argument(
+        "--idle-streams",
+        type=int,
+        help="scenario 6 at this many streams with bench.idle_streams (its own section)",
+    )
+    parser.add_argument("--idle-ping", type=float, default=5.0, help="ping interval for that")
+    parser.add_argument("--baseline", default=BASELINE_15, help="commit scenario 8 compares")
     parser.add_argument("--no-write", action="store_true", help="do not write RESULTS.md/png")
     args = parser.parse_args()
     only = {int(x) for x in args.only.split(",")}
@@ -522,6 +620,9 @@ def main() -> None:
                 batching.append(("scenario 3", scenario_3(port, rep, 1 if q else 3, runs)))
             if 4 in only:
                 scenario_4(port, rep, 40 if q else 200)
+        if 6 in only and args.idle_streams:
+            idle_capacity(args.idle_streams, args.idle_ping, not args.no_write)
+            only -= {6}
         if only & {5, 6}:
             scenario_5_6(
                 tmp, rep, args.loop, args.http, 2000 if q else 10_000, 200 if q else 1000, batching
@@ -529,10 +630,12 @@ def main() -> None:
         if 7 in only:
             with server(tmp, "first-event", args.loop, args.http) as port:
                 scenario_7(port, rep, 30 if q else 100, 200 if q else 1000)
+        if 8 in only:
+            scenario_8(tmp, rep, 2 if q else 5, args.baseline)
     elapsed = time.time() - started
     load_after = load()
     print(f"\nsuite took {elapsed:.0f} s; load average before {load_before}, after {load_after}")
-    if args.no_write:
+    if args.no_write or not rep.lines:  # nothing of the suite's own ran (--idle-streams)
         return
     head = [
         "# Benchmark results",
