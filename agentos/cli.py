@@ -29,7 +29,8 @@ unavailable (5xx).
 Beyond plain uvicorn, ``serve`` puts a deadline on request heads, caps open connections and
 rate-limits the log of failing accepts (``http/server.py``; settings ``http_header_timeout``,
 ``http_max_connections``, ``accept_error_log_interval``), and logs as text or JSON lines
-(``logs.py``; setting ``log_format``).
+(``logs.py``; setting ``log_format``). It raises its soft open-file limit to the hard one (each
+stream is a socket) and warns when ``max_streams`` streams would not fit under it.
 """
 
 from __future__ import annotations
@@ -118,8 +119,16 @@ def serve(app: str | None, host: str, port: int, log_level: str) -> None:
     built-in demo (agents/echo, teams/echo-team, workflows/echo-workflow)."""
     from agentos import logs
     from agentos.http import AgentOS
-    from agentos.http.server import AcceptErrorFilter, default_max_connections, guarded_protocol
+    from agentos.http.server import (
+        AcceptErrorFilter,
+        default_max_connections,
+        guarded_protocol,
+        open_files_warning,
+        raise_open_file_limit,
+    )
     from agentos.settings import Settings
+
+    limits = raise_open_file_limit()  # one stream is one socket: before the cap is computed
 
     try:
         env_settings = Settings.from_env()
@@ -154,6 +163,12 @@ def serve(app: str | None, host: str, port: int, log_level: str) -> None:
     protocol = guarded_protocol(
         http.header_timeout, http.max_connections or default_max_connections()
     )
+    log = logging.getLogger("agentos.serve")
+    if limits is not None and limits[0] != limits[1]:
+        log.debug("open-file limit raised from %d to %d", *limits)
+    too_many = open_files_warning(settings.streams.max_open, http.max_connections)
+    if too_many:
+        log.warning(too_many)
     config = uvicorn.Config(
         asgi,
         host=host,

@@ -116,7 +116,7 @@ class ServerProcess:
         instance_id: str | None = None,
         log_level: str | None = None,
         env: Mapping[str, str] | None = None,
-        open_files: int | None = None,
+        open_files: int | tuple[int, int] | None = None,
     ) -> None:
         self.app = app
         self.log_level = log_level
@@ -137,7 +137,7 @@ class ServerProcess:
         if instance_id:
             self.env["AGENTOS_INSTANCE_ID"] = instance_id
         self.env.update(env or {})
-        self.open_files = open_files  # the process's RLIMIT_NOFILE, when given
+        self.open_files = open_files  # the process's RLIMIT_NOFILE (or soft, hard), when given
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -165,7 +165,10 @@ class ServerProcess:
 
     def _limit_open_files(self) -> None:
         assert self.open_files is not None
-        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
+        limits = self.open_files
+        resource.setrlimit(
+            resource.RLIMIT_NOFILE, limits if isinstance(limits, tuple) else (limits, limits)
+        )
 
     def wait_ready(self, timeout: float = _START_TIMEOUT) -> None:
         try:

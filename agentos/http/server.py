@@ -32,7 +32,13 @@ from typing import Any
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-__all__ = ["AcceptErrorFilter", "default_max_connections", "guarded_protocol"]
+__all__ = [
+    "AcceptErrorFilter",
+    "default_max_connections",
+    "guarded_protocol",
+    "open_files_warning",
+    "raise_open_file_limit",
+]
 
 #: File descriptors the default connection cap leaves for the database, logs and files.
 _RESERVED_FDS = 128
@@ -48,6 +54,50 @@ def default_max_connections() -> int:
     if soft == resource.RLIM_INFINITY:
         return 0
     return max(soft - _RESERVED_FDS, 16)
+
+
+def raise_open_file_limit() -> tuple[int, int] | None:
+    """Raise the process's soft open-file limit to its hard limit, as nginx and most servers do;
+    returns the soft limit before and after (None when there is no limit to read: not Unix).
+
+    Every open stream is a socket, so a file descriptor; the usual soft limit (1,024 in a shell)
+    would cap an instance at about a thousand streams while the hard limit allows far more.
+    Raising the soft limit up to the hard one needs no privilege; the hard limit stays as the
+    system set it (``ulimit -Hn``, systemd ``LimitNOFILE=``).
+    """
+    try:
+        import resource
+    except ImportError:  # not on Unix
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard or (hard != resource.RLIM_INFINITY and soft > hard):
+        return soft, soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):  # e.g. macOS refuses RLIM_INFINITY: keep the soft limit
+        return soft, soft
+    return soft, hard
+
+
+def open_files_warning(max_streams: int, max_connections: int) -> str | None:
+    """Why ``max_streams`` open streams would not fit, or None when they do.
+
+    A stream holds one connection; ``max_connections`` (0: the default, the open-file limit
+    minus a reserve) caps them all. Past it, new connections take the place of idle ones or
+    are closed, whatever ``max_streams`` says.
+    """
+    cap = max_connections or default_max_connections()
+    if not cap or max_streams <= cap:
+        return None
+    if max_connections:
+        why = "http_max_connections"
+    else:
+        why = f"the open-file limit, {cap + _RESERVED_FDS:,}, less {_RESERVED_FDS} kept for files"
+    return (
+        f"max_streams is {max_streams:,} but at most {cap:,} connections can be open ({why}): "
+        f"raise the open-file limit to at least {max_streams + _RESERVED_FDS:,} plus the other "
+        "connections the server holds (`ulimit -n`, systemd LimitNOFILE=) or lower max_streams"
+    )
 
 
 def guarded_protocol(

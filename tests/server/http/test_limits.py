@@ -113,6 +113,36 @@ def test_slowloris_is_closed_and_health_answers_at_the_open_file_limit(
     assert still_open == 0
 
 
+def _open_file_limits(pid: int) -> tuple[int, int]:
+    with open(f"/proc/{pid}/limits") as limits:
+        for line in limits:
+            if line.startswith("Max open files"):
+                soft, hard = line.split()[3:5]
+                return int(soft), int(hard)
+    raise AssertionError("no open-file limit in /proc")
+
+
+@pytest.mark.skipif(not Path("/proc/self/limits").exists(), reason="reads /proc")
+def test_serve_raises_its_open_file_limit_to_the_hard_one(tmp_path: Path) -> None:
+    """Each stream is a socket: a soft limit of 256 under a hard one of 1,024 would cap the
+    server at about 130 streams (the cap leaves 128 for files)."""
+    env = {"AGENTOS_MAX_STREAMS": "500"}
+    with ServerProcess(tmp_path, env=env, open_files=(256, 1024)) as srv:
+        assert srv.proc is not None
+        assert _open_file_limits(srv.proc.pid) == (1024, 1024)
+    assert "max_streams" not in srv.log()
+
+
+def test_serve_warns_when_max_streams_cannot_fit_under_the_open_file_limit(
+    tmp_path: Path,
+) -> None:
+    env = {"AGENTOS_MAX_STREAMS": "5000"}
+    with ServerProcess(tmp_path, env=env, open_files=(256, 512)) as srv:
+        assert httpx.get(srv.url + "/health", timeout=10).status_code == 200
+    assert "max_streams is 5,000 but at most 384 connections can be open" in srv.log()
+    assert "at least 5,128" in srv.log()
+
+
 def test_a_request_head_unfinished_after_a_response_is_closed(server: ServerProcess) -> None:
     # uvicorn's keep-alive timer stops at the first byte of the next request.
     sock = _open(server, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
