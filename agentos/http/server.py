@@ -82,21 +82,24 @@ def raise_open_file_limit() -> tuple[int, int] | None:
 def open_files_warning(max_streams: int, max_connections: int) -> str | None:
     """Why ``max_streams`` open streams would not fit, or None when they do.
 
-    A stream holds one connection; ``max_connections`` (0: the default, the open-file limit
-    minus a reserve) caps them all. Past it, new connections take the place of idle ones or
+    A stream holds one connection; ``max_connections`` (0: none set) and the open-file limit
+    minus a reserve cap them all. Past the cap, new connections take the place of idle ones or
     are closed, whatever ``max_streams`` says.
     """
-    cap = max_connections or default_max_connections()
-    if not cap or max_streams <= cap:
+    caps = [cap for cap in (max_connections, default_max_connections()) if cap]
+    if not caps or max_streams <= min(caps):
         return None
-    if max_connections:
-        why = "http_max_connections"
-    else:
-        why = f"the open-file limit, {cap + _RESERVED_FDS:,}, less {_RESERVED_FDS} kept for files"
+    cap = min(caps)
+    if cap == max_connections:
+        return (
+            f"max_streams is {max_streams:,} but http_max_connections lets only {cap:,} "
+            "connections be open: raise it (and the open-file limit with it) or lower max_streams"
+        )
     return (
-        f"max_streams is {max_streams:,} but at most {cap:,} connections can be open ({why}): "
-        f"raise the open-file limit to at least {max_streams + _RESERVED_FDS:,} plus the other "
-        "connections the server holds (`ulimit -n`, systemd LimitNOFILE=) or lower max_streams"
+        f"max_streams is {max_streams:,} but at most {cap:,} connections can be open (the "
+        f"open-file limit, {cap + _RESERVED_FDS:,}, less {_RESERVED_FDS} kept for files): raise "
+        f"the limit to at least {max_streams + _RESERVED_FDS:,} plus the other connections the "
+        "server holds (`ulimit -n`, systemd LimitNOFILE=) or lower max_streams"
     )
 
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from agentos.http.server import AcceptErrorFilter
+from agentos.http.server import AcceptErrorFilter, open_files_warning
 from tests.servers import ServerProcess
 
 HEADER_TIMEOUT = 1.0
@@ -141,6 +141,12 @@ def test_serve_warns_when_max_streams_cannot_fit_under_the_open_file_limit(
         assert httpx.get(srv.url + "/health", timeout=10).status_code == 200
     assert "max_streams is 5,000 but at most 384 connections can be open" in srv.log()
     assert "at least 5,128" in srv.log()
+
+
+def test_max_streams_past_http_max_connections_is_named() -> None:
+    assert open_files_warning(10, 50) is None
+    warning = open_files_warning(100, 50)
+    assert warning is not None and "http_max_connections lets only 50" in warning
 
 
 def test_a_request_head_unfinished_after_a_response_is_closed(server: ServerProcess) -> None:
