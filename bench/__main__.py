@@ -10,6 +10,7 @@ stdout, ``bench/RESULTS.md`` and ``bench/ratios.png``.
     python -m bench --quick         # smaller sizes, fewer rounds
     python -m bench --only 1,4      # some scenarios
     python -m bench --only 6 --idle-streams 19000   # scenario 6 at that size, pings timed
+    python -m bench --only 8 --baseline f726746     # 200 x 200 against that commit's code
 
 The run queue and the model relay have their own benchmarks, ``python -m bench.queue`` and
 ``python -m bench.model_relay``; their sections of RESULTS.md are kept.
@@ -631,7 +632,7 @@ def main() -> None:
             with server(tmp, "first-event", args.loop, args.http) as port:
                 scenario_7(port, rep, 30 if q else 100, 200 if q else 1000)
         if 8 in only:
-            scenario_8(tmp, rep, 2 if q else 5, args.baseline)
+            scenario_8(tmp, rep, 2 if q else 7, args.baseline)
     elapsed = time.time() - started
     load_after = load()
     print(f"\nsuite took {elapsed:.0f} s; load average before {load_before}, after {load_after}")
