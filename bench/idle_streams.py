@@ -305,6 +305,8 @@ def side(
             time.sleep(hold)
             end = time.time()
             after = _stats(url)
+            result["full_gcs"] = after["full_collections"]
+            result["longest_gc"] = after["longest_full_collection"]
             # gc.collect() of 20,000 streams holds the loop for seconds: only after the window.
             result["rss_streams"] = _stats(url, gc=True)["rss"]
             for proc in procs:
@@ -396,6 +398,7 @@ def report(
         "server RSS",
         "per stream",
         "server CPU (ms/s)",
+        "full GCs in the window, longest (ms)",
     ]
     rows = []
     for r in results:
@@ -412,6 +415,7 @@ def report(
                 f"{r['rss_streams'] / 2**20:,.0f} MiB",
                 f"{(r['rss_streams'] - r['rss_runs']) / r['streams'] / KiB:.1f} KiB",
                 f"{r['cpu_ms_per_s']:.0f}",
+                f"{r['full_gcs']}, {r['longest_gc'] * 1000:,.0f}",
             ]
         )
     lines = [

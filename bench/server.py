@@ -202,7 +202,36 @@ def _rss() -> int:
     return 0
 
 
+class _GCPauses:
+    """The longest garbage collection of the oldest generation since the last ``/bench/stats``
+    (it holds the event loop: a ping due then comes late)."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.longest = 0.0
+        self.count = 0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self.started = time.perf_counter()
+        else:
+            self.longest = max(self.longest, time.perf_counter() - self.started)
+            self.count += 1
+
+    def take(self) -> tuple[int, float]:
+        found = self.count, self.longest
+        self.count, self.longest = 0, 0.0
+        return found
+
+
+_GC_PAUSES = _GCPauses()
+gc.callbacks.append(_GC_PAUSES)
+
+
 async def stats(request: Request) -> JSONResponse:
+    full_collections, longest = _GC_PAUSES.take()  # before the collection asked for here
     if request.query_params.get("gc") == "1":
         gc.collect()
     agent_os: AgentOS = request.app.state.agent_os
@@ -215,6 +244,8 @@ async def stats(request: Request) -> JSONResponse:
             "events_written": agent_os.manager.committer.events_written,
             "tasks": len(asyncio.all_tasks()),
             "loop": type(asyncio.get_running_loop()).__module__,
+            "full_collections": full_collections,
+            "longest_full_collection": longest,
         }
     )
 
