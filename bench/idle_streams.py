@@ -427,7 +427,8 @@ def report(
         f"({streams / ping:,.0f} pings/s), an idle window of {hold:g} s, {workers} client "
         f"processes, RLIMIT_NOFILE {limits[0]:,} (hard {limits[1]:,}). How it is measured: the "
         "docstring of `bench/idle_streams.py`. Lateness: a gap between two arrivals at a stream "
-        "minus the ping interval.",
+        "minus the ping interval. One socket per stream: how many one instance holds is bounded "
+        "by RLIMIT_NOFILE ([NOTES.md](NOTES.md), Session 5).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),

@@ -57,7 +57,7 @@ def default_max_connections() -> int:
 
 
 def raise_open_file_limit() -> tuple[int, int] | None:
-    """Raise the process's soft open-file limit to its hard limit, as nginx and most servers do;
+    """Raise the process's soft open-file limit to its hard limit, as many servers do;
     returns the soft limit before and after (None when there is no limit to read: not Unix).
 
     Every open stream is a socket, so a file descriptor; the usual soft limit (1,024 in a shell)
@@ -70,11 +70,11 @@ def raise_open_file_limit() -> tuple[int, int] | None:
     except ImportError:  # not on Unix
         return None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == hard or (hard != resource.RLIM_INFINITY and soft > hard):
+    if soft == hard:
         return soft, soft
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ValueError, OSError):  # e.g. macOS refuses RLIM_INFINITY: keep the soft limit
+    except (ValueError, OSError):  # an unlimited hard limit beyond what the kernel allows
         return soft, soft
     return soft, hard
 
