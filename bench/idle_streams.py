@@ -88,7 +88,7 @@ def raise_nofile(needed: int) -> tuple[int, int]:
             "raising the hard limit needs root with CAP_SYS_RESOURCE. Raise it before, e.g. "
             f"`ulimit -Hn {needed} && ulimit -n {needed}` in a root shell, `LimitNOFILE={needed}` "
             f"in a systemd unit, `--ulimit nofile={needed}` for docker; or hold fewer streams "
-            f"(--streams {max(0, hard - SERVER_SPARE)})."
+            f"(at most {max(0, hard - SERVER_SPARE):,} under this hard limit)."
         ) from exc
     return resource.getrlimit(resource.RLIMIT_NOFILE)
 
