@@ -37,6 +37,7 @@ import httpx
 from bench import idle_streams
 from bench.memory import buffered_event_cost
 from bench.sections import kept_sections
+from bench.stats import pctl
 from bench.trees import export
 from tests.servers import free_port
 
@@ -119,11 +120,6 @@ def paired_ratio(result: dict[str, list[dict[str, Any]]], key: str) -> float:
     return statistics.median(
         a[key] / b[key] for a, b in zip(result["agentos"], result["bare"], strict=True)
     )
-
-
-def pctl(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def load() -> str:
@@ -630,7 +626,7 @@ def main() -> None:
             )
         if 7 in only:
             with server(tmp, "first-event", args.loop, args.http) as port:
-                scenario_7(port, rep, 30 if q else 100, 200 if q else 1000)
+                scenario_7(port, rep, 30 if q else 200, 200 if q else 1000)
         if 8 in only:
             scenario_8(tmp, rep, 2 if q else 7, args.baseline)
     elapsed = time.time() - started

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
+from bench.stats import pctl
+
 HOST = "127.0.0.1"
 _END = b"\r\n0\r\n\r\n"
 
@@ -187,11 +189,6 @@ def _check(response: Response, expected: int) -> None:
         raise RuntimeError(f"HTTP {response.status}, {len(got)} events, expected {expected}")
 
 
-def _pctl(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 # -- jobs --------------------------------------------------------------------------------------
 
 
@@ -230,8 +227,8 @@ async def streams(
             out[side].append(
                 {
                     "events_per_s": total / (finished - started),
-                    "p50_run_s": _pctl(durations, 0.5),
-                    "p99_run_s": _pctl(durations, 0.99),
+                    "p50_run_s": pctl(durations, 0.5),
+                    "p99_run_s": pctl(durations, 0.99),
                     "cpu_us_per_event": (after["cpu"] - before["cpu"]) * 1e6 / total,
                     "events_written": after["events_written"] - before["events_written"],
                     "commits": after["commits"] - before["commits"],
@@ -288,12 +285,12 @@ async def fanout(
                 _check(response, events)
                 got = _events(response)[1:]  # RunStarted came before the gate opened
                 delivered += len(got)
-                lags.append(_pctl([f.at - f.created_at() for f in got], 0.99))
+                lags.append(pctl([f.at - f.created_at() for f in got], 0.99))
             out[side].append(
                 {
                     "events_per_s": delivered / (finished - released),
                     "p99_lag_slowest_s": max(lags),
-                    "p99_lag_median_sub_s": _pctl(lags, 0.5),
+                    "p99_lag_median_sub_s": pctl(lags, 0.5),
                     "cpu_us_per_delivery": (after["cpu"] - before["cpu"]) * 1e6 / delivered,
                 }
             )
@@ -335,8 +332,8 @@ async def short_runs(port: int, runs: int) -> dict[str, Any]:
     after = await stats(port)
     return {
         "cpu_ms_per_run": (after["cpu"] - before["cpu"]) * 1000 / runs,
-        "p50_s": _pctl(times, 0.5),
-        "p99_s": _pctl(times, 0.99),
+        "p50_s": pctl(times, 0.5),
+        "p99_s": pctl(times, 0.99),
         "commits_per_run": (after["commits"] - before["commits"]) / runs,
     }
 

@@ -61,6 +61,7 @@ from agentos.records import RunRecord
 from agentos.settings import Settings
 from bench import sections
 from bench.client import _request, open_conn
+from bench.stats import pctl
 from bench.trees import export
 from tests.pgdb import _dsn, scratch_database
 from tests.servers import free_port, wait_healthy
@@ -345,11 +346,6 @@ def rate_row(kind: str, label: str, rounds: list[dict[str, Any]]) -> list[str]:
 
 
 # -- report ---------------------------------------------------------------------------------------
-
-
-def pctl(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -26,6 +26,7 @@ import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy.engine import make_url
 
 from agentos import Agent, Event, RunContext, RunManager, Settings
+from bench.stats import pctl
 
 BASE_URL = os.environ.get(
     "AGENTOS_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -86,11 +87,6 @@ async def _measure(url: str, notify: bool, args: argparse.Namespace) -> list[flo
     return latencies
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 async def main(args: argparse.Namespace) -> None:
     name = f"agentos_bench_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(_dsn(BASE_URL))
@@ -106,7 +102,7 @@ async def main(args: argparse.Namespace) -> None:
             lat = await _measure(url, notify, args)
             print(
                 f"{label:<16}{len(lat):>8}{statistics.median(lat) * 1000:>10.2f}"
-                f"{_pct(lat, 0.99) * 1000:>10.2f}{max(lat) * 1000:>10.2f}"
+                f"{pctl(lat, 0.99) * 1000:>10.2f}{max(lat) * 1000:>10.2f}"
             )
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

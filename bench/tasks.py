@@ -50,6 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from agentos import Agent, AgentOS, EchoModel, Settings
 from agentos.backends.sql import SQLStore
 from agentos.schedules import occurrence_id
+from bench.stats import pctl
 
 #: The scheduler's statements: claims, active runs, releases, next wake-up (the runs' own
 #: inserts and updates are the rest).
@@ -201,7 +202,7 @@ async def _run(
     ordered = sorted(window_lags)
     if ordered:
         print(
-            f"  lag p50 {_ms(statistics.median(ordered))}, p99 {_ms(_pct(ordered, 0.99))}, "
+            f"  lag p50 {_ms(statistics.median(ordered))}, p99 {_ms(pctl(ordered, 0.99))}, "
             f"max {_ms(ordered[-1])} (run committed minus occurrence time; "
             f"{len(ordered)} occurrences of the window)"
         )
@@ -232,10 +233,6 @@ async def _run(
         stats.sort_stats("tottime").print_stats(15)
     for served in oses:
         await served.__aexit__(None, None, None)
-
-
-def _pct(ordered: list[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
 def _ms(seconds: float) -> str:
