@@ -55,6 +55,7 @@ import httpx
 from bench import sections
 from bench.client import Conn, _request, call
 from bench.server import gated_message
+from bench.stats import pctl
 from tests.servers import free_port
 
 HERE = Path(__file__).resolve().parent
@@ -327,8 +328,8 @@ def side(
         pinged=sum(r["pinged"] for r in reports),
         failed=sum(r["failed"] for r in reports),
         gaps=len(late),
-        late_p50=_pctl(late, 0.5),
-        late_p99=_pctl(late, 0.99),
+        late_p50=pctl(late, 0.5) if late else 0.0,
+        late_p99=pctl(late, 0.99) if late else 0.0,
         late_max=late[-1] if late else 0.0,
         late_over_1s=sum(1 for x in late if x > 1.0),
         cpu_ms_per_s=(after["cpu"] - cpu) * 1000 / (end - start),
@@ -344,10 +345,6 @@ def _read(proc: subprocess.Popen[str]) -> dict[str, Any]:
         raise RuntimeError(f"an idle_streams worker exited ({proc.wait()})")
     found: dict[str, Any] = json.loads(line)
     return found
-
-
-def _pctl(values: list[float], q: float) -> float:
-    return values[min(len(values) - 1, int(q * len(values)))] if values else 0.0
 
 
 def measure(
