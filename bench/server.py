@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib.util
 import os
 import resource
 import socket
@@ -244,6 +245,7 @@ async def stats(request: Request) -> JSONResponse:
             "events_written": agent_os.manager.committer.events_written,
             "tasks": len(asyncio.all_tasks()),
             "loop": type(asyncio.get_running_loop()).__module__,
+            "http": _HTTP[0],
             "full_collections": full_collections,
             "longest_full_collection": longest,
         }
@@ -267,6 +269,10 @@ def build(db_url: str) -> AgentOS:
     return agent_os
 
 
+#: The HTTP implementation uvicorn serves with (``/bench/stats`` reports it).
+_HTTP = ["h11"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
@@ -275,6 +281,9 @@ def main() -> None:
     parser.add_argument("--http", default="auto")
     parser.add_argument("--more-ports", default="", help="more ports to listen on, e.g. 81,82")
     args = parser.parse_args()
+    # What uvicorn's "auto" takes: httptools when it can be imported, else h11.
+    auto = "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
+    _HTTP[0] = auto if args.http == "auto" else args.http
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     options: dict[str, Any] = {
