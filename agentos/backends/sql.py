@@ -548,10 +548,12 @@ class SQLStore(Store):
 
     def _loop_connection(self) -> sqlite3.Connection | None:
         """The event loop's own connection (see _commit_inline), opened on first use; None when
-        there is none: not SQLite, ``inline_commit_max_rows`` 0, or a file that cannot have one."""
+        there is none: not SQLite, ``inline_commit_max_rows`` 0, a file that cannot have one,
+        or a store not open (closed: a connection opened now would never be closed, and the
+        thread's path says the store is not open)."""
         if self._inline is not None:
             return self._inline
-        if not self.is_sqlite or self.inline_commit_max_rows <= 0:
+        if not self.is_sqlite or self.inline_commit_max_rows <= 0 or self._engine is None:
             return None
         self._inline = self._open_inline()
         if self._inline is None:
@@ -583,6 +585,8 @@ class SQLStore(Store):
             return NOT_READ
         except sqlite3.Error as exc:
             raise _translate(DBAPIError.instance(None, None, exc, sqlite3.Error)) from exc
+        except UnicodeError as exc:  # an id with lone surrogates: DataRejected, as the thread's
+            raise _translate(exc) from exc
 
     def _open_inline(self) -> sqlite3.Connection | None:
         """The event loop's own connection to the SQLite file (None for a memory database)."""

@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from agentos.backends.base import Ending, Store, open_backend
 from agentos.backends.postgres import EVENTS_CHANNEL
 from agentos.backends.sql import SQLStore
-from agentos.errors import DatabaseUnsupported, RunAlreadyExists, WriteConflict
+from agentos.errors import DatabaseUnsupported, DataRejected, RunAlreadyExists, WriteConflict
 from agentos.events import Event, RunStatus
 from agentos.records import RunRecord, RunUpdate
 from agentos.settings import Settings
@@ -490,3 +490,35 @@ async def test_taken_run_ids_names_the_ids_a_run_has(store: Store) -> None:
     asked = [*ids, "r-0", "no-such-run", "é\u202e"]
     assert await store.taken_run_ids(asked) == set(ids[::300])
     assert await store.taken_run_ids([]) == set()
+
+
+async def test_sqlite_reads_of_a_closed_store_open_no_loop_connection(tmp_path: Path) -> None:
+    """A closed store refuses reads as its thread path does (the store is not open); it does
+    not open a new loop connection that nothing would close."""
+    store = SQLStore(f"sqlite+aiosqlite:///{tmp_path / 'closed.db'}")
+    await store.open()
+    await store.commit([], [], runs=[run_record("r", status=RunStatus.PENDING)])
+    assert await store.get_run("r") is not None  # on the loop's connection
+    await store.close()
+    with pytest.raises(RuntimeError, match="not open"):
+        await store.get_run("r")
+    with pytest.raises(RuntimeError, match="not open"):
+        await store.read_events("r", 0, 1)
+    assert store._inline is None
+
+
+async def test_sqlite_loop_reads_refuse_lone_surrogates_as_the_thread_does(
+    tmp_path: Path,
+) -> None:
+    """An id SQLite cannot encode is DataRejected on the loop's connection, as through the
+    driver's thread, not a bare UnicodeEncodeError."""
+    store = SQLStore(f"sqlite+aiosqlite:///{tmp_path / 'surrogate.db'}")
+    await store.open()
+    try:
+        with pytest.raises(DataRejected):
+            await store.get_run("\udc80")
+        with pytest.raises(DataRejected):
+            await store.read_events("\ud800x", 0, 1)
+        assert store._inline is not None and not store._inline.in_transaction
+    finally:
+        await store.close()
