@@ -89,6 +89,11 @@ class DatabaseSettings:
     #: read on the loop). (About 1 to 2 µs of the loop's time per row; ``max_batch_events`` caps
     #: a group.)
     inline_commit_max_rows: int = _setting(2_000, "db_inline_commit_max_rows")
+    #: SQLite: those reads on the loop stop at a value (a run's input or content, an event) of
+    #: more than this many bytes and are made again through the driver's thread: a run's input
+    #: can be as large as a request body, and sixteen large events cost the loop milliseconds
+    #: of page reads. 0: reads stay off the loop.
+    inline_read_max_bytes: int = _setting(64 * 1024, "db_inline_read_max_bytes")
 
 
 @dataclass(frozen=True)

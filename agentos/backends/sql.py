@@ -247,6 +247,7 @@ class SQLStore(Store):
         timeout: float = DatabaseSettings.timeout,
         auto_upgrade: bool = DatabaseSettings.auto_upgrade,
         inline_commit_max_rows: int = DatabaseSettings.inline_commit_max_rows,
+        inline_read_max_bytes: int = DatabaseSettings.inline_read_max_bytes,
     ) -> None:
         scheme = url.partition(":")[0].partition("+")[0].lower()
         if scheme not in self.schemes:
@@ -263,6 +264,9 @@ class SQLStore(Store):
         #: SQLite: a group commit of at most this many rows is made on the event loop when the
         #: database is free (see _commit_inline); 0 sends every group to the driver's thread.
         self.inline_commit_max_rows = inline_commit_max_rows
+        #: SQLite: a read on the event loop (see _read_inline) of a larger value goes to the
+        #: driver's thread; 0 sends every read there.
+        self.inline_read_max_bytes = inline_read_max_bytes
         self._engine: AsyncEngine | None = None
         self._inline: sqlite3.Connection | None = None
         #: Groups committed inline since the last one went through the driver's thread.
@@ -570,10 +574,17 @@ class SQLStore(Store):
         SQLite answers in microseconds. In WAL mode a reader never waits for a writer; the
         connection does not wait for anything else either (busy timeout 0): any
         OperationalError (the database busy recovering, say) sends the read to the thread.
+
+        A value of more than ``inline_read_max_bytes`` stops the read too: SQLite's length
+        limit, lowered for the read, refuses it from the row's header (DataError), before its
+        pages are read, and the thread reads it.
         """
+        if self.inline_read_max_bytes <= 0:
+            return NOT_READ
         db = self._loop_connection()
         if db is None:
             return NOT_READ
+        limit = db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, self.inline_read_max_bytes)
         try:
             db.execute("BEGIN")
             try:
@@ -581,12 +592,14 @@ class SQLStore(Store):
             finally:
                 if db.in_transaction:
                     db.execute("ROLLBACK")  # a read: nothing to keep
-        except sqlite3.OperationalError:
-            return NOT_READ
+        except (sqlite3.OperationalError, sqlite3.DataError):
+            return NOT_READ  # busy, or a value too large for the loop
         except sqlite3.Error as exc:
             raise _translate(DBAPIError.instance(None, None, exc, sqlite3.Error)) from exc
         except UnicodeError as exc:  # an id with lone surrogates: DataRejected, as the thread's
             raise _translate(exc) from exc
+        finally:
+            db.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, limit)  # the loop's commits: any size
 
     def _open_inline(self) -> sqlite3.Connection | None:
         """The event loop's own connection to the SQLite file (None for a memory database)."""
@@ -1731,6 +1744,7 @@ def _sqlite_store(settings: Settings) -> SQLStore:
         timeout=database.timeout,
         auto_upgrade=database.auto_upgrade,
         inline_commit_max_rows=database.inline_commit_max_rows,
+        inline_read_max_bytes=database.inline_read_max_bytes,
     )
 
 

@@ -451,6 +451,9 @@ async def test_sqlite_a_read_the_loop_cannot_make_goes_to_the_thread(tmp_path: P
                     raise failure
                 return real.execute(sql, *args)
 
+            def setlimit(self, category: int, limit: int) -> int:
+                return real.setlimit(category, limit)
+
         store._inline = Flaky()  # type: ignore[assignment]
         got = await store.get_run("r")  # through the thread
         assert got is not None and got.status is RunStatus.PENDING
@@ -520,5 +523,48 @@ async def test_sqlite_loop_reads_refuse_lone_surrogates_as_the_thread_does(
         with pytest.raises(DataRejected):
             await store.read_events("\ud800x", 0, 1)
         assert store._inline is not None and not store._inline.in_transaction
+    finally:
+        await store.close()
+
+
+async def test_sqlite_loop_reads_leave_large_values_to_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run or an event with a value larger than ``inline_read_max_bytes`` (a run's input can
+    be as large as a request body, sixteen events as large as a component makes them) is read
+    through the driver's thread, not on the event loop; the bound is for the loop's reads
+    only: its commits of large values, and its reads of small ones, go on as before."""
+    path = tmp_path / "large.db"
+    store = SQLStore(f"sqlite+aiosqlite:///{path}", inline_read_max_bytes=1_000)
+    await store.open()
+    large = "é" * 600  # 1,200 bytes of UTF-8: 600 characters
+    try:
+        await store.commit([], [], runs=[run_record("big", input=large)])
+        await store.commit([], [], runs=[run_record("small")])
+        await store.commit(
+            [("big", Event(0, "RunContent", "{}")), ("big", Event(1, "X", large))], []
+        )
+        assert store._inline is not None  # committed on the loop, large values included
+        threaded: list[str] = []
+        to_thread = store._connect
+
+        def counted() -> Any:
+            threaded.append("read")
+            return to_thread()
+
+        monkeypatch.setattr(store, "_connect", counted)
+        small = await store.get_run("small")
+        first = await store.read_events("big", 0, 1)
+        assert small is not None and [e.index for e in first] == [0]
+        assert threaded == []
+        got = await store.get_run("big")
+        assert got is not None and got.input == large and got.event_count == 2
+        page = await store.read_events("big", 0, 16)
+        assert [e.data for e in page] == ["{}", large]
+        assert threaded == ["read", "read"]
+        assert await store.get_run("small") == small  # the loop's reads go on
+        assert threaded == ["read", "read"]
+        await store.commit([("big", Event(2, "Y", large * 10))], [])
+        assert [e.data for e in await store.read_events("big", 2, 1)] == [large * 10]
     finally:
         await store.close()
