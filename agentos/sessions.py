@@ -17,6 +17,7 @@ Only completed runs count: a run that failed or was cancelled leaves no half con
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -234,15 +235,20 @@ class SessionLog:
             MessageRecord.from_chat(run.session_id, run.run_id, position, message)
             for position, message in enumerate(messages)
         ]
+        # Fenced on this attempt, as its events are: an attempt taken over meanwhile (another
+        # instance, or this one claiming the run back) gets WriteConflict and saves nothing.
+        add = functools.partial(
+            self._store.add_messages, records, owner=run.instance_id, attempt=run.attempt
+        )
         retry = self._retry
         if retry is None:
-            await self._store.add_messages(records)
+            await add()
             return
         delay = retry.retry_delay
         deadline = time.monotonic() + retry.stall_timeout
         while True:
             try:
-                await self._store.add_messages(records)
+                await add()
                 return
             except StoreUnavailable:
                 if time.monotonic() + delay > deadline:

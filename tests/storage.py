@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from agentos.backends.sql import SQLStore
@@ -73,6 +73,7 @@ class ScriptedStore(SQLStore):
         updates: Sequence[RunUpdate],
         *,
         owner: str | None = None,
+        attempts: Mapping[str, int] | None = None,
         runs: Sequence[RunRecord] = (),
     ) -> None:
         await self.gate.wait()
@@ -83,7 +84,7 @@ class ScriptedStore(SQLStore):
         marker = self.refuse_marker
         if marker is not None and any(marker in event.data for _, event in events):
             raise self.refuse("refused by the test database")
-        await super().commit(events, updates, owner=owner, runs=runs)
+        await super().commit(events, updates, owner=owner, attempts=attempts, runs=runs)
         self.batches.append(len(events))
 
     async def create_run(

@@ -29,7 +29,7 @@ import abc
 import asyncio
 import importlib
 import weakref
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from agentos.events import Event, RunStatus
@@ -123,6 +123,7 @@ class Store(abc.ABC):
         updates: Sequence[RunUpdate],
         *,
         owner: str | None = None,
+        attempts: Mapping[str, int] | None = None,
         runs: Sequence[RunRecord] = (),
     ) -> None:
         """Insert new runs, write events (run_id, event) and run updates in one transaction.
@@ -134,6 +135,12 @@ class Store(abc.ABC):
         owner commits for that run lands, whatever index it holds. An event whose
         ``(run_id, event_index)`` is taken, or a new run whose id is, also raises WriteConflict
         and nothing is written. (Runs owned by nobody are writable by anyone.)
+
+        ``attempts`` maps runs of the commit to the attempt that made their writes: such a run
+        must also still be at that attempt, the same way (events: WriteConflict; updates:
+        skipped). The owner alone cannot tell two attempts on one instance apart: one whose
+        lease ran out while it was stalled, requeued by another instance, then claimed back
+        here while it still executes.
         """
 
     @abc.abstractmethod
@@ -222,9 +229,20 @@ class Store(abc.ABC):
     # -- sessions (agentos.sessions) -------------------------------------------------------------
 
     @abc.abstractmethod
-    async def add_messages(self, messages: Sequence[MessageRecord]) -> None:
+    async def add_messages(
+        self,
+        messages: Sequence[MessageRecord],
+        *,
+        owner: str | None = None,
+        attempt: int | None = None,
+    ) -> None:
         """Insert the messages of a run (in one transaction), replacing any the run had (those
-        of an earlier attempt)."""
+        of an earlier attempt).
+
+        Fenced like :meth:`commit` with ``owner`` (and ``attempt``): unless ``owner`` still owns
+        the run at ``attempt``, WriteConflict and nothing is written, so an attempt that was
+        taken over cannot replace the messages of the one that replaced it.
+        """
 
     @abc.abstractmethod
     async def session_messages(

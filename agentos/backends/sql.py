@@ -14,8 +14,10 @@ long the owner's lease lasts (``lease_until``); the owner renews it (:meth:`SQLS
 another instance takes over a run whose lease expired and ends it in one transaction
 (:meth:`SQLStore.end_run`: conditional UPDATE, last event, terminal event, final status). A commit
 made with ``owner=`` is fenced: it checks, holding the run rows, that ``owner`` still owns every
-run it writes events for, and only updates runs ``owner`` owns. So the terminal index the
-claimer picked can never be taken by the former owner, and nothing it commits later lands.
+run it writes events for, and only updates runs ``owner`` owns; with ``attempts=``, that each
+run is still at the attempt that wrote (an attempt requeued by another instance and claimed back
+by its own instance is fenced out too). So the terminal index the claimer picked can never be
+taken by the former owner, and nothing it commits later lands.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import enum
 import functools
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import fields, replace
 from typing import Any, Final, TypeVar
 
@@ -494,10 +496,12 @@ class SQLStore(Store):
         updates: Sequence[RunUpdate],
         *,
         owner: str | None = None,
+        attempts: Mapping[str, int] | None = None,
         runs: Sequence[RunRecord] = (),
     ) -> None:
+        attempts = attempts or {}
         if self.is_sqlite:
-            group = _SQLiteGroup(events, updates, owner, runs)
+            group = _SQLiteGroup(events, updates, owner, attempts, runs)
             if not self._commit_inline(group):
                 await self._commit_sqlite(group)
             return
@@ -514,8 +518,8 @@ class SQLStore(Store):
             # never wait for each other in a circle.
             if owner is not None:
                 touched = sorted({*fenced, *(update.run_id for update in updates)})
-                _check_fence(fenced, await _owners(conn, touched), owner)
-            await self._write(conn, events, updates, owner)
+                _check_fence(fenced, await _owners(conn, touched), owner, attempts)
+            await self._write(conn, events, updates, owner, attempts)
             await self._after_write(conn, events)
 
     def _commit_inline(self, group: _SQLiteGroup) -> bool:
@@ -649,10 +653,12 @@ class SQLStore(Store):
         events: Sequence[tuple[str, Event]],
         updates: Sequence[RunUpdate],
         owner: str | None,
+        attempts: Mapping[str, int] | None = None,
     ) -> None:
-        """Insert events and apply run updates (only to runs ``owner`` owns, when given)."""
+        """Insert events and apply run updates (only to runs ``owner`` owns, when given, and
+        that are still at their attempt in ``attempts``)."""
         await self._insert_events(conn, events)
-        await self._apply_updates(conn, updates, owner)
+        await self._apply_updates(conn, updates, owner, attempts or {})
 
     async def _insert_events(
         self, conn: AsyncConnection, events: Sequence[tuple[str, Event]]
@@ -670,12 +676,18 @@ class SQLStore(Store):
                 )
 
     async def _apply_updates(
-        self, conn: AsyncConnection, updates: Sequence[RunUpdate], owner: str | None
+        self,
+        conn: AsyncConnection,
+        updates: Sequence[RunUpdate],
+        owner: str | None,
+        attempts: Mapping[str, int],
     ) -> None:
-        """Apply run updates (only to runs ``owner`` owns, when given)."""
-        # One statement per set of changed columns, executed for all runs that share it
-        # (a group's runs mostly change the same columns: RUNNING, or their final status).
-        shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        """Apply run updates (only to runs ``owner`` owns, when given, and that are still at
+        their attempt in ``attempts``)."""
+        # One statement per set of changed columns (and fence), executed for all runs that
+        # share it (a group's runs mostly change the same columns: RUNNING, or their final
+        # status).
+        shapes: dict[tuple[tuple[str, ...], bool], list[dict[str, Any]]] = {}
         requeued = False
         for update in updates:
             values = update.changes()
@@ -690,11 +702,16 @@ class SQLStore(Store):
             shape = tuple(sorted(values))
             params = {"p_" + k: v for k, v in values.items()}
             params["p__run_id"] = run_id
-            shapes.setdefault(shape, []).append(params)
-        for shape, params_list in shapes.items():
+            attempt = attempts.get(run_id)
+            if attempt is not None:
+                params["p__attempt"] = attempt
+            shapes.setdefault((shape, attempt is not None), []).append(params)
+        for (shape, at_attempt), params_list in shapes.items():
             statement = _runs.update().where(_runs.c.run_id == sa.bindparam("p__run_id"))
             if owner is not None:
                 statement = statement.where(_owned_by(owner))
+            if at_attempt:
+                statement = statement.where(_runs.c.attempt == sa.bindparam("p__attempt"))
             statement = statement.values({k: sa.bindparam("p_" + k) for k in shape})
             await conn.execute(statement, params_list)
         if requeued:
@@ -929,7 +946,13 @@ class SQLStore(Store):
 
     # -- sessions ----------------------------------------------------------------------------------
 
-    async def add_messages(self, messages: Sequence[MessageRecord]) -> None:
+    async def add_messages(
+        self,
+        messages: Sequence[MessageRecord],
+        *,
+        owner: str | None = None,
+        attempt: int | None = None,
+    ) -> None:
         if not messages:
             return
         rows = [
@@ -950,7 +973,14 @@ class SQLStore(Store):
             # A run's messages are saved once per attempt that completes its turn: a later
             # attempt's replace an earlier one's (one that saved, then timed out, say).
             run_ids = sorted({m.run_id for m in messages})
+            fence = {run_id: attempt for run_id in run_ids} if attempt is not None else {}
+            if owner is not None and not self.is_sqlite:
+                # Fenced as a group commit is: the run rows locked before anything is written.
+                _check_fence(run_ids, await _owners(conn, run_ids), owner, fence)
             await conn.execute(_messages.delete().where(_messages.c.run_id.in_(run_ids)))
+            if owner is not None and self.is_sqlite:
+                # The DELETE took the one write lock: no owner or attempt changes until COMMIT.
+                _check_fence(run_ids, await _owners(conn, run_ids), owner, fence)
             await conn.execute(_messages.insert(), rows)
 
     async def session_messages(
@@ -1512,26 +1542,45 @@ def _owned_by(owner: str) -> Any:
     return sa.or_(_runs.c.instance_id == owner, unowned)
 
 
-async def _owners(conn: AsyncConnection, run_ids: Sequence[str]) -> dict[str, str | None]:
-    """The owner of each run of ``run_ids`` (sorted) that exists (``_QUEUED`` for a queued
-    run); on PostgreSQL their rows stay locked, in that order, until the transaction ends."""
+async def _owners(
+    conn: AsyncConnection, run_ids: Sequence[str]
+) -> dict[str, tuple[str | None, int]]:
+    """The owner (``_QUEUED`` for a queued run) and attempt of each run of ``run_ids``
+    (sorted) that exists; on PostgreSQL their rows stay locked, in that order, until the
+    transaction ends."""
     if not run_ids:
         return {}
     owner = sa.case((_runs.c.status == _QUEUED, sa.literal(_QUEUED)), else_=_runs.c.instance_id)
     query = (
-        sa.select(_runs.c.run_id, owner)
+        sa.select(_runs.c.run_id, owner, _runs.c.attempt)
         .where(_runs.c.run_id.in_(run_ids))
         .order_by(_runs.c.run_id)
         .with_for_update(key_share=True)
     )
-    return {row[0]: row[1] for row in (await conn.execute(query)).all()}
+    return {row[0]: (row[1], row[2]) for row in (await conn.execute(query)).all()}
 
 
-def _check_fence(run_ids: Sequence[str], owners: dict[str, str | None], owner: str) -> None:
-    """WriteConflict unless ``owner`` owns (or nobody owns) every run of ``run_ids``."""
-    lost = [r for r in run_ids if r not in owners or owners[r] not in (owner, None)]
+def _check_fence(
+    run_ids: Sequence[str],
+    owners: Mapping[str, tuple[str | None, int]],
+    owner: str,
+    attempts: Mapping[str, int],
+) -> None:
+    """WriteConflict unless ``owner`` owns (or nobody owns) every run of ``run_ids``, each at
+    its attempt in ``attempts`` (when there)."""
+    lost = [r for r in run_ids if not _holds(owners.get(r), owner, attempts.get(r))]
     if lost:
-        raise WriteConflict(f"{len(lost)} run(s) of this commit are owned by another instance")
+        raise WriteConflict(
+            f"{len(lost)} run(s) of this commit are owned by another instance or attempt"
+        )
+
+
+def _holds(found: tuple[str | None, int] | None, owner: str, attempt: int | None) -> bool:
+    """Whether a run row with ``found`` (its owner and attempt) may take ``owner``'s writes
+    made by ``attempt`` (None: any attempt)."""
+    if found is None or found[0] not in (owner, None):
+        return False
+    return attempt is None or found[1] == attempt
 
 
 async def _last_event(conn: AsyncConnection, run_id: str) -> Event | None:
@@ -1611,12 +1660,13 @@ class _SQLiteGroup:
         events: Sequence[tuple[str, Event]],
         updates: Sequence[RunUpdate],
         owner: str | None,
+        attempts: Mapping[str, int],
         runs: Sequence[RunRecord],
     ) -> None:
         self.runs = [_sqlite_run_row(run) for run in runs]
         self.events = [(run_id, e.index, e.name, e.terminal, e.data) for run_id, e in events]
         # One statement per set of changed columns, executed for all runs that share it.
-        shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        shapes: dict[tuple[tuple[str, ...], bool], list[dict[str, Any]]] = {}
         for update in updates:
             values = update.changes()
             if values.pop("requeue", False):
@@ -1626,12 +1676,16 @@ class _SQLiteGroup:
                 values["status"] = values["status"].value
             shape = tuple(sorted(key for key in values if key != "run_id"))
             values["owner"] = owner
-            shapes.setdefault(shape, []).append(values)
+            attempt = attempts.get(update.run_id)
+            if attempt is not None:
+                values["fence_attempt"] = attempt
+            shapes.setdefault((shape, attempt is not None), []).append(values)
         self.updates = [
-            (_sqlite_update(shape, owned=owner is not None), params)
-            for shape, params in shapes.items()
+            (_sqlite_update(shape, owned=owner is not None, at_attempt=at_attempt), params)
+            for (shape, at_attempt), params in shapes.items()
         ]
         self.owner = owner
+        self.attempts = attempts
         self.fenced = sorted({run_id for run_id, _ in events}) if owner is not None else []
         #: Rows written: what the group costs SQLite.
         self.rows = len(self.runs) + len(self.events) + len(updates)
@@ -1649,8 +1703,9 @@ class _SQLiteGroup:
                 # the transaction had taken it), so no owner can change until COMMIT. Before the
                 # updates: one of them may hand the run back to the queue.
                 query = _SQLITE_OWNERS.format(", ".join("?" * len(self.fenced)))
-                owners = dict(db.execute(query, self.fenced).fetchall())
-                _check_fence(self.fenced, owners, self.owner)
+                found = db.execute(query, self.fenced).fetchall()
+                owners = {run_id: (owner, attempt) for run_id, owner, attempt in found}
+                _check_fence(self.fenced, owners, self.owner, self.attempts)
             for statement, params in self.updates:
                 db.executemany(statement, params)
             db.commit()
@@ -1668,10 +1723,11 @@ _SQLITE_INSERT_RUNS = (
     f"INSERT INTO {_runs.name} ({', '.join(_SQLITE_RUN_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(_SQLITE_RUN_COLUMNS))})"
 )
-#: The owner of each run (``QUEUED`` for a queued run, which nobody may write: see _owners).
+#: The owner of each run (``QUEUED`` for a queued run, which nobody may write: see _owners)
+#: and its attempt.
 _SQLITE_OWNERS = (
-    f"SELECT run_id, CASE WHEN status = '{_QUEUED}' THEN '{_QUEUED}' ELSE instance_id END "
-    f"FROM {_runs.name} WHERE run_id IN ({{}})"
+    f"SELECT run_id, CASE WHEN status = '{_QUEUED}' THEN '{_QUEUED}' ELSE instance_id END, "
+    f"attempt FROM {_runs.name} WHERE run_id IN ({{}})"
 )
 
 
@@ -1725,15 +1781,18 @@ def _sqlite_run_row(run: RunRecord) -> tuple[Any, ...]:
 
 
 @functools.cache
-def _sqlite_update(shape: tuple[str, ...], *, owned: bool) -> str:
+def _sqlite_update(shape: tuple[str, ...], *, owned: bool, at_attempt: bool = False) -> str:
     """The UPDATE of the columns ``shape`` (RunUpdate's field names) of the run ``:run_id``,
-    only while ``:owner`` owns it (or nobody does and it is not QUEUED) when ``owned``."""
+    only while ``:owner`` owns it (or nobody does and it is not QUEUED) when ``owned``, and
+    only while it is at attempt ``:fence_attempt`` when ``at_attempt``."""
     columns = ", ".join(f"{column} = :{column}" for column in shape)
     statement = f"UPDATE {_runs.name} SET {columns} WHERE run_id = :run_id"
     if owned:
         statement += (
             f" AND (instance_id = :owner OR (instance_id IS NULL AND status != '{_QUEUED}'))"
         )
+    if at_attempt:
+        statement += " AND attempt = :fence_attempt"
     return statement
 
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -202,16 +202,17 @@ class _Gate:
         updates: Sequence[RunUpdate],
         *,
         owner: str | None = None,
+        attempts: Mapping[str, int] | None = None,
         runs: Sequence[RunRecord] = (),
     ) -> None:
         mine = [event.index for run_id, event in events if run_id == self.run_id]
         if not mine or self.holding.is_set():
-            return await self._commit(events, updates, owner=owner, runs=runs)
+            return await self._commit(events, updates, owner=owner, attempts=attempts, runs=runs)
         self.held = mine
         self.holding.set()
         await self.release.wait()
         try:
-            await self._commit(events, updates, owner=owner, runs=runs)
+            await self._commit(events, updates, owner=owner, attempts=attempts, runs=runs)
         finally:
             self.done.set()
 

@@ -21,6 +21,7 @@ from agentos.backends.sql import SQLStore
 from agentos.errors import DatabaseUnsupported, DataRejected, RunAlreadyExists, WriteConflict
 from agentos.events import Event, RunStatus
 from agentos.records import RunRecord, RunUpdate
+from agentos.sessions import MessageRecord
 from agentos.settings import Settings
 from tests.pgdb import _dsn, ascratch_database, db_url, pg_url, truncate
 from tests.storage import run_record
@@ -209,6 +210,52 @@ async def test_the_former_owner_is_fenced_out(store: Store) -> None:
     assert got is not None and got.status is RunStatus.ERROR
     await store.commit([("kept", _event(0))], [], owner="a")
     assert [e.index for e in await store.read_events("kept", 0, 10)] == [0]
+
+
+async def test_a_commit_is_fenced_on_the_attempt_too(store: Store) -> None:
+    """Attempt 1 of a run lost its lease, another instance requeued the run and its own
+    instance claimed it back as attempt 2: the owner is the same, the attempt tells them apart.
+    Attempt 1's events are refused (nothing of the commit lands) and its updates do nothing;
+    attempt 2 and writes not fenced on an attempt go on as before."""
+    await store.create_run(run_record("r", instance_id="a", attempt=2))
+    await store.create_run(run_record("other", instance_id="a"))
+    old = {"r": 1, "other": 1}
+    with pytest.raises(WriteConflict):
+        await store.commit(
+            [("other", _event(0)), ("r", _event(0))],
+            [RunUpdate("r", status=RunStatus.COMPLETED)],
+            owner="a",
+            attempts=old,
+        )
+    assert await store.read_events("other", 0, 10) == []
+    updates = [RunUpdate("r", status=RunStatus.ERROR), RunUpdate("other", content="kept")]
+    await store.commit([], updates, owner="a", attempts={"r": 1})
+    got = await store.get_run("r")
+    assert got is not None and got.status is RunStatus.RUNNING and got.attempt == 2
+    other = await store.get_run("other")
+    assert other is not None and other.content == "kept"  # fenced on its owner only
+    done = RunUpdate("r", status=RunStatus.COMPLETED, event_count=1)
+    await store.commit([("r", _event(0))], [done], owner="a", attempts={"r": 2})
+    assert [e.index for e in await store.read_events("r", 0, 10)] == [0]
+    got = await store.get_run("r")
+    assert got is not None and got.status is RunStatus.COMPLETED
+    with pytest.raises(WriteConflict):  # another owner at the right attempt: refused as before
+        await store.commit([("other", _event(0))], [], owner="b", attempts={"other": 1})
+
+
+async def test_a_runs_messages_are_saved_by_its_attempt_only(store: Store) -> None:
+    """A run's session messages are fenced as its events are: an attempt that was taken over
+    (by another instance, or by its own instance claiming the run back) cannot replace the
+    messages of the attempt executing now."""
+    await store.create_run(run_record("r", instance_id="a", attempt=2, session_id="s"))
+    await store.add_messages([MessageRecord("s", "r", 0, "user", "two")], owner="a", attempt=2)
+    for owner, attempt in (("a", 1), ("b", 2), ("b", None)):
+        with pytest.raises(WriteConflict):
+            await store.add_messages(
+                [MessageRecord("s", "r", 0, "user", "stale")], owner=owner, attempt=attempt
+            )
+    await store.commit([], [RunUpdate("r", status=RunStatus.COMPLETED)], owner="a")
+    assert [m.content for m in await store.session_messages("s")] == ["two"]
 
 
 async def test_concurrent_claims_have_one_winner(db_url: str) -> None:

@@ -197,10 +197,10 @@ async def test_a_database_that_cannot_commit_the_messages_now_is_retried(
         add = store.add_messages
         failures = [StoreUnavailable("the database cannot commit now")] * 2
 
-        async def flaky(messages: object) -> None:
+        async def flaky(messages: object, **fence: object) -> None:
             if failures:
                 raise failures.pop()
-            await add(messages)  # type: ignore[arg-type]
+            await add(messages, **fence)  # type: ignore[arg-type]
 
         monkeypatch.setattr(store, "add_messages", flaky)
         first = await agent.arun("I am Ada", session_id="s")
