@@ -31,6 +31,11 @@ costs its own run, never the instance.
 Commits are made as this instance (``owner=``): a status update only applies to a run this
 instance still owns, so an instance that lost a run (its lease expired and another instance
 ended it, see ``runs.py``) cannot overwrite the run's final status.
+
+Each event and update also carries the attempt that made it, and the commit is fenced on it
+(``attempts=``): an attempt whose run was requeued by another instance and claimed back by this
+one is refused like a lost run, without harm to the attempt that replaced it (its queued writes
+and its run are dropped by attempt, not by run id).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from agentos.backends.base import Store
 from agentos.buffer import EventBuffer
@@ -70,8 +75,8 @@ class GroupCommitter:
         *,
         owner: str,
         on_commit: Callable[[list[tuple[str, Event]], list[RunUpdate]], None] | None = None,
-        on_conflict: Callable[[str], None] | None = None,
-        on_reject: Callable[[str, int | None, str], None] | None = None,
+        on_conflict: Callable[[str, int | None], None] | None = None,
+        on_reject: Callable[[str, int | None, int | None, str], None] | None = None,
     ) -> None:
         self._store = store
         self._buffers = buffers
@@ -83,8 +88,9 @@ class GroupCommitter:
         #: Whether the group being written had a run refused (its flush waiters wait one more
         #: group: the error event that replaces what was refused).
         self._rejected = False
-        self._pending: list[tuple[str, Event]] = []
-        self._updates: dict[str, RunUpdate] = {}
+        #: Queued events: run id, event, and the attempt that made it (None: not fenced on it).
+        self._pending: list[tuple[str, Event, int | None]] = []
+        self._updates: dict[str, tuple[RunUpdate, int | None]] = {}
         self._waiters: list[asyncio.Future[None]] = []
         #: Waiters for one event each (see committed), by the event's id().
         self._event_waiters: dict[int, asyncio.Future[None]] = {}
@@ -178,16 +184,31 @@ class GroupCommitter:
                 f"the database did not commit within {timeout:g} s; try again later"
             ) from None
 
-    def put(self, run_id: str, event: Event) -> None:
-        """Queue an event; callers keep a run's events in index order."""
-        self._pending.append((run_id, event))
+    def put(self, run_id: str, event: Event, attempt: int | None = None) -> None:
+        """Queue an event made by the run's ``attempt``; callers keep a run's events in index
+        order."""
+        self._pending.append((run_id, event, attempt))
         self._wake.set()
 
-    def update(self, update: RunUpdate) -> None:
-        """Queue a run update; it commits with (or after) every event queued before it."""
+    def update(self, update: RunUpdate, attempt: int | None = None) -> None:
+        """Queue a run update made by the run's ``attempt``; it commits with (or after) every
+        event queued before it. An update of a later attempt replaces one of an earlier attempt
+        (which can no longer commit); one of an earlier attempt is dropped."""
         previous = self._updates.get(update.run_id)
-        self._updates[update.run_id] = update if previous is None else previous.merge(update)
+        if previous is not None:
+            if _older(attempt, previous[1]):
+                return
+            if _older(previous[1], attempt):
+                previous = None
+            elif attempt is None:
+                attempt = previous[1]
+        merged = update if previous is None else previous[0].merge(update)
+        self._updates[update.run_id] = (merged, attempt)
         self._wake.set()
+
+    def drop(self, run_id: str, attempt: int | None = None) -> None:
+        """Forget what is queued for the run's ``attempt`` (None: any): it was lost here."""
+        self._drop_run(run_id, attempt)
 
     async def committed(self, event: Event) -> None:
         """Wait until ``event``, just queued with :meth:`put`, is committed and published.
@@ -266,21 +287,22 @@ class GroupCommitter:
 
     async def _commit_one_group(self) -> None:
         limit = self._settings.max_batch_events
-        events = self._pending[:limit]
+        group = self._pending[:limit]
         del self._pending[:limit]
         drained = not self._pending
         # Updates and flush waiters ride with the group that empties the queue, so a status
         # never commits before an event queued ahead of it.
-        updates = list(self._updates.values()) if drained else []
+        fenced_updates = list(self._updates.values()) if drained else []
         waiters = self._waiters if drained else []
         if drained:
             self._updates = {}
             self._waiters = []
         creates, self._creates = self._creates, []
         self._rejected = False
-        taken = events
+        taken = [(run_id, event) for run_id, event, _ in group]
+        events, updates, attempts = self._fence(group, fenced_updates)
         try:
-            events, updates = await self._write(events, updates, creates)
+            events, updates = await self._write(events, updates, creates, attempts)
         except BaseException:
             for waiter in waiters + [future for _, future in creates]:
                 if not waiter.done():
@@ -302,11 +324,58 @@ class GroupCommitter:
             if not waiter.done():
                 waiter.set_result(None)
 
+    def _fence(
+        self,
+        group: Sequence[tuple[str, Event, int | None]],
+        updates: Sequence[tuple[RunUpdate, int | None]],
+    ) -> tuple[list[tuple[str, Event]], list[RunUpdate], dict[str, int]]:
+        """The events and updates of a group, and the attempt each run's writes are fenced on.
+
+        A group holds one attempt per run: the run manager starts an attempt here only once
+        the one before it has stopped. Should an earlier attempt's writes still be here, they
+        could never commit (the run moved on to the later one): they are dropped, as a lost
+        run's are, rather than fenced on the later attempt.
+        """
+        attempts: dict[str, int] = {}
+        for run_id, _, attempt in group:
+            if attempt is not None and not _older(attempt, attempts.get(run_id)):
+                attempts[run_id] = attempt
+        for update, attempt in updates:
+            if attempt is not None and not _older(attempt, attempts.get(update.run_id)):
+                attempts[update.run_id] = attempt
+        events: list[tuple[str, Event]] = []
+        stale: set[tuple[str, int | None]] = set()
+        for run_id, event, attempt in group:
+            if attempt is not None and attempts[run_id] != attempt:
+                stale.add((run_id, attempt))
+                waiter = self._event_waiters.pop(id(event), None)
+                if waiter is not None:
+                    waiter.cancel()
+                continue
+            events.append((run_id, event))
+        kept = []
+        for update, attempt in updates:
+            if attempt is not None and attempts[update.run_id] != attempt:
+                stale.add((update.run_id, attempt))
+                continue
+            kept.append(update)
+        for run_id, attempt in stale:
+            logger.error(
+                "run %s: writes of attempt %s queued with a later attempt's; dropped",
+                run_id,
+                attempt,
+                extra={"run_id": run_id},
+            )
+            if self._on_conflict is not None:
+                self._on_conflict(run_id, attempt)
+        return events, kept, attempts
+
     async def _write(
         self,
         events: list[tuple[str, Event]],
         updates: list[RunUpdate],
         creates: list[tuple[RunRecord, asyncio.Future[None]]],
+        attempts: dict[str, int],
     ) -> tuple[list[tuple[str, Event]], list[RunUpdate]]:
         """Commit a group, new runs first; returns the events and updates committed.
 
@@ -316,7 +385,7 @@ class GroupCommitter:
         belongs to are dropped (a conflict) or ended with an error (a refused value).
         """
         try:
-            await self._commit(events, updates, [record for record, _ in creates])
+            await self._commit(events, updates, [record for record, _ in creates], attempts)
         except (asyncio.CancelledError, StoreUnavailable):
             raise  # unavailable only escapes while closing: nothing is judged refused then
         except Exception as exc:
@@ -336,7 +405,7 @@ class GroupCommitter:
                 "group commit failed (%s); committing run by run", error_summary(failure)
             )
             await self._create_each(creates)
-            return await self._write_each_run(events, updates)
+            return await self._write_each_run(events, updates, attempts)
         return events, updates
 
     async def _refuse_taken(
@@ -366,6 +435,7 @@ class GroupCommitter:
         events: list[tuple[str, Event]],
         updates: list[RunUpdate],
         runs: list[RunRecord] | None = None,
+        attempts: dict[str, int] | None = None,
     ) -> None:
         """One transaction, retried with backoff while the store is unavailable.
 
@@ -376,7 +446,9 @@ class GroupCommitter:
             started = time.perf_counter()
             self._attempt_started = time.time()
             try:
-                await self._store.commit(events, updates, owner=self._owner, runs=runs or [])
+                await self._store.commit(
+                    events, updates, owner=self._owner, attempts=attempts or {}, runs=runs or []
+                )
             except StoreUnavailable as exc:
                 self.commit_failures += 1
                 if self.failing_since is None:
@@ -424,7 +496,10 @@ class GroupCommitter:
                     future.set_exception(exc)
 
     async def _write_each_run(
-        self, events: list[tuple[str, Event]], updates: list[RunUpdate]
+        self,
+        events: list[tuple[str, Event]],
+        updates: list[RunUpdate],
+        attempts: dict[str, int],
     ) -> tuple[list[tuple[str, Event]], list[RunUpdate]]:
         by_run: dict[str, list[tuple[str, Event]]] = {}
         for item in events:
@@ -435,8 +510,10 @@ class GroupCommitter:
         kept_updates: list[RunUpdate] = []
         for run_id, run_events in by_run.items():
             run_updates = [u for u in updates if u.run_id == run_id]
+            attempt = attempts.get(run_id)
+            fence = {} if attempt is None else {run_id: attempt}
             try:
-                await self._commit(run_events, run_updates)
+                await self._commit(run_events, run_updates, attempts=fence)
             except (asyncio.CancelledError, StoreUnavailable):
                 raise
             except WriteConflict:
@@ -445,9 +522,9 @@ class GroupCommitter:
                     run_id,
                     extra={"run_id": run_id},
                 )
-                self._drop_run(run_id)
+                self._drop_run(run_id, attempt)
                 if self._on_conflict is not None:
-                    self._on_conflict(run_id)
+                    self._on_conflict(run_id, attempt)
                 continue
             except Exception as exc:
                 # A value the database refuses (or an error it cannot judge): retrying the same
@@ -461,11 +538,11 @@ class GroupCommitter:
                     error_summary(exc),
                     extra={"run_id": run_id},
                 )
-                self._drop_run(run_id)
+                self._drop_run(run_id, attempt)
                 self._rejected = True
                 first = run_events[0][1].index if run_events else None
                 if self._on_reject is not None:
-                    self._on_reject(run_id, first, reason)
+                    self._on_reject(run_id, attempt, first, reason)
                 continue
             kept_events += run_events
             kept_updates += run_updates
@@ -486,15 +563,28 @@ class GroupCommitter:
             else:
                 waiter.cancel()
 
-    def _drop_run(self, run_id: str) -> None:
-        """Forget what is queued for a run: it would land after events that never did."""
-        for item in self._pending:
-            if item[0] == run_id:
-                waiter = self._event_waiters.pop(id(item[1]), None)
-                if waiter is not None:
-                    waiter.cancel()
-        self._pending = [item for item in self._pending if item[0] != run_id]
-        self._updates.pop(run_id, None)
+    def _drop_run(self, run_id: str, attempt: int | None = None) -> None:
+        """Forget what is queued for a run's ``attempt`` (None: any): it would land after
+        events that never did. A later attempt's writes stay."""
+
+        def dropped(item_run: str, item_attempt: int | None) -> bool:
+            return item_run == run_id and (attempt is None or item_attempt == attempt)
+
+        if not any(dropped(r, a) for r, _, a in self._pending):
+            kept = self._pending
+        else:
+            kept = []
+            for item in self._pending:
+                if dropped(item[0], item[2]):
+                    waiter = self._event_waiters.pop(id(item[1]), None)
+                    if waiter is not None:
+                        waiter.cancel()
+                else:
+                    kept.append(item)
+        self._pending = kept
+        update = self._updates.get(run_id)
+        if update is not None and dropped(run_id, update[1]):
+            del self._updates[run_id]
 
     def _publish(self, events: list[tuple[str, Event]], updates: list[RunUpdate]) -> None:
         by_run: dict[str, list[Event]] = {}
@@ -520,3 +610,9 @@ class GroupCommitter:
                 self._buffers.set_status(update.run_id, update.status)
         if self._on_commit is not None:
             self._on_commit(events, updates)
+
+
+def _older(attempt: int | None, than: int | None) -> bool:
+    """Whether writes of ``attempt`` are an earlier attempt's than those of ``than`` (None,
+    not fenced on an attempt, is neither)."""
+    return attempt is not None and than is not None and attempt < than

@@ -11,9 +11,10 @@ Several instances on one database (see ``README.md (Scale out)``)::
           (or, when the run's retry policy allows another attempt: RunRetrying at the next
           event_index ─▶ status QUEUED, owned by nobody, for any instance to claim)
 
-The claim fences the former owner: its commits check ownership in the transaction that writes
-(``Store.commit``), so once the claim has committed none of its events land, and the terminal
-index the claimer read cannot be taken. Its committer then reports the conflict and the run
+The claim fences the former owner: its commits check ownership (and their attempt) in the
+transaction that writes (``Store.commit``), so once the claim has committed none of its events
+land, and the terminal index the claimer read cannot be taken; nor do they when the former owner
+claims the requeued run back as its next attempt. Its committer then reports the conflict and the run
 manager stops the run there (``RunManager.lose``) without a terminal event of its own.
 
 A cancel for a run another instance owns sets ``cancel_requested`` (and, on PostgreSQL, notifies
@@ -66,7 +67,7 @@ class LocalRuns(Protocol):
     def is_local(self, run_id: str) -> bool:
         """Whether the run is held by this instance (executing or finishing)."""
 
-    def lose(self, run_id: str) -> None:
+    def lose(self, run_id: str, attempt: int | None = None) -> None:
         """Another instance took the run over: stop it here without a terminal event."""
 
     def cancel_nowait(self, run_id: str, reason: str = "cancelled") -> None:

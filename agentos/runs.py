@@ -628,7 +628,11 @@ class RunManager:
         for record in claimed:
             self.runs_claimed += 1
             component = self.components[(record.kind, record.component_id)]
-            self._launch(record, component, queued=True)
+            old = self._active.get(record.run_id)
+            if old is None:
+                self._launch(record, component, queued=True)
+            else:
+                self._take_back(old, record, component)
         if len(claimed) < room:
             # The queue held less than the room: is it empty now? The runs just launched go
             # first (to their first event, which their clients wait for).
@@ -640,6 +644,45 @@ class RunManager:
                 # release here may be what lets them start.
                 self._queue_maybe = False
         return len(claimed)
+
+    def _take_back(self, old: _ActiveRun, record: RunRecord, component: Component) -> None:
+        """Start the attempt ``record`` of a run whose earlier attempt ``old`` still executes
+        here: once ``old`` has stopped.
+
+        This happens when this instance stalled past the run's lease: another instance's
+        reaper put the run back in the queue, and this instance's claimer took it again before
+        anything of ``old`` reached the database (which would have found the run QUEUED and
+        stopped it). The database now has this instance execute the new attempt; ``old`` is
+        fenced out by its attempt (``Store.commit``), so it is stopped here as a lost run is.
+        Both must not execute together: they share the run's entry in ``_active`` and
+        ``_tasks``, its buffer and its queued writes in the committer. So the new attempt
+        starts from ``old``'s task's done-callbacks, after the one that releases ``old``; its
+        room is held meanwhile (``_starting``). Nothing awaits between the check of
+        ``_active`` (in the claimer) and this: no other start of the run can come in between.
+        """
+        logger.warning(
+            "run %s: attempt %d claimed while attempt %d still executes here; stopping it first",
+            record.run_id,
+            record.attempt,
+            old.record.attempt,
+            extra={"run_id": record.run_id},
+        )
+        self.lose(record.run_id, old.record.attempt)
+        self._starting += 1
+        task = old.task
+
+        def launch(_: object = None) -> None:
+            self._starting -= 1
+            self._launch(record, component, queued=True)
+            if self._closing:
+                self.cancel_nowait(record.run_id, "shutdown")  # back to the queue, or ended
+
+        if task is None:
+            launch()
+        else:
+            # Called after _release (added first, at _launch), which lets ``old`` go; on a task
+            # done already, scheduled after it too.
+            task.add_done_callback(launch)
 
     def _finishing(self) -> list[str]:
         """Runs whose attempt here has ended but whose task has not: not to be claimed here
@@ -681,7 +724,9 @@ class RunManager:
         else:
             logger.info("run attempt %d started", record.attempt)
         try:
-            self.committer.update(RunUpdate(record.run_id, status=RunStatus.RUNNING))
+            self.committer.update(
+                RunUpdate(record.run_id, status=RunStatus.RUNNING), record.attempt
+            )
             if active.cancel_reason is not None or active.failure is not None:
                 raise asyncio.CancelledError  # cancelled before this task had started
             timeout = record.timeout if record.timeout is not None else self.settings.runs.timeout
@@ -735,8 +780,8 @@ class RunManager:
         event, update = requeue(record, active.next_index, reason, error, now=time.time())
         active.next_index += 1
         active.ended = True
-        self.committer.put(record.run_id, event)
-        self.committer.update(update)
+        self.committer.put(record.run_id, event, record.attempt)
+        self.committer.update(update, record.attempt)
         self.runs_retried[reason] = self.runs_retried.get(reason, 0) + 1
         logger.info(
             "run attempt %d ended (%s); queued again for attempt %d",
@@ -774,7 +819,7 @@ class RunManager:
             error=storable(fields.get("error")),
             event_count=active.next_index,
         )
-        self.committer.update(update)
+        self.committer.update(update, active.record.attempt)
         record = active.record
         key = (record.kind, record.component_id, status.value)
         self.runs_ended[key] = self.runs_ended.get(key, 0) + 1
@@ -810,7 +855,7 @@ class RunManager:
         active.next_index += 1
         if terminal:
             active.ended = True
-        self.committer.put(active.record.run_id, event)
+        self.committer.put(active.record.run_id, event, active.record.attempt)
         if not terminal:
             await self._pace(active, event)
 
@@ -863,19 +908,26 @@ class RunManager:
         """Ids of the runs executing here that have not ended."""
         return [run_id for run_id, active in self._active.items() if not active.ended]
 
-    def lose(self, run_id: str) -> None:
+    def lose(self, run_id: str, attempt: int | None = None) -> None:
         """Another writer (an instance that declared this run lost) already ended it in the
-        database: stop the run here without a terminal event of ours; followers read the
-        run's end from the database."""
+        database, or moved it on past ``attempt``: stop the run here without a terminal event
+        of ours, and drop its writes still queued; followers read the run's end from the
+        database. A later attempt executing here (see _take_back) is left alone."""
         active = self._active.get(run_id)
+        if active is not None and attempt is not None and active.record.attempt != attempt:
+            self.committer.drop(run_id, attempt)
+            return
         if active is not None:
             active.ended = True
             active.cancel_reason = active.cancel_reason or "conflict"
             if active.task is not None:
                 active.task.cancel()
+            self.committer.drop(run_id, active.record.attempt)
         self.buffers.discard(run_id)
 
-    def reject(self, run_id: str, first_index: int | None, reason: str) -> None:
+    def reject(
+        self, run_id: str, attempt: int | None, first_index: int | None, reason: str
+    ) -> None:
         """The database refused events of a run (the committer dropped them and what followed):
         end the run with an error event at the first index that did not commit.
 
@@ -885,6 +937,8 @@ class RunManager:
         active = self._active.get(run_id)
         if active is None:
             return  # not executing here: the lease renewer ends it as a stray
+        if attempt is not None and active.record.attempt != attempt:
+            return  # an earlier attempt's, stopped already: not this one's business
         if first_index is not None:
             active.next_index = first_index
         error = f"the database refused an event of this run ({reason})"
@@ -900,11 +954,11 @@ class RunManager:
         kind = active.component.kind
         event = make_event(active.record, active.next_index, kind.error, {"error": error}, True)
         active.next_index += 1
-        self.committer.put(run_id, event)
+        self.committer.put(run_id, event, active.record.attempt)
         update = RunUpdate(
             run_id, status=RunStatus.ERROR, error=error, event_count=active.next_index
         )
-        self.committer.update(update)
+        self.committer.update(update, active.record.attempt)
 
     def _request_cancel(self, active: _ActiveRun, reason: str) -> None:
         if active.cancel_reason is None and not active.ended:

@@ -49,7 +49,11 @@ async def test_a_conflicting_run_is_dropped_and_others_commit(tmp_path: Path) ->
     ok, taken = buffers.open("ok"), buffers.open("taken")
     conflicts: list[str] = []
     committer = GroupCommitter(
-        store, buffers, Settings().commit, owner="test", on_conflict=conflicts.append
+        store,
+        buffers,
+        Settings().commit,
+        owner="test",
+        on_conflict=lambda run_id, _: conflicts.append(run_id),
     )
     committer.start()
     committer.put("ok", Event(0, "RunStarted", "{}"))
@@ -63,6 +67,45 @@ async def test_a_conflicting_run_is_dropped_and_others_commit(tmp_path: Path) ->
     committer.put("ok", Event(2, "RunContent", "{}"))
     await asyncio.wait_for(committer.flush(), 10)
     assert ok.next_index == 3
+    await committer.aclose()
+    await store.close()
+
+
+async def test_an_earlier_attempts_writes_are_dropped_not_the_later_ones(tmp_path: Path) -> None:
+    """Writes of two attempts of one run (the run manager lets an attempt start only once the
+    one before it stopped, so only a stray write of the earlier one could do this): the earlier
+    attempt's are dropped and reported; the later attempt's commit, fenced on it."""
+    store = SQLStore(f"sqlite+aiosqlite:///{tmp_path}/c.db")
+    await store.open()
+    await store.create_run(run_record("r", instance_id="test", attempt=2))
+    buffers = EventBuffer(Settings().buffer)
+    buf = buffers.open("r")
+    conflicts: list[tuple[str, int | None]] = []
+    committer = GroupCommitter(
+        store,
+        buffers,
+        Settings().commit,
+        owner="test",
+        on_conflict=lambda run_id, attempt: conflicts.append((run_id, attempt)),
+    )
+    committer.start()
+    committer.put("r", Event(0, "RunStarted", '{"attempt":1}'), 1)
+    committer.put("r", Event(0, "RunStarted", '{"attempt":2}'), 2)
+    committer.update(RunUpdate("r", content="two"), 2)
+    committer.update(RunUpdate("r", content="one"), 1)  # an earlier attempt's: dropped
+    await asyncio.wait_for(committer.flush(), 10)
+    assert conflicts == [("r", 1)]
+    assert [e.data for e in await store.read_events("r", 0, 10)] == ['{"attempt":2}']
+    assert buf.next_index == 1
+    assert (await store.get_run("r")).content == "two"  # type: ignore[union-attr]
+    # A stray write of attempt 1 alone reaches the store, whose fence refuses it; reported,
+    # and attempt 2 goes on.
+    committer.put("r", Event(1, "RunContent", '{"attempt":1}'), 1)
+    await asyncio.wait_for(committer.flush(), 10)
+    assert conflicts == [("r", 1), ("r", 1)]
+    committer.put("r", Event(1, "RunContent", '{"attempt":2}'), 2)
+    await asyncio.wait_for(committer.flush(), 10)
+    assert [e.data for e in await store.read_events("r", 0, 10)][-1] == '{"attempt":2}'
     await committer.aclose()
     await store.close()
 
@@ -117,7 +160,11 @@ async def test_events_queued_behind_a_conflict_are_dropped_too(tmp_path: Path) -
     buffers.open("taken")
     conflicts: list[str] = []
     committer = GroupCommitter(
-        store, buffers, settings.commit, owner="test", on_conflict=conflicts.append
+        store,
+        buffers,
+        settings.commit,
+        owner="test",
+        on_conflict=lambda run_id, _: conflicts.append(run_id),
     )
     committer.start()
     committer.put("taken", Event(0, "RunStarted", "{}"))

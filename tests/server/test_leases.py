@@ -515,3 +515,138 @@ async def test_a_run_requeued_while_still_executing_here_is_not_run_twice(
     assert owner.committer.running
     again = await owner.start_run(component, "still committing")
     assert (await asyncio.wait_for(owner.wait(again.run_id), 10)).status is RunStatus.COMPLETED
+
+
+async def test_a_run_claimed_back_while_its_old_attempt_is_blocked_here_runs_once(
+    db_url: str,
+) -> None:
+    """The unusual path of the test above: the old attempt is blocked (a tool, a model call)
+    when its lease runs out, another instance requeues the run, and this instance claims it
+    back before the old attempt wrote anything. The owner alone does not tell the two attempts
+    apart: the old one is fenced on its attempt too, so it stops without writing, and the new
+    one runs alone: contiguous indexes, one terminal event, the new attempt's content."""
+    gate = asyncio.Event()
+    blocked = asyncio.Event()
+    calls = 0
+
+    async def blocks_first(message: str) -> AsyncIterator[str]:
+        nonlocal calls
+        calls += 1
+        attempt = calls
+        yield f"attempt {attempt} "
+        if attempt == 1:
+            blocked.set()
+            await gate.wait()
+        for word in message.split():
+            await asyncio.sleep(0.005)
+            yield f"{word}@{attempt} "
+
+    def components() -> list[Component]:
+        return [Agent(id="gated", fn=blocks_first)]
+
+    policy = RunOptions(retry_policy=RetryPolicy(2, delay=0, jitter=0))
+    quiet = {"lease_ttl": 120.0, "lease_renew_interval": 60.0}  # no renewal in the test
+    async with manager_factory(db_url, components, **quiet) as make:
+        owner = await make("a")
+        component = owner.component("agents", "gated")
+        record = await owner.start_run(component, words(20), options=policy)
+        await asyncio.wait_for(blocked.wait(), 10)
+        first = await owner.store.read_events(record.run_id, 0, 100)
+        await owner.committer.flush()
+        store = owner.store
+        assert isinstance(store, SQLStore)
+        async with store.engine.begin() as conn:  # the lease runs out
+            await conn.execute(
+                text("UPDATE agentos_runs SET lease_until = 0 WHERE run_id = :r"),
+                {"r": record.run_id},
+            )
+        reaper = await make("b", agents=False)
+        assert await reaper.leases.reap_once() == [record.run_id]  # requeued: instance_lost
+        # This instance takes it back at once (its claimer may have, woken by the requeue).
+        await owner.claim_once()
+        claimed: list[RunRecord] = []
+
+        async def claimed_here() -> None:
+            while not claimed:
+                found = await store.get_run(record.run_id)
+                if found is not None and found.attempt == 2 and found.instance_id == "a":
+                    claimed.append(found)
+                else:
+                    await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(claimed_here(), 10)
+        gate.set()  # the old attempt goes on
+        ended = await asyncio.wait_for(owner.wait(record.run_id), 30)
+        assert calls == 2, calls
+        stored = await store.read_events(record.run_id, 0, 10_000)
+        assert [e.index for e in stored] == list(range(len(stored)))
+        assert [e.terminal for e in stored].count(True) == 1
+        assert [e.name for e in stored].count("RunRetrying") == 1
+        assert ended.status is RunStatus.COMPLETED, ended
+        assert ended.attempt == 2
+        later = stored[len(first) + 1 :]  # after the requeue: the new attempt's only
+        assert not any("@1" in e.data for e in later), [e.data for e in later]
+        assert ended.content is not None and "@1" not in ended.content
+        assert owner.committer.running
+        assert owner.active_runs == 0
+
+
+async def test_an_old_attempts_commit_refused_later_does_not_stop_the_new_one(
+    db_url: str,
+) -> None:
+    """The old attempt's events are in a group commit already being written when the run is
+    requeued and claimed back here: the new attempt starts (the old one is stopped) and queues
+    its events behind that group. The group is refused (the row is at attempt 2 now); only the
+    old attempt's writes are dropped, and the new attempt goes on to complete the run."""
+    go = asyncio.Event()
+    blocked = asyncio.Event()
+    calls = 0
+
+    async def holds_first(message: str) -> AsyncIterator[str]:
+        nonlocal calls
+        calls += 1
+        attempt = calls
+        yield f"attempt {attempt} "
+        if attempt == 1:
+            blocked.set()
+            await go.wait()
+            yield "held@1 "  # its commit is held in flight (the gate)
+            await asyncio.Event().wait()  # stopped by the claim back
+        for word in message.split():
+            yield f"{word}@{attempt} "
+
+    def components() -> list[Component]:
+        return [Agent(id="gated", fn=holds_first)]
+
+    policy = RunOptions(retry_policy=RetryPolicy(2, delay=0, jitter=0))
+    quiet = {"lease_ttl": 120.0, "lease_renew_interval": 60.0}  # no renewal in the test
+    async with manager_factory(db_url, components, **quiet) as make:
+        owner = await make("a")
+        component = owner.component("agents", "gated")
+        record = await owner.start_run(component, words(20), options=policy)
+        await asyncio.wait_for(blocked.wait(), 10)
+        await owner.committer.flush()
+        gate = _Gate(owner.store, record.run_id)
+        go.set()
+        await asyncio.wait_for(gate.holding.wait(), 10)
+        store = owner.store
+        assert isinstance(store, SQLStore)
+        async with store.engine.begin() as conn:  # the lease runs out
+            await conn.execute(
+                text("UPDATE agentos_runs SET lease_until = 0 WHERE run_id = :r"),
+                {"r": record.run_id},
+            )
+        reaper = await make("b", agents=False)
+        assert await reaper.leases.reap_once() == [record.run_id]
+        await owner.claim_once()  # (or its claimer, woken by the requeue, did)
+        await wait_for(lambda: calls == 2)  # the new attempt started, its events queued
+        gate.release.set()
+        ended = await asyncio.wait_for(owner.wait(record.run_id), 30)
+        assert ended.status is RunStatus.COMPLETED and ended.attempt == 2, ended
+        stored = await store.read_events(record.run_id, 0, 10_000)
+        assert [e.index for e in stored] == list(range(len(stored)))
+        assert [e.terminal for e in stored].count(True) == 1
+        assert [e.name for e in stored].count("RunRetrying") == 1
+        assert stored[gate.held[0]].name == "RunRetrying"  # none of the held events landed
+        assert not any("@1" in e.data for e in stored)
+        assert owner.committer.running and owner.active_runs == 0
