@@ -300,7 +300,7 @@ class GroupCommitter:
         creates, self._creates = self._creates, []
         self._rejected = False
         taken = [(run_id, event) for run_id, event, _ in group]
-        events, updates, attempts = self._fence(group, fenced_updates)
+        events, updates, attempts = self._fence(group, taken, fenced_updates)
         try:
             events, updates = await self._write(events, updates, creates, attempts)
         except BaseException:
@@ -327,6 +327,7 @@ class GroupCommitter:
     def _fence(
         self,
         group: Sequence[tuple[str, Event, int | None]],
+        taken: list[tuple[str, Event]],
         updates: Sequence[tuple[RunUpdate, int | None]],
     ) -> tuple[list[tuple[str, Event]], list[RunUpdate], dict[str, int]]:
         """The events and updates of a group, and the attempt each run's writes are fenced on.
@@ -337,12 +338,18 @@ class GroupCommitter:
         run's are, rather than fenced on the later attempt.
         """
         attempts: dict[str, int] = {}
+        mixed = False
         for run_id, _, attempt in group:
-            if attempt is not None and not _older(attempt, attempts.get(run_id)):
-                attempts[run_id] = attempt
+            if attempt is not None and attempts.setdefault(run_id, attempt) != attempt:
+                mixed = True
+                attempts[run_id] = max(attempts[run_id], attempt)
         for update, attempt in updates:
-            if attempt is not None and not _older(attempt, attempts.get(update.run_id)):
-                attempts[update.run_id] = attempt
+            run_id = update.run_id
+            if attempt is not None and attempts.setdefault(run_id, attempt) != attempt:
+                mixed = True
+                attempts[run_id] = max(attempts[run_id], attempt)
+        if not mixed:
+            return taken, [update for update, _ in updates], attempts
         events: list[tuple[str, Event]] = []
         stale: set[tuple[str, int | None]] = set()
         for run_id, event, attempt in group:
