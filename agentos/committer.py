@@ -392,7 +392,8 @@ class GroupCommitter:
         belongs to are dropped (a conflict) or ended with an error (a refused value).
         """
         try:
-            await self._commit(events, updates, [record for record, _ in creates], attempts)
+            runs = [record for record, _ in creates]
+            await self._commit(events, updates, runs, attempts=attempts)
         except (asyncio.CancelledError, StoreUnavailable):
             raise  # unavailable only escapes while closing: nothing is judged refused then
         except Exception as exc:
@@ -401,7 +402,8 @@ class GroupCommitter:
             if len(kept) < len(creates):
                 creates = kept
                 try:
-                    await self._commit(events, updates, [record for record, _ in creates])
+                    runs = [record for record, _ in creates]
+                    await self._commit(events, updates, runs, attempts=attempts)
                 except (asyncio.CancelledError, StoreUnavailable):
                     raise
                 except Exception as again:
@@ -442,9 +444,11 @@ class GroupCommitter:
         events: list[tuple[str, Event]],
         updates: list[RunUpdate],
         runs: list[RunRecord] | None = None,
-        attempts: dict[str, int] | None = None,
+        *,
+        attempts: dict[str, int],
     ) -> None:
-        """One transaction, retried with backoff while the store is unavailable.
+        """One transaction, retried with backoff while the store is unavailable; fenced on
+        this instance and on the ``attempts`` of the runs whose writes it holds.
 
         Any other error is raised at once: retrying cannot help it.
         """
@@ -454,7 +458,7 @@ class GroupCommitter:
             self._attempt_started = time.time()
             try:
                 await self._store.commit(
-                    events, updates, owner=self._owner, attempts=attempts or {}, runs=runs or []
+                    events, updates, owner=self._owner, attempts=attempts, runs=runs or []
                 )
             except StoreUnavailable as exc:
                 self.commit_failures += 1
@@ -492,7 +496,7 @@ class GroupCommitter:
         """New runs one at a time: a taken id or a refused value fails only its own start."""
         for record, future in creates:
             try:
-                await self._commit([], [], [record])
+                await self._commit([], [], [record], attempts={})
             except (asyncio.CancelledError, StoreUnavailable):
                 raise
             except WriteConflict:
