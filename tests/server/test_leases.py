@@ -329,6 +329,9 @@ async def test_a_run_this_instance_no_longer_executes_is_ended(make_manager: Mak
     # runs it. Renewal must not keep it alive forever.
     owner = await make_manager("a", lease_renew_interval=60.0, lease_ttl=120.0)
     live = await _start(owner, words(300))
+    async with asyncio.timeout(10):  # the run's RUNNING status has committed: it executes
+        while (await owner.get_run(live.run_id)).status is not RunStatus.RUNNING:
+            await asyncio.sleep(0.01)
     stray = run_record("stray", instance_id="a", lease_until=time.time() + 60)
     await owner.store.create_run(stray)
     await owner.leases.renew_once()  # first sighting: could be a run being created right now
