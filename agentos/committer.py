@@ -122,6 +122,11 @@ class GroupCommitter:
         return len(self._pending)
 
     @property
+    def has_space(self) -> bool:
+        """Whether an event can be queued now without :meth:`wait_for_space` waiting."""
+        return len(self._pending) < self._settings.max_pending_events
+
+    @property
     def writing(self) -> bool:
         """Whether the commit task is writing groups (from its wake-up until the queue is empty)."""
         return self._writing

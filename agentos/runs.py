@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -698,7 +699,7 @@ class RunManager:
     async def _drive(self, active: _ActiveRun) -> None:
         record = active.record
         ctx = RunContext(
-            lambda name, fields: self._emit(active, name, fields),
+            functools.partial(self._emit, active),
             run_id=record.run_id,
             session_id=record.session_id,
             user_id=record.user_id,
@@ -846,20 +847,28 @@ class RunManager:
             check_event_name(name)
             if len(self._event_names) < _EVENT_NAMES_KEPT:
                 self._event_names.add(name)
-        await self.committer.wait_for_space()
-        if active.ended:
-            raise RunEnded(active.record.run_id)
+        committer = self.committer
+        if not committer.has_space:
+            await committer.wait_for_space()
+            if active.ended:
+                raise RunEnded(active.record.run_id)
         # No await between numbering and queueing: concurrent emitters (parallel team members)
         # queue their events in index order.
         event = make_event(active.record, active.next_index, name, fields, terminal)
         active.next_index += 1
         if terminal:
             active.ended = True
-        self.committer.put(active.record.run_id, event, active.record.attempt)
-        if not terminal:
-            await self._pace(active, event)
+        committer.put(active.record.run_id, event, active.record.attempt)
+        if terminal:
+            return
+        # The pacing below awaits only when it has to: a run that streams thousands of events
+        # at full speed otherwise paid two coroutines per event for a check that passes.
+        if active.next_index <= 2:
+            await self._pace_first(active, event)
+        elif self._slice_over(active):
+            await asyncio.sleep(0)
 
-    async def _pace(self, active: _ActiveRun, event: Event) -> None:
+    async def _pace_first(self, active: _ActiveRun, event: Event) -> None:
         """Commit a run's first two events before it goes on (its started event, and its first
         output: the time to first token) when nothing else is being committed, then let other
         tasks in once per ``time_slice`` that the run spends emitting without awaiting anything
@@ -882,12 +891,14 @@ class RunManager:
         twice the fence checks, notifications and status updates (bench/NOTES.md, run queue);
         there the time slice alone keeps the loop turning.
         """
-        if active.next_index <= 2:
-            committer = self.committer
-            if committer.pending <= 1 and not committer.writing:
-                await committer.committed(event)
-            active.emitted_at = active.slice_start = time.monotonic()
-            return
+        committer = self.committer
+        if committer.pending <= 1 and not committer.writing:
+            await committer.committed(event)
+        active.emitted_at = active.slice_start = time.monotonic()
+
+    def _slice_over(self, active: _ActiveRun) -> bool:
+        """Whether the run has emitted for a whole ``time_slice`` without awaiting anything
+        else (see :meth:`_pace_first`): it should then let other tasks in."""
         now = time.monotonic()
         time_slice = self.settings.runs.time_slice
         if now - active.emitted_at > time_slice:
@@ -895,7 +906,8 @@ class RunManager:
         active.emitted_at = now
         if now - active.slice_start >= time_slice:
             active.slice_start = now
-            await asyncio.sleep(0)
+            return True
+        return False
 
     def _committed(self, events: object, updates: list[RunUpdate]) -> None:
         # A run's status changes when its update commits, together with the events before it.
