@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime
 import enum
+import functools
 import json
 import math
+import random
 from typing import Any
 
 import pytest
@@ -79,6 +81,24 @@ def test_make_event_text_is_json_dumps(
         expected.setdefault(key, value)
     assert event.data == reference(expected)
     assert (event.index, event.name, event.terminal) == (4, "RunContent", False)
+
+
+def test_created_at_is_the_time_rounded_to_the_millisecond(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = random.Random(15)
+    times = [0.0, -1.5, 1.0, 1000.0005, 1763700000.0, 1763700000.0005, 8.8e9, 1e13]
+    times += [1763700000 + rng.uniform(0, 1e6) for _ in range(20_000)]
+    # Within a few microseconds of a half millisecond, where the product can fall either side.
+    times += [
+        (rng.randrange(10**12, 8 * 10**12) + 0.5) / 1000 + rng.uniform(-3e-6, 3e-6)
+        for _ in range(20_000)
+    ]
+    times += [(1763700000123 + 0.5) / 1000 + k * 1e-7 for k in range(-40, 40)]
+    for now in times:
+        monkeypatch.setattr(events.time, "time", functools.partial(float, now))
+        first, again = events._created_at(), events._created_at()
+        assert first == again == round(now, 3), now
 
 
 @pytest.mark.parametrize("text", ["\ud800", "a\udfffb", "\ud83d", "\U0001f600\ud800\x00"])
