@@ -41,7 +41,9 @@ and its run are dropped by attempt, not by run id).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import operator
 import time
 from collections.abc import Callable, Sequence
 
@@ -62,6 +64,9 @@ from agentos.settings import CommitSettings
 __all__ = ["GroupCommitter"]
 
 logger = logging.getLogger("agentos.committer")
+
+_RUN_ID = operator.itemgetter(0)
+_EVENT = operator.itemgetter(1)
 
 
 class GroupCommitter:
@@ -604,8 +609,14 @@ class GroupCommitter:
 
     def _publish(self, events: list[tuple[str, Event]], updates: list[RunUpdate]) -> None:
         by_run: dict[str, list[Event]] = {}
-        for run_id, event in events:
-            by_run.setdefault(run_id, []).append(event)
+        # By stretches of one run, each taken in C: a group is mostly long runs of one run's
+        # events (a run queues many at a time), so this is one step per stretch, not per event.
+        for run_id, stretch in itertools.groupby(events, _RUN_ID):
+            run_events = by_run.get(run_id)
+            if run_events is None:
+                by_run[run_id] = list(map(_EVENT, stretch))
+            else:
+                run_events.extend(map(_EVENT, stretch))
         for run_id, run_events in by_run.items():
             try:
                 self._buffers.publish(run_id, run_events)

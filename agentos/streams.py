@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import operator
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,9 @@ __all__ = ["RunStream", "SharedEvents", "StreamSlots", "StreamSource", "replay_m
 logger = logging.getLogger("agentos.streams")
 
 _T = TypeVar("_T")
+
+_TERMINAL = operator.attrgetter("terminal")
+_EVENTS_ONLY = {Event}
 
 
 class StreamSlots:
@@ -220,6 +224,9 @@ class RunStream:
                 if self.meta:
                     yield chunk
                     continue
+                if set(map(type, chunk)) == _EVENTS_ONLY:
+                    yield chunk
+                    continue
                 events: list[Event | Meta] = [item for item in chunk if isinstance(item, Event)]
                 if events:
                     yield events
@@ -305,6 +312,16 @@ class RunStream:
                         yield [self._subscribed(cursor + 1, status)]
                     await source.notifier.wait(signal, source.settings.tail_poll_interval)
                     continue
+            if (
+                batch[0].index == cursor + 1
+                and batch[-1].index == cursor + len(batch)
+                and not any(map(_TERMINAL, batch))
+            ):
+                # The common case, checked in C: indexes only grow (the buffer and the database
+                # both keep them unique and ordered), so first and last in place means no gap.
+                cursor = batch[-1].index
+                yield list(batch)
+                continue
             ready: list[Event | Meta] = []
             for event in batch:
                 if event.index != cursor + 1:

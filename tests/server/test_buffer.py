@@ -49,6 +49,18 @@ def test_events_must_arrive_in_order() -> None:
         buffers.publish("r", make_events(3, 1))
 
 
+@pytest.mark.parametrize("indexes", [[2, 3, 5, 6], [2, 3, 3, 4], [2, 4, 3, 5], [3, 4, 5, 6]])
+def test_a_group_with_a_gap_or_a_duplicate_is_refused_whole(indexes: list[int]) -> None:
+    buffers = EventBuffer(Settings().buffer)
+    buf = buffers.open("r")
+    buffers.publish("r", make_events(0, 2))
+    with pytest.raises(ValueError, match="published after"):
+        buffers.publish("r", [Event(i, "RunContent", "x" * 10) for i in indexes])
+    assert (buf.next_index, len(buf), buf.nbytes, buffers.total_bytes) == (2, 2, 20, 20)
+    buffers.publish("r", make_events(2, 3))
+    assert [e.index for e in buf.read(0, 10)] == [0, 1, 2, 3, 4] and buf.nbytes == 50
+
+
 def test_total_limit_drops_ended_runs_first_then_halves_largest() -> None:
     buffers = EventBuffer(Settings(buffer_max_bytes_total=100).buffer)
     buffers.open("old")
