@@ -220,6 +220,27 @@ def _created_at() -> float:
 _MS_RANGE = float(2**43)
 
 
+_SET_INDEX, _SET_NAME, _SET_DATA, _SET_TERMINAL, _SET_SSE = (
+    vars(Event)[name].__set__ for name in ("index", "name", "data", "terminal", "sse")
+)
+
+
+def _new_event(index: int, name: str, data: str, terminal: bool) -> Event:
+    """``Event(index, name, data, terminal)``, with its slots set directly.
+
+    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``, found by
+    name at every call: a fifth of :func:`make_event` (callgrind). The slots' own setters do
+    the same in half the time.
+    """
+    event: Event = object.__new__(Event)
+    _SET_INDEX(event, index)
+    _SET_NAME(event, name)
+    _SET_DATA(event, data)
+    _SET_TERMINAL(event, terminal)
+    _SET_SSE(event, None)
+    return event
+
+
 def make_event(
     run: RunLike, index: int, name: str, fields: dict[str, Any], terminal: bool
 ) -> Event:
@@ -239,7 +260,7 @@ def make_event(
     # dumps' check of what orjson writes as json does. Same text, a microsecond less per event.
     if _orjson is not None and all(map(_orjson_same, fields.values())):
         try:
-            return Event(index, name, _orjson.dumps(payload).decode(), terminal)
+            return _new_event(index, name, _orjson.dumps(payload).decode(), terminal)
         except TypeError:  # a key that is not str, an int beyond 64 bits, a lone surrogate
             pass
     return Event(index, name, dumps(payload), terminal)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import enum
 import functools
@@ -81,6 +82,22 @@ def test_make_event_text_is_json_dumps(
         expected.setdefault(key, value)
     assert event.data == reference(expected)
     assert (event.index, event.name, event.terminal) == (4, "RunContent", False)
+
+
+def test_a_made_event_is_the_dataclass_event() -> None:
+    assert [f.name for f in dataclasses.fields(Event)] == [
+        "index",
+        "name",
+        "data",
+        "terminal",
+        "sse",
+    ]
+    made = events._new_event(7, "RunContent", '{"a":1}', True)
+    built = Event(7, "RunContent", '{"a":1}', True)
+    assert made == built and hash(made) == hash(built) and repr(made) == repr(built)
+    assert made.sse is None and type(made) is Event
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.index = 8  # type: ignore[misc]
 
 
 def test_created_at_is_the_time_rounded_to_the_millisecond(
