@@ -196,7 +196,7 @@ def _created_at() -> float:
 
     All times whose nearest millisecond is the same round to the same float, so the value
     rounded once is reused while the millisecond lasts. ``time() * 1000`` is off the exact
-    product by far less than a thousandth of a millisecond (until the year 2248), so it names
+    product by at most half a thousandth of a millisecond (until the year 2248), so it names
     the nearest millisecond surely unless the time is within that much of a half millisecond:
     those (and any time outside that range) are rounded as before.
     """
@@ -216,7 +216,8 @@ def _created_at() -> float:
     return value
 
 
-#: Milliseconds up to which ``time() * 1000`` is exact to well under a thousandth (2**43).
+#: Milliseconds below which ``time() * 1000`` is exact to half a thousandth (its float's step
+#: is at most 2**-10 there).
 _MS_RANGE = float(2**43)
 
 
