@@ -330,7 +330,11 @@ class SQLStore(Store):
         if not self.is_sqlite:
             return {"pool_timeout": self.timeout}
         options: dict[str, Any] = {
-            "connect_args": {"check_same_thread": False, "timeout": self.timeout}
+            "connect_args": {
+                "check_same_thread": False,
+                "timeout": self.timeout,
+                "factory": _RollbackOnClose,
+            }
         }
         if self.url.rstrip("/").endswith(("sqlite+aiosqlite:", ":memory:")):
             options["poolclass"] = StaticPool
@@ -1719,6 +1723,27 @@ class _SQLiteGroup:
         except BaseException:
             db.rollback()
             raise
+
+
+class _RollbackOnClose(sqlite3.Connection):
+    """The driver's SQLite connections: closing one rolls back the transaction it has open.
+
+    A task cancelled while its statement runs in aiosqlite's thread (a shutdown cancelling the
+    claimer, a client gone mid-request, a timeout) gets its connection invalidated and closed
+    by SQLAlchemy, while the statement's cursor is still referenced (by the traceback). SQLite
+    closes a connection with a statement alive only once that statement is freed, and until
+    then keeps its transaction open: after an UPDATE ... RETURNING, with the write lock. Every
+    other writer, a restart on the file too, got "database is locked" until the cursor was
+    freed: never, while a cancelled task kept its exception. A ROLLBACK ends the transaction
+    (aborting such statements) and lets the lock go at once.
+    """
+
+    def close(self) -> None:
+        # Closed already, or cannot roll back: closing ends the transaction as it can.
+        with contextlib.suppress(sqlite3.Error):
+            if self.in_transaction:
+                self.rollback()
+        super().close()
 
 
 #: Groups committed on the event loop in a row before one goes through the driver's thread,

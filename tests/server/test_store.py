@@ -615,3 +615,31 @@ async def test_sqlite_loop_reads_leave_large_values_to_the_thread(
         assert [e.data for e in await store.read_events("big", 2, 1)] == [large * 10]
     finally:
         await store.close()
+
+
+async def test_sqlite_a_connection_dropped_mid_statement_keeps_no_lock(tmp_path: Path) -> None:
+    """A task cancelled while its statement runs gets its connection invalidated and closed by
+    SQLAlchemy, with the statement's cursor still referenced (the traceback holds it). SQLite
+    then keeps that connection open, write lock and all, until the cursor is freed: every other
+    writer got "database is locked" (a restart on the file too) for as long as the traceback
+    was kept; a garbage collection could not free what a cancelled task still held. The
+    driver's connections roll back what they have open when they close."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'dropped.db'}"
+    store = SQLStore(url, timeout=0.2)
+    await store.open()
+    try:
+        assert await store.take_lease("a", "one", 0.0, 10.0)
+        async with store.engine.connect() as conn:
+            driver: Any = (await conn.get_raw_connection()).driver_connection
+            # Like a claim's UPDATE ... RETURNING whose rows were not fetched yet: it has
+            # written, in a transaction the connection still has open.
+            await driver.execute("BEGIN")
+            cursor = await driver.execute(
+                "UPDATE agentos_leases SET holder = 'two' RETURNING name, holder"
+            )
+            await conn.invalidate()  # what SQLAlchemy does when the task is cancelled there
+        assert await store.take_lease("b", "one", 0.0, 10.0)  # no lock held any more
+        assert await store.read_lease("a") == ("one", 10.0)  # nor the dropped write
+        del cursor
+    finally:
+        await store.close()
