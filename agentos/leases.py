@@ -28,8 +28,9 @@ the runs' leases::
 
     start ── take_lease("instance:<id>") ── free, expired, or held by a dead process of this
           │                                  host (compare-and-set on it) ─▶ recover, serve
-          └─ held by a live process ── retry until lease_ttl + lease_renew_interval ─▶
-                                       still held: InstanceIdInUse, the server does not start
+          ├─ held by a live process ── retry until lease_ttl + lease_renew_interval ─▶
+          │                            still held: InstanceIdInUse, the server does not start
+          └─ database locked (StoreUnavailable) ── retried as long, then raised
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from agentos.backends.base import Ending, Store
-from agentos.errors import InstanceIdInUse
+from agentos.errors import InstanceIdInUse, StoreUnavailable
 from agentos.events import KINDS, Event, RunStatus, make_event
 from agentos.logs import run_fields
 from agentos.records import RunRecord, RunUpdate
@@ -111,26 +112,43 @@ class Leases:
         manager) is taken over at once, any other is waited for up to ``lease_ttl +
         lease_renew_interval``: a live holder renews within that time and keeps the id. Of
         several processes taking over one gone holder at once, only the first gets the id.
+
+        A database that cannot commit (StoreUnavailable: on SQLite, another process holding the
+        write lock past the busy timeout, such as ``agentos db upgrade`` or the previous process
+        finishing its shutdown) is waited for as long, then its error is raised.
         """
-        ttl = self._settings.ttl
-        deadline = time.monotonic() + ttl + self._settings.renew_interval
+        deadline = time.monotonic() + self._settings.ttl + self._settings.renew_interval
         while True:
-            now = time.time()
-            if await self._store.take_lease(self._identity, self._holder, now, now + ttl):
-                _HELD.add(self._holder)
-                return
-            found = await self._store.read_lease(self._identity)
-            holder = found[0] if found is not None else "unknown"
-            if _dead_holder(holder) and await self._store.take_lease(
-                self._identity, self._holder, now, now + ttl, replacing=holder
-            ):
-                # Taken over whatever its expiry, unless another process took it meanwhile.
-                _HELD.add(self._holder)
-                logger.warning("instance id %s taken over from %s (gone)", self._me, holder)
-                return
-            if time.monotonic() >= deadline:
-                raise InstanceIdInUse(self._me, holder)
+            try:
+                holder = await self._take_identity()
+            except StoreUnavailable as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                logger.warning("holding instance id %s: %s; retrying", self._me, exc.detail)
+            else:
+                if holder is None:
+                    return
+                if time.monotonic() >= deadline:
+                    raise InstanceIdInUse(self._me, holder)
             await asyncio.sleep(min(0.5, self._settings.renew_interval))
+
+    async def _take_identity(self) -> str | None:
+        """One attempt at holding this instance's id: None once held, else who holds it."""
+        now = time.time()
+        until = now + self._settings.ttl
+        if await self._store.take_lease(self._identity, self._holder, now, until):
+            _HELD.add(self._holder)
+            return None
+        found = await self._store.read_lease(self._identity)
+        holder = found[0] if found is not None else "unknown"
+        if _dead_holder(holder) and await self._store.take_lease(
+            self._identity, self._holder, now, until, replacing=holder
+        ):
+            # Taken over whatever its expiry, unless another process took it meanwhile.
+            _HELD.add(self._holder)
+            logger.warning("instance id %s taken over from %s (gone)", self._me, holder)
+            return None
+        return holder
 
     async def release_identity(self) -> None:
         """Let a restart of this instance take its id at once (a clean shutdown)."""

@@ -653,3 +653,35 @@ async def test_an_old_attempts_commit_refused_later_does_not_stop_the_new_one(
         assert stored[gate.held[0]].name == "RunRetrying"  # none of the held events landed
         assert not any("@1" in e.data for e in stored)
         assert owner.committer.running and owner.active_runs == 0
+
+
+async def test_a_start_waits_for_a_locked_database_within_the_id_s_wait(
+    make_manager: MakeManager,
+) -> None:
+    """Another process holding SQLite's write lock past the busy timeout (``agentos db upgrade``,
+    the previous process finishing its shutdown) does not fail a start at once: taking the id
+    is retried for as long as a live holder would be waited for, then the error is raised."""
+    first = await make_manager("first")
+    settings = first.settings.replace(lease_ttl=0.6, lease_renew_interval=0.2).leases
+    take_lease = first.store.take_lease
+    failures = 2
+
+    async def locked(*args: Any, **kwargs: Any) -> bool:
+        nonlocal failures
+        if failures > 0:
+            failures -= 1
+            raise StoreUnavailable("the database cannot commit now")
+        return await take_lease(*args, **kwargs)
+
+    first.store.take_lease = locked  # type: ignore[method-assign]
+    try:
+        leases = Leases(first.store, first, settings, instance_id="locked", page_size=10)
+        await leases.hold_identity()
+        found = await first.store.read_lease("instance:locked")
+        assert found is not None and found[0] == leases._holder
+        failures = 10**6  # locked for good
+        other = Leases(first.store, first, settings, instance_id="never", page_size=10)
+        with pytest.raises(StoreUnavailable):
+            await other.hold_identity()
+    finally:
+        del first.store.take_lease
