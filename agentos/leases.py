@@ -62,8 +62,8 @@ logger = logging.getLogger("agentos.leases")
 class LocalRuns(Protocol):
     """What the leases need of the runs this instance executes (the run manager)."""
 
-    def executing(self) -> list[str]:
-        """Ids of the runs executing here that have not ended."""
+    def executing(self) -> dict[str, int]:
+        """The runs executing here that have not ended: id -> the attempt executing."""
 
     def is_local(self, run_id: str) -> bool:
         """Whether the run is held by this instance (executing or finishing)."""
@@ -220,15 +220,17 @@ class Leases:
         if not self._can_renew():
             logger.warning("commits are failing: leases not renewed, other instances may reap")
             return
-        # Only runs active before the UPDATE starts can be judged by its result.
+        # Only attempts active before the UPDATE starts can be judged by its result: one that
+        # started meanwhile (the run claimed back here after another instance requeued it, its
+        # old attempt stopped) was claimed after the UPDATE found the run QUEUED.
         candidates = self._runs.executing()
         renewed = await self._store.renew_leases(self._me, time.time() + self._settings.ttl)
-        still = set(self._runs.executing())
-        for run_id in candidates:
-            if run_id not in still:
+        still = self._runs.executing()
+        for run_id, attempt in candidates.items():
+            if still.get(run_id) != attempt:
                 continue
             if run_id not in renewed:
-                self._runs.lose(run_id)
+                self._runs.lose(run_id, attempt)
             elif renewed[run_id]:
                 self._runs.cancel_nowait(run_id, "cancelled")
         await self._end_strays(set(renewed) - set(candidates))

@@ -916,9 +916,13 @@ class RunManager:
             if active is not None:
                 active.record = active.record.updated(update)
 
-    def executing(self) -> list[str]:
-        """Ids of the runs executing here that have not ended."""
-        return [run_id for run_id, active in self._active.items() if not active.ended]
+    def executing(self) -> dict[str, int]:
+        """The runs executing here that have not ended: id -> the attempt executing."""
+        return {
+            run_id: active.record.attempt
+            for run_id, active in self._active.items()
+            if not active.ended
+        }
 
     def lose(self, run_id: str, attempt: int | None = None) -> None:
         """Another writer (an instance that declared this run lost) already ended it in the

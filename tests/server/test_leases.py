@@ -685,3 +685,79 @@ async def test_a_start_waits_for_a_locked_database_within_the_id_s_wait(
             await other.hold_identity()
     finally:
         del first.store.take_lease
+
+
+async def test_a_renewal_that_began_before_a_claim_back_does_not_stop_the_new_attempt(
+    db_url: str,
+) -> None:
+    """A lease renewal reads the runs executing here, then renews in the database: the run,
+    requeued meanwhile by another instance, is not renewed. While that UPDATE is out, this
+    instance claims the run back and its new attempt starts (the old one stopped). The
+    renewal's verdict is about the old attempt only: the new one goes on and completes."""
+    gate = asyncio.Event()
+    blocked = asyncio.Event()
+    calls = 0
+
+    async def blocks_first(message: str) -> AsyncIterator[str]:
+        nonlocal calls
+        calls += 1
+        attempt = calls
+        yield f"attempt {attempt} "
+        if attempt == 1:
+            blocked.set()
+            await gate.wait()
+        for word in message.split():
+            await asyncio.sleep(0.005)
+            yield f"{word}@{attempt} "
+
+    def components() -> list[Component]:
+        return [Agent(id="gated", fn=blocks_first)]
+
+    policy = RunOptions(retry_policy=RetryPolicy(2, delay=0, jitter=0))
+    quiet = {"lease_ttl": 120.0, "lease_renew_interval": 60.0}  # renewed by the test only
+    async with manager_factory(db_url, components, **quiet) as make:
+        owner = await make("a")
+        component = owner.component("agents", "gated")
+        record = await owner.start_run(component, words(20), options=policy)
+        run_id = record.run_id
+        await asyncio.wait_for(blocked.wait(), 10)
+        await owner.committer.flush()
+        store = owner.store
+        assert isinstance(store, SQLStore)
+        async with store.engine.begin() as conn:  # the lease runs out
+            await conn.execute(
+                text("UPDATE agentos_runs SET lease_until = 0 WHERE run_id = :r"),
+                {"r": run_id},
+            )
+        claim_once = owner.claim_once
+
+        async def not_yet() -> int:
+            return 0
+
+        # This instance's claimer (woken by the requeue) claims the run back only during the
+        # renewal's UPDATE, below.
+        owner.claim_once = not_yet  # type: ignore[method-assign]
+        reaper = await make("b", agents=False)
+        assert await reaper.leases.reap_once() == [run_id]  # requeued: instance_lost
+        renew_leases = store.renew_leases
+
+        async def claimed_back_meanwhile(*args: Any, **kwargs: Any) -> dict[str, bool]:
+            renewed = await renew_leases(*args, **kwargs)
+            assert run_id not in renewed  # QUEUED when the UPDATE ran
+            assert await claim_once() == 1
+            # The old attempt stops; the new one starts in its place.
+            await wait_for(lambda: run_id in owner.executing() and calls == 2)
+            return renewed
+
+        store.renew_leases = claimed_back_meanwhile  # type: ignore[method-assign]
+        try:
+            await owner.leases.renew_once()
+        finally:
+            del store.renew_leases
+            del owner.claim_once
+        ended = await asyncio.wait_for(owner.wait(run_id), 30)
+        assert ended.status is RunStatus.COMPLETED, ended
+        assert ended.attempt == 2
+        stored = await store.read_events(run_id, 0, 10_000)
+        assert [e.index for e in stored] == list(range(len(stored)))
+        assert [e.terminal for e in stored].count(True) == 1
