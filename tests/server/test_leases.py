@@ -761,3 +761,60 @@ async def test_a_renewal_that_began_before_a_claim_back_does_not_stop_the_new_at
         stored = await store.read_events(run_id, 0, 10_000)
         assert [e.index for e in stored] == list(range(len(stored)))
         assert [e.terminal for e in stored].count(True) == 1
+
+
+async def test_a_claim_back_that_starts_during_shutdown_is_waited_for(db_url: str) -> None:
+    """The old attempt of a run claimed back here takes a while to stop (its code cleans up
+    after the cancel), and shutdown begins meanwhile: the new attempt starts only once the old
+    one has stopped, during shutdown's wait for the runs. Shutdown waits for it too: it goes
+    back to the queue for another instance (reason "shutdown") before the committer closes,
+    instead of being left RUNNING here until its lease expires."""
+    blocked = asyncio.Event()
+    calls = 0
+
+    async def slow_to_stop(message: str) -> AsyncIterator[str]:
+        nonlocal calls
+        calls += 1
+        attempt = calls
+        yield f"attempt {attempt} "
+        if attempt == 1:
+            blocked.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                await asyncio.sleep(0.5)  # cleaning up
+                raise
+        for word in message.split():
+            await asyncio.sleep(0.01)
+            yield f"{word}@{attempt} "
+
+    def components() -> list[Component]:
+        return [Agent(id="slow", fn=slow_to_stop)]
+
+    policy = RunOptions(retry_policy=RetryPolicy(3, delay=0, jitter=0))
+    quiet = {"lease_ttl": 120.0, "lease_renew_interval": 60.0}  # no renewal in the test
+    async with manager_factory(db_url, components, **quiet) as make:
+        owner = await make("a", shutdown_grace=0.05, shutdown_cancel_grace=10.0)
+        component = owner.component("agents", "slow")
+        record = await owner.start_run(component, words(200), options=policy)
+        run_id = record.run_id
+        await asyncio.wait_for(blocked.wait(), 10)
+        await owner.committer.flush()
+        store = owner.store
+        assert isinstance(store, SQLStore)
+        async with store.engine.begin() as conn:  # the lease runs out
+            await conn.execute(
+                text("UPDATE agentos_runs SET lease_until = 0 WHERE run_id = :r"),
+                {"r": run_id},
+            )
+        reaper = await make("b", agents=False)
+        assert await reaper.leases.reap_once() == [run_id]
+        await owner.claim_once()  # (or its claimer did): the old attempt is stopping
+        await owner.aclose()
+        assert not owner._tasks
+        found = await reaper.store.get_run(run_id)
+        assert found is not None
+        assert found.status is RunStatus.QUEUED, found
+        stored = await reaper.store.read_events(run_id, 0, 10_000)
+        assert [e.index for e in stored] == list(range(len(stored)))
+        assert [e.name for e in stored].count("RunRetrying") == 2
