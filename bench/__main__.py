@@ -6,7 +6,7 @@ run manager, group commit, buffer or store. The client (``bench/client.py``) is 
 process with raw asyncio sockets; it alternates ceiling and agentos round by round. Results go to
 stdout, ``bench/RESULTS.md`` and ``bench/ratios.png``.
 
-    python -m bench                 # the whole suite (about 3 minutes on 2 cores)
+    python -m bench                 # the whole suite (about 4 minutes on 2 cores)
     python -m bench --quick         # smaller sizes, fewer rounds
     python -m bench --only 1,4      # some scenarios
     python -m bench --only 6 --idle-streams 19000   # scenario 6 at that size, pings timed
