@@ -60,6 +60,14 @@ def _events(items: list[Event | Meta]) -> list[Event]:
     return [i for i in items if isinstance(i, Event)]
 
 
+async def _expire_lease(store: SQLStore, run_id: str) -> None:
+    """The run's lease runs out now (its owner stalled, as far as any reaper can tell)."""
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE agentos_runs SET lease_until = 0 WHERE run_id = :r"), {"r": run_id}
+        )
+
+
 async def _start(manager: RunManager, message: str, run_id: str | None = None) -> RunRecord:
     return await manager.start_run(manager.component("agents", "echo"), message, run_id=run_id)
 
@@ -165,10 +173,7 @@ async def test_live_owner_that_lost_its_lease_stops(make_manager: MakeManager) -
     await asyncio.sleep(0.2)
     store = other.store
     assert isinstance(store, SQLStore)
-    async with store.engine.begin() as conn:  # the lease runs out
-        await conn.execute(
-            text("UPDATE agentos_runs SET lease_until = 0 WHERE run_id = :r"), {"r": record.run_id}
-        )
+    await _expire_lease(store, record.run_id)  # the lease runs out
     assert await other.leases.reap_once() == [record.run_id]
     seen_owner, seen_other = await asyncio.wait_for(asyncio.gather(on_owner, on_other), 15)
     for items in (seen_owner, seen_other):
@@ -230,10 +235,7 @@ async def test_the_claim_fences_out_the_owner(make_manager: MakeManager) -> None
     await asyncio.wait_for(gate.holding.wait(), 10)
     store = reaper.store
     assert isinstance(store, SQLStore)
-    async with store.engine.begin() as conn:  # the owner's lease runs out
-        await conn.execute(
-            text("UPDATE agentos_runs SET lease_until = 0 WHERE run_id = :r"), {"r": record.run_id}
-        )
+    await _expire_lease(store, record.run_id)  # the owner's lease runs out
 
     def owner_commits_now(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         # Runs inside SQLAlchemy's greenlet, so it may wait for a coroutine (await_): the owner
@@ -502,10 +504,7 @@ async def test_a_run_requeued_while_still_executing_here_is_not_run_twice(
     await asyncio.sleep(0.5)  # well into its first attempt
     store = owner.store
     assert isinstance(store, SQLStore)
-    async with store.engine.begin() as conn:  # the lease runs out
-        await conn.execute(
-            text("UPDATE agentos_runs SET lease_until = 0 WHERE run_id = :r"), {"r": record.run_id}
-        )
+    await _expire_lease(store, record.run_id)  # the lease runs out
     # The reaper of an instance without this agent: it cannot claim the run itself.
     reaper = await make_manager("b", agents=False)
     assert await reaper.leases.reap_once() == [record.run_id]  # requeued: instance_lost
@@ -558,11 +557,7 @@ async def test_a_run_claimed_back_while_its_old_attempt_is_blocked_here_runs_onc
         await owner.committer.flush()
         store = owner.store
         assert isinstance(store, SQLStore)
-        async with store.engine.begin() as conn:  # the lease runs out
-            await conn.execute(
-                text("UPDATE agentos_runs SET lease_until = 0 WHERE run_id = :r"),
-                {"r": record.run_id},
-            )
+        await _expire_lease(store, record.run_id)  # the lease runs out
         reaper = await make("b", agents=False)
         assert await reaper.leases.reap_once() == [record.run_id]  # requeued: instance_lost
         # This instance takes it back at once (its claimer may have, woken by the requeue).
@@ -634,11 +629,7 @@ async def test_an_old_attempts_commit_refused_later_does_not_stop_the_new_one(
         await asyncio.wait_for(gate.holding.wait(), 10)
         store = owner.store
         assert isinstance(store, SQLStore)
-        async with store.engine.begin() as conn:  # the lease runs out
-            await conn.execute(
-                text("UPDATE agentos_runs SET lease_until = 0 WHERE run_id = :r"),
-                {"r": record.run_id},
-            )
+        await _expire_lease(store, record.run_id)  # the lease runs out
         reaper = await make("b", agents=False)
         assert await reaper.leases.reap_once() == [record.run_id]
         await owner.claim_once()  # (or its claimer, woken by the requeue, did)
@@ -724,11 +715,7 @@ async def test_a_renewal_that_began_before_a_claim_back_does_not_stop_the_new_at
         await owner.committer.flush()
         store = owner.store
         assert isinstance(store, SQLStore)
-        async with store.engine.begin() as conn:  # the lease runs out
-            await conn.execute(
-                text("UPDATE agentos_runs SET lease_until = 0 WHERE run_id = :r"),
-                {"r": run_id},
-            )
+        await _expire_lease(store, run_id)  # the lease runs out
         claim_once = owner.claim_once
 
         async def not_yet() -> int:
@@ -802,11 +789,7 @@ async def test_a_claim_back_that_starts_during_shutdown_is_waited_for(db_url: st
         await owner.committer.flush()
         store = owner.store
         assert isinstance(store, SQLStore)
-        async with store.engine.begin() as conn:  # the lease runs out
-            await conn.execute(
-                text("UPDATE agentos_runs SET lease_until = 0 WHERE run_id = :r"),
-                {"r": run_id},
-            )
+        await _expire_lease(store, run_id)  # the lease runs out
         reaper = await make("b", agents=False)
         assert await reaper.leases.reap_once() == [run_id]
         await owner.claim_once()  # (or its claimer did): the old attempt is stopping
