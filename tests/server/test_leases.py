@@ -68,6 +68,31 @@ async def _expire_lease(store: SQLStore, run_id: str) -> None:
         )
 
 
+class _Attempts:
+    """The ``gated`` agent of the claim-back tests: ``calls`` counts its attempts; the first
+    one stops after its first chunk (``blocked`` is set then) until ``gate`` is set. Every
+    attempt marks its words ``@<attempt>``."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.blocked = asyncio.Event()
+        self.calls = 0
+
+    def components(self) -> list[Component]:
+        async def blocks_first(message: str) -> AsyncIterator[str]:
+            self.calls += 1
+            attempt = self.calls
+            yield f"attempt {attempt} "
+            if attempt == 1:
+                self.blocked.set()
+                await self.gate.wait()
+            for word in message.split():
+                await asyncio.sleep(0.005)
+                yield f"{word}@{attempt} "
+
+        return [Agent(id="gated", fn=blocks_first)]
+
+
 async def _start(manager: RunManager, message: str, run_id: str | None = None) -> RunRecord:
     return await manager.start_run(manager.component("agents", "echo"), message, run_id=run_id)
 
@@ -527,32 +552,14 @@ async def test_a_run_claimed_back_while_its_old_attempt_is_blocked_here_runs_onc
     back before the old attempt wrote anything. The owner alone does not tell the two attempts
     apart: the old one is fenced on its attempt too, so it stops without writing, and the new
     one runs alone: contiguous indexes, one terminal event, the new attempt's content."""
-    gate = asyncio.Event()
-    blocked = asyncio.Event()
-    calls = 0
-
-    async def blocks_first(message: str) -> AsyncIterator[str]:
-        nonlocal calls
-        calls += 1
-        attempt = calls
-        yield f"attempt {attempt} "
-        if attempt == 1:
-            blocked.set()
-            await gate.wait()
-        for word in message.split():
-            await asyncio.sleep(0.005)
-            yield f"{word}@{attempt} "
-
-    def components() -> list[Component]:
-        return [Agent(id="gated", fn=blocks_first)]
-
+    attempts = _Attempts()
     policy = RunOptions(retry_policy=RetryPolicy(2, delay=0, jitter=0))
     quiet = {"lease_ttl": 120.0, "lease_renew_interval": 60.0}  # no renewal in the test
-    async with manager_factory(db_url, components, **quiet) as make:
+    async with manager_factory(db_url, attempts.components, **quiet) as make:
         owner = await make("a")
         component = owner.component("agents", "gated")
         record = await owner.start_run(component, words(20), options=policy)
-        await asyncio.wait_for(blocked.wait(), 10)
+        await asyncio.wait_for(attempts.blocked.wait(), 10)
         first = await owner.store.read_events(record.run_id, 0, 100)
         await owner.committer.flush()
         store = owner.store
@@ -573,9 +580,9 @@ async def test_a_run_claimed_back_while_its_old_attempt_is_blocked_here_runs_onc
                     await asyncio.sleep(0.02)
 
         await asyncio.wait_for(claimed_here(), 10)
-        gate.set()  # the old attempt goes on
+        attempts.gate.set()  # the old attempt goes on
         ended = await asyncio.wait_for(owner.wait(record.run_id), 30)
-        assert calls == 2, calls
+        assert attempts.calls == 2, attempts.calls
         stored = await store.read_events(record.run_id, 0, 10_000)
         assert [e.index for e in stored] == list(range(len(stored)))
         assert [e.terminal for e in stored].count(True) == 1
@@ -685,33 +692,15 @@ async def test_a_renewal_that_began_before_a_claim_back_does_not_stop_the_new_at
     requeued meanwhile by another instance, is not renewed. While that UPDATE is out, this
     instance claims the run back and its new attempt starts (the old one stopped). The
     renewal's verdict is about the old attempt only: the new one goes on and completes."""
-    gate = asyncio.Event()
-    blocked = asyncio.Event()
-    calls = 0
-
-    async def blocks_first(message: str) -> AsyncIterator[str]:
-        nonlocal calls
-        calls += 1
-        attempt = calls
-        yield f"attempt {attempt} "
-        if attempt == 1:
-            blocked.set()
-            await gate.wait()
-        for word in message.split():
-            await asyncio.sleep(0.005)
-            yield f"{word}@{attempt} "
-
-    def components() -> list[Component]:
-        return [Agent(id="gated", fn=blocks_first)]
-
+    attempts = _Attempts()
     policy = RunOptions(retry_policy=RetryPolicy(2, delay=0, jitter=0))
     quiet = {"lease_ttl": 120.0, "lease_renew_interval": 60.0}  # renewed by the test only
-    async with manager_factory(db_url, components, **quiet) as make:
+    async with manager_factory(db_url, attempts.components, **quiet) as make:
         owner = await make("a")
         component = owner.component("agents", "gated")
         record = await owner.start_run(component, words(20), options=policy)
         run_id = record.run_id
-        await asyncio.wait_for(blocked.wait(), 10)
+        await asyncio.wait_for(attempts.blocked.wait(), 10)
         await owner.committer.flush()
         store = owner.store
         assert isinstance(store, SQLStore)
@@ -733,7 +722,7 @@ async def test_a_renewal_that_began_before_a_claim_back_does_not_stop_the_new_at
             assert run_id not in renewed  # QUEUED when the UPDATE ran
             assert await claim_once() == 1
             # The old attempt stops; the new one starts in its place.
-            await wait_for(lambda: run_id in owner.executing() and calls == 2)
+            await wait_for(lambda: run_id in owner.executing() and attempts.calls == 2)
             return renewed
 
         store.renew_leases = claimed_back_meanwhile  # type: ignore[method-assign]
