@@ -433,6 +433,19 @@ async def test_sqlite_small_groups_commit_on_the_loop_unless_another_writer_hold
         await store.close()
 
 
+def _count_thread_reads(store: SQLStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A list that gets one item per read the store makes through the driver's thread."""
+    threaded: list[str] = []
+    to_thread = store._connect
+
+    def counted() -> Any:
+        threaded.append("read")
+        return to_thread()
+
+    monkeypatch.setattr(store, "_connect", counted)
+    return threaded
+
+
 async def test_sqlite_small_reads_are_made_on_the_loop_with_the_threads_results(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -451,14 +464,7 @@ async def test_sqlite_small_reads_are_made_on_the_loop_with_the_threads_results(
             [("r", Event(i, "RunContent", f'{{"t": "{i}{text!r}"}}', False)) for i in range(20)],
             [RunUpdate("r", status=RunStatus.RUNNING)],
         )
-        threaded: list[str] = []
-        to_thread = store._connect
-
-        def counted() -> Any:
-            threaded.append("read")
-            return to_thread()
-
-        monkeypatch.setattr(store, "_connect", counted)
+        threaded = _count_thread_reads(store, monkeypatch)
         inline_run = await store.get_run("r")
         inline_page = await store.read_events("r", 3, 16)
         assert await store.get_run("missing") is None
@@ -592,14 +598,7 @@ async def test_sqlite_loop_reads_leave_large_values_to_the_thread(
             [("big", Event(0, "RunContent", "{}")), ("big", Event(1, "X", large))], []
         )
         assert store._inline is not None  # committed on the loop, large values included
-        threaded: list[str] = []
-        to_thread = store._connect
-
-        def counted() -> Any:
-            threaded.append("read")
-            return to_thread()
-
-        monkeypatch.setattr(store, "_connect", counted)
+        threaded = _count_thread_reads(store, monkeypatch)
         small = await store.get_run("small")
         first = await store.read_events("big", 0, 1)
         assert small is not None and [e.index for e in first] == [0]
