@@ -40,6 +40,7 @@ from typing import Any
 import httpx
 
 from bench import idle_streams, sections
+from bench import server as bench_server
 from bench.memory import buffered_event_cost
 from bench.sections import kept_sections
 from bench.stats import pctl
@@ -64,43 +65,9 @@ def server(
     """A fresh bench server (agentos + ceiling) on its own SQLite file; yields its port.
     ``tree``: the code to run, this tree or another commit's (``bench/trees.py``)."""
     port = free_port()
-    if tree != ROOT:
-        env = {"PYTHONPATH": str(tree), **(env or {})}
-    db_url = f"sqlite+aiosqlite:///{tmp / (name + '.db')}"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bench.server",
-            "--port",
-            str(port),
-            "--db",
-            db_url,
-            "--loop",
-            loop,
-            "--http",
-            http,
-        ],
-        cwd=tree,
-        env={**os.environ, "AGENTOS_BUFFER_MAX_EVENTS_PER_RUN": "20000", **(env or {})},
-    )
-    try:
-        for _ in range(400):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        else:
-            raise RuntimeError("the bench server did not start")
+    env = {"AGENTOS_BUFFER_MAX_EVENTS_PER_RUN": "20000", **(env or {})}
+    with bench_server.running(tmp / f"{name}.db", [port], loop=loop, http=http, env=env, tree=tree):
         yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def client(port: int, **job: Any) -> Any:

@@ -54,7 +54,7 @@ import httpx
 
 from bench import sections
 from bench.client import Conn, _request, call
-from bench.server import gated_message
+from bench.server import gated_message, running
 from bench.stats import pctl
 from tests.servers import free_port
 
@@ -193,44 +193,8 @@ async def worker(job: dict[str, Any], commands: IO[str]) -> None:
 @contextlib.contextmanager
 def bench_server(tmp: Path, name: str, ports: list[int], env: dict[str, str]) -> Iterator[str]:
     """This tree's bench server listening on ``ports``; yields its base URL."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bench.server",
-            "--port",
-            str(ports[0]),
-            "--db",
-            f"sqlite+aiosqlite:///{tmp / (name + '.db')}",
-            "--loop",
-            "asyncio",
-            "--http",
-            "h11",
-            *(["--more-ports", ",".join(map(str, ports[1:]))] if len(ports) > 1 else []),
-        ],
-        cwd=ROOT,
-        env={**os.environ, **env},
-    )
-    url = f"http://127.0.0.1:{ports[0]}"
-    try:
-        for _ in range(400):
-            if proc.poll() is not None:
-                raise RuntimeError(f"the bench server exited ({proc.returncode})")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        else:
-            raise RuntimeError("the bench server did not start")
+    with running(tmp / f"{name}.db", ports, env=env) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _stats(url: str, gc: bool = False) -> dict[str, Any]:

@@ -22,14 +22,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import importlib.util
 import os
 import resource
 import socket
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -40,6 +44,7 @@ from starlette.routing import Route
 
 from agentos import Agent, AgentOS, EchoModel, Settings
 from agentos.events import dumps
+from tests.servers import wait_healthy
 
 _GATES: dict[str, asyncio.Event] = {}
 _FLUSH = ServerSentEvent(comment="flush")  # marker in /bare's item stream: send what is ready
@@ -267,6 +272,47 @@ def build(db_url: str) -> AgentOS:
     ]
     agent_os.app.router.routes[:0] = extra
     return agent_os
+
+
+#: The tree this file belongs to (``running`` starts another commit's tree when asked).
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def running(
+    db: Path,
+    ports: Sequence[int],
+    *,
+    loop: str = "asyncio",
+    http: str = "h11",
+    env: Mapping[str, str] | None = None,
+    tree: Path = ROOT,
+) -> Iterator[str]:
+    """A bench server process on a fresh SQLite file ``db``, listening on every port of
+    ``ports``; yields its base URL (the first port) once healthy, and stops it after.
+    ``tree``: the code to run, this tree or another commit's (``bench/trees.py``)."""
+    extra = {"PYTHONPATH": str(tree)} if tree != ROOT else {}
+    more = ["--more-ports", ",".join(map(str, ports[1:]))] if len(ports) > 1 else []
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            *("-m", "bench.server", "--port", str(ports[0]), "--db", f"sqlite+aiosqlite:///{db}"),
+            *("--loop", loop, "--http", http, *more),
+        ],
+        cwd=tree,
+        env={**os.environ, **extra, **(env or {})},
+    )
+    url = f"http://127.0.0.1:{ports[0]}"
+    try:
+        wait_healthy(url, timeout=60, alive=lambda: proc.poll() is None)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 #: The HTTP implementation uvicorn serves with (``/bench/stats`` reports it).
