@@ -89,6 +89,10 @@ class DatabaseSettings:
     #: read on the loop). (About 1 to 2 µs of the loop's time per row; ``max_batch_events`` caps
     #: a group.)
     inline_commit_max_rows: int = _setting(2_000, "db_inline_commit_max_rows")
+    #: SQLite: ...and of at most this many characters of text (events' JSON, new runs' and
+    #: updated runs' values): SQLite writes about a megabyte a millisecond, which the loop would
+    #: spend on a group of large events or a run with a large input. 0: no group commits there.
+    inline_commit_max_chars: int = _setting(1024 * 1024, "db_inline_commit_max_chars")
     #: SQLite: those reads on the loop stop at a value (a run's input or content, an event) of
     #: more than this many bytes and are made again through the driver's thread: a run's input
     #: can be as large as a request body, and sixteen large events cost the loop milliseconds

@@ -250,6 +250,7 @@ class SQLStore(Store):
         timeout: float = DatabaseSettings.timeout,
         auto_upgrade: bool = DatabaseSettings.auto_upgrade,
         inline_commit_max_rows: int = DatabaseSettings.inline_commit_max_rows,
+        inline_commit_max_chars: int = DatabaseSettings.inline_commit_max_chars,
         inline_read_max_bytes: int = DatabaseSettings.inline_read_max_bytes,
     ) -> None:
         scheme = url.partition(":")[0].partition("+")[0].lower()
@@ -267,6 +268,8 @@ class SQLStore(Store):
         #: SQLite: a group commit of at most this many rows is made on the event loop when the
         #: database is free (see _commit_inline); 0 sends every group to the driver's thread.
         self.inline_commit_max_rows = inline_commit_max_rows
+        #: SQLite: ...and of at most this many characters of text (see _commit_inline).
+        self.inline_commit_max_chars = inline_commit_max_chars
         #: SQLite: a read on the event loop (see _read_inline) of a larger value goes to the
         #: driver's thread; 0 sends every read there.
         self.inline_read_max_bytes = inline_read_max_bytes
@@ -540,9 +543,14 @@ class SQLStore(Store):
         lock (busy timeout 0): when another connection or process holds the database, the
         attempt rolls back at once and the group goes to the thread, which waits as before. It
         never checkpoints the WAL either (an fsync); every ``_INLINE_STREAK`` groups one goes
-        through the thread, whose connection does.
+        through the thread, whose connection does. A group of many rows or much text (a large
+        input or event: SQLite writes about a megabyte a millisecond) goes there too.
         """
-        if group.rows > self.inline_commit_max_rows or self._inline_streak >= _INLINE_STREAK:
+        if (
+            group.rows > self.inline_commit_max_rows
+            or group.chars > self.inline_commit_max_chars
+            or self._inline_streak >= _INLINE_STREAK
+        ):
             self._inline_streak = 0
             return False
         db = self._loop_connection()
@@ -1698,8 +1706,14 @@ class _SQLiteGroup:
         self.owner = owner
         self.attempts = attempts
         self.fenced = sorted(set(map(_RUN_ID, events))) if owner is not None else []
-        #: Rows written: what the group costs SQLite.
+        #: Rows written and characters of text in them: what the group costs SQLite.
         self.rows = len(self.runs) + len(self.events) + len(updates)
+        self.chars = sum(len(e.data) for _, e in events) + sum(
+            len(value)
+            for row in (*self.runs, *(p.values() for _, group in self.updates for p in group))
+            for value in row
+            if type(value) is str
+        )
 
     def run(self, db: sqlite3.Connection) -> None:
         """BEGIN, the writes, the fence check, COMMIT (ROLLBACK on any error)."""
@@ -1835,6 +1849,7 @@ def _sqlite_store(settings: Settings) -> SQLStore:
         timeout=database.timeout,
         auto_upgrade=database.auto_upgrade,
         inline_commit_max_rows=database.inline_commit_max_rows,
+        inline_commit_max_chars=database.inline_commit_max_chars,
         inline_read_max_bytes=database.inline_read_max_bytes,
     )
 

@@ -433,6 +433,46 @@ async def test_sqlite_small_groups_commit_on_the_loop_unless_another_writer_hold
         await store.close()
 
 
+async def test_sqlite_groups_with_much_text_commit_in_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group of few rows but more text than ``inline_commit_max_chars`` (a run's large input,
+    large events, a large final content) goes to the driver's thread: the loop does not spend a
+    millisecond a megabyte writing it. The text counted is the events', the new runs' and the
+    updated runs'."""
+    path = tmp_path / "chars.db"
+    store = SQLStore(f"sqlite+aiosqlite:///{path}", inline_commit_max_chars=1_000)
+    await store.open()
+    threaded: list[int] = []
+    to_thread = store._commit_sqlite
+
+    async def counted(group: Any) -> None:
+        threaded.append(group.rows)
+        await to_thread(group)
+
+    monkeypatch.setattr(store, "_commit_sqlite", counted)
+    big = "ü" * 1_000
+    try:
+        await store.commit([], [], runs=[run_record("small", status=RunStatus.PENDING)])
+        await store.commit([("small", _event(0))], [RunUpdate("small", content="x" * 900)])
+        assert threaded == []  # under the bound: on the loop
+        await store.commit([], [], runs=[run_record("input", input=big)])
+        assert threaded == [1]
+        await store.commit([("small", Event(1, "RunContent", f'{{"c":"{big}"}}'))], [])
+        assert threaded == [1, 1]
+        await store.commit([], [RunUpdate("small", content=big)])
+        assert threaded == [1, 1, 1]
+        await store.commit([("small", _event(2))], [])
+        assert threaded == [1, 1, 1]  # small again: on the loop
+        got = await store.get_run("input")
+        assert got is not None and got.input == big
+        assert [e.data for e in await store.read_events("small", 1, 1)] == [f'{{"c":"{big}"}}']
+        small = await store.get_run("small")
+        assert small is not None and small.content == big
+    finally:
+        await store.close()
+
+
 def _count_thread_reads(store: SQLStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """A list that gets one item per read the store makes through the driver's thread."""
     threaded: list[str] = []
