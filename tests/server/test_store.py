@@ -97,6 +97,36 @@ async def test_taken_index_writes_nothing(store: Store) -> None:
     assert got is not None and got.status is RunStatus.RUNNING
 
 
+async def test_groups_of_every_length_store_every_event_as_it_is(store: Store) -> None:
+    """Groups of 0 to 70 events of two runs interleaved (SQLite writes a long group 32 rows
+    to a statement, then 16, 8, 4, 2 and 1): every event is read back as it was committed,
+    once; a taken index in the last row of a long group writes nothing of that group."""
+    await store.create_run(run_record("a"))
+    await store.create_run(run_record("b"))
+    next_index = {"a": 0, "b": 0}
+    expected: dict[str, list[Event]] = {"a": [], "b": []}
+    for length in [*range(71), 64, 33, 31, 17, 16, 15]:
+        group = []
+        for i in range(length):
+            run_id = "ab"[i % 3 == 2]
+            index = next_index[run_id]
+            next_index[run_id] += 1
+            data = f'{{"event":"RunContent","event_index":{index},"content":"\\u0000é\u2028{i}"}}'
+            event = Event(index, "RunContent", data)
+            group.append((run_id, event))
+            expected[run_id].append(event)
+        await store.commit(group, [])
+    for run_id in "ab":
+        assert await store.read_events(run_id, 0, 10_000) == expected[run_id]
+        got = await store.get_run(run_id)
+        assert got is not None and got.event_count == len(expected[run_id])
+
+    taken = [("a", _event(next_index["a"] + i)) for i in range(40)] + [("b", _event(0))]
+    with pytest.raises(WriteConflict):
+        await store.commit(taken, [])
+    assert await store.read_events("a", 0, 10_000) == expected["a"]
+
+
 async def test_owner_guard_on_updates(store: Store) -> None:
     await store.create_run(run_record("r1", instance_id="a"))
     await store.commit([], [RunUpdate("r1", status=RunStatus.COMPLETED)], owner="b")
