@@ -73,6 +73,13 @@ def iter_frames(response: httpx.Response) -> Iterator[Frame]:
             yield frame
 
 
+def parse_frames(text: str) -> list[Frame]:
+    """The frames of a whole ``text/event-stream`` body (what ``curl -N`` printed)."""
+    parser = _Parser()
+    found = [parser.feed(line) for line in SSELineDecoder().decode(text.encode() + b"\n\n")]
+    return [frame for frame in found if frame is not None]
+
+
 async def lines(response: httpx.Response) -> AsyncIterator[str]:
     """The lines of an open ``text/event-stream`` response, without their line ends."""
     decoder = SSELineDecoder()

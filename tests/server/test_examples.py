@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
+import shutil
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +17,9 @@ import httpx
 import pytest
 
 from agentos import AgentOS
+from tests.pgdb import require
 from tests.servers import ROOT, ServerProcess
+from tests.sse import parse_frames
 
 
 def readme_python() -> str:
@@ -71,6 +77,74 @@ async def test_server_example(
                 await client.post(path + "/runs", data={"message": "hi there", "stream": "false"})
             ).json()
             assert run["status"] == "COMPLETED" and run["content"] == content, run
+
+
+def _walk_through() -> tuple[float, list[list[str]]]:
+    """The README's curl walk-through: the demo pace it starts the server at, and its curl
+    commands in order (continuation lines joined)."""
+    section = (ROOT / "README.md").read_text().split("## Walk-through with curl", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    pace = re.search(r"^AGENTOS_DEMO_DELAY=([\d.]+) agentos serve$", section, re.M)
+    assert pace is not None, "the walk-through starts the server at a human pace"
+    commands = re.findall(r"^\$ (curl .*)$", section.replace("\\\n", " "), re.M)
+    return float(pace.group(1)), [shlex.split(command) for command in commands]
+
+
+@pytest.mark.slow
+def test_readme_curl_walk_through(tmp_path: Path) -> None:
+    """The walk-through by hand, with its own commands: the run is slow enough to interrupt
+    curl after two events, the resume shows catch_up, then subscribed while the run goes on,
+    and after the end the same resume replays."""
+    require("curl", None if shutil.which("curl") else "no curl on the PATH")
+    pace, (create, resume, replay) = _walk_through()
+    assert pace >= 0.5  # a person can press Ctrl-C between two words
+
+    def at(server: ServerProcess, argv: list[str], run_id: str = "") -> list[str]:
+        return [
+            arg.replace("http://127.0.0.1:7777", server.url).replace("9b1c...", run_id)
+            for arg in argv
+        ]
+
+    with ServerProcess(tmp_path, delay=pace) as server:
+        with subprocess.Popen(
+            at(server, create), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        ) as curl:
+            assert curl.stdout is not None
+            seen = b""
+            while b"\nid: 1\r\n" not in seen and b"\nid: 1\n" not in seen:
+                line = curl.stdout.readline()
+                assert line, seen.decode()
+                seen += line
+            seen += curl.stdout.readline()  # event: RunContent
+            seen += curl.stdout.readline()  # its data
+            curl.send_signal(signal.SIGINT)  # Ctrl-C
+        head = seen.decode()
+        run_id = re.search(r"^x-run-id: (\S+)", head, re.M | re.I)
+        assert run_id is not None, head
+        created = parse_frames(head)
+        assert [(f.id, f.event) for f in created] == [("0", "RunStarted"), ("1", "RunContent")]
+
+        resumed = subprocess.run(
+            at(server, resume, run_id.group(1)), capture_output=True, text=True, timeout=60
+        )
+        frames = parse_frames(resumed.stdout)
+        assert frames[0].event == "catch_up" and frames[0].payload["status"] == "RUNNING"
+        subscribed = [f.event for f in frames].index("subscribed")
+        assert frames[subscribed].payload["status"] == "RUNNING"
+        assert subscribed < len(frames) - 2  # live events came after it
+        events = [f for f in frames if not f.is_meta]
+        assert [int(f.id or -1) for f in events] == list(range(2, 11))
+        assert events[-1].event == "RunCompleted"
+        assert events[-1].payload["content"] == "the quick brown fox jumps over the lazy dog"
+
+        replayed = subprocess.run(
+            at(server, replay, run_id.group(1)), capture_output=True, text=True, timeout=60
+        )
+        frames = parse_frames(replayed.stdout)
+        assert frames[0].event == "replay"
+        assert frames[0].payload["status"] == "COMPLETED"
+        assert frames[0].payload["total_events"] == 11
+        assert [f.id for f in frames[1:]] == ["8", "9", "10"]
 
 
 def test_readme_names_existing_files() -> None:
