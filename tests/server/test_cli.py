@@ -7,15 +7,17 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from agentos import Agent, AgentOS, EchoModel, Settings
 from tests.apps import words
-from tests.servers import ROOT, ServerProcess, free_port
+from tests.servers import ROOT, ServerProcess, ThreadServer, free_port
+from tests.storage import ScriptedStore
 
 KEY = "cli-key"
 pytestmark = pytest.mark.slow
@@ -103,6 +105,45 @@ def test_health(server: ServerProcess) -> None:
     down = agentos("health", url=f"http://127.0.0.1:{free_port()}")
     assert down.returncode == 3 and "cannot reach" in down.stderr
     assert "Traceback" not in down.stderr
+
+
+@pytest.mark.parametrize(("status", "code"), [("degraded", 0), ("down", 3), ("draining", 3)])
+def test_health_exit_code_follows_the_status(
+    tmp_path: Path, serve_thread: Callable[[AgentOS], ThreadServer], status: str, code: int
+) -> None:
+    """What a script polling ``agentos health`` relies on: 0 while the server takes runs
+    (running, degraded), 3 while it answers 503 (down, draining)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'health.db'}"
+    store = ScriptedStore(url)
+    settings = Settings(
+        db_url=url,
+        instance_id="cli-health",
+        health_check_interval=0.0,
+        health_check_timeout=0.3,
+        create_timeout=0.2,
+        commit_stall_timeout=0.5,
+    )
+    agent_os = AgentOS(agents=[Agent(id="echo", model=EchoModel())], settings=settings, store=store)
+    server = serve_thread(agent_os)
+    if status == "degraded":
+        server.call(store.ping_gate.clear)  # the database check times out
+    elif status == "down":
+        server.call(store.gate.clear)  # commits hang: down after commit_stall_timeout
+        created = httpx.post(f"{server.url}/agents/echo/runs", data={"message": "x"}, timeout=10)
+        assert created.status_code == 503
+    else:
+        server.call(agent_os.begin_shutdown)
+    try:
+        while httpx.get(f"{server.url}/health", timeout=10).json()["status"] != status:
+            time.sleep(0.02)  # the test's timeout bounds the wait
+        result = agentos("health", url=server.url)
+        assert result.returncode == code, result.stderr
+        assert status in result.stdout and "Traceback" not in result.stderr
+        as_json = agentos("health", "--json", url=server.url)
+        assert as_json.returncode == code and json.loads(as_json.stdout)["status"] == status
+    finally:
+        server.call(store.ping_gate.set)
+        server.call(store.gate.set)
 
 
 def test_components(server: ServerProcess) -> None:
