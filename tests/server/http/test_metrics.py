@@ -17,7 +17,7 @@ from agentos import Agent, AgentOS, EchoModel, Settings
 from agentos.errors import StoreUnavailable
 from tests import apps
 from tests.apps import words
-from tests.servers import ThreadServer
+from tests.servers import ServerProcess, ThreadServer
 from tests.storage import ScriptedStore, run_record
 
 KEY = "metrics-key"
@@ -249,3 +249,51 @@ async def test_task_occurrences_and_firing_lag_are_counted(tmp_path: Path) -> No
     assert value(samples, "agentos_task_firing_lag_seconds_sum") == 0.5
     assert value(samples, "agentos_task_firing_lag_seconds_bucket", le="0.25") == 0
     assert value(samples, "agentos_task_firing_lag_seconds_bucket", le="0.5") == 1
+
+
+@pytest.mark.slow
+async def test_a_scrape_moves_with_a_real_lease_reap_and_live_task_firings(tmp_path: Path) -> None:
+    """Two ``agentos serve`` on one database. A is killed with a run going: once A's lease has
+    expired, B's reaper ends the run and B's ``/metrics`` counts the reap. Then B's scheduler
+    fires a task every second: its occurrences and their lag move in the next scrapes."""
+    env = {
+        "AGENTOS_LEASE_TTL": "1",
+        "AGENTOS_LEASE_RENEW_INTERVAL": "0.2",
+        "AGENTOS_REAPER_INTERVAL": "0.2",
+        "AGENTOS_TASK_TICK": "0.2",
+    }
+    a = ServerProcess(tmp_path, delay=0.1, instance_id="a", security_key=KEY, env=env)
+    b = ServerProcess(tmp_path, delay=0.1, instance_id="b", security_key=KEY, env=env)
+    with a, b:
+        async with httpx.AsyncClient(base_url=b.url, timeout=10, headers=AUTH) as http:
+            before = await scrape(http)
+            assert value(before, "agentos_lease_reaps_total") == 0
+            assert value(before, "agentos_task_occurrences_total", outcome="fired") == 0
+
+            form = {"message": words(300), "background": "true", "stream": "false"}
+            created = await http.post(f"{a.url}/agents/echo/runs", data=form)
+            run_url = f"/agents/echo/runs/{created.json()['run_id']}"
+            while (await http.get(run_url)).json()["event_count"] < 3:
+                await asyncio.sleep(0.05)
+            a.kill()
+            while value(samples := await scrape(http), "agentos_lease_reaps_total") < 1:
+                await asyncio.sleep(0.1)  # the test's timeout bounds the wait
+            assert value(samples, "agentos_lease_reaps_total") == 1
+            run = (await http.get(run_url)).json()
+            assert run["status"] == "ERROR" and run["error"] == "instance_lost", run
+
+            task = {
+                "component_id": "echo",
+                "message": "tick",
+                "schedule": {"kind": "interval", "every_seconds": 1},
+            }
+            assert (await http.post("/tasks", json=task)).status_code == 201
+            fired = 0.0
+            while fired < 2:
+                await asyncio.sleep(0.1)
+                samples = await scrape(http)
+                fired = value(samples, "agentos_task_occurrences_total", outcome="fired")
+            lags = value(samples, "agentos_task_firing_lag_seconds_count")
+            assert 1 <= lags <= fired  # a lag is observed once its occurrence's run commits
+            assert value(samples, "agentos_task_firing_lag_seconds_bucket", le="+Inf") == lags
+            assert value(samples, "agentos_lease_reaps_total") == 1
