@@ -47,6 +47,7 @@ async def _old_and_new(store: Store, old: int) -> None:
         await _add(store, f"old-{n}", ENDED[n % 3], 10)
     await _add(store, "old-running", RunStatus.RUNNING, 10)
     await _add(store, "old-pending", RunStatus.PENDING, 10)
+    await _add(store, "old-queued", RunStatus.QUEUED, 10)
     await _add(store, "recent", RunStatus.COMPLETED, 1)
 
 
@@ -70,7 +71,7 @@ async def test_old_ended_runs_go_in_bounded_batches_and_active_or_recent_runs_st
         assert await store.get_run(f"old-{n}") is None
         assert await store.read_events(f"old-{n}", 0, 10) == []
         assert await store.session_messages(f"s-old-{n}") == []
-    for kept in ("old-running", "old-pending", "recent"):
+    for kept in ("old-running", "old-pending", "old-queued", "recent"):
         assert await store.get_run(kept) is not None
         assert len(await store.read_events(kept, 0, 10)) == 3
         assert len(await store.session_messages(f"s-{kept}")) == 1
