@@ -4,12 +4,15 @@ instance at a time; active and recent runs stay."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
 import pytest_asyncio
 
+from agentos import Agent, AgentOS, EchoModel
 from agentos.backends.base import Store, open_backend
+from agentos.errors import RunNotFound
 from agentos.events import Event, RunStatus
 from agentos.retention import Retention
 from agentos.sessions import MessageRecord
@@ -111,3 +114,55 @@ async def test_an_expired_lease_is_taken_over(store: Store) -> None:
     assert await store.take_lease("retention", "a", now, now + 60)  # the holder extends it
     assert await store.take_lease("retention", "b", now + 61, now + 120)
     assert not await store.take_lease("retention", "a", now + 62, now + 120)
+
+
+async def test_a_serving_instance_deletes_ended_runs_and_leaves_going_ones_alone(
+    db_url: str,
+) -> None:
+    """Runs older than retention_days (one second here) on a serving instance: the ended one
+    goes at the next pass; one RUNNING and one QUEUED stay, events and all, pass after pass,
+    until they end."""
+    settings = Settings(
+        db_url=db_url,
+        instance_id="retention",
+        retention_days=1 / DAY,
+        retention_interval=0.05,
+        max_active_runs=1,
+    )
+    agent_os = AgentOS(agents=[Agent(id="echo", model=EchoModel(0.02))], settings=settings)
+    async with agent_os:
+        manager, store = agent_os.manager, agent_os.manager.store
+        passes = 0
+        delete = store.delete_ended_runs
+
+        async def counted(created_before: float, limit: int) -> int:
+            nonlocal passes
+            passes += 1
+            return await delete(created_before, limit)
+
+        store.delete_ended_runs = counted  # type: ignore[method-assign]
+        echo = manager.component("agents", "echo")
+        ended = await manager.start_run(echo, "short")
+        await manager.wait(ended.run_id)
+        running = await manager.start_run(echo, " ".join(["word"] * 5000))  # 100 s
+        queued = await manager.start_run(echo, "waits for room")
+        assert queued.status is RunStatus.QUEUED
+        while await store.get_run(ended.run_id) is not None:
+            await asyncio.sleep(0.02)  # the test's timeout bounds the wait
+        seen = passes
+        while passes < seen + 10:  # ten more passes, all past the cutoff
+            await asyncio.sleep(0.02)
+        got = await store.get_run(running.run_id)
+        assert got is not None and got.status is RunStatus.RUNNING
+        assert time.time() - got.created_at > DAY * settings.retention.days
+        assert len(await store.read_events(running.run_id, 0, 10)) == 10
+        got = await store.get_run(queued.run_id)
+        assert got is not None and got.status is RunStatus.QUEUED
+        for run in (running, queued):
+            # Its last pass may delete it before cancel reads it back (a pass every 0.05 s).
+            with contextlib.suppress(RunNotFound):
+                await manager.cancel(run.run_id)
+        for run in (running, queued):  # ended now: they go like any other
+            while await store.get_run(run.run_id) is not None:
+                await asyncio.sleep(0.02)
+        assert manager.retention.deleted == 3
