@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import time
@@ -254,3 +255,13 @@ async def test_migrations_build_the_same_tables_as_a_fresh_start(tmp_path: Path)
             await engine.dispose()
 
     assert await tables(migrated) == await tables(created)
+
+
+def test_the_readme_names_every_revision() -> None:
+    section = (ROOT / "README.md").read_text().split("## Schema migrations", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    versions = ROOT / "agentos" / "backends" / "migrations" / "versions"
+    revisions = sorted(path.name[1:5] for path in versions.glob("r[0-9][0-9][0-9][0-9]_*.py"))
+    assert revisions and revisions[-1] == schema.HEAD
+    for revision in revisions:
+        assert re.search(rf"\b{revision}\s+[a-z]", section), f"README does not name {revision}"
