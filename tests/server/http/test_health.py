@@ -13,10 +13,15 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 
 from agentos import Agent, AgentOS, EchoModel, Settings
+from tests.pgdb import pg_url
+from tests.proxy import TCPProxy
 from tests.servers import ThreadServer
 from tests.storage import ScriptedStore
+
+__all__ = ["pg_url"]  # a fixture, imported for pytest
 
 KEY = "health-secret-key"
 
@@ -284,3 +289,37 @@ def test_a_full_commit_backlog_is_degraded(
     _cancel(server, run_id)
     body = _health_until(server, lambda b: b["active_runs"] == 0 and b["pending_events"] == 0)
     assert body["status"] == "running"
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_stopped_postgresql_is_degraded_and_not_ready_then_running_again(
+    pg_url: str, serve_thread: Callable[[AgentOS], ThreadServer]
+) -> None:
+    """The database behind a proxy that drops every connection and refuses new ones, as a
+    stopped server does: the real driver's failure shows as the database check failing
+    (degraded, not ready, still live), and the instance is running and ready again once the
+    database is back."""
+    parsed = make_url(pg_url)
+    with TCPProxy(parsed.port or 5432, parsed.host or "127.0.0.1") as proxy:
+        url = parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        settings = Settings(
+            db_url=url, instance_id="health-pg", health_check_interval=0.0, health_check_timeout=2.0
+        )
+        server = serve_thread(
+            AgentOS(agents=[Agent(id="echo", model=EchoModel())], settings=settings)
+        )
+        assert httpx.get(f"{server.url}/health", timeout=10).json()["status"] == "running"
+        proxy.set_mode("refuse")
+        proxy.cut()
+        health = httpx.get(f"{server.url}/health", timeout=10)
+        assert (health.status_code, health.json()["status"]) == (200, "degraded"), health.text
+        database = health.json()["checks"]["database"]
+        assert database["ok"] is False and database["error"] == "unavailable"
+        ready = httpx.get(f"{server.url}/health/ready", timeout=10)
+        assert (ready.status_code, ready.json()["reason"]) == (503, "database")
+        assert httpx.get(f"{server.url}/health/live", timeout=10).status_code == 200
+        proxy.set_mode("forward")
+        body = _health_until(server, lambda b: b["status"] == "running")
+        assert body["checks"]["database"]["ok"] is True
+        assert httpx.get(f"{server.url}/health/ready", timeout=10).status_code == 200
