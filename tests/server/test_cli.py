@@ -11,10 +11,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import click
 import httpx
 import pytest
 
-from agentos import Agent, AgentOS, EchoModel, Settings
+from agentos import Agent, AgentOS, EchoModel, Settings, cli
 from tests.apps import words
 from tests.servers import ROOT, ServerProcess, ThreadServer, free_port
 from tests.storage import ScriptedStore
@@ -82,6 +83,12 @@ def test_serve_help_shows_each_option_with_its_default() -> None:
     for option, default in (("--host", "127.0.0.1"), ("--port", "7777"), ("--log-level", "info")):
         assert option in result.stdout
         assert f"[default: {default}]" in result.stdout
+    # Every option serve has, including any added later, shows its default.
+    options = [p for p in cli.serve.params if isinstance(p, click.Option)]
+    assert len(options) >= 3
+    for option in options:
+        assert option.opts[0] in result.stdout
+        assert f"[default: {option.default}]" in result.stdout, option.opts
 
 
 def test_serve_of_an_app_that_cannot_be_imported_says_so_in_one_line() -> None:
