@@ -193,6 +193,11 @@ def _load(target: str) -> Any:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         _fail(f"cannot import {module_name} ({exc})", EXIT_USAGE)
+    except SyntaxError as exc:  # a typo in the app: where it is, not a traceback
+        _fail(
+            f"cannot import {module_name}: {exc.msg} ({exc.filename}, line {exc.lineno})",
+            EXIT_USAGE,
+        )
     try:
         return getattr(module, attr)
     except AttributeError:

@@ -102,6 +102,22 @@ def test_serve_of_an_app_that_cannot_be_imported_says_so_in_one_line() -> None:
     assert "no attribute 'nothing_here'" in missing.stderr
 
 
+def test_serve_of_an_app_with_a_syntax_error_says_where_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "typo_app.py").write_text("from agentos import AgentOS\napp = AgentOS(\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "agentos", "serve", "typo_app:app", "--port", str(free_port())],
+        env=_env(None, None),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,  # serve imports the app from the current folder
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "cannot import typo_app" in lines[0] and "typo_app.py, line 2" in lines[0], lines[0]
+
+
 def test_health(server: ServerProcess) -> None:
     result = agentos("health", url=server.url)
     assert result.returncode == 0 and "running" in result.stdout, result.stdout
