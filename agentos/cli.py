@@ -205,19 +205,50 @@ def _load(target: str) -> Any:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn, plus: the first SIGTERM/SIGINT starts agentos's drain at once."""
+    """uvicorn, plus agentos's drain before uvicorn's shutdown.
+
+    The first SIGTERM/SIGINT starts the drain (new runs get 503 ``shutting_down``, running ones
+    get ``shutdown_grace``) while the server still listens, so that load balancers and probes
+    polling with new connections see it: ``/health`` answers 503 ``draining`` and
+    ``/health/ready`` 503, rather than a refused connection. Once no run executes here (at
+    most ``shutdown_grace`` + ``shutdown_cancel_grace`` seconds), uvicorn's shutdown closes the
+    listener and waits for the open streams. A second signal ends the drain at once.
+    """
 
     def __init__(self, config: uvicorn.Config, agent_os: Any) -> None:
         super().__init__(config)
         self.agent_os = agent_os
+        self._draining: asyncio.Task[None] | None = None
+        self._drain_requested = False
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        if self.agent_os is not None and not self.should_exit:
-            try:
-                self.agent_os.begin_shutdown()
-            except RuntimeError:  # no running loop yet
-                pass
-        super().handle_exit(sig, frame)
+        if self.agent_os is None or self.should_exit or self._drain_requested:
+            super().handle_exit(sig, frame)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no running loop yet: nothing to drain
+            super().handle_exit(sig, frame)
+            return
+        self._drain_requested = True
+        # A signal handler interrupts the loop's own code: start the drain from the loop.
+        loop.call_soon_threadsafe(self._start_drain, sig, frame)
+
+    def _start_drain(self, sig: int, frame: Any) -> None:
+        self.agent_os.begin_shutdown()
+        self._draining = asyncio.get_running_loop().create_task(
+            self._drain(sig, frame), name="agentos-drain"
+        )
+
+    async def _drain(self, sig: int, frame: Any) -> None:
+        runs = self.agent_os.settings.runs
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + runs.shutdown_grace + runs.cancel_grace
+        manager = self.agent_os.manager
+        while manager.active_runs and loop.time() < deadline and not self.should_exit:
+            await asyncio.sleep(0.05)
+        if not self.should_exit:
+            super().handle_exit(sig, frame)
 
 
 # -- the client commands -----------------------------------------------------------------------

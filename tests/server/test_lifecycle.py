@@ -140,6 +140,46 @@ async def test_draining_server_refuses_new_runs(
     assert got[-1].event == "RunCompleted"  # within the grace period the run finishes normally
 
 
+async def test_a_draining_agentos_serve_still_answers_new_connections(
+    process_server: Callable[..., ServerProcess],
+) -> None:
+    """After SIGTERM, while its run finishes, the process keeps listening: a load balancer's
+    or a probe's new connection gets /health 503 ``draining``, /health/ready 503, a create 503
+    ``shutting_down``, and a resume of the running run its events to the end; then the process
+    exits cleanly."""
+    server = process_server(AGENTOS_DEMO_DELAY="0.1", AGENTOS_SHUTDOWN_GRACE="30")
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        created = await client.post(
+            "/agents/echo/runs",
+            data={"message": apps.words(30), "background": "true", "stream": "false"},
+        )
+        run_id = created.json()["run_id"]
+        while (await client.get(f"/agents/echo/runs/{run_id}")).json()["event_count"] < 2:
+            await asyncio.sleep(0.02)
+        assert server.proc is not None
+        server.proc.send_signal(15)
+        # Each request below opens its own connection, as a load balancer's probe does.
+        fresh = {"timeout": 30, "limits": httpx.Limits(max_keepalive_connections=0)}
+        async with httpx.AsyncClient(base_url=server.url, **fresh) as probe:
+            while (await probe.get("/health")).json()["status"] != "draining":
+                await asyncio.sleep(0.02)  # the drain starts on the server's loop
+            health = await probe.get("/health")
+            assert (health.status_code, health.json()["status"]) == (503, "draining")
+            ready = await probe.get("/health/ready")
+            assert (ready.status_code, ready.json()["reason"]) == (503, "draining")
+            assert (await probe.get("/health/live")).status_code == 200
+            refused = await probe.post("/agents/echo/runs", data={"message": "x"})
+            assert (refused.status_code, refused.json()["code"]) == (503, "shutting_down")
+            async with probe.stream(
+                "GET", f"/agents/echo/runs/{run_id}/resume", params={"last_event_index": 0}
+            ) as r:
+                assert r.status_code == 200
+                got = events_only(await collect(r))
+    assert [int(f.id or -1) for f in got] == list(range(1, 32))
+    assert got[-1].event == "RunCompleted"
+    assert server.proc.wait(timeout=30) in (0, -15)
+
+
 def test_default_instance_id_hides_the_host_name_and_survives_a_restart(tmp_path: Path) -> None:
     # It goes to every client (X-AgentOS-Instance, /health, /config), and restart recovery
     # finds an instance's runs by it.
