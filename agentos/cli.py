@@ -212,7 +212,8 @@ class _Server(uvicorn.Server):
     polling with new connections see it: ``/health`` answers 503 ``draining`` and
     ``/health/ready`` 503, rather than a refused connection. Once no run executes here (at
     most ``shutdown_grace`` + ``shutdown_cancel_grace`` seconds), uvicorn's shutdown closes the
-    listener and waits for the open streams. A second signal ends the drain at once.
+    listener and waits for the open streams. A second signal starts uvicorn's shutdown at once
+    (the runs still get the rest of their grace).
     """
 
     def __init__(self, config: uvicorn.Config, agent_os: Any) -> None:
