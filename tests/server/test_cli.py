@@ -273,6 +273,34 @@ def test_tail_follows_a_run_across_a_server_restart(tmp_path: Path) -> None:
     assert tail.returncode == 1, err
 
 
+def test_tail_gives_up_with_exit_3_when_the_server_stays_gone(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path, security_key=KEY, delay=0.1) as server:
+        run_id = start_run(server.url, words(300))  # 30 s
+        with subprocess.Popen(
+            [sys.executable, "-m", "agentos", "runs", "tail", "agents/echo", run_id, "--json",
+             "--max-reconnects", "2"],
+            env=_env(server.url, KEY),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        ) as tail:  # fmt: skip
+            assert tail.stdout is not None and tail.stderr is not None
+            try:
+                first = json.loads(tail.stdout.readline())
+                server.kill()  # and it does not come back
+                out, err = tail.stdout.read(), tail.stderr.read()
+                tail.wait(timeout=30)
+            finally:
+                tail.kill()
+    assert first["event_index"] == 0
+    events = [first] + [json.loads(line) for line in out.splitlines()]
+    assert [e["event_index"] for e in events] == list(range(len(events)))
+    assert tail.returncode == 3, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "gave up after 2 reconnect attempts" in err
+
+
 @pytest.fixture(scope="module")
 def ada_session(server: ServerProcess) -> list[str]:
     """Session cli-s1 of user cli-ada: two runs of agents/echo, then one of teams/echo-team (their
