@@ -7,7 +7,7 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -18,6 +18,7 @@ from agentos import Agent, AgentOS
 from agentos.errors import ComponentPaused
 from agentos.events import RunStatus
 from agentos.settings import Settings
+from tests import apps
 from tests.pgdb import db_url, pg_url
 from tests.servers import ROOT, ThreadServer
 
@@ -169,3 +170,30 @@ def test_cli_pauses_and_resumes(tmp_path: Path) -> None:
         assert cli("agents", "pause", "nope").returncode == 2
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(("kind", "component"), [("teams", "team"), ("workflows", "flow")])
+def test_teams_and_workflows_have_details_stats_and_pause(
+    kind: str, component: str, tmp_path: Path, serve_thread: Callable[[AgentOS], ThreadServer]
+) -> None:
+    """The one lifecycle route serves every kind: a team's or a workflow's details and stats,
+    and its pause (409 component_paused) and resume."""
+    settings = Settings(db_url=f"sqlite+aiosqlite:///{tmp_path / 'k.db'}", demo_delay=0.0)
+    server = serve_thread(apps.build(settings))
+    with httpx.Client(base_url=f"{server.url}/{kind}", timeout=10) as http:
+        done = http.post(f"/{component}/runs", data={"message": "a b", "stream": "false"})
+        assert done.json()["status"] == "COMPLETED"
+        body = http.get(f"/{component}").json()
+        assert body["id"] == component and body["paused"] is False
+        assert {"description", "version", "tags", "registered_at"} <= set(body)
+        stats = body["stats"]
+        assert stats["total_runs"] == 1 and stats["runs"]["COMPLETED"] == 1
+        assert stats["failures"] == 0 and 0 <= stats["mean_duration"] <= stats["p95_duration"]
+        assert http.post(f"/{component}/pause").json()["paused"] is True
+        refused = http.post(f"/{component}/runs", data={"message": "x", "stream": "false"})
+        assert (refused.status_code, refused.json()["code"]) == (409, "component_paused")
+        assert http.get(f"/{component}").json()["paused"] is True
+        assert http.post(f"/{component}/resume").json()["paused"] is False
+        again = http.post(f"/{component}/runs", data={"message": "x", "stream": "false"})
+        assert again.json()["status"] == "COMPLETED"
+        assert http.get(f"/{component}").json()["stats"]["total_runs"] == 2
