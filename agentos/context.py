@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Meter", "RunContext"]
 
-EmitFn = Callable[[str, dict[str, Any]], Awaitable[None]]
+#: Queues an event of the run; returns what to await before the run goes on (None: nothing).
+EmitFn = Callable[[str, dict[str, Any]], Awaitable[None] | None]
 
 #: Tokens one model call may report at most (a larger or negative count is a broken server's).
 _MAX_CALL_TOKENS = 1 << 32
@@ -101,7 +102,9 @@ class RunContext:
 
     async def emit(self, name: str, **fields: Any) -> None:
         """Emit an event of this run; it gets the next ``event_index``."""
-        await self._emit(name, {**self.extra, **fields} if self.extra else fields)
+        waiting = self._emit(name, {**self.extra, **fields} if self.extra else fields)
+        if waiting is not None:
+            await waiting
         self.emitted += 1
 
     def child(self, **extra: Any) -> RunContext:

@@ -5,10 +5,10 @@
                                                                │
           component.execute(ctx) ── ctx.emit ──▶ _emit ──▶ GroupCommitter ──▶ store + buffer
                                                                │
-          completed / raised / cancelled / timed out ──▶ _finish (shielded):
+          completed / raised / cancelled / timed out ──▶ _end (shielded):
                  terminal event + final status in one group commit
 
-Every detached task is held in ``_tasks`` until its done-callback releases it. ``_finish`` is the
+Every detached task is held in ``_tasks`` until its done-callback releases it. ``_end`` is the
 only place that writes a terminal event, and it runs once per run whatever happened, including
 shutdown (runs get ``shutdown_grace`` seconds, then are cancelled). At start-up, runs this instance
 left PENDING or RUNNING (a crash) get the terminal error ``"interrupted"``.
@@ -24,6 +24,7 @@ import functools
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -761,7 +762,7 @@ class RunManager:
                 message = fields.get("error") or fields.get("reason") or reason
                 finish = asyncio.ensure_future(self._requeue(active, reason, str(message)))
             else:
-                finish = asyncio.ensure_future(self._finish(active, status, fields))
+                finish = asyncio.ensure_future(self._end(active, status, fields))
             while not finish.done():
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait([finish])
@@ -801,20 +802,56 @@ class RunManager:
         delay = (update.not_before or 0.0) - time.time()
         asyncio.get_running_loop().call_later(max(0.0, delay), self.wake_queue)
 
-    async def _finish(self, active: _ActiveRun, status: RunStatus, fields: dict[str, Any]) -> None:
+    def _end(
+        self, active: _ActiveRun, status: RunStatus, fields: dict[str, Any]
+    ) -> Coroutine[Any, Any, None]:
+        """Queue the run's terminal event and its final status (one group commits both); returns
+        what is left to await: their commit.
+
+        Called by the run's task as its component returns, so both are queued in that same step
+        when the committer has room: with the run's last events, in their group. From a task of
+        their own (one more turn of the loop) they missed that group about three times in four
+        with 200 runs streaming at once, and cost their own write to every follower
+        (bench/NOTES.md, session 6).
+        """
         if active.ended:
-            return
+            return _nothing()
         kind = active.component.kind
         if status is RunStatus.ERROR and active.record.attempt > 1:
             # The last of several attempts: the error lists them all.
             fields = {**fields, **error_fields(active.record, str(fields["error"]), time.time())}
         try:
-            await self._emit(active, kind.terminal_name(status), fields, terminal=True)
+            waiting = self._emit(active, kind.terminal_name(status), fields, terminal=True)
         except (RunEnded, CommitterStopped):
-            # The run was taken over meanwhile, or the committer stopped: the terminal event is
-            # another writer's, or the lease renewer ends the run once it can ("interrupted").
-            logger.error("run %s: no terminal event could be queued", active.record.run_id)
+            self._no_terminal(active)
+            return _nothing()
+        if waiting is not None:  # no room in the committer: queued once there is
+            return self._end_with_space(waiting, active, status, fields)
+        self._final_status(active, status, fields)
+        return self._flush_end(active)
+
+    async def _end_with_space(
+        self,
+        waiting: Awaitable[None],
+        active: _ActiveRun,
+        status: RunStatus,
+        fields: dict[str, Any],
+    ) -> None:
+        try:
+            await waiting
+        except (RunEnded, CommitterStopped):
+            self._no_terminal(active)
             return
+        self._final_status(active, status, fields)
+        await self._flush_end(active)
+
+    def _no_terminal(self, active: _ActiveRun) -> None:
+        # The run was taken over meanwhile, or the committer stopped: the terminal event is
+        # another writer's, or the lease renewer ends the run once it can ("interrupted").
+        logger.error("run %s: no terminal event could be queued", active.record.run_id)
+
+    def _final_status(self, active: _ActiveRun, status: RunStatus, fields: dict[str, Any]) -> None:
+        """Queue the run's final status, right after its terminal event (no await between)."""
         update = RunUpdate(
             active.record.run_id,
             status=status,
@@ -833,14 +870,22 @@ class RunManager:
         else:
             reason = reason.partition(":")[0]  # an exception's type, not its text
             logger.info("run ended: %s, %s (%d events)", status.value, reason, active.next_index)
+
+    async def _flush_end(self, active: _ActiveRun) -> None:
         try:
             await self.committer.flush()
         except CommitterStopped:
             logger.error("run %s: its terminal event could not be committed", active.record.run_id)
 
-    async def _emit(
+    def _emit(
         self, active: _ActiveRun, name: str, fields: dict[str, Any], terminal: bool = False
-    ) -> None:
+    ) -> Awaitable[None] | None:
+        """Queue the run's next event; what to await before the run goes on, or None.
+
+        A plain call, not a coroutine: ``_end`` queues a run's terminal event in the same step
+        as its last events (see there), and a run that streams at full speed queues most of its
+        events with nothing to wait for (``RunContext.emit`` awaits only what this returns).
+        """
         if active.ended:
             raise RunEnded(active.record.run_id)
         if active.timing is not None and name == active.component.kind.started:
@@ -849,26 +894,39 @@ class RunManager:
             check_event_name(name)
             if len(self._event_names) < _EVENT_NAMES_KEPT:
                 self._event_names.add(name)
-        committer = self.committer
-        if not committer.has_space:
-            await committer.wait_for_space()
-            if active.ended:
-                raise RunEnded(active.record.run_id)
+        if not self.committer.has_space:
+            return self._emit_with_space(active, name, fields, terminal)
+        return self._queue(active, name, fields, terminal)
+
+    async def _emit_with_space(
+        self, active: _ActiveRun, name: str, fields: dict[str, Any], terminal: bool
+    ) -> None:
+        await self.committer.wait_for_space()
+        if active.ended:
+            raise RunEnded(active.record.run_id)
+        waiting = self._queue(active, name, fields, terminal)
+        if waiting is not None:
+            await waiting
+
+    def _queue(
+        self, active: _ActiveRun, name: str, fields: dict[str, Any], terminal: bool
+    ) -> Awaitable[None] | None:
         # No await between numbering and queueing: concurrent emitters (parallel team members)
         # queue their events in index order.
         event = make_event(active.record, active.next_index, name, fields, terminal)
         active.next_index += 1
         if terminal:
             active.ended = True
-        committer.put(active.record.run_id, event, active.record.attempt)
+        self.committer.put(active.record.run_id, event, active.record.attempt)
         if terminal:
-            return
+            return None
         # The pacing below awaits only when it has to: a run that streams thousands of events
         # at full speed otherwise paid two coroutines per event for a check that passes.
         if active.next_index <= 2:
-            await self._pace_first(active, event)
-        elif self._slice_over(active):
-            await asyncio.sleep(0)
+            return self._pace_first(active, event)
+        if self._slice_over(active):
+            return asyncio.sleep(0)
+        return None
 
     async def _pace_first(self, active: _ActiveRun, event: Event) -> None:
         """Commit a run's first two events before it goes on (its started event, and its first
@@ -1206,3 +1264,7 @@ def _cancelled(record: RunRecord, last: Event | None) -> tuple[Event | None, Run
     event = make_event(record, index, kind.cancelled, {"reason": "cancelled"}, True)
     update = RunUpdate(record.run_id, status=RunStatus.CANCELLED, event_count=index + 1)
     return event, update
+
+
+async def _nothing() -> None:
+    """A run's end with nothing left to commit (see ``RunManager._end``)."""

@@ -188,6 +188,33 @@ async def test_a_first_event_behind_other_commits_does_not_hold_its_run(tmp_path
         await manager.aclose()
 
 
+async def test_a_runs_end_is_queued_in_the_step_its_component_returns(tmp_path: Path) -> None:
+    # Its terminal event and final status go into the group of its last events: queued by the
+    # run's own task as the component returns, before any other task or callback runs (from
+    # a task of their own, one turn later, they missed that group under load).
+    manager = await _flood_manager(tmp_path)
+    ended_then: list[bool] = []
+
+    async def producer(message: str, ctx: RunContext) -> AsyncIterator[str]:
+        yield "a"
+        yield "b"
+        # Runs right after the step in which the component returns.
+        active = manager._active[ctx.run_id]
+        asyncio.get_running_loop().call_soon(lambda: ended_then.append(active.ended))
+
+    agent = Agent(id="ends", fn=producer)
+    manager.register(agent)
+    try:
+        record = await manager.start_run(agent, "go")
+        final = await asyncio.wait_for(manager.wait(record.run_id), 10)
+        events = await manager.store.read_events(record.run_id, 0, 10)
+    finally:
+        await manager.aclose()
+    assert final.status is RunStatus.COMPLETED
+    assert ended_then == [True]
+    assert [e.name for e in events] == ["RunStarted", "RunContent", "RunContent", "RunCompleted"]
+
+
 async def test_a_run_that_never_awaits_lets_other_tasks_in_while_it_emits(tmp_path: Path) -> None:
     # run_time_slice=0: the run lets others in after each event (by default, once a millisecond).
     manager = await _flood_manager(tmp_path, run_time_slice=0.0)
