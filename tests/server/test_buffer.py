@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import weakref
 
 import pytest
 
@@ -185,3 +186,31 @@ def test_limits_still_hold_with_packed_buffers() -> None:
     assert packed.packed
     freed = packed._trim(2, 10**9)
     assert freed == 20 and not packed.packed and [e.index for e in packed.read(2, 5)] == [2, 3]
+
+
+def test_replays_of_a_packed_run_share_its_events_and_frames_until_the_next_sweep() -> None:
+    """Many subscribers replaying a packed run (whose events no stream had framed: a
+    background run) share the events a read builds and the frames encoded on them, as they
+    would before packing; the next sweep lets them go (untracked again)."""
+    clock = Clock()
+    buffers = EventBuffer(Settings().buffer, clock=clock)
+    buf = buffers.open("r")
+    buffers.publish("r", make_events(0, 1000))
+    buffers.set_status("r", RunStatus.COMPLETED)
+    clock.now = PACK_AFTER
+    assert list(buffers.pack_ended()) == [1000]
+
+    first = buf.read(3, 600) + buf.read(603, 500)  # a replay in pages, as a stream reads
+    frames = [sse_frame(event) for event in first]
+    assert len(first) == 997 and [e.index for e in first] == list(range(3, 1000))
+    again = buf.read(0, 1000)  # a second subscriber, its pages not aligned with the first's
+    assert again[3:] == first and all(a is b for a, b in zip(again[3:], first, strict=True))
+    # ...and the frames the first encoded, not encoded again.
+    assert all(sse_frame(e) is f for e, f in zip(again[3:], frames, strict=True))
+
+    held = weakref.ref(first[497])  # event 500
+    assert list(buffers.pack_ended()) == []  # the next sweep: nothing left to pack...
+    del first, again, frames
+    gc.collect()
+    assert held() is None  # ...and the events built are no longer held by the buffer
+    assert [e.index for e in buf.read(998, 5)] == [998, 999] and len(buf) == 1000
