@@ -263,9 +263,10 @@ class EventBuffer:
 
     def pack_ended(self) -> Iterator[int]:
         """Pack (:meth:`RunBuffer.pack`) the buffers of runs that ended at least
-        ``PACK_AFTER`` seconds ago, yielding after about every ``PACK_SLICE`` events packed so
-        that the caller can let the event loop turn: packing a million events takes a few
-        hundred milliseconds. Yields the number of events packed in each slice.
+        ``PACK_AFTER`` seconds ago, yielding after at most ``PACK_SLICE`` events packed (or one
+        run's, when it has more) so that the caller can let the event loop turn: packing a
+        million events takes a few hundred milliseconds. Yields the number of events packed in
+        each slice.
 
         The events that reads of packed buffers built since the last sweep are let go (the
         collector would walk them again)."""
@@ -280,6 +281,13 @@ class EventBuffer:
         for buf in due:
             if self._runs.get(buf.run_id) is not buf:
                 continue  # dropped (or opened again) while the caller waited
+            if packed and packed + len(buf) > PACK_SLICE:
+                # The loop's turn first: a slice of runs of just under PACK_SLICE events
+                # each would otherwise hold nearly twice as many.
+                yield packed
+                packed = 0
+                if self._runs.get(buf.run_id) is not buf:
+                    continue
             packed += buf.pack()
             if packed >= PACK_SLICE:
                 yield packed

@@ -157,10 +157,10 @@ def test_packing_goes_in_slices_and_skips_runs_dropped_meanwhile(
         buffers.set_status(run_id, RunStatus.COMPLETED)
     clock.now = PACK_AFTER
     slices = buffers.pack_ended()
-    assert next(slices) == 12  # two runs, then the caller's turn
+    assert next(slices) == 6  # one run (a second would pass PACK_SLICE), then the caller's turn
     buffers.discard("c")
     reopened = buffers.open("d")  # a new buffer of the same run id: not due
-    assert list(slices) == []
+    assert list(slices) == [6]  # b's
     assert [buffers.get(r).packed for r in "ab"] == [True, True]  # type: ignore[union-attr]
     assert not reopened.packed and buffers.get("c") is None
 
@@ -214,3 +214,29 @@ def test_replays_of_a_packed_run_share_its_events_and_frames_until_the_next_swee
     gc.collect()
     assert held() is None  # ...and the events built are no longer held by the buffer
     assert [e.index for e in buf.read(998, 5)] == [998, 999] and len(buf) == 1000
+
+
+def test_a_packing_slice_holds_at_most_pack_slice_events_unless_one_run_has_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loop turns before a run that would take the slice past PACK_SLICE events: runs of
+    just under PACK_SLICE events each made slices of nearly twice as many (4 to 8 ms)."""
+    monkeypatch.setattr(agentos.buffer, "PACK_SLICE", 10)
+    clock = Clock()
+    buffers = EventBuffer(Settings().buffer, clock=clock)
+    for run_id, n in [("a", 9), ("b", 9), ("c", 3), ("d", 4), ("e", 25), ("f", 2)]:
+        buffers.open(run_id)
+        buffers.publish(run_id, make_events(0, n))
+        buffers.set_status(run_id, RunStatus.COMPLETED)
+    clock.now = PACK_AFTER
+    assert list(buffers.pack_ended()) == [9, 9, 7, 25, 2]
+
+    for run_id in "ab":  # the run whose turn waits for the loop's is dropped meanwhile
+        buffers.open(run_id)
+        buffers.publish(run_id, make_events(0, 9))
+        buffers.set_status(run_id, RunStatus.COMPLETED)
+    clock.now = 2 * PACK_AFTER
+    slices = buffers.pack_ended()
+    assert next(slices) == 9
+    buffers.discard("b")
+    assert list(slices) == [] and buffers.get("b") is None
