@@ -95,7 +95,9 @@ async def test_a_packed_buffer_streams_the_same_frames(
 ) -> None:
     """The sweeper packs an ended run's buffer; a stream from it then sends the frames a stream
     sent before, still from the buffer."""
-    monkeypatch.setattr(agentos.buffer, "PACK_AFTER", 0.0)
+    # Not due before the first stream has read it: a sweep (every 50 ms) could otherwise come
+    # between the run's end and the first stream's end, under load.
+    monkeypatch.setattr(agentos.buffer, "PACK_AFTER", 3600.0)
     agent = Agent(id="echo", model=EchoModel(0))
     settings = Settings(
         db_url=f"sqlite+aiosqlite:///{tmp_path}/a.db", instance_id="t", buffer_sweep_interval=0.05
@@ -112,6 +114,7 @@ async def test_a_packed_buffer_streams_the_same_frames(
         before = await frames()
         buf = manager.buffers.get(run.run_id)
         assert buf is not None and not buf.packed
+        monkeypatch.setattr(agentos.buffer, "PACK_AFTER", 0.0)
         for _ in range(200):
             if buf.packed:
                 break
