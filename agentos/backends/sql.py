@@ -1677,8 +1677,9 @@ def _sqlite_insert_events(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -
     """INSERT the event rows ``rows``, 32 to a statement.
 
     ``executemany`` runs its statement once per row: a fifth of a row's cost (2.9 against
-    2.3 µs in groups of 2,000, 3.2 against 2.5 in groups of 200, bench/NOTES.md) is that
-    per-statement work, which one statement of many rows pays once. A short group (a run's
+    2.3 µs in groups of 2,000, 3.2 against 2.5 in groups of 200: the events table alone, WAL,
+    ``synchronous=NORMAL``) is that per-statement work, which one statement of many rows pays
+    once. A short group (a run's
     first events, most groups of a few concurrent runs) is as fast either way and keeps
     ``executemany``; the rest of a long one goes in 16, 8, 4, 2 and 1 rows, so six statements
     serve every length. The same rows either way, and a taken index fails the group as before.
