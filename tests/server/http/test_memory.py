@@ -130,9 +130,12 @@ def test_sse_readers_that_never_read_hold_the_bound_then_resume(tmp_path: Path) 
             socks.append(
                 _stuck_socket(server.port, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             )
-            for _ in range(25):  # one at a time: each has its stream before the next comes
-                if http.get("/health").json()["open_streams"] >= n:
-                    break
+            # One at a time: each has its stream before the next comes, or several resumes
+            # would read the run's 4 MiB values at once, which the bound does not allow for
+            # (under load a stream took over a second to open: it then went past 98 MiB once).
+            deadline = time.monotonic() + 30
+            while http.get("/health").json()["open_streams"] < n:
+                assert time.monotonic() < deadline, f"stream {n} did not open in 30 s"
                 time.sleep(0.04)
         growth = _peak_rss(server) - before
 
