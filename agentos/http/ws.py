@@ -58,6 +58,8 @@ logger = logging.getLogger("agentos.ws")
 _KIND = "workflows"
 #: Close codes: 1000 normal, 1008 policy violation (flood, no authentication in time, too slow).
 _POLICY = POLICY_VIOLATION
+#: 1012 service restart: this instance drains; reconnect (to another one) and resume.
+_RESTART = 1012
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -196,6 +198,7 @@ class _Connection:
         self.websocket = websocket
         self.outgoing = _Outbox(self.settings.max_queued_frames, settings.streams.max_queued_bytes)
         self.followers: dict[str, asyncio.Task[None]] = {}
+        self._receiver: asyncio.Task[None] | None = None
         self.close_code = 1000
         self.close_reason = ""
         self.authenticator = authenticator or Authenticator(settings.auth)
@@ -216,6 +219,7 @@ class _Connection:
         )
         sender = asyncio.create_task(self._send_loop(), name="agentos-ws-sender")
         receiver = asyncio.create_task(self._receive_loop(), name="agentos-ws-receiver")
+        self._receiver = receiver
         try:
             await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -460,5 +464,13 @@ class _Connection:
         except Exception:
             logger.exception("following run %s over a WebSocket failed", stream.run_id)
             await self._error("internal error", "internal_error", run_id=stream.run_id)
+        else:
+            if not stream.terminal_sent and self.manager.closing:
+                # A draining instance stopped tailing another instance's run: the client must
+                # resume it elsewhere, so the socket closes now (1012), not once this
+                # instance's own runs have ended.
+                self._close(_RESTART, "the server is shutting down; reconnect")
+                if self._receiver is not None:
+                    self._receiver.cancel()
         finally:
             stream.release()

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import signal
 import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
+import websockets
+from websockets.asyncio.client import connect
 
 from agentos import AgentOS, Settings
 from tests import apps
@@ -178,6 +183,51 @@ async def test_a_draining_agentos_serve_still_answers_new_connections(
     assert [int(f.id or -1) for f in got] == list(range(1, 32))
     assert got[-1].event == "RunCompleted"
     assert server.proc.wait(timeout=30) in (0, -15)
+
+
+async def test_a_draining_instance_closes_sockets_whose_runs_it_stopped_tailing(
+    tmp_path: Path,
+) -> None:
+    """A WebSocket on a draining instance that follows another instance's run: the drain ends
+    the tail there, so the socket is closed (1012) at once for the client to resume elsewhere;
+    it is not left open and silent until this instance's own runs have ended."""
+    env = {"AGENTOS_DB_URL": f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"}
+    owner = ServerProcess(tmp_path, app="tests.apps:served", instance_id="owner", delay=0.2,
+                          log_level="warning", env=env)  # fmt: skip
+    drained = ServerProcess(tmp_path, app="tests.apps:served", instance_id="drained", delay=0.2,
+                            log_level="warning", env={**env, "AGENTOS_SHUTDOWN_GRACE": "20"})  # fmt: skip
+    try:
+        owner.start()
+        drained.start()
+        async with httpx.AsyncClient(timeout=30) as client:
+            form = {"background": "true", "stream": "false"}
+            remote = await client.post(
+                f"{owner.url}/workflows/flow/runs", data={**form, "message": apps.words(200)}
+            )
+            # A run of its own keeps the drained instance draining for its grace period.
+            local = await client.post(
+                f"{drained.url}/agents/echo/runs", data={**form, "message": apps.words(400)}
+            )
+            assert (remote.status_code, local.status_code) == (202, 202)
+            run_id = remote.json()["run_id"]
+            ws_url = drained.url.replace("http", "ws") + "/workflows/ws"
+            async with connect(ws_url) as ws:
+                assert json.loads(await ws.recv())["event"] == "connected"
+                await ws.send(json.dumps({"action": "reconnect", "run_id": run_id}))
+                while "event_index" not in json.loads(await ws.recv()):
+                    pass  # the replay, then the run's events as the owner commits them
+                assert drained.proc is not None
+                drained.proc.send_signal(signal.SIGTERM)
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    while True:
+                        await ws.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+            # Closed while the instance still drains (its own run still runs).
+            health = await client.get(f"{drained.url}/health")
+            assert (health.status_code, health.json()["status"]) == (503, "draining")
+    finally:
+        owner.kill()
+        drained.kill()
 
 
 def test_default_instance_id_hides_the_host_name_and_survives_a_restart(tmp_path: Path) -> None:
