@@ -18,7 +18,8 @@ resumes with its last ``event_index``. Closing a socket cancels its followers, n
 A handshake whose ``Origin`` is neither the server's own (its host and port those of the ``Host``
 header) nor one of ``ws_allowed_origins`` is refused (HTTP 403) before anything is served: a page
 on another site must not use a browser's credentials for this server. No ``Origin``: not a
-browser, served.
+browser, served. While the instance drains, a handshake gets HTTP 503 ``shutting_down``: a
+socket opened there could neither start a run nor resume another instance's.
 
 Incoming frames are bounded in size (``ws_max_frame_bytes``) and rate (a token bucket of
 ``ws_max_frames_per_second``); every frame that cannot be served gets an ``error`` frame and the
@@ -42,11 +43,17 @@ from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
-from agentos.errors import AgentOSError, EventsUnavailable, InvalidCursor, StoreUnavailable
+from agentos.errors import (
+    AgentOSError,
+    EventsUnavailable,
+    InvalidCursor,
+    ShuttingDown,
+    StoreUnavailable,
+)
 from agentos.events import dumps
 from agentos.http import forms
 from agentos.http.auth import Authenticator, Principal, principal_of
-from agentos.http.middleware import POLICY_VIOLATION
+from agentos.http.middleware import POLICY_VIOLATION, error_json
 from agentos.runs import RunManager
 from agentos.settings import Settings
 from agentos.streams import RunStream
@@ -144,6 +151,11 @@ class WorkflowSockets:
             # Closing before accepting: uvicorn answers the handshake with 403.
             await send({"type": "websocket.close", "code": _POLICY, "reason": "origin not allowed"})
             return
+        if self.manager.closing:
+            # A socket opened here now could neither start a run nor resume another
+            # instance's: 503 before the upgrade, which nginx and clients retry elsewhere.
+            await self._refuse(scope, receive, send)
+            return
         connection = _Connection(
             self.manager,
             self.settings,
@@ -156,6 +168,15 @@ class WorkflowSockets:
             await connection.serve()
         finally:
             self._connections.discard(connection)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        websocket = WebSocket(scope, receive, send)
+        error = ShuttingDown("the server is shutting down; connect to another instance")
+        if "websocket.http.response" in scope.get("extensions", {}):
+            retry_after = {"Retry-After": str(self.settings.http.retry_after)}
+            await websocket.send_denial_response(error_json(error, retry_after))
+        else:  # a server without the denial extension answers the handshake with 403
+            await websocket.close(_RESTART, error.detail)
 
     def _origin_allowed(self, origin: str | None, host: str | None) -> bool:
         if origin is None or "*" in self.allowed_origins:

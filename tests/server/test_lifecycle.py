@@ -145,6 +145,31 @@ async def test_draining_server_refuses_new_runs(
     assert got[-1].event == "RunCompleted"  # within the grace period the run finishes normally
 
 
+async def test_a_draining_server_refuses_new_websockets_with_503(
+    serve_thread: Callable[[AgentOS], ThreadServer], settings: Settings
+) -> None:
+    """A new socket on a draining instance could neither start a run nor resume another
+    instance's (both ``shutting_down``, which a client takes for a refusal): its handshake
+    gets 503 ``shutting_down`` with Retry-After, which nginx (http_503) and the client retry
+    on another instance, as a create's 503 is."""
+    agent_os = apps.build(settings.replace(demo_delay=0.05, shutdown_grace=5))
+    server = serve_thread(agent_os)
+    ws_url = server.url.replace("http", "ws") + "/workflows/ws"
+    async with connect(ws_url) as ws:  # served before the drain
+        assert json.loads(await ws.recv())["event"] == "connected"
+    server.call(agent_os.begin_shutdown)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        while (await client.get("/health")).json()["status"] != "draining":
+            await asyncio.sleep(0.02)
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with connect(ws_url):
+            pass
+    response = refused.value.response
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == str(settings.http.retry_after)
+    assert json.loads(response.body)["code"] == "shutting_down"
+
+
 async def test_a_draining_agentos_serve_still_answers_new_connections(
     process_server: Callable[..., ServerProcess],
 ) -> None:
