@@ -181,6 +181,10 @@ class RunManager:
         self._sweeper: asyncio.Task[None] | None = None
         self._lease_tasks: list[asyncio.Task[None]] = []
         self._grace_timer: asyncio.TimerHandle | None = None
+        #: Loop times when the shutdown grace ends, and the cancel grace of the runs cancelled
+        #: last at shutdown: aclose waits for what is left of them, not for them again.
+        self._grace_ends = 0.0
+        self._cancels_end: float | None = None
         #: Counters for metrics: runs started by (kind, component id), and ended by (kind,
         #: component id, status). One increment per run; components and statuses are few.
         self.runs_started: dict[tuple[str, str], int] = {}
@@ -285,6 +289,7 @@ class RunManager:
             "shutting down: %d runs get %.1fs", len(self._tasks), self.settings.runs.shutdown_grace
         )
         loop = asyncio.get_running_loop()
+        self._grace_ends = loop.time() + self.settings.runs.shutdown_grace
         self._grace_timer = loop.call_later(self.settings.runs.shutdown_grace, self._cancel_all)
         self.notifier.wake_all()  # tails of other instances' runs end now; clients go elsewhere
 
@@ -293,13 +298,20 @@ class RunManager:
         if not self._started or self._closed.is_set():
             return
         self.begin_shutdown()
+        # Under ``agentos serve`` the drain has already given the runs (some of) their grace.
+        loop = asyncio.get_running_loop()
         if self._tasks:
             await asyncio.wait(
-                list(self._tasks.values()), timeout=self.settings.runs.shutdown_grace
+                list(self._tasks.values()), timeout=max(0.0, self._grace_ends - loop.time())
             )
         self._cancel_all()
         if self._tasks:
-            await asyncio.wait(list(self._tasks.values()), timeout=self.settings.runs.cancel_grace)
+            cancels_end = self._cancels_end
+            if cancels_end is None:  # left running with an earlier cancel (not shutdown's)
+                cancels_end = loop.time() + self.settings.runs.cancel_grace
+            await asyncio.wait(
+                list(self._tasks.values()), timeout=max(0.0, cancels_end - loop.time())
+            )
         if self._grace_timer is not None:
             self._grace_timer.cancel()
         if self._sweeper is not None:
@@ -322,8 +334,12 @@ class RunManager:
         self._closed.set()
 
     def _cancel_all(self) -> None:
+        cancelled = False
         for active in list(self._active.values()):
+            cancelled |= active.cancel_reason is None and not active.ended
             self._request_cancel(active, "shutdown")
+        if cancelled:  # these runs get shutdown_cancel_grace from now
+            self._cancels_end = asyncio.get_running_loop().time() + self.settings.runs.cancel_grace
 
     async def _sweep(self) -> None:
         while True:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -244,3 +246,59 @@ async def test_a_run_that_never_awaits_lets_other_tasks_in_while_it_emits(tmp_pa
         await manager.aclose()
     assert final.status is RunStatus.COMPLETED
     assert seen[1] - seen[0] >= 900  # the ticker ran between the run's events
+
+
+class Stubborn(Component):
+    """Ignores cancellation until ``release`` is set."""
+
+    kind = KINDS["agents"]
+
+    def __init__(self, id: str) -> None:
+        super().__init__(id)
+        self.release = asyncio.Event()
+
+    async def execute(self, ctx: RunContext, message: str) -> str:
+        while not self.release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.release.wait()
+        return "done"
+
+
+async def test_aclose_after_the_drain_gives_no_second_grace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``agentos serve`` drains (begin_shutdown, then up to shutdown_grace +
+    shutdown_cancel_grace) before the lifespan's aclose: aclose waits only for what is left of
+    those periods, so a run that ignores its cancel holds the exit once, not twice."""
+    settings = Settings(
+        db_url=f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}",
+        instance_id="test",
+        shutdown_grace=0.2,
+        shutdown_cancel_grace=0.2,
+    )
+    manager = RunManager(settings)
+    stubborn = Stubborn(id="stubborn")
+    manager.register(stubborn)
+    await manager.start()
+    record = await manager.start_run(stubborn, "go")
+    while not manager._active[record.run_id].started:
+        await asyncio.sleep(0.01)
+    task = manager._tasks[record.run_id]
+    manager.begin_shutdown()
+    await asyncio.sleep(0.5)  # the drain: the grace and the cancel grace have both passed
+    assert manager._active[record.run_id].cancel_reason == "shutdown"
+    waits: list[float | None] = []
+    wait = asyncio.wait
+
+    async def spy(fs: Any, *, timeout: float | None = None, **kw: Any) -> Any:
+        if task in fs:
+            waits.append(timeout)
+        return await wait(fs, timeout=timeout, **kw)
+
+    monkeypatch.setattr(asyncio, "wait", spy)
+    try:
+        await manager.aclose()
+    finally:
+        stubborn.release.set()
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 5)
+    assert waits and all(timeout is not None and timeout <= 0 for timeout in waits), waits
