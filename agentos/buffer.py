@@ -13,14 +13,6 @@ Limits (all settings):
 - ``buffer_max_bytes_total``: past it, buffers of ended runs are dropped (oldest end first), then
   the largest live buffers are halved.
 - ``buffer_ttl``: an ended run's buffer is dropped this many seconds after the run ends.
-
-An ended run's events are packed (:meth:`EventBuffer.pack_ended`, at every sweep) into exact
-tuples of plain values, which the garbage collector stops tracking: a full collection walks every
-tracked object, and with a million events held it held the event loop for about 100 ms, again
-and again as the buffers grew. Reads of a packed run build its events anew (same values and
-frames), a block at a time; the blocks built are kept until the next sweep, so that the streams
-replaying the run meanwhile share them and the frames encoded on them, as they shared the events
-before.
 """
 
 from __future__ import annotations
@@ -29,9 +21,9 @@ import asyncio
 import itertools
 import operator
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
-from agentos.events import Event, RunStatus, event_of
+from agentos.events import Event, RunStatus
 from agentos.settings import BufferSettings
 
 __all__ = ["EventBuffer", "RunBuffer"]
@@ -39,29 +31,13 @@ __all__ = ["EventBuffer", "RunBuffer"]
 _INDEX = operator.attrgetter("index")
 _DATA = operator.attrgetter("data")
 
-#: An event packed: index, name, data, terminal, and its SSE frame if one was encoded.
-_Packed = tuple[int, str, str, bool, bytes | None]
-_PACK = operator.attrgetter("index", "name", "data", "terminal", "sse")
-
-#: Seconds an ended run's buffer stays as it is before it is packed: the streams still reading
-#: its last events when it ends read them as they are (a packed event is built anew after each
-#: sweep, and its frame encoded again if it had none).
-PACK_AFTER = 5.0
-#: Events packed between two turns of the event loop (about 2 ms).
-PACK_SLICE = 10_000
-#: Events of a packed buffer built at once for a read, and kept until the next sweep (about
-#: 0.1 ms of the loop).
-_BLOCK = 256
-
 
 class RunBuffer:
     """The committed events of one run still held in memory, and a way to wait for more."""
 
     __slots__ = (
-        "_built",
         "_changed",
         "_events",
-        "_packed",
         "ended_at",
         "first_index",
         "nbytes",
@@ -73,10 +49,6 @@ class RunBuffer:
     def __init__(self, run_id: str, next_index: int = 0) -> None:
         self.run_id = run_id
         self._events: list[Event] = []
-        #: The events of an ended run, packed (see :meth:`pack`); ``_events`` is then empty.
-        self._packed: tuple[_Packed, ...] | None = None
-        #: Blocks of ``_BLOCK`` packed events built by reads since the last sweep, by number.
-        self._built: dict[int, list[Event]] | None = None
         #: Index of the oldest event still in memory (== next_index when empty).
         self.first_index = next_index
         #: Index the next committed event will have: the run's event count so far.
@@ -91,61 +63,14 @@ class RunBuffer:
         return self.ended_at is not None
 
     def __len__(self) -> int:
-        return len(self._events) if self._packed is None else len(self._packed)
-
-    @property
-    def packed(self) -> bool:
-        return self._packed is not None
+        return len(self._events)
 
     def read(self, start: int, limit: int) -> list[Event]:
         """Events from index ``start`` on (at most ``limit``); ``start`` must be in the window."""
         offset = start - self.first_index
         if offset < 0:
             raise IndexError(f"event {start} of run {self.run_id} is no longer in memory")
-        if self._packed is not None:
-            return self._read_packed(self._packed, offset, offset + limit)
         return self._events[offset : offset + limit]
-
-    def _read_packed(self, packed: tuple[_Packed, ...], offset: int, end: int) -> list[Event]:
-        """The packed events from ``offset`` to ``end``, built ``_BLOCK`` at a time. The blocks
-        are kept until the next sweep (:meth:`EventBuffer.pack_ended`): many subscribers
-        replaying the run then share one copy of each event, and of the frame the first of them
-        encoded, instead of building and encoding their own (0.5 to 1 µs an event each)."""
-        built = self._built
-        if built is None:
-            built = self._built = {}
-        end = min(end, len(packed))
-        events: list[Event] = []
-        while offset < end:
-            block, at = divmod(offset, _BLOCK)
-            block_events = built.get(block)
-            if block_events is None:
-                start = block * _BLOCK
-                block_events = built[block] = list(
-                    itertools.starmap(event_of, packed[start : start + _BLOCK])
-                )
-            taken = block_events[at : at + end - offset]
-            events += taken
-            offset += len(taken)
-        return events
-
-    def pack(self) -> int:
-        """Hold the events as one tuple of exact tuples of plain values (index, name, data,
-        terminal, frame): the garbage collector stops tracking them at its next collection,
-        where each :class:`Event` is an object it walks at every full collection for as long as
-        it is held. Returns the number of events packed (0 if packed already)."""
-        if self._packed is not None:
-            return 0
-        # The collection that stops tracking the events' tuples stops tracking the tuple
-        # holding them at its next one.
-        self._packed = tuple(map(_PACK, self._events))
-        self._events = []
-        return len(self._packed)
-
-    def _unpack_all(self) -> None:
-        if self._packed is not None:
-            self._events = list(itertools.starmap(event_of, self._packed))
-            self._packed = self._built = None
 
     async def wait(self, cursor: int) -> None:
         """Wait until an event after ``cursor`` is committed or the run ends."""
@@ -154,7 +79,6 @@ class RunBuffer:
 
     def _append(self, events: Sequence[Event]) -> int:
         """Add events that continue the run exactly (ValueError, and nothing added, if not)."""
-        self._unpack_all()  # (an ended run gets no events: this is for safety, not speed)
         start = self.next_index
         # Checked and counted in C, not event by event in Python: a group of a run that
         # streams holds hundreds of events.
@@ -174,7 +98,6 @@ class RunBuffer:
 
     def _trim(self, max_events: int, max_bytes: int) -> int:
         """Drop the oldest events past the limits; returns the bytes freed."""
-        self._unpack_all()
         drop, freed = 0, 0
         excess_events = len(self._events) - max_events
         while drop < len(self._events) and (
@@ -261,40 +184,6 @@ class EventBuffer:
             buf.ended_at = self._clock()  # ends the subscribers' wait
         self._drop(run_id)
 
-    def pack_ended(self) -> Iterator[int]:
-        """Pack (:meth:`RunBuffer.pack`) the buffers of runs that ended at least
-        ``PACK_AFTER`` seconds ago, yielding after at most ``PACK_SLICE`` events packed (or one
-        run's, when it has more) so that the caller can let the event loop turn: packing a
-        million events takes a few hundred milliseconds. Yields the number of events packed in
-        each slice.
-
-        The events that reads of packed buffers built since the last sweep are let go (the
-        collector would walk them again)."""
-        now = self._clock()
-        due = []
-        for buf in self._runs.values():
-            if buf._packed is not None:
-                buf._built = None
-            elif buf.ended_at is not None and now - buf.ended_at >= PACK_AFTER:
-                due.append(buf)
-        packed = 0
-        for buf in due:
-            if self._runs.get(buf.run_id) is not buf:
-                continue  # dropped (or opened again) while the caller waited
-            if packed and packed + len(buf) > PACK_SLICE:
-                # The loop's turn first: a slice of runs of just under PACK_SLICE events
-                # each would otherwise hold nearly twice as many.
-                yield packed
-                packed = 0
-                if self._runs.get(buf.run_id) is not buf:
-                    continue
-            packed += buf.pack()
-            if packed >= PACK_SLICE:
-                yield packed
-                packed = 0
-        if packed:
-            yield packed
-
     def sweep(self) -> int:
         """Drop expired buffers; returns how many were dropped."""
         now = self._clock()
@@ -323,7 +212,7 @@ class EventBuffer:
             self._drop(buf.run_id)
         while self.total_bytes > limit:
             largest = max(self._runs.values(), key=lambda buf: buf.nbytes, default=None)
-            if largest is None or not len(largest):
+            if largest is None or not largest._events:
                 return
             freed = largest._trim(len(largest._events) // 2, largest.nbytes // 2)
             self.total_bytes -= freed

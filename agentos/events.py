@@ -242,14 +242,6 @@ def _new_event(index: int, name: str, data: str, terminal: bool) -> Event:
     return event
 
 
-def event_of(index: int, name: str, data: str, terminal: bool, sse: bytes | None) -> Event:
-    """An event from its values, its SSE frame included (a packed buffer's, ``agentos/buffer.py``)."""
-    event = _new_event(index, name, data, terminal)
-    if sse is not None:
-        _SET_SSE(event, sse)
-    return event
-
-
 def make_event(
     run: RunLike, index: int, name: str, fields: dict[str, Any], terminal: bool
 ) -> Event:

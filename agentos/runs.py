@@ -345,8 +345,6 @@ class RunManager:
         while True:
             await asyncio.sleep(self.settings.buffer.sweep_interval)
             self.buffers.sweep()
-            for _ in self.buffers.pack_ended():
-                await asyncio.sleep(0)  # let the loop turn between slices
 
     # -- runs ----------------------------------------------------------------------------------
 

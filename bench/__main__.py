@@ -41,7 +41,7 @@ import httpx
 
 from bench import idle_streams, sections
 from bench import server as bench_server
-from bench.memory import buffered_event_cost, full_collection_pause
+from bench.memory import buffered_event_cost
 from bench.sections import kept_sections
 from bench.stats import pctl
 from bench.trees import export
@@ -456,8 +456,6 @@ def scenario_5_6(
     cost = buffered_event_cost()
     edge = buffered_event_cost(5_000, " {}" + "x" * 290)  # just under the frame cache limit
     big = buffered_event_cost(2_000, " {}" + "x" * 4000)
-    packed = buffered_event_cost(packed=True)
-    pause = full_collection_pause()
     env = {"AGENTOS_PING_INTERVAL": "2"}
     idle = {}
     for side in ("floor", "bare", "agentos"):
@@ -498,19 +496,6 @@ def scenario_5_6(
             f"{big.total:,.0f} B",
             f"{big.overhead:,.0f} B beyond {big.payload:,.0f} B of JSON",
             f"< 1 KiB: {verdict(big.overhead < KiB)}",
-        ],
-        [
-            "per buffered event of an ended run, packed (~250 B JSON)",
-            f"{packed.total:,.0f} B",
-            f"{packed.overhead:,.0f} B beyond {packed.payload:,.0f} B of JSON",
-            f"< 1 KiB: {verdict(packed.overhead < KiB)}",
-        ],
-        [
-            f"full garbage collection, {pause.events:,} buffered events of ended runs",
-            f"{pause.packed:.1f} ms packed",
-            f"{pause.live:.1f} ms held as events; {pause.none:.1f} ms with none held; packing "
-            f"{pause.pack:.2f} µs per event, once",
-            "",
         ],
         [
             "per idle subscriber (resumed stream)",

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import gc
 import sys
-import time
 import tracemalloc
 from dataclasses import dataclass
 
-from agentos import Event, RunStatus, Settings
-from agentos.buffer import PACK_AFTER, EventBuffer
+from agentos import Event, Settings
+from agentos.buffer import EventBuffer
 from agentos.events import dumps
 
 
@@ -37,9 +35,7 @@ def _payloads(n: int, content: str) -> list[str]:
     ]
 
 
-def buffered_event_cost(
-    n: int = 20_000, content: str = " word{}", *, packed: bool = False
-) -> BufferedEventCost:
+def buffered_event_cost(n: int = 20_000, content: str = " word{}") -> BufferedEventCost:
     """What one buffered event costs: its JSON text object, the Event, its list slot, and what
     streaming it leaves behind (``sse_frame`` caches the encoded frame of small events).
 
@@ -63,8 +59,6 @@ def buffered_event_cost(
     for event in events:
         _send(event)
     del events
-    if packed:  # as an ended run's buffer is held after PACK_AFTER seconds
-        buffers.get("run").pack()  # type: ignore[union-attr]
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     total = (after - before + text_objects) / n
@@ -76,50 +70,3 @@ def _send(event: Event) -> None:
     from agentos.http.sse import sse_frame
 
     sse_frame(event, Settings().streams.sse_cache_max_bytes)
-
-
-@dataclass
-class CollectionPause:
-    none: float  # ms of a full collection with no buffered event (the process's own objects)
-    live: float  # ms with ``events`` buffered as events
-    packed: float  # ms with the same events packed
-    pack: float  # µs per event to pack them
-    events: int
-
-
-def full_collection_pause(runs: int = 20, per_run: int = 10_000) -> CollectionPause:
-    """How long a full collection of the garbage collector holds the event loop while ended
-    runs' events are held in the buffer, as events and once packed (``EventBuffer.pack_ended``):
-    the median of 5 ``gc.collect()`` each."""
-
-    def pause() -> float:
-        gc.collect()
-        times = []
-        for _ in range(5):
-            started = time.perf_counter()
-            gc.collect()
-            times.append(time.perf_counter() - started)
-        return sorted(times)[2] * 1e3
-
-    now = [0.0]
-    settings = Settings(
-        buffer_max_events_per_run=per_run,
-        buffer_max_bytes_per_run=1 << 40,
-        buffer_max_bytes_total=1 << 40,
-    )
-    none = pause()
-    buffers = EventBuffer(settings.buffer, clock=lambda: now[0])
-    for r in range(runs):
-        run_id = f"run{r}"
-        buffers.open(run_id)
-        payloads = _payloads(per_run, f" word{r}-{{}}")
-        buffers.publish(run_id, [Event(i, "RunContent", payloads[i]) for i in range(per_run)])
-        buffers.set_status(run_id, RunStatus.COMPLETED)
-    live = pause()
-    now[0] = PACK_AFTER
-    started = time.perf_counter()
-    for _ in buffers.pack_ended():
-        pass
-    pack = (time.perf_counter() - started) / (runs * per_run) * 1e6
-    packed = pause()
-    return CollectionPause(none, live, packed, pack, runs * per_run)

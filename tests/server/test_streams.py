@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 
-import agentos.buffer
 from agentos import Agent, AgentOS, EchoModel, Event, Settings
 from agentos.backends.base import Notifier
 from agentos.backends.sql import SQLStore
 from agentos.buffer import EventBuffer
 from agentos.errors import EventsUnavailable
-from agentos.http.sse import sse_frame
 from agentos.streams import RunStream, StreamSlots, StreamSource
 from tests.apps import words
 from tests.storage import run_record
@@ -88,38 +85,3 @@ async def test_a_gap_read_from_the_database_ends_the_stream_with_an_error(tmp_pa
     with pytest.raises(EventsUnavailable):  # a stream without meta events raises instead
         events = _events([0, 1, 2, 4, 5], terminal=5)
         await _stream_of(tmp_path / "no-meta", events, buffered=False, meta=False)
-
-
-async def test_a_packed_buffer_streams_the_same_frames(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The sweeper packs an ended run's buffer; a stream from it then sends the frames a stream
-    sent before, still from the buffer."""
-    # Not due before the first stream has read it: a sweep (every 50 ms) could otherwise come
-    # between the run's end and the first stream's end, under load.
-    monkeypatch.setattr(agentos.buffer, "PACK_AFTER", 3600.0)
-    agent = Agent(id="echo", model=EchoModel(0))
-    settings = Settings(
-        db_url=f"sqlite+aiosqlite:///{tmp_path}/a.db", instance_id="t", buffer_sweep_interval=0.05
-    )
-    async with AgentOS(agents=[agent], settings=settings) as agent_os:
-        manager = agent_os.manager
-        run = await agent.arun(words(40))
-
-        async def frames() -> list[bytes]:
-            stream = await manager.open_stream(run.run_id, 4)
-            assert stream is not None
-            return [sse_frame(item) async for chunk in stream.chunks() for item in chunk]
-
-        before = await frames()
-        buf = manager.buffers.get(run.run_id)
-        assert buf is not None and not buf.packed
-        monkeypatch.setattr(agentos.buffer, "PACK_AFTER", 0.0)
-        for _ in range(200):
-            if buf.packed:
-                break
-            await asyncio.sleep(0.01)
-        assert buf.packed
-        after = await frames()
-        assert after == before and len(after) == 1 + 42 - 5  # replay, then 5 to 41
-        assert b'"source":"buffer"' in after[0]
