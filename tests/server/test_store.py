@@ -427,14 +427,7 @@ async def test_sqlite_small_groups_commit_on_the_loop_unless_another_writer_hold
     path = tmp_path / "inline.db"
     store = SQLStore(f"sqlite+aiosqlite:///{path}", inline_commit_max_rows=4)
     await store.open()
-    threaded: list[int] = []
-    to_thread = store._commit_sqlite
-
-    async def counted(group: Any) -> None:
-        threaded.append(group.rows)
-        await to_thread(group)
-
-    monkeypatch.setattr(store, "_commit_sqlite", counted)
+    threaded = _count_thread_commits(store, monkeypatch)
     try:
         await store.commit([], [], runs=[run_record("r", status=RunStatus.PENDING)])
         await store.commit([("r", _event(0))], [RunUpdate("r", status=RunStatus.RUNNING)])
@@ -473,14 +466,7 @@ async def test_sqlite_groups_with_much_text_commit_in_the_thread(
     path = tmp_path / "chars.db"
     store = SQLStore(f"sqlite+aiosqlite:///{path}", inline_commit_max_chars=1_000)
     await store.open()
-    threaded: list[int] = []
-    to_thread = store._commit_sqlite
-
-    async def counted(group: Any) -> None:
-        threaded.append(group.rows)
-        await to_thread(group)
-
-    monkeypatch.setattr(store, "_commit_sqlite", counted)
+    threaded = _count_thread_commits(store, monkeypatch)
     big = "ü" * 1_000
     try:
         await store.commit([], [], runs=[run_record("small", status=RunStatus.PENDING)])
@@ -501,6 +487,20 @@ async def test_sqlite_groups_with_much_text_commit_in_the_thread(
         assert small is not None and small.content == big
     finally:
         await store.close()
+
+
+def _count_thread_commits(store: SQLStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that gets the rows of each group commit the store makes through the driver's
+    thread."""
+    threaded: list[int] = []
+    to_thread = store._commit_sqlite
+
+    async def counted(group: Any) -> None:
+        threaded.append(group.rows)
+        await to_thread(group)
+
+    monkeypatch.setattr(store, "_commit_sqlite", counted)
+    return threaded
 
 
 def _count_thread_reads(store: SQLStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
