@@ -55,6 +55,7 @@ from typing import Any
 
 import asyncpg
 
+from agentos.backends import eventrows
 from agentos.backends.base import open_backend
 from agentos.events import RunStatus
 from agentos.records import RunRecord
@@ -144,8 +145,16 @@ async def _rows(db_url: str, query: str) -> list[Any]:
 
 async def _starts(db_url: str) -> list[float]:
     """When each run's first RunStarted was emitted (``created_at``), sorted."""
-    rows = await _rows(db_url, "SELECT data FROM agentos_events WHERE name = 'RunStarted'")
-    return sorted(json.loads(row[0])["created_at"] for row in rows)
+    # A row may hold several events (agentos/backends/eventrows.py).
+    rows = await _rows(
+        db_url, "SELECT event_index, name, data, terminal, layout FROM agentos_events"
+    )
+    return sorted(
+        json.loads(event.data)["created_at"]
+        for row in rows
+        for event in eventrows.row_events(*row)
+        if event.name == "RunStarted"
+    )
 
 
 async def _wait_ended(db_url: str, count: int, timeout: float) -> None:

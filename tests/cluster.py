@@ -15,7 +15,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,8 @@ from typing import Any
 import asyncpg
 import httpx
 
+from agentos.backends import eventrows
+from agentos.events import Event
 from tests.pgdb import _dsn, require
 from tests.servers import ROOT, ServerProcess, free_port, wait_healthy
 from tests.sse import frames
@@ -248,6 +250,23 @@ async def create_streaming(
             if followed.events:
                 return
         await asyncio.sleep(0.2)
+
+
+#: The columns of ``agentos_events`` that :func:`stored_events` reads, in its order.
+EVENT_ROWS = "SELECT run_id, event_index, name, data, terminal, layout FROM agentos_events"
+
+
+def stored_events(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[Event]]:
+    """The events that rows of :data:`EVENT_ROWS` hold (a row may hold several: see
+    ``agentos/backends/eventrows.py``), by run, in index order."""
+    by_run: dict[str, list[Event]] = {}
+    ordered = sorted(rows, key=lambda row: (row["run_id"], row["event_index"]))
+    for row in ordered:
+        found = eventrows.row_events(
+            row["event_index"], row["name"], row["data"], row["terminal"], row["layout"]
+        )
+        by_run.setdefault(row["run_id"], []).extend(found)
+    return by_run
 
 
 async def pg_query(url: str, query: str, *args: Any) -> list[asyncpg.Record]:

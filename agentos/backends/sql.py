@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, SQLModel
 
-from agentos.backends import schema
+from agentos.backends import eventrows, schema
 from agentos.backends.base import ANY_USER, Ending, Store, register_backend
 from agentos.errors import (
     AgentOSError,
@@ -107,6 +107,10 @@ class EventRow(SQLModel, table=True):
     name: str = Field(max_length=100)
     terminal: bool = False
     data: str = Field(sa_type=sa.Text)
+    #: A row of several consecutive events (``eventrows.py``): the last one's index, and each
+    #: one's name and length in ``data``. NULL in a row of one event.
+    last_index: int | None = None
+    layout: str | None = Field(default=None, sa_type=sa.Text)
 
 
 class MessageRow(SQLModel, table=True):
@@ -461,9 +465,7 @@ class SQLStore(Store):
                 return None
             record = _record(row)
             if not record.status.ended:
-                count = await conn.scalar(
-                    sa.select(sa.func.max(_events.c.event_index)).where(_events.c.run_id == run_id)
-                )
+                count = await conn.scalar(sa.select(_top_index(run_id)))
                 record = replace(record, event_count=0 if count is None else count + 1)
         return record
 
@@ -677,17 +679,35 @@ class SQLStore(Store):
     async def _insert_events(
         self, conn: AsyncConnection, events: Sequence[tuple[str, Event]]
     ) -> None:
-        if events:
-            rows = [(run_id, e.index, e.name, e.terminal, e.data) for run_id, e in events]
-            if self.is_sqlite:
-                # Straight to the driver: SQLAlchemy's per-row parameter processing cost
-                # more than SQLite's own inserts (profile of 1,000 concurrent runs).
-                await conn.exec_driver_sql(_SQLITE_INSERT_EVENTS, rows)
-            else:
-                await conn.execute(
-                    _events.insert(),
-                    [dict(zip(_EVENT_COLUMNS, row, strict=True)) for row in rows],
-                )
+        """Insert the rows of ``events`` (``eventrows.py``); WriteConflict, after the inserts,
+        when one of them overlaps a row of its run."""
+        if not events:
+            return
+        rows = eventrows.event_rows(events)
+        if self.is_sqlite:
+            # Straight to the driver: SQLAlchemy's per-row parameter processing cost more
+            # than SQLite's own inserts (profile of 1,000 concurrent runs).
+            await conn.exec_driver_sql(_SQLITE_INSERT_EVENTS, rows)
+            for start in range(0, len(rows), _OVERLAPS_MAX_ROWS):
+                part = rows[start : start + _OVERLAPS_MAX_ROWS]
+                check = eventrows.sqlite_overlaps(len(part))
+                found = await conn.exec_driver_sql(check, tuple(chain.from_iterable(
+                    (run_id, first, first if last is None else last)
+                    for run_id, first, _, _, _, last, _ in part
+                )))  # fmt: skip
+                if found.first() is not None:
+                    raise _OVERLAP
+            return
+        await conn.execute(
+            _events.insert(), [dict(zip(eventrows.COLUMNS, row, strict=True)) for row in rows]
+        )
+        ranges = {
+            "run_ids": [row[0] for row in rows],
+            "firsts": [row[1] for row in rows],
+            "lasts": [row[1] if row[5] is None else row[5] for row in rows],
+        }
+        if (await conn.execute(_POSTGRES_OVERLAPS, ranges)).first() is not None:
+            raise _OVERLAP
 
     async def _apply_updates(
         self,
@@ -737,15 +757,17 @@ class SQLStore(Store):
             events = self._read_inline(read)
             if events is not NOT_READ:
                 return events
-        query = (
-            sa.select(_events.c.event_index, _events.c.name, _events.c.data, _events.c.terminal)
-            .where(_events.c.run_id == run_id, _events.c.event_index >= start)
-            .order_by(_events.c.event_index)
-            .limit(limit)
-        )
+        events = []
+        lo: int | None = start
         async with self._connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [Event(row[0], row[1], row[2], bool(row[3])) for row in rows]
+            # Window by window (eventrows.READ_WINDOW); more than one only across a gap.
+            while lo is not None and len(events) < limit:
+                hi = lo + limit - len(events)
+                params = {"run_id": run_id, "lo": lo, "hi": hi}
+                rows = (await conn.execute(_READ_WINDOW, params)).all()
+                found, lo = eventrows.read_window(rows, lo, hi)
+                events += found
+        return events
 
     async def last_event(self, run_id: str) -> Event | None:
         async with self._connect() as conn:
@@ -888,11 +910,7 @@ class SQLStore(Store):
         # their table (the subquery's ``run_id`` would be the event's): a second query there.
         last_index: Any = sa.null()
         if not self.is_sqlite:
-            last_index = (
-                sa.select(sa.func.max(_events.c.event_index))
-                .where(_events.c.run_id == runs.run_id)
-                .scalar_subquery()
-            )
+            last_index = _top_index(runs.run_id)
         # The status condition is the compare-and-set: of two claimers of one run, the second
         # finds it no longer QUEUED (SQLite has one writer; PostgreSQL re-checks locked rows).
         claim = (
@@ -913,11 +931,10 @@ class SQLStore(Store):
             rows = (await conn.execute(claim)).all()
             last: dict[str, int | None] = {row.run_id: row.last_index for row in rows}
             if rows and self.is_sqlite:
-                counts = sa.select(_events.c.run_id, sa.func.max(_events.c.event_index)).where(
-                    _events.c.run_id.in_(list(last))
+                counts = sa.select(runs.run_id, _top_index(runs.run_id)).where(
+                    runs.run_id.in_(list(last))
                 )
-                grouped = await conn.execute(counts.group_by(_events.c.run_id))
-                last.update({row[0]: row[1] for row in grouped.all()})
+                last.update({row[0]: row[1] for row in (await conn.execute(counts)).all()})
         records = []
         for row in rows:
             top = last[row.run_id]
@@ -1599,13 +1616,31 @@ def _holds(found: tuple[str | None, int] | None, owner: str, attempt: int | None
 
 async def _last_event(conn: AsyncConnection, run_id: str) -> Event | None:
     query = (
-        sa.select(_events.c.event_index, _events.c.name, _events.c.data, _events.c.terminal)
+        sa.select(
+            _events.c.event_index,
+            _events.c.name,
+            _events.c.data,
+            _events.c.terminal,
+            _events.c.layout,
+        )
         .where(_events.c.run_id == run_id)
         .order_by(_events.c.event_index.desc())
         .limit(1)
     )
     row = (await conn.execute(query)).first()
-    return None if row is None else Event(row[0], row[1], row[2], bool(row[3]))
+    return None if row is None else eventrows.row_events(*row)[-1]
+
+
+def _top_index(run_id: Any) -> Any:
+    """The highest event index of the run ``run_id`` (a column or a value), as a scalar
+    subquery: the end of the run's last row, one descent of the primary key."""
+    return (
+        sa.select(sa.func.coalesce(_events.c.last_index, _events.c.event_index))
+        .where(_events.c.run_id == run_id)
+        .order_by(_events.c.event_index.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
 
 
 #: PostgreSQL SQLSTATE classes: data exception, integrity violation; and those worth a retry
@@ -1659,22 +1694,39 @@ def _is_connection_error(orig: Exception) -> bool:
     )
 
 
-_EVENT_COLUMNS = ("run_id", "event_index", "name", "terminal", "data")
 _RUN_ID = operator.itemgetter(0)
+_EVENT_ROW = f"({', '.join('?' * len(eventrows.COLUMNS))})"
 _SQLITE_INSERT_EVENTS = (
-    f"INSERT INTO agentos_events ({', '.join(_EVENT_COLUMNS)}) VALUES ({', '.join('?' * 5)})"
+    f"INSERT INTO agentos_events ({', '.join(eventrows.COLUMNS)}) VALUES {_EVENT_ROW}"
 )
-#: The same INSERT of 32, 16, 8, 4, 2 and 1 rows at once (160 parameters at most: SQLite
+#: The same INSERT of 32, 16, 8, 4, 2 and 1 rows at once (224 parameters at most: SQLite
 #: allows 999 before 3.32).
 _SQLITE_INSERT_EVENT_ROWS = {
-    n: f"INSERT INTO agentos_events ({', '.join(_EVENT_COLUMNS)}) VALUES "
-    + ", ".join([f"({', '.join('?' * 5)})"] * n)
+    n: f"INSERT INTO agentos_events ({', '.join(eventrows.COLUMNS)}) VALUES "
+    + ", ".join([_EVENT_ROW] * n)
     for n in (32, 16, 8, 4, 2, 1)
 }
+#: Rows per overlap check on SQLite (three parameters each).
+_OVERLAPS_MAX_ROWS = 300
+_OVERLAP = WriteConflict("an event index is taken by another writer")
+_POSTGRES_OVERLAPS = sa.text(eventrows.POSTGRES_OVERLAPS)
+_READ_WINDOW = sa.text(eventrows.READ_WINDOW)
+
+
+def _sqlite_check_overlaps(db: sqlite3.Connection, rows: Sequence[eventrows.Row]) -> None:
+    """WriteConflict when one of the just inserted ``rows`` overlaps another row of its run."""
+    for start in range(0, len(rows), _OVERLAPS_MAX_ROWS):
+        part = rows[start : start + _OVERLAPS_MAX_ROWS]
+        ranges = chain.from_iterable(
+            (run_id, first, first if last is None else last)
+            for run_id, first, _, _, _, last, _ in part
+        )
+        if db.execute(eventrows.sqlite_overlaps(len(part)), tuple(ranges)).fetchone():
+            raise _OVERLAP
 
 
 def _sqlite_insert_events(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """INSERT the event rows ``rows``, 32 to a statement.
+    """INSERT the rows ``rows`` (``eventrows.py``), 32 to a statement.
 
     ``executemany`` runs its statement once per row: a fifth of a row's cost (2.9 against
     2.3 µs in groups of 2,000, 3.2 against 2.5 in groups of 200: the events table alone, WAL,
@@ -1708,12 +1760,7 @@ class _SQLiteGroup:
         runs: Sequence[RunRecord],
     ) -> None:
         self.runs = [_sqlite_run_row(run) for run in runs]
-        # ``terminal`` as an int: SQLite stores a bool as the integer all the same, but the
-        # driver looks a bool up among its adapters at every row first (a twentieth of the
-        # insert, callgrind).
-        self.events = [
-            (run_id, e.index, e.name, 1 if e.terminal else 0, e.data) for run_id, e in events
-        ]
+        self.events = eventrows.event_rows(events)
         # One statement per set of changed columns, executed for all runs that share it.
         shapes: dict[tuple[tuple[str, ...], bool], list[dict[str, Any]]] = {}
         for update in updates:
@@ -1753,6 +1800,7 @@ class _SQLiteGroup:
                 db.executemany(_SQLITE_INSERT_RUNS, self.runs)
             if self.events:
                 _sqlite_insert_events(db, self.events)
+                _sqlite_check_overlaps(db, self.events)
             if self.fenced and self.owner is not None:
                 # The INSERT took the database's one write lock (a SELECT first would run before
                 # the transaction had taken it), so no owner can change until COMMIT. Before the
@@ -1815,10 +1863,9 @@ _INLINE_READ_MAX_ROWS = 16
 
 _RUN_FIELDS = tuple(f.name for f in fields(RunRecord))
 _SQLITE_SELECT_RUN = f"SELECT {', '.join(_RUN_FIELDS)} FROM {_runs.name} WHERE run_id = ?"
-_SQLITE_EVENT_COUNT = f"SELECT max(event_index) FROM {_events.name} WHERE run_id = ?"
-_SQLITE_READ_EVENTS = (
-    f"SELECT event_index, name, data, terminal FROM {_events.name} "
-    "WHERE run_id = ? AND event_index >= ? ORDER BY event_index LIMIT ?"
+_SQLITE_EVENT_COUNT = (
+    f"SELECT coalesce(last_index, event_index) FROM {_events.name} WHERE run_id = ?"
+    " ORDER BY event_index DESC LIMIT 1"
 )
 
 
@@ -1838,8 +1885,8 @@ def _sqlite_get_run(db: sqlite3.Connection, *, run_id: str) -> RunRecord | None:
     values = dict(zip(_RUN_FIELDS, row, strict=True))
     record = RunRecord(**{**values, "status": RunStatus(values["status"])})
     if not record.status.ended:
-        (count,) = db.execute(_SQLITE_EVENT_COUNT, (run_id,)).fetchone()
-        record = replace(record, event_count=0 if count is None else count + 1)
+        top = db.execute(_SQLITE_EVENT_COUNT, (run_id,)).fetchone()
+        record = replace(record, event_count=0 if top is None else top[0] + 1)
     return record
 
 
@@ -1847,8 +1894,14 @@ def _sqlite_read_events(
     db: sqlite3.Connection, *, run_id: str, start: int, limit: int
 ) -> list[Event]:
     """SQLStore.read_events's read, on a sqlite3 connection."""
-    rows = db.execute(_SQLITE_READ_EVENTS, (run_id, start, limit)).fetchall()
-    return [Event(index, name, data, bool(terminal)) for index, name, data, terminal in rows]
+    events: list[Event] = []
+    lo: int | None = start
+    while lo is not None and len(events) < limit:
+        hi = lo + limit - len(events)
+        rows = db.execute(eventrows.READ_WINDOW, {"run_id": run_id, "lo": lo, "hi": hi})
+        found, lo = eventrows.read_window(rows, lo, hi)
+        events += found
+    return events
 
 
 def _sqlite_run_row(run: RunRecord) -> tuple[Any, ...]:

@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from tests.apps import words
-from tests.cluster import TERMINAL, Followed, create, pg_query
+from tests.cluster import EVENT_ROWS, TERMINAL, Followed, create, pg_query, stored_events
 from tests.pgdb import IN_CI, ascratch_database, require
 from tests.servers import ServerProcess
 from tests.sse import frames
@@ -186,15 +186,11 @@ async def _outage(owner: ServerProcess, other: ServerProcess, db_url: str) -> No
 
     runs = {r["run_id"]: r for r in await pg_query(db_url, "SELECT * FROM agentos_runs")}
     for run_id, seen_on_owner, seen_on_other in zip(run_ids, on_owner, on_other, strict=True):
-        rows = await pg_query(
-            db_url,
-            "SELECT event_index, data, terminal FROM agentos_events WHERE run_id = $1 "
-            "ORDER BY event_index",
-            run_id,
-        )
-        stored = [json.loads(row["data"]) for row in rows]
-        assert [row["event_index"] for row in rows] == list(range(len(rows)))
-        assert [row["terminal"] for row in rows].count(True) == 1 and rows[-1]["terminal"]
+        rows = await pg_query(db_url, EVENT_ROWS + " WHERE run_id = $1", run_id)
+        events = stored_events(rows).get(run_id, [])
+        stored = [json.loads(event.data) for event in events]
+        assert [event.index for event in events] == list(range(len(events)))
+        assert [e.terminal for e in events].count(True) == 1 and events[-1].terminal
         assert runs[run_id]["status"] not in ("PENDING", "RUNNING")
         for followed in (seen_on_owner, seen_on_other):
             followed.check_sequence()

@@ -15,13 +15,16 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from agentos.backends import schema
 from agentos.backends.base import open_backend
+from agentos.events import Event
 from agentos.settings import Settings
 from tests.pgdb import scratch_database
 from tests.servers import ROOT, ServerProcess
+from tests.storage import run_record
 
 # The tables as the first release (commit ac83c13, agentos/store.py) made them with SQLModel's
 # create_all: `CreateTable(...).compile(dialect=...)` of its RunRow and EventRow.
@@ -255,6 +258,50 @@ async def test_migrations_build_the_same_tables_as_a_fresh_start(tmp_path: Path)
             await engine.dispose()
 
     assert await tables(migrated) == await tables(created)
+
+
+async def test_event_groups_go_back_to_rows_of_one_event_and_come_back(fresh_url: str) -> None:
+    """Revision 0007 stores a commit's consecutive events of a run in one row; going back to
+    0006 splits every such row into the rows of one event that release reads, texts and names
+    as they were, and upgrading again reads them the same."""
+    store = open_backend(Settings(db_url=fresh_url)).store
+    await store.open()
+    hostile = "é\u2028\\u0000🙂"
+    group = [("a", Event(i, f"N{i % 3}", f'{{"i":{i},"s":"{hostile * i}"}}')) for i in range(300)]
+    group += [("b", Event(0, "Only", "{}")), ("a", Event(300, "RunCompleted", "{}", True))]
+    try:
+        await store.create_run(run_record("a"))
+        await store.create_run(run_record("b"))
+        await store.commit(group, [])
+        expected = {run: await store.read_events(run, 0, 1_000) for run in "ab"}
+        assert [e for _, e in group if _ == "a"] == expected["a"]
+    finally:
+        await store.close()
+
+    def downgrade(sync: sa.Connection) -> list[tuple[str, int, str, bool, str]]:
+        counts = "SELECT count(*), count(layout) FROM agentos_events"
+        rows, grouped = sync.execute(sa.text(counts)).one()
+        assert rows < len(group) and grouped > 1  # rows of several events, up to 16 KiB each
+        command.downgrade(schema._config(sync), "0006")
+        query = "SELECT run_id, event_index, name, terminal, data FROM agentos_events"
+        return [(r[0], r[1], r[2], bool(r[3]), r[4]) for r in sync.execute(sa.text(query))]
+
+    engine = create_async_engine(fresh_url)
+    try:
+        async with engine.begin() as conn:
+            rows = await conn.run_sync(downgrade)
+    finally:
+        await engine.dispose()
+    assert sorted(rows) == sorted(
+        (run, e.index, e.name, e.terminal, e.data) for run in "ab" for e in expected[run]
+    )
+
+    store = open_backend(Settings(db_url=fresh_url, db_auto_upgrade=True)).store
+    await store.open()
+    try:
+        assert {run: await store.read_events(run, 0, 1_000) for run in "ab"} == expected
+    finally:
+        await store.close()
 
 
 def test_the_readme_names_every_revision() -> None:

@@ -31,6 +31,7 @@ from agentos.events import RunStatus
 from agentos.settings import Settings
 from tests.apps import words
 from tests.cluster import (
+    EVENT_ROWS,
     Cluster,
     Followed,
     create,
@@ -39,6 +40,7 @@ from tests.cluster import (
     nginx_binary,
     pg_query,
     serve_cluster,
+    stored_events,
 )
 from tests.pgdb import ascratch_database, scratch_database
 from tests.servers import ServerProcess
@@ -111,15 +113,23 @@ async def _runs_in_db(url: str, run_ids: list[str]) -> dict[str, dict[str, Any]]
     """Each run's row with its count of events, terminal events and RunStarted events."""
     rows = await pg_query(
         url,
-        "SELECT r.run_id, r.status, r.error, r.attempt, r.instance_id, r.event_count,"
-        " count(e.*) AS events, max(e.event_index) AS top,"
-        " count(e.*) FILTER (WHERE e.terminal) AS ends,"
-        " count(e.*) FILTER (WHERE e.name = 'RunStarted') AS starts"
-        " FROM agentos_runs r JOIN agentos_events e USING (run_id)"
-        " WHERE r.run_id = ANY($1) GROUP BY r.run_id",
+        "SELECT run_id, status, error, attempt, instance_id, event_count FROM agentos_runs"
+        " WHERE run_id = ANY($1)",
         run_ids,
     )
-    return {row["run_id"]: dict(row) for row in rows}
+    stored = stored_events(await pg_query(url, EVENT_ROWS + " WHERE run_id = ANY($1)", run_ids))
+    found = {}
+    for row in rows:
+        events = stored.get(row["run_id"])
+        if events:  # the runs with events, as the join made them
+            found[row["run_id"]] = {
+                **row,
+                "events": len(events),
+                "top": events[-1].index,
+                "ends": sum(e.terminal for e in events),
+                "starts": sum(e.name == "RunStarted" for e in events),
+            }
+    return found
 
 
 # -- kill -9 ------------------------------------------------------------------------------------
@@ -326,12 +336,8 @@ async def test_a_paused_former_owner_commits_nothing_after_the_claim(whole: Clus
     assert followed.events[-1]["content"] == message
     row = (await _runs_in_db(whole.db_url, [run_id]))[run_id]
     assert row["status"] == "COMPLETED" and row["instance_id"] != frozen.instance_id
-    stored = await pg_query(
-        whole.db_url,
-        "SELECT event_index, data FROM agentos_events WHERE run_id = $1 ORDER BY event_index",
-        run_id,
-    )
-    assert [json.loads(r["data"]) for r in stored] == followed.events
+    rows = await pg_query(whole.db_url, EVENT_ROWS + " WHERE run_id = $1", run_id)
+    assert [json.loads(e.data) for e in stored_events(rows)[run_id]] == followed.events
     assert "conflict with another writer" in frozen.log()  # it did try, and was fenced out
 
 
@@ -469,23 +475,18 @@ async def test_racing_instances_claim_each_queued_run_once(
                 assert all(s.running for s in servers)
                 await asyncio.sleep(0.2)
             runs = await _rows(db_url, "SELECT * FROM agentos_runs")
-            events = await _rows(
-                db_url, "SELECT run_id, event_index, name, terminal, data FROM agentos_events"
-            )
+            events = stored_events(await _rows(db_url, EVENT_ROWS))
         finally:
             for server in servers:
                 server.kill()
     assert sorted(r["run_id"] for r in runs) == run_ids
     assert {(r["status"], r["attempt"]) for r in runs} == {("COMPLETED", 1)}
-    by_run: dict[str, list[dict[str, Any]]] = {}
-    for event in events:
-        by_run.setdefault(event["run_id"], []).append(event)
-    for run_id, found in by_run.items():
-        found.sort(key=lambda e: e["event_index"])
-        assert [e["event_index"] for e in found] == list(range(len(found)))
-        assert [e["name"] for e in found].count("RunStarted") == 1
-        assert [bool(e["terminal"]) for e in found].count(True) == 1
-        assert {json.loads(e["data"])["attempt"] for e in found} == {1}, run_id
+    assert sorted(events) == run_ids
+    for run_id, found in events.items():
+        assert [e.index for e in found] == list(range(len(found)))
+        assert [e.name for e in found].count("RunStarted") == 1
+        assert [e.terminal for e in found].count(True) == 1
+        assert {json.loads(e.data)["attempt"] for e in found} == {1}, run_id
     claims = Counter(r["instance_id"] for r in runs)
     assert set(claims) == {s.instance_id for s in servers}, claims  # every racer won some
     assert sum(claims.values()) == 500

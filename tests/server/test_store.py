@@ -445,7 +445,10 @@ async def test_sqlite_small_groups_commit_on_the_loop_unless_another_writer_hold
         other.close()
         await asyncio.wait_for(commit, 10)
 
-        await store.commit([("r", _event(i)) for i in range(2, 7)], [])  # 5 rows > 4
+        # Five consecutive events of a run are one row; one event of five runs, five rows > 4.
+        await store.commit([("r", _event(i)) for i in range(2, 7)], [])
+        assert threaded == [1]
+        await store.commit([(f"other-{n}", _event(0)) for n in range(5)], [])
         assert threaded == [1, 5]
         await store.commit([("r", _event(7, terminal=True))], [])
         assert threaded == [1, 5]
@@ -664,9 +667,9 @@ async def test_sqlite_loop_reads_leave_large_values_to_the_thread(
     try:
         await store.commit([], [], runs=[run_record("big", input=large)])
         await store.commit([], [], runs=[run_record("small")])
-        await store.commit(
-            [("big", Event(0, "RunContent", "{}")), ("big", Event(1, "X", large))], []
-        )
+        # Two commits, two rows: a read at a cursor reads its whole row (eventrows.py).
+        await store.commit([("big", Event(0, "RunContent", "{}"))], [])
+        await store.commit([("big", Event(1, "X", large))], [])
         assert store._inline is not None  # committed on the loop, large values included
         threaded = _count_thread_reads(store, monkeypatch)
         small = await store.get_run("small")

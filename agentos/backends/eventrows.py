@@ -1,0 +1,199 @@
+"""How events are stored in ``agentos_events``: consecutive events of a run share a row.
+
+A row per event cost SQLite 2.3 to 2.9 µs an event, whatever its size (bench/NOTES.md, target
+4): the one cost of a run streaming at full speed that the rest of the server could not shrink.
+A group commit holds runs of consecutive events of each run, so it writes each such run as one
+row (up to :data:`ROW_MAX_EVENTS` events and :data:`ROW_MAX_CHARS` characters)::
+
+    one event       event_index=7   last_index=NULL  name, terminal, data  layout=NULL
+    several events  event_index=8   last_index=11    data = texts joined   layout=[names, sizes]
+                                                     terminal: the last one's
+
+``layout`` is JSON: the names as ``[name, count]`` runs, then each text's length in characters,
+so the texts are cut back out of ``data`` as they were written, byte for byte. A terminal event
+always ends its row (it is a run's last event anyway). A row of one event is the format of every
+release before revision 0007, so older rows are read as they are.
+
+Reads by cursor (:data:`READ_WINDOW`) take the rows that hold indexes ``[lo, hi)``: the row that
+starts at or before ``lo`` and those that start before ``hi``, in one index range, plus the start
+of the first row after it (its texts not read), which tells a reader stepping over a gap in the
+indexes where to go on. The refusal of a taken index, which the primary key gave alone when rows
+were events, is now the primary key (two rows cannot start at one index) and
+:data:`SQLITE_OVERLAPS`/:data:`POSTGRES_OVERLAPS` (a row may not start inside another): both are
+checked in the transaction that writes, after its inserts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from functools import cache
+from itertools import groupby
+from typing import Any
+
+from agentos.events import Event
+
+__all__ = [
+    "COLUMNS",
+    "POSTGRES_OVERLAPS",
+    "READ_WINDOW",
+    "ROW_MAX_CHARS",
+    "ROW_MAX_EVENTS",
+    "event_rows",
+    "read_window",
+    "row_events",
+    "sqlite_overlaps",
+]
+
+#: The most events, and characters of their texts, one row holds: a read at a cursor fetches
+#: its whole row, and the event loop reads rows of up to ``inline_read_max_bytes`` (64 KiB by
+#: default; a character is up to four bytes). An event longer than that is a row of its own.
+ROW_MAX_EVENTS = 256
+ROW_MAX_CHARS = 16 * 1024
+
+#: The columns of a row as :func:`event_rows` makes it.
+COLUMNS = ("run_id", "event_index", "name", "terminal", "data", "last_index", "layout")
+
+Row = tuple[str, int, str, bool, str, int | None, str | None]
+
+
+def event_rows(events: Sequence[tuple[str, Event]]) -> list[Row]:
+    """The rows that store ``events`` (``(run_id, event)`` pairs, several runs mixed): each
+    run's events in the order given, consecutive ones joined while they fit one row."""
+    by_run: dict[str, list[Event]] = {}
+    for run_id, event in events:
+        found = by_run.get(run_id)
+        if found is None:
+            by_run[run_id] = [event]
+        else:
+            found.append(event)
+    rows: list[Row] = []
+    for run_id, run_events in by_run.items():
+        if len(run_events) == 1:
+            event = run_events[0]
+            rows.append((run_id, event.index, event.name, event.terminal, event.data, None, None))
+            continue
+        batch: list[Event] = []
+        chars = 0
+        for event in run_events:
+            if batch and (
+                event.index != batch[-1].index + 1
+                or batch[-1].terminal
+                or len(batch) == ROW_MAX_EVENTS
+                or chars + len(event.data) > ROW_MAX_CHARS
+            ):
+                rows.append(_row(run_id, batch))
+                batch, chars = [], 0
+            batch.append(event)
+            chars += len(event.data)
+        rows.append(_row(run_id, batch))
+    return rows
+
+
+def _row(run_id: str, batch: list[Event]) -> Row:
+    first, last = batch[0], batch[-1]
+    if len(batch) == 1:
+        return (run_id, first.index, first.name, first.terminal, first.data, None, None)
+    names = [[name, sum(1 for _ in same)] for name, same in groupby(e.name for e in batch)]
+    layout = json.dumps([names, [len(e.data) for e in batch]], separators=(",", ":"))
+    data = "".join([e.data for e in batch])
+    return (run_id, first.index, first.name, last.terminal, data, last.index, layout)
+
+
+def row_events(
+    first: int,
+    name: str,
+    data: str,
+    terminal: bool | int,
+    layout: str | None,
+    lo: int = 0,
+    hi: int | None = None,
+) -> list[Event]:
+    """The events of a stored row whose indexes are in ``[lo, hi)`` (``hi`` None: no bound)."""
+    if layout is None:
+        inside = first >= lo and (hi is None or first < hi)
+        return [Event(first, name, data, bool(terminal))] if inside else []
+    names, sizes = json.loads(layout)
+    events: list[Event] = []
+    index, offset = first, 0
+    ends = iter(sizes)
+    for event_name, count in names:
+        for _ in range(count):
+            size = next(ends)
+            if hi is not None and index >= hi:
+                return events
+            if index >= lo:
+                events.append(Event(index, event_name, data[offset : offset + size]))
+            index += 1
+            offset += size
+    if events and bool(terminal) and events[-1].index == index - 1:
+        last = events.pop()
+        events.append(Event(last.index, last.name, last.data, True))
+    return events
+
+
+#: The rows of run ``:run_id`` that hold indexes ``[:lo, :hi)`` (see the module docstring), in
+#: order, then the first row that starts at ``:hi`` or after, if any, with no texts: its
+#: ``event_index`` is where the next events are. Columns: ``event_index, name, data, terminal,
+#: layout, last_index``. One range of the primary key, whatever the run's length.
+READ_WINDOW = (
+    "SELECT event_index, name,"
+    " CASE WHEN event_index < :hi THEN data END,"
+    " terminal,"
+    " CASE WHEN event_index < :hi THEN layout END,"
+    " last_index"
+    " FROM agentos_events WHERE run_id = :run_id"
+    " AND event_index >= coalesce("
+    "(SELECT max(event_index) FROM agentos_events WHERE run_id = :run_id AND event_index <= :lo),"
+    " :lo)"
+    " AND event_index <= coalesce("
+    "(SELECT min(event_index) FROM agentos_events WHERE run_id = :run_id AND event_index >= :hi),"
+    " :hi)"
+    " ORDER BY event_index"
+)
+
+
+def read_window(rows: Iterable[Sequence[Any]], lo: int, hi: int) -> tuple[list[Event], int | None]:
+    """The events in ``[lo, hi)`` of :data:`READ_WINDOW`'s rows, and where to read on when
+    they are fewer than ``hi - lo``: ``hi`` when a row goes on past it, the next row's start
+    when there is a gap, None at the end of the run."""
+    events: list[Event] = []
+    after: int | None = None
+    for first, name, data, terminal, layout, last_index in rows:
+        if first >= hi:
+            after = first if after is None else after
+            continue
+        events.extend(row_events(first, name, data, terminal, layout, lo, hi))
+        if last_index is not None and last_index >= hi:
+            after = hi
+    return events, after
+
+
+#: Whether any of ``n`` just inserted rows ``(run_id, first, last)`` overlaps another row of its
+#: run: the row that starts last at or before ``last`` (its own excepted) must end before
+#: ``first``. Each check is one descent of the primary key.
+_OVERLAP_CONDITION = (
+    "(SELECT coalesce(e.last_index, e.event_index) FROM agentos_events e"
+    " WHERE e.run_id = {run_id} AND e.event_index <= {last} AND e.event_index != {first}"
+    " ORDER BY e.event_index DESC LIMIT 1) >= {first}"
+)
+
+
+@cache
+def sqlite_overlaps(n: int) -> str:
+    """The overlap check of ``n`` rows on SQLite: ``3 * n`` parameters, run id, first and last
+    index of each row."""
+    values = ", ".join(["(?, ?, ?)"] * n)
+    condition = _OVERLAP_CONDITION.format(run_id="g.column1", first="g.column2", last="g.column3")
+    return f"SELECT 1 FROM (VALUES {values}) AS g WHERE {condition} LIMIT 1"
+
+
+#: The overlap check on PostgreSQL, for any number of rows: three arrays, ``:run_ids``,
+#: ``:firsts`` and ``:lasts``.
+POSTGRES_OVERLAPS = (
+    "SELECT 1 FROM unnest(CAST(:run_ids AS VARCHAR[]), CAST(:firsts AS INTEGER[]),"
+    " CAST(:lasts AS INTEGER[])) AS g(run_id, first, last)"
+    " WHERE "
+    + _OVERLAP_CONDITION.format(run_id="g.run_id", first="g.first", last="g.last")
+    + " LIMIT 1"
+)

@@ -1,0 +1,79 @@
+"""Event groups: one row of ``agentos_events`` may hold several consecutive events of a run.
+
+A row of one event is as before (``last_index`` and ``layout`` NULL), so the rows of older
+releases are read as they are and nothing is rewritten. A row of several events holds the
+first index in ``event_index``, the last in ``last_index``, their JSON texts joined in ``data``
+and where each ends, with its name, in ``layout`` (``SQLStore``'s ``_event_rows``).
+
+Revision ID: 0007
+Revises: 0006
+"""
+
+from __future__ import annotations
+
+import json
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0007"
+down_revision = "0006"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("agentos_events", sa.Column("last_index", sa.Integer(), nullable=True))
+    op.add_column("agentos_events", sa.Column("layout", sa.Text(), nullable=True))
+
+
+def downgrade() -> None:
+    """Split every row of several events back into rows of one, then drop the columns."""
+    events = sa.table(
+        "agentos_events",
+        sa.column("run_id", sa.String),
+        sa.column("event_index", sa.Integer),
+        sa.column("name", sa.String),
+        sa.column("terminal", sa.Boolean),
+        sa.column("data", sa.Text),
+        sa.column("layout", sa.Text),
+    )
+    conn = op.get_bind()
+    grouped = sa.select(
+        events.c.run_id, events.c.event_index, events.c.terminal, events.c.data, events.c.layout
+    ).where(events.c.layout.is_not(None))
+    # A hundred rows at a time: each one split leaves the query's rows.
+    while rows_of_groups := conn.execute(grouped.limit(100)).all():
+        for row in rows_of_groups:
+            _split(conn, events, *row)
+    with op.batch_alter_table("agentos_events") as batch:
+        batch.drop_column("layout")
+        batch.drop_column("last_index")
+
+
+def _split(
+    conn: sa.Connection,
+    events: sa.TableClause,
+    run_id: str,
+    first: int,
+    terminal: bool,
+    data: str,
+    layout: str,
+) -> None:
+    """Replace the row of several events ``(run_id, first)`` with one row per event."""
+    names, sizes = json.loads(layout)
+    ends = iter(sizes)
+    rows: list[dict[str, object]] = []
+    offset = 0
+    for name, count in names:
+        for _ in range(count):
+            size = next(ends)
+            text = data[offset : offset + size]
+            offset += size
+            rows.append(
+                {"run_id": run_id, "event_index": first + len(rows), "name": name,
+                 "terminal": False, "data": text}
+            )  # fmt: skip
+    rows[-1]["terminal"] = bool(terminal)
+    conn.execute(events.delete().where(events.c.run_id == run_id, events.c.event_index == first))
+    conn.execute(events.insert(), rows)
