@@ -6,12 +6,12 @@ A group commit holds runs of consecutive events of each run, so it writes each s
 row (up to :data:`ROW_MAX_EVENTS` events and :data:`ROW_MAX_CHARS` characters)::
 
     one event       event_index=7   last_index=NULL  name, terminal, data  layout=NULL
-    several events  event_index=8   last_index=11    data = texts joined   layout=[names, sizes]
+    several events  event_index=8   last_index=11    data = texts joined   layout=names
                                                      terminal: the last one's
 
-``layout`` is JSON: the names as ``[name, count]`` runs, then each text's length in characters,
-so the texts are cut back out of ``data`` as they were written, byte for byte. A terminal event
-always ends its row (it is a run's last event anyway). A row of one event is the format of every
+The texts are joined by :data:`SEPARATOR` and split back as they were written, byte for byte;
+``layout`` is the names, in JSON as ``[name, count]`` runs. A terminal event always ends its
+row (it is a run's last event anyway). A row of one event is the format of every
 release before revision 0007, so older rows are read as they are.
 
 Reads by cursor (:data:`READ_WINDOW`) take the rows that hold indexes ``[lo, hi)``: the row that
@@ -26,9 +26,10 @@ checked in the transaction that writes, after its inserts.
 from __future__ import annotations
 
 import json
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from functools import cache
-from itertools import groupby
+from itertools import accumulate, groupby
 from typing import Any
 
 from agentos.events import Event
@@ -39,6 +40,7 @@ __all__ = [
     "READ_WINDOW",
     "ROW_MAX_CHARS",
     "ROW_MAX_EVENTS",
+    "SEPARATOR",
     "event_rows",
     "read_window",
     "row_events",
@@ -52,9 +54,17 @@ ROW_MAX_EVENTS = 256
 ROW_MAX_CHARS = 16 * 1024
 
 #: The columns of a row as :func:`event_rows` makes it.
+#: A name as a JSON string (what ``json.dumps`` writes, in C).
+_quote = json.encoder.encode_basestring_ascii
+
 COLUMNS = ("run_id", "event_index", "name", "terminal", "data", "last_index", "layout")
 
 Row = tuple[str, int, str, bool, str, int | None, str | None]
+
+#: What joins the texts of a row's events: ASCII's record separator, which no JSON text holds (a
+#: control character is escaped inside a string and is not whitespace outside one). The store
+#: takes any text all the same: an event whose text holds one is a row of its own.
+SEPARATOR = "\x1e"
 
 
 def event_rows(events: Sequence[tuple[str, Event]]) -> list[Row]:
@@ -73,31 +83,58 @@ def event_rows(events: Sequence[tuple[str, Event]]) -> list[Row]:
             event = run_events[0]
             rows.append((run_id, event.index, event.name, event.terminal, event.data, None, None))
             continue
-        batch: list[Event] = []
-        chars = 0
-        for event in run_events:
-            if batch and (
-                event.index != batch[-1].index + 1
-                or batch[-1].terminal
-                or len(batch) == ROW_MAX_EVENTS
-                or chars + len(event.data) > ROW_MAX_CHARS
-            ):
-                rows.append(_row(run_id, batch))
-                batch, chars = [], 0
-            batch.append(event)
-            chars += len(event.data)
-        rows.append(_row(run_id, batch))
+        texts = [e.data for e in run_events]
+        lengths = [len(text) for text in texts]
+        if len(run_events) <= ROW_MAX_EVENTS and sum(lengths) <= ROW_MAX_CHARS:
+            _append_rows(rows, run_id, run_events, texts)
+            continue
+        # Slices of at most ROW_MAX_EVENTS events and ROW_MAX_CHARS characters (an event
+        # longer than that alone), found on the running total of the texts' lengths.
+        ends = list(accumulate(lengths))
+        start, count = 0, len(run_events)
+        while start < count:
+            before = ends[start - 1] if start else 0
+            most = min(count, start + ROW_MAX_EVENTS)
+            end = max(bisect_right(ends, before + ROW_MAX_CHARS, start, most), start + 1)
+            _append_rows(rows, run_id, run_events[start:end], texts[start:end])
+            start = end
     return rows
 
 
-def _row(run_id: str, batch: list[Event]) -> Row:
+def _append_rows(rows: list[Row], run_id: str, batch: list[Event], texts: list[str]) -> None:
+    """Append the rows of ``batch`` (events of one run that fit one row by count and size;
+    ``texts`` their texts): one row when they make one (checked a list at a time: the common
+    case), else the rows they make event by event."""
     first, last = batch[0], batch[-1]
-    if len(batch) == 1:
-        return (run_id, first.index, first.name, first.terminal, first.data, None, None)
-    names = [[name, sum(1 for _ in same)] for name, same in groupby(e.name for e in batch)]
-    layout = json.dumps([names, [len(e.data) for e in batch]], separators=(",", ":"))
-    data = "".join([e.data for e in batch])
-    return (run_id, first.index, first.name, last.terminal, data, last.index, layout)
+    n = len(batch)
+    if n == 1:
+        rows.append((run_id, first.index, first.name, first.terminal, first.data, None, None))
+        return
+    if (
+        last.index - first.index == n - 1
+        and [e.index for e in batch] == list(range(first.index, last.index + 1))
+        and True not in [e.terminal for e in batch[:-1]]
+        and SEPARATOR not in "".join(texts)
+    ):
+        names = groupby([e.name for e in batch])
+        layout = f"[{','.join([f'[{_quote(name)},{len(list(same))}]' for name, same in names])}]"
+        data = SEPARATOR.join(texts)
+        rows.append((run_id, first.index, first.name, last.terminal, data, last.index, layout))
+        return
+    # Not consecutive, a terminal event before the last, or a text holding the separator.
+    part: list[Event] = []
+    for event in batch:
+        if part and (
+            event.index != part[-1].index + 1 or part[-1].terminal or SEPARATOR in event.data
+        ):
+            _append_rows(rows, run_id, part, [e.data for e in part])
+            part = []
+        part.append(event)
+        if SEPARATOR in event.data:  # a row of its own
+            _append_rows(rows, run_id, part, [event.data])
+            part = []
+    if part:
+        _append_rows(rows, run_id, part, [e.data for e in part])
 
 
 def row_events(
@@ -113,20 +150,13 @@ def row_events(
     if layout is None:
         inside = first >= lo and (hi is None or first < hi)
         return [Event(first, name, data, bool(terminal))] if inside else []
-    names, sizes = json.loads(layout)
-    events: list[Event] = []
-    index, offset = first, 0
-    ends = iter(sizes)
-    for event_name, count in names:
-        for _ in range(count):
-            size = next(ends)
-            if hi is not None and index >= hi:
-                return events
-            if index >= lo:
-                events.append(Event(index, event_name, data[offset : offset + size]))
-            index += 1
-            offset += size
-    if events and bool(terminal) and events[-1].index == index - 1:
+    texts = data.split(SEPARATOR)
+    end = first + len(texts) if hi is None else min(hi, first + len(texts))
+    names: list[str] = []
+    for event_name, count in json.loads(layout):
+        names += [event_name] * count
+    events = [Event(i, names[i - first], texts[i - first]) for i in range(max(lo, first), end)]
+    if events and terminal and events[-1].index == first + len(texts) - 1:
         last = events.pop()
         events.append(Event(last.index, last.name, last.data, True))
     return events

@@ -2,8 +2,8 @@
 
 A row of one event is as before (``last_index`` and ``layout`` NULL), so the rows of older
 releases are read as they are and nothing is rewritten. A row of several events holds the
-first index in ``event_index``, the last in ``last_index``, their JSON texts joined in ``data``
-and where each ends, with its name, in ``layout`` (``SQLStore``'s ``_event_rows``).
+first index in ``event_index``, the last in ``last_index``, their JSON texts joined by the
+character U+001E in ``data`` and their names in ``layout`` (``agentos/backends/eventrows.py``).
 
 Revision ID: 0007
 Revises: 0006
@@ -61,19 +61,13 @@ def _split(
     layout: str,
 ) -> None:
     """Replace the row of several events ``(run_id, first)`` with one row per event."""
-    names, sizes = json.loads(layout)
-    ends = iter(sizes)
-    rows: list[dict[str, object]] = []
-    offset = 0
-    for name, count in names:
-        for _ in range(count):
-            size = next(ends)
-            text = data[offset : offset + size]
-            offset += size
-            rows.append(
-                {"run_id": run_id, "event_index": first + len(rows), "name": name,
-                 "terminal": False, "data": text}
-            )  # fmt: skip
+    texts = data.split("\x1e")
+    names = [name for name, count in json.loads(layout) for _ in range(count)]
+    rows = [
+        {"run_id": run_id, "event_index": first + i, "name": names[i], "terminal": False,
+         "data": text}
+        for i, text in enumerate(texts)
+    ]  # fmt: skip
     rows[-1]["terminal"] = bool(terminal)
     conn.execute(events.delete().where(events.c.run_id == run_id, events.c.event_index == first))
     conn.execute(events.insert(), rows)
