@@ -26,7 +26,6 @@ import contextlib
 import enum
 import functools
 import json
-import operator
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import fields, replace
@@ -1694,7 +1693,6 @@ def _is_connection_error(orig: Exception) -> bool:
     )
 
 
-_RUN_ID = operator.itemgetter(0)
 _EVENT_ROW = f"({', '.join('?' * len(eventrows.COLUMNS))})"
 _SQLITE_INSERT_EVENTS = (
     f"INSERT INTO agentos_events ({', '.join(eventrows.COLUMNS)}) VALUES {_EVENT_ROW}"
@@ -1782,10 +1780,10 @@ class _SQLiteGroup:
         ]
         self.owner = owner
         self.attempts = attempts
-        self.fenced = sorted(set(map(_RUN_ID, events))) if owner is not None else []
+        self.fenced = sorted({row[0] for row in self.events}) if owner is not None else []
         #: Rows written and characters of text in them: what the group costs SQLite.
         self.rows = len(self.runs) + len(self.events) + len(updates)
-        self.chars = sum(len(e.data) for _, e in events) + sum(
+        self.chars = sum([len(row[4]) for row in self.events]) + sum(
             len(value)
             for row in (*self.runs, *(p.values() for _, group in self.updates for p in group))
             for value in row
