@@ -121,6 +121,8 @@ class GroupCommitter:
         self.last_error: str | None = None
         #: When the commit now waiting for the database began (time.time()), if one does.
         self._attempt_started: float | None = None
+        #: When the last group was committed and published (time.monotonic()); see _gather.
+        self._group_ended = float("-inf")
 
     @property
     def pending(self) -> int:
@@ -278,6 +280,7 @@ class GroupCommitter:
                     # store may make it on the loop), the tasks that just queued events get to
                     # wait for them (committed) before they are published.
                     await asyncio.sleep(0)
+                    await self._gather()
                     await self._commit_one_group()
                 self._writing = False
                 if self._closing:
@@ -294,6 +297,34 @@ class GroupCommitter:
                     waiter.set_exception(CommitterStopped("the group committer stopped"))
             self._waiters = []
             self._creates = []
+
+    async def _gather(self) -> None:
+        """Let the next group grow while events keep coming, when groups follow each other.
+
+        Each group costs a transaction, its statements and its publication, whatever its size:
+        a run streaming at full speed made a group of its events every turn of the loop (a
+        hundred to a run of 10,000 events), and paid more for those than for the events
+        (bench/NOTES.md, session 7). While groups commit back to back (the last one ended less
+        than ``linger`` ago), the loop turns again as long as each turn brings more events, up
+        to ``max_batch_events`` or ``linger`` seconds. Nothing waits that something waits for:
+        a run's first events, a flush, a create, a shutdown end it at once, and so does a quiet
+        committer (the first group after a pause commits at once).
+        """
+        linger = self._settings.linger
+        now = time.monotonic()
+        if not self._pending or linger <= 0 or now - self._group_ended > linger or self._awaited():
+            return
+        deadline = now + linger
+        limit = self._settings.max_batch_events
+        while len(self._pending) < limit:
+            before = len(self._pending)
+            await asyncio.sleep(0)
+            if len(self._pending) == before or self._awaited() or time.monotonic() >= deadline:
+                return
+
+    def _awaited(self) -> bool:
+        """Whether anyone waits for the next group: a flush, a create, an event's run."""
+        return bool(self._waiters or self._creates or self._event_waiters or self._closing)
 
     async def _commit_one_group(self) -> None:
         limit = self._settings.max_batch_events
@@ -324,6 +355,7 @@ class GroupCommitter:
             self._wake_event_waiters(taken, events)
         if len(self._pending) < self._settings.max_pending_events:
             self._space.set()
+        self._group_ended = time.monotonic()
         if self._rejected and waiters:
             # A refused run's error event was queued for the next group: a flush made before
             # it returns once that event is committed too.

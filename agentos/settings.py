@@ -170,6 +170,9 @@ class CommitSettings:
     max_pending_events: int = _setting(10_000, "max_pending_events")
     #: Most events written in one transaction.
     max_batch_events: int = _setting(2_000, "max_batch_events")
+    #: Longest time in seconds a group may wait to grow while groups commit back to back
+    #: (``committer.py``, ``GroupCommitter._gather``); 0 commits each group at once.
+    linger: float = _setting(0.003, "commit_linger")
     #: Seconds before the first retry of a failed commit; doubled per retry.
     retry_delay: float = _setting(0.05, "commit_retry_delay")
     #: Longest wait in seconds between two retries of a failed commit.

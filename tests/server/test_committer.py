@@ -379,3 +379,90 @@ async def test_a_taken_run_id_fails_its_create_alone_and_the_group_commits_once_
     assert taken is not None and taken.input == "first"
     await committer.aclose()
     await store.close()
+
+
+async def _stream(
+    committer: GroupCommitter,
+    run_id: str,
+    turns: int,
+    per_turn: int,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """A run streaming at full speed: ``per_turn`` events, then a turn of the loop; for
+    ``turns`` turns or until ``stop`` is set."""
+    index = 0
+    for _ in range(turns):
+        if stop is not None and stop.is_set():
+            return
+        for _ in range(per_turn):
+            committer.put(run_id, Event(index, "RunContent", f'{{"i":{index}}}'))
+            index += 1
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("linger", [0.0, 5.0])
+async def test_groups_grow_while_a_run_streams_and_linger_bounds_them(
+    tmp_path: Path, linger: float
+) -> None:
+    """While groups commit back to back, the next one waits for more events as long as each
+    turn of the loop brings some: a run streaming 3,000 events makes a few groups of up to
+    ``max_batch_events`` instead of one per turn (linger 0). Every event commits, in order."""
+    store = ScriptedStore(f"sqlite+aiosqlite:///{tmp_path}/c.db")
+    await store.open()
+    await store.create_run(run_record("r"))
+    buffers = EventBuffer(Settings().buffer)
+    buf = buffers.open("r")
+    settings = Settings(commit_linger=linger, max_batch_events=1_000).commit
+    committer = GroupCommitter(store, buffers, settings, owner="test")
+    committer.start()
+    await _stream(committer, "r", turns=300, per_turn=10)
+    await asyncio.wait_for(committer.flush(), 10)
+    assert buf.next_index == 3_000
+    assert [e.index for e in await store.read_events("r", 0, 5_000)] == list(range(3_000))
+    if linger:
+        assert len(store.batches) <= 6 and max(store.batches) <= 1_000, store.batches
+    else:
+        assert len(store.batches) >= 100, store.batches
+    await committer.aclose()
+    await store.close()
+
+
+async def test_nothing_anyone_waits_for_lingers(tmp_path: Path) -> None:
+    """With a linger far longer than the test, a quiet committer's first group, a flush, a
+    run waiting for one of its events (its first two) and a create all commit at once, even
+    while another run streams and groups follow each other."""
+    store = SQLStore(f"sqlite+aiosqlite:///{tmp_path}/c.db")
+    await store.open()
+    await store.create_run(run_record("busy"))
+    await store.create_run(run_record("r"))
+    buffers = EventBuffer(Settings().buffer)
+    buffers.open("busy")
+    buf = buffers.open("r")
+    # Groups as large as the stream: without a waiter, a group would wait for all of it.
+    settings = Settings(commit_linger=60.0, max_batch_events=2_000_000).commit
+    committer = GroupCommitter(store, buffers, settings, owner="test")
+    committer.start()
+
+    committer.put("r", Event(0, "RunStarted", "{}"))  # a quiet committer: at once
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert buf.next_index == 1
+
+    stop = asyncio.Event()
+    streaming = asyncio.ensure_future(_stream(committer, "busy", 1_000_000, 1, stop))
+    await asyncio.sleep(0.05)  # groups of "busy" follow each other, lingering
+    event = Event(1, "RunContent", "{}")
+    committer.put("r", event)
+    await asyncio.wait_for(committer.committed(event), 5)
+    assert buf.next_index == 2
+    committer.put("r", Event(2, "RunContent", "{}"))
+    await asyncio.wait_for(committer.flush(), 5)
+    assert buf.next_index == 3
+    await asyncio.wait_for(committer.create(run_record("new"), 5), 5)
+    assert await store.get_run("new") is not None
+    assert not streaming.done()  # all of it happened while "busy" streamed
+    stop.set()
+    await streaming
+    await asyncio.wait_for(committer.flush(), 10)
+    await committer.aclose()
+    await store.close()
