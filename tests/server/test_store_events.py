@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 
 from agentos.backends.base import Store, open_backend
-from agentos.errors import WriteConflict
+from agentos.errors import DataRejected, WriteConflict
 from agentos.events import Event, RunStatus
 from agentos.records import RunUpdate
 from agentos.settings import Settings
@@ -416,3 +416,35 @@ async def test_deleted_runs_take_their_events_with_them(store: Store) -> None:
     await store.commit([("old-long", e) for e in again], [])
     await _assert_stored(store, "old-long", again)
     assert await store.read_events("old-long", 3, 2) == again[3:5]
+
+
+# -- names -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["n" * 100, "n" * 101, "nul\x00", "lone \ud800 surrogate", "é\u2028\U0001f600"],
+    ids=["100 characters", "101 characters", "NUL", "lone surrogate", "non-ASCII"],
+)
+async def test_a_name_is_judged_the_same_wherever_it_is_in_its_group(
+    store: Store, name: str
+) -> None:
+    """A name is stored, or refused (DataRejected, the whole group), whether its event is alone,
+    first or later in its group: in a row of several events the names after the first are in
+    ``layout``, where the database never sees them."""
+    outcomes = []
+    for n, at in enumerate((None, 0, 1, 3)):
+        run_id = f"r{n}"
+        await store.create_run(run_record(run_id))
+        events = [Event(0, name, "{}")] if at is None else [_event(i) for i in range(4)]
+        if at is not None:
+            events[at] = Event(at, name, "{}")
+        try:
+            await store.commit([(run_id, e) for e in events], [])
+        except DataRejected:
+            outcomes.append("refused")
+            assert await store.read_events(run_id, 0, 10) == []
+        else:
+            outcomes.append("stored")
+            assert await store.read_events(run_id, 0, 10) == events
+    assert outcomes in (["stored"] * 4, ["refused"] * 4)
