@@ -11,7 +11,8 @@ row (up to :data:`ROW_MAX_EVENTS` events and :data:`ROW_MAX_CHARS` characters)::
 
 The texts are joined by :data:`SEPARATOR` and split back as they were written, byte for byte;
 ``layout`` is the names, in JSON as ``[name, count]`` runs. A terminal event always ends its
-row (it is a run's last event anyway). A row of one event is the format of every
+row (it is a run's last event anyway); an event whose text holds the separator, or whose name
+the ``name`` column may refuse, is a row of its own. A row of one event is the format of every
 release before revision 0007, so older rows are read as they are.
 
 Reads by cursor (:data:`READ_WINDOW`) take the rows that hold indexes ``[lo, hi)``: the row that
@@ -26,6 +27,7 @@ checked in the transaction that writes, after its inserts.
 from __future__ import annotations
 
 import json
+import re
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from functools import cache
@@ -36,6 +38,7 @@ from agentos.events import Event
 
 __all__ = [
     "COLUMNS",
+    "NAME_MAX_CHARS",
     "POSTGRES_OVERLAPS",
     "READ_WINDOW",
     "ROW_MAX_CHARS",
@@ -65,6 +68,10 @@ Row = tuple[str, int, str, bool, str, int | None, str | None]
 #: control character is escaped inside a string and is not whitespace outside one). The store
 #: takes any text all the same: an event whose text holds one is a row of its own.
 SEPARATOR = "\x1e"
+
+#: The most characters of a name the ``name`` column holds (VARCHAR(100) on PostgreSQL).
+NAME_MAX_CHARS = 100
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def event_rows(events: Sequence[tuple[str, Event]]) -> list[Row]:
@@ -110,31 +117,44 @@ def _append_rows(rows: list[Row], run_id: str, batch: list[Event], texts: list[s
     if n == 1:
         rows.append((run_id, first.index, first.name, first.terminal, first.data, None, None))
         return
+    names = [(name, len(list(same))) for name, same in groupby([e.name for e in batch])]
     if (
         last.index - first.index == n - 1
         and [e.index for e in batch] == list(range(first.index, last.index + 1))
         and True not in [e.terminal for e in batch[:-1]]
         and SEPARATOR not in "".join(texts)
+        and all([_in_layout(name) for name, _ in names])
     ):
-        names = groupby([e.name for e in batch])
-        layout = f"[{','.join([f'[{_quote(name)},{len(list(same))}]' for name, same in names])}]"
+        layout = f"[{','.join([f'[{_quote(name)},{count}]' for name, count in names])}]"
         data = SEPARATOR.join(texts)
         rows.append((run_id, first.index, first.name, last.terminal, data, last.index, layout))
         return
-    # Not consecutive, a terminal event before the last, or a text holding the separator.
+    # Not consecutive, a terminal event before the last, a text holding the separator or a
+    # name that may not go in the layout.
     part: list[Event] = []
     for event in batch:
-        if part and (
-            event.index != part[-1].index + 1 or part[-1].terminal or SEPARATOR in event.data
-        ):
+        alone = SEPARATOR in event.data or not _in_layout(event.name)
+        if part and (event.index != part[-1].index + 1 or part[-1].terminal or alone):
             _append_rows(rows, run_id, part, [e.data for e in part])
             part = []
         part.append(event)
-        if SEPARATOR in event.data:  # a row of its own
+        if alone:  # a row of its own
             _append_rows(rows, run_id, part, [event.data])
             part = []
     if part:
         _append_rows(rows, run_id, part, [e.data for e in part])
+
+
+def _in_layout(name: str) -> bool:
+    """Whether ``name`` may go in a row's ``layout``: only a name that every database takes in
+    the ``name`` column (at most :data:`NAME_MAX_CHARS` characters, no NUL, no lone surrogate).
+    An event with another name is a row of its own, so its name is refused, or taken, wherever
+    the event is in its group, as when every event was a row."""
+    return (
+        len(name) <= NAME_MAX_CHARS
+        and "\x00" not in name
+        and (name.isascii() or _SURROGATE.search(name) is None)
+    )
 
 
 def row_events(
