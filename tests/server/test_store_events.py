@@ -6,12 +6,14 @@ reaper's terminal event and the deletes of runs all see the events as committed.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import asyncpg
 import pytest
 import pytest_asyncio
 from hypothesis import HealthCheck, Phase, given, note, settings
@@ -22,7 +24,7 @@ from agentos.errors import DataRejected, WriteConflict
 from agentos.events import Event, RunStatus
 from agentos.records import RunUpdate
 from agentos.settings import Settings
-from tests.pgdb import db_url, pg_url
+from tests.pgdb import _dsn, db_url, pg_url, truncate
 from tests.server.test_store import _end_with, _event
 from tests.storage import run_record
 
@@ -334,6 +336,69 @@ async def test_a_group_with_a_taken_index_writes_nothing(store: Store, case: str
     await store.commit([*_fresh("c", range(3)), *_fresh("a", range(70, 72))], [])
     assert [e.index for e in await store.read_events("a", 68, 10)] == [68, 69, 70, 71]
     assert [e.index for e in await store.read_events("c", 0, 10)] == [0, 1, 2]
+
+
+#: Two groups of run ``a`` (0-4 stored) written at once, each holding an index of the other's.
+_RACES = {
+    "a single event inside a long group": ((5, 15), (9, 10)),
+    "a long group around a single event": ((9, 10), (5, 15)),
+    "a group starting inside another": ((5, 15), (10, 20)),
+    "a group ending inside another": ((10, 20), (5, 15)),
+}
+
+
+@pytest.mark.postgres
+@pytest.mark.xfail(
+    strict=True,
+    reason="sql.py: the overlap check cannot see another transaction's rows before it commits",
+)
+@pytest.mark.parametrize("case", list(_RACES))
+async def test_concurrent_groups_with_a_common_index_cannot_both_commit(
+    pg_url: str, case: str
+) -> None:
+    """PostgreSQL, two instances commit at once (unfenced, or fenced by one owner: a fence
+    locks the run rows FOR KEY SHARE, which does not exclude another) groups whose rows of
+    run ``a`` start at different indexes but share one: one raises WriteConflict, as when the
+    primary key was the event's, and the run's events are each stored once. Each commit is
+    held after its inserts and overlap check (by a lock on the run it updates) until both are."""
+    await truncate(pg_url)
+    stores = [open_backend(Settings(db_url=pg_url)).store for _ in range(2)]
+    for store in stores:
+        await store.open()
+    holder = await asyncpg.connect(_dsn(pg_url))
+    try:
+        for run_id in ("a", "x", "y"):
+            await stores[0].create_run(run_record(run_id))
+        await stores[0].commit([("a", _event(i)) for i in range(5)], [])
+        hold = holder.transaction()
+        await hold.start()
+        await holder.execute("SELECT 1 FROM agentos_runs WHERE run_id IN ('x', 'y') FOR UPDATE")
+        commits = [
+            asyncio.ensure_future(
+                store.commit(
+                    [("a", Event(i, "Racer", f'{{"by":"{held}"}}')) for i in range(*span)],
+                    [RunUpdate(held, content=held)],
+                )
+            )
+            for store, held, span in zip(stores, ("x", "y"), _RACES[case], strict=True)
+        ]
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        for _ in range(500):
+            if await holder.fetchval(waiting) == 2 or any(c.done() for c in commits):
+                break
+            await asyncio.sleep(0.01)
+        await hold.rollback()
+        outcomes = await asyncio.gather(*commits, return_exceptions=True)
+        assert sum(isinstance(o, WriteConflict) for o in outcomes) == 1, outcomes
+        indexes = [e.index for e in await stores[0].read_events("a", 0, 100)]
+        assert indexes == sorted(set(indexes))
+    finally:
+        await holder.close()
+        for store in stores:
+            await store.close()
 
 
 # -- terminal events and the reaper ----------------------------------------------------------------
