@@ -318,7 +318,9 @@ async def test_a_group_with_a_taken_index_writes_nothing(store: Store, case: str
         await store.commit([("a", _event(i)) for i in commit], [])
     await store.commit([("b", _event(i)) for i in range(3)], [])
     for padding in (0, 2 * INLINE_ROWS):
-        group = [*_fresh("c", range(padding)), *_fresh("b", range(3, 5)), *_CONFLICTS[case]]
+        # Every other index: a row each, so that the long group is one of many rows.
+        padded = _fresh("c", range(0, 2 * padding, 2))
+        group = [*padded, *_fresh("b", range(3, 5)), *_CONFLICTS[case]]
         updates = [
             RunUpdate("a", status=RunStatus.COMPLETED, content="after", event_count=100),
             RunUpdate("c", content="after"),
