@@ -340,6 +340,23 @@ async def test_a_group_with_a_taken_index_writes_nothing(store: Store, case: str
     assert [e.index for e in await store.read_events("c", 0, 10)] == [0, 1, 2]
 
 
+@pytest.mark.parametrize("inside_first", [False, True], ids=["long row first", "inside first"])
+async def test_a_row_inside_another_is_refused_hundreds_of_rows_apart(
+    store: Store, inside_first: bool
+) -> None:
+    """A group of more than 300 rows (SQLite checks overlaps 300 rows at a time, after all its
+    inserts) with an event inside a stretch of the same group hundreds of rows away: refused
+    whole, whichever comes first."""
+    await store.create_run(run_record("a"))
+    stretch = _fresh("a", range(0, 10))
+    apart = _fresh("a", range(100, 1_000, 2))  # a row each
+    inside = _taken(5)
+    group = [*inside, *apart, *stretch] if inside_first else [*stretch, *apart, *inside]
+    with pytest.raises(WriteConflict):
+        await store.commit(group, [])
+    assert await store.read_events("a", 0, 1_000) == []
+
+
 #: Two groups of run ``a`` (0-4 stored) written at once, each holding an index of the other's.
 _RACES = {
     "a single event inside a long group": ((5, 15), (9, 10)),
