@@ -233,6 +233,19 @@ def _top_index(events: Sequence[Event]) -> int:
     return events[-1].index if events else -1
 
 
+@pytest.mark.parametrize(
+    ("start", "limit"),
+    [(0, 2**31), (0, 2**40), (2, 2**31 - 1), (2**31 - 2, 5), (2**40, 1)],
+)
+async def test_a_read_past_any_index_is_just_short(store: Store, start: int, limit: int) -> None:
+    """``start + limit`` past what an index column holds (2**31 - 1 on PostgreSQL): the events
+    there are, as with any other start and limit (a read of "everything"), not an error."""
+    await store.create_run(run_record("r"))
+    events = [_event(i) for i in range(3)]
+    await store.commit([("r", e) for e in events], [])
+    assert await store.read_events("r", start, limit) == _expect(events, start, limit)
+
+
 # -- gaps ----------------------------------------------------------------------------------------
 
 
