@@ -185,20 +185,23 @@ def row_events(
 #: The rows of run ``:run_id`` that hold indexes ``[:lo, :hi)`` (see the module docstring), in
 #: order, then the first row that starts at ``:hi`` or after, if any, with no texts: its
 #: ``event_index`` is where the next events are. Columns: ``event_index, name, data, terminal,
-#: layout, last_index``. One range of the primary key, whatever the run's length.
+#: layout, last_index``. One range of the primary key, whatever the run's length. The bounds
+#: are BIGINT: ``:hi`` is ``:lo`` plus a limit, which may be past any INTEGER index.
 READ_WINDOW = (
     "SELECT event_index, name,"
-    " CASE WHEN event_index < :hi THEN data END,"
+    " CASE WHEN event_index < CAST(:hi AS BIGINT) THEN data END,"
     " terminal,"
-    " CASE WHEN event_index < :hi THEN layout END,"
+    " CASE WHEN event_index < CAST(:hi AS BIGINT) THEN layout END,"
     " last_index"
     " FROM agentos_events WHERE run_id = :run_id"
     " AND event_index >= coalesce("
-    "(SELECT max(event_index) FROM agentos_events WHERE run_id = :run_id AND event_index <= :lo),"
-    " :lo)"
+    "(SELECT max(event_index) FROM agentos_events"
+    " WHERE run_id = :run_id AND event_index <= CAST(:lo AS BIGINT)),"
+    " CAST(:lo AS BIGINT))"
     " AND event_index <= coalesce("
-    "(SELECT min(event_index) FROM agentos_events WHERE run_id = :run_id AND event_index >= :hi),"
-    " :hi)"
+    "(SELECT min(event_index) FROM agentos_events"
+    " WHERE run_id = :run_id AND event_index >= CAST(:hi AS BIGINT)),"
+    " CAST(:hi AS BIGINT))"
     " ORDER BY event_index"
 )
 
