@@ -304,6 +304,40 @@ async def test_event_groups_go_back_to_rows_of_one_event_and_come_back(fresh_url
         await store.close()
 
 
+async def test_the_downgrade_splits_hundreds_of_rows_of_several_runs(fresh_url: str) -> None:
+    """More rows of several events than the downgrade splits at a time (a hundred), in several
+    runs, among rows of one: all are split, each event once."""
+    store = open_backend(Settings(db_url=fresh_url)).store
+    await store.open()
+    events: dict[str, list[Event]] = {}
+    try:
+        for run_id in ("a", "b", "c"):
+            await store.create_run(run_record(run_id))
+            # Pairs then a single, gaps between: 120 rows of two events, 120 of one.
+            indexes = [i for k in range(120) for i in (5 * k, 5 * k + 1, 5 * k + 3)]
+            events[run_id] = [Event(i, f"N{i % 7}", f'{{"{run_id}":{i}}}') for i in indexes]
+            await store.commit([(run_id, e) for e in events[run_id]], [])
+    finally:
+        await store.close()
+
+    def downgrade(sync: sa.Connection) -> list[tuple[str, int, str, bool, str]]:
+        grouped = sync.execute(sa.text("SELECT count(layout) FROM agentos_events")).scalar()
+        assert grouped > 300  # (a pair may straddle two slices of 256 events)
+        command.downgrade(schema._config(sync), "0006")
+        query = "SELECT run_id, event_index, name, terminal, data FROM agentos_events"
+        return [(r[0], r[1], r[2], bool(r[3]), r[4]) for r in sync.execute(sa.text(query))]
+
+    engine = create_async_engine(fresh_url)
+    try:
+        async with engine.begin() as conn:
+            rows = await conn.run_sync(downgrade)
+    finally:
+        await engine.dispose()
+    assert sorted(rows) == sorted(
+        (run_id, e.index, e.name, e.terminal, e.data) for run_id in events for e in events[run_id]
+    )
+
+
 def test_the_readme_names_every_revision() -> None:
     section = (ROOT / "README.md").read_text().split("## Schema migrations", 1)[1]
     section = section.split("\n## ", 1)[0]
