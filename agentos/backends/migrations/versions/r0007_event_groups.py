@@ -39,13 +39,21 @@ def downgrade() -> None:
         sa.column("layout", sa.Text),
     )
     conn = op.get_bind()
-    grouped = sa.select(
-        events.c.run_id, events.c.event_index, events.c.terminal, events.c.data, events.c.layout
-    ).where(events.c.layout.is_not(None))
-    # A hundred rows at a time: each one split leaves the query's rows.
-    while rows_of_groups := conn.execute(grouped.limit(100)).all():
+    key = (events.c.run_id, events.c.event_index)
+    grouped = (
+        sa.select(*key, events.c.terminal, events.c.data, events.c.layout)
+        .where(events.c.layout.is_not(None))
+        .order_by(*key)
+        .limit(100)
+    )
+    # A hundred rows at a time, in key order from the last one split: one pass over the
+    # primary key (the rows a split writes have no layout), however many rows there are.
+    rows_of_groups = conn.execute(grouped).all()
+    while rows_of_groups:
         for row in rows_of_groups:
             _split(conn, events, *row)
+        after = sa.tuple_(*key) > sa.tuple_(*map(sa.literal, rows_of_groups[-1][:2]))
+        rows_of_groups = conn.execute(grouped.where(after)).all()
     with op.batch_alter_table("agentos_events") as batch:
         batch.drop_column("layout")
         batch.drop_column("last_index")
