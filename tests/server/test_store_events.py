@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import json
 import time
+import traceback
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -368,6 +369,26 @@ async def test_a_row_inside_another_is_refused_hundreds_of_rows_apart(
     with pytest.raises(WriteConflict):
         await store.commit(group, [])
     assert await store.read_events("a", 0, 1_000) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="sql.py raises one module-level WriteConflict (_OVERLAP) for every overlap found",
+)
+async def test_each_refused_group_raises_a_conflict_of_its_own(store: Store) -> None:
+    """A group refused for an index inside a stored row raises a WriteConflict of its own, with
+    its own traceback: one exception raised again and again keeps every earlier refusal's
+    frames (their groups' events, their connections) alive, a traceback longer each time."""
+    await store.create_run(run_record("a"))
+    await store.commit(_fresh("a", range(10)), [])
+    refusals = []
+    for _ in range(3):
+        with pytest.raises(WriteConflict) as refused:
+            await store.commit(_taken(5), [])
+        refusals.append(refused.value)
+    assert len({id(exc) for exc in refusals}) == 3
+    depths = [len(list(traceback.walk_tb(exc.__traceback__))) for exc in refusals]
+    assert depths[0] == depths[-1]
 
 
 #: Two groups of run ``a`` (0-4 stored) written at once, each holding an index of the other's.
