@@ -56,10 +56,10 @@ __all__ = [
 ROW_MAX_EVENTS = 256
 ROW_MAX_CHARS = 16 * 1024
 
-#: The columns of a row as :func:`event_rows` makes it.
 #: A name as a JSON string (what ``json.dumps`` writes, in C).
 _quote = json.encoder.encode_basestring_ascii
 
+#: The columns of a row as :func:`event_rows` makes it.
 COLUMNS = ("run_id", "event_index", "name", "terminal", "data", "last_index", "layout")
 
 Row = tuple[str, int, str, bool, str, int | None, str | None]
