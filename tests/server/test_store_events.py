@@ -247,6 +247,27 @@ async def test_a_read_past_any_index_is_just_short(store: Store, start: int, lim
     assert await store.read_events("r", start, limit) == _expect(events, start, limit)
 
 
+async def test_rows_larger_than_an_inline_read_are_read_all_the_same(db_url: str) -> None:
+    """SQLite reads a page of up to 16 events on the event loop, and refuses there a row of
+    more than ``inline_read_max_bytes`` (the whole row: all its events' texts and names): a
+    row of many events, or a large row right after the page, is read through the driver's
+    thread, with the same events."""
+    settings = Settings(db_url=db_url, db_inline_read_max_bytes=1_024)
+    store = open_backend(settings).store
+    await store.open()
+    try:
+        await store.create_run(run_record("r"))
+        events = [Event(i, "N", json.dumps({"i": i, "s": "é🙂" * 20})) for i in range(100)]
+        await store.commit([("r", e) for e in events[:98]], [])
+        await store.commit([("r", e) for e in events[98:]], [])  # a row of 2 small events
+        events.append(Event(100, "Big", json.dumps("x" * 5_000)))
+        await store.commit([("r", events[-1])], [])
+        for start, limit in [(0, 1), (5, 3), (97, 1), (97, 16), (98, 2), (99, 16), (100, 1)]:
+            assert await store.read_events("r", start, limit) == events[start : start + limit]
+    finally:
+        await store.close()
+
+
 # -- gaps ----------------------------------------------------------------------------------------
 
 
