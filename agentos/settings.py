@@ -82,21 +82,22 @@ class DatabaseSettings:
     reconnect_max_delay: float = _setting(5.0, "db_reconnect_max_delay")
     #: Upgrade an older schema at start-up (``agentos db upgrade``) instead of refusing to start.
     auto_upgrade: bool = _setting(False, "db_auto_upgrade")
-    #: SQLite: a group commit of at most this many rows (new runs, events, run updates) is made
-    #: on the event loop, with no trip to the driver's thread, when no other writer holds the
-    #: database; larger groups, and any that would wait for a lock, go to the thread. 0: never,
-    #: and reads stay off the loop too (otherwise a run, and a page of at most 16 events, are
-    #: read on the loop). (About 1 to 2 µs of the loop's time per row; ``max_batch_events`` caps
-    #: a group.)
+    #: SQLite: a group commit of at most this many rows (new runs, rows of events, run
+    #: updates; a row holds up to 256 consecutive events of a run, ``backends/eventrows.py``)
+    #: is made on the event loop, with no trip to the driver's thread, when no other writer
+    #: holds the database; larger groups, and any that would wait for a lock, go to the thread.
+    #: 0: never, and reads stay off the loop too (otherwise a run, and a page of at most 16
+    #: events, are read on the loop). (About 2 to 3 µs of the loop's time per row;
+    #: ``max_batch_events`` caps a group.)
     inline_commit_max_rows: int = _setting(2_000, "db_inline_commit_max_rows")
     #: SQLite: ...and of at most this many characters of text (events' JSON, new runs' and
     #: updated runs' values): SQLite writes about a megabyte a millisecond, which the loop would
     #: spend on a group of large events or a run with a large input. 0: no group commits there.
     inline_commit_max_chars: int = _setting(1024 * 1024, "db_inline_commit_max_chars")
-    #: SQLite: those reads on the loop stop at a value (a run's input or content, an event) of
-    #: more than this many bytes and are made again through the driver's thread: a run's input
-    #: can be as large as a request body, and sixteen large events cost the loop milliseconds
-    #: of page reads. 0: reads stay off the loop.
+    #: SQLite: those reads on the loop stop at a row (a run with its input and content, a row
+    #: of events) of more than this many bytes and are made again through the driver's thread:
+    #: a run's input can be as large as a request body, and large events cost the loop
+    #: milliseconds of page reads. 0: reads stay off the loop.
     inline_read_max_bytes: int = _setting(64 * 1024, "db_inline_read_max_bytes")
 
 

@@ -235,7 +235,8 @@ _OVERLAP_CONDITION = (
 @cache
 def sqlite_overlaps(n: int) -> str:
     """The overlap check of ``n`` rows on SQLite: ``3 * n`` parameters, run id, first and last
-    index of each row."""
+    index of each row. (Callers use a few sizes, so that sqlite3's cache of 128 prepared
+    statements keeps them: see ``SQLStore``'s ``_sqlite_check_overlaps``.)"""
     values = ", ".join(["(?, ?, ?)"] * n)
     condition = _OVERLAP_CONDITION.format(run_id="g.column1", first="g.column2", last="g.column3")
     return f"SELECT 1 FROM (VALUES {values}) AS g WHERE {condition} LIMIT 1"

@@ -27,7 +27,7 @@ import enum
 import functools
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import fields, replace
 from itertools import chain
 from typing import Any, Final, TypeVar
@@ -521,11 +521,14 @@ class SQLStore(Store):
                 await conn.execute(
                     _runs.insert(), [{**r.__dict__, "status": r.status.value} for r in runs]
                 )
-            # The fence (see Store.commit) must hold the run rows until COMMIT. On PostgreSQL the
-            # rows are locked before anything is written: a claim in progress (end_run) holds
-            # its row, so this waits for it, then finds the new owner. Every row the commit
-            # touches is locked at once, in run_id order as renew_leases does, so transactions
-            # never wait for each other in a circle.
+            # The fence (see Store.commit) holds the run rows until COMMIT. On PostgreSQL they
+            # are locked FOR KEY SHARE before anything is written, every row the commit touches
+            # at once, in run_id order as renew_leases does, so transactions never wait for
+            # each other in a circle. A claim (end_run) committed before is seen here; one in
+            # progress is not (its UPDATE does not exclude a key share), and is fenced out by
+            # what follows: the run updates apply only to runs ``owner`` still owns, and the
+            # event rows take their runs' locks (_insert_events), so the claim's terminal
+            # index and this group's rows cannot both commit.
             if owner is not None:
                 touched = sorted({*fenced, *(update.run_id for update in updates)})
                 _check_fence(fenced, await _owners(conn, touched), owner, attempts)
@@ -687,16 +690,15 @@ class SQLStore(Store):
             # Straight to the driver: SQLAlchemy's per-row parameter processing cost more
             # than SQLite's own inserts (profile of 1,000 concurrent runs).
             await conn.exec_driver_sql(_SQLITE_INSERT_EVENTS, rows)
-            for start in range(0, len(rows), _OVERLAPS_MAX_ROWS):
-                part = rows[start : start + _OVERLAPS_MAX_ROWS]
-                check = eventrows.sqlite_overlaps(len(part))
-                found = await conn.exec_driver_sql(check, tuple(chain.from_iterable(
-                    (run_id, first, first if last is None else last)
-                    for run_id, first, _, _, _, last, _ in part
-                )))  # fmt: skip
-                if found.first() is not None:
-                    raise _OVERLAP
+            for check, params in _sqlite_overlap_checks(rows):
+                if (await conn.exec_driver_sql(check, params)).first() is not None:
+                    raise _overlap()
             return
+        # Writers of one run take turns from here to COMMIT, so each one's overlap check sees
+        # the other's rows: without the lock, two transactions writing rows of a run that
+        # start at different indexes but share one would both pass it (neither sees the
+        # other's uncommitted rows) and both commit.
+        await conn.execute(_POSTGRES_LOCK_RUNS, {"run_ids": sorted({row[0] for row in rows})})
         await conn.execute(
             _events.insert(), [dict(zip(eventrows.COLUMNS, row, strict=True)) for row in rows]
         )
@@ -706,7 +708,7 @@ class SQLStore(Store):
             "lasts": [row[1] if row[5] is None else row[5] for row in rows],
         }
         if (await conn.execute(_POSTGRES_OVERLAPS, ranges)).first() is not None:
-            raise _OVERLAP
+            raise _overlap()
 
     async def _apply_updates(
         self,
@@ -751,6 +753,8 @@ class SQLStore(Store):
             await self._after_enqueue(conn)
 
     async def read_events(self, run_id: str, start: int, limit: int) -> list[Event]:
+        if start >= _INDEX_END or limit <= 0:
+            return []  # no event has such an index (nor could SQLite take it as a parameter)
         if limit <= _INLINE_READ_MAX_ROWS:
             read = functools.partial(_sqlite_read_events, run_id=run_id, start=start, limit=limit)
             events = self._read_inline(read)
@@ -760,8 +764,8 @@ class SQLStore(Store):
         lo: int | None = start
         async with self._connect() as conn:
             # Window by window (eventrows.READ_WINDOW); more than one only across a gap.
-            while lo is not None and len(events) < limit:
-                hi = lo + limit - len(events)
+            while lo is not None and lo < _INDEX_END and len(events) < limit:
+                hi = min(lo + limit - len(events), _INDEX_END)
                 params = {"run_id": run_id, "lo": lo, "hi": hi}
                 rows = (await conn.execute(_READ_WINDOW, params)).all()
                 found, lo = eventrows.read_window(rows, lo, hi)
@@ -1704,23 +1708,46 @@ _SQLITE_INSERT_EVENT_ROWS = {
     + ", ".join([_EVENT_ROW] * n)
     for n in (32, 16, 8, 4, 2, 1)
 }
-#: Rows per overlap check on SQLite (three parameters each).
-_OVERLAPS_MAX_ROWS = 300
-_OVERLAP = WriteConflict("an event index is taken by another writer")
+#: Rows per overlap check on SQLite (three parameters each; a power of two).
+_OVERLAPS_MAX_ROWS = 256
+
+
+def _overlap() -> WriteConflict:
+    """The error of a row that overlaps another of its run: a new one each time (one raised
+    again and again would gather every raise's traceback, and keep their frames alive)."""
+    return WriteConflict("an event index is taken by another writer")
+
+
 _POSTGRES_OVERLAPS = sa.text(eventrows.POSTGRES_OVERLAPS)
+#: Each run's transaction-scoped advisory lock, taken in the order of ``:run_ids`` (sorted).
+_POSTGRES_LOCK_RUNS = sa.text(
+    "SELECT pg_advisory_xact_lock(hashtextextended(run_id, 0))"
+    " FROM unnest(CAST(:run_ids AS VARCHAR[])) AS run_id"
+)
 _READ_WINDOW = sa.text(eventrows.READ_WINDOW)
 
 
 def _sqlite_check_overlaps(db: sqlite3.Connection, rows: Sequence[eventrows.Row]) -> None:
     """WriteConflict when one of the just inserted ``rows`` overlaps another row of its run."""
+    for check, params in _sqlite_overlap_checks(rows):
+        if db.execute(check, params).fetchone():
+            raise _overlap()
+
+
+def _sqlite_overlap_checks(rows: Sequence[eventrows.Row]) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    """The statements and parameters that check ``rows`` for overlaps on SQLite.
+
+    ``_OVERLAPS_MAX_ROWS`` rows at a time, each part padded to a power of two by repeating its
+    last row (checked twice, to the same answer): nine statements serve every size, and stay
+    in sqlite3's cache of prepared statements."""
     for start in range(0, len(rows), _OVERLAPS_MAX_ROWS):
-        part = rows[start : start + _OVERLAPS_MAX_ROWS]
-        ranges = chain.from_iterable(
+        part = [
             (run_id, first, first if last is None else last)
-            for run_id, first, _, _, _, last, _ in part
-        )
-        if db.execute(eventrows.sqlite_overlaps(len(part)), tuple(ranges)).fetchone():
-            raise _OVERLAP
+            for run_id, first, _, _, _, last, _ in rows[start : start + _OVERLAPS_MAX_ROWS]
+        ]
+        size = 1 << (len(part) - 1).bit_length()
+        part += [part[-1]] * (size - len(part))
+        yield eventrows.sqlite_overlaps(size), tuple(chain.from_iterable(part))
 
 
 def _sqlite_insert_events(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
@@ -1856,6 +1883,9 @@ _SQLITE_OWNERS = (
 #: Ids per IN list of one statement (well within SQLite's and asyncpg's parameter limits).
 _IN_LIST_MAX = 500
 
+#: Past the highest event index there can be (the column is a 32-bit INTEGER on PostgreSQL).
+_INDEX_END = 2**31
+
 #: Reads of at most this many events are made on the event loop (see SQLStore._read_inline).
 _INLINE_READ_MAX_ROWS = 16
 
@@ -1894,8 +1924,8 @@ def _sqlite_read_events(
     """SQLStore.read_events's read, on a sqlite3 connection."""
     events: list[Event] = []
     lo: int | None = start
-    while lo is not None and len(events) < limit:
-        hi = lo + limit - len(events)
+    while lo is not None and lo < _INDEX_END and len(events) < limit:
+        hi = min(lo + limit - len(events), _INDEX_END)
         rows = db.execute(eventrows.READ_WINDOW, {"run_id": run_id, "lo": lo, "hi": hi})
         found, lo = eventrows.read_window(rows, lo, hi)
         events += found
