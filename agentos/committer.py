@@ -121,8 +121,10 @@ class GroupCommitter:
         self.last_error: str | None = None
         #: When the commit now waiting for the database began (time.time()), if one does.
         self._attempt_started: float | None = None
-        #: When the last group was committed and published (time.monotonic()); see _gather.
+        #: When the last group was committed and published (time.monotonic()), and whether a
+        #: run's first events are queued: see _gather.
         self._group_ended = float("-inf")
+        self._eager = False
 
     @property
     def pending(self) -> int:
@@ -200,6 +202,8 @@ class GroupCommitter:
         """Queue an event made by the run's ``attempt``; callers keep a run's events in index
         order."""
         self._pending.append((run_id, event, attempt))
+        if event.index < 2:
+            self._eager = True  # a run's first events (its start, its first output) never wait
         self._wake.set()
 
     def update(self, update: RunUpdate, attempt: int | None = None) -> None:
@@ -323,8 +327,12 @@ class GroupCommitter:
                 return
 
     def _awaited(self) -> bool:
-        """Whether anyone waits for the next group: a flush, a create, an event's run."""
-        return bool(self._waiters or self._creates or self._event_waiters or self._closing)
+        """Whether anyone waits for the next group: a flush, a create, a run for one of its
+        events, or a run's first events (whose run does not wait for them while other groups
+        are being written, see ``RunManager._pace_first``, but whose client does)."""
+        return bool(
+            self._eager or self._waiters or self._creates or self._event_waiters or self._closing
+        )
 
     async def _commit_one_group(self) -> None:
         limit = self._settings.max_batch_events
@@ -338,6 +346,7 @@ class GroupCommitter:
         if drained:
             self._updates = {}
             self._waiters = []
+            self._eager = False
         creates, self._creates = self._creates, []
         self._rejected = False
         taken = [(run_id, event) for run_id, event, _ in group]

@@ -429,8 +429,8 @@ async def test_groups_grow_while_a_run_streams_and_linger_bounds_them(
 
 async def test_nothing_anyone_waits_for_lingers(tmp_path: Path) -> None:
     """With a linger far longer than the test, a quiet committer's first group, a flush, a
-    run waiting for one of its events (its first two) and a create all commit at once, even
-    while another run streams and groups follow each other."""
+    run waiting for one of its events, a create and a run's first event all commit at once,
+    even while another run streams and groups follow each other."""
     store = SQLStore(f"sqlite+aiosqlite:///{tmp_path}/c.db")
     await store.open()
     await store.create_run(run_record("busy"))
@@ -444,22 +444,33 @@ async def test_nothing_anyone_waits_for_lingers(tmp_path: Path) -> None:
     committer.start()
 
     committer.put("r", Event(0, "RunStarted", "{}"))  # a quiet committer: at once
+    committer.put("r", Event(1, "RunContent", "{}"))
     for _ in range(100):
         await asyncio.sleep(0)
-    assert buf.next_index == 1
+    assert buf.next_index == 2
 
     stop = asyncio.Event()
     streaming = asyncio.ensure_future(_stream(committer, "busy", 1_000_000, 1, stop))
     await asyncio.sleep(0.05)  # groups of "busy" follow each other, lingering
-    event = Event(1, "RunContent", "{}")
+    event = Event(2, "RunContent", "{}")
     committer.put("r", event)
-    await asyncio.wait_for(committer.committed(event), 5)
-    assert buf.next_index == 2
-    committer.put("r", Event(2, "RunContent", "{}"))
-    await asyncio.wait_for(committer.flush(), 5)
+    async with asyncio.timeout(5):  # awaited here: it waits before the committer's next turn
+        await committer.committed(event)
     assert buf.next_index == 3
+    committer.put("r", Event(3, "RunContent", "{}"))
+    await asyncio.wait_for(committer.flush(), 5)
+    assert buf.next_index == 4
     await asyncio.wait_for(committer.create(run_record("new"), 5), 5)
     assert await store.get_run("new") is not None
+    # A new run's first event, which its run does not wait for while groups are written.
+    other = buffers.open("other")
+    await store.create_run(run_record("other"))
+    committer.put("other", Event(0, "RunStarted", "{}"))
+    for _ in range(500):
+        if other.next_index == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert other.next_index == 1
     assert not streaming.done()  # all of it happened while "busy" streamed
     stop.set()
     await streaming
