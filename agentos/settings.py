@@ -558,8 +558,11 @@ class Settings:
 
     def _validate(self) -> None:
         for name, value in self.values().items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-                raise ValueError(f"setting {name} must not be negative, got {value!r}")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if value < 0:
+                    raise ValueError(f"setting {name} must not be negative, got {value!r}")
+                if value != value:  # NaN: every comparison with it is false, so no limit holds
+                    raise ValueError(f"setting {name} must be a number, got {value!r}")
         # An empty variable (AGENTOS_SECURITY_KEY=) means unset, never an empty secret.
         empty: dict[str, Any] = {
             f.name: None

@@ -54,6 +54,9 @@ def test_bad_values_are_clear_errors() -> None:
         Settings(ping_interval=-1)
     with pytest.raises(ValueError, match="lease_renew_interval"):
         Settings(lease_ttl=5, lease_renew_interval=5)
+    # NaN passes every comparison: a NaN linger would never end on its deadline.
+    with pytest.raises(ValueError, match="commit_linger"):
+        Settings.from_env({"AGENTOS_COMMIT_LINGER": "nan"})
 
 
 def test_empty_security_key_means_none() -> None:
