@@ -277,7 +277,7 @@ class GroupCommitter:
                 await self._wake.wait()
                 self._writing = True
                 self._wake.clear()
-                while self._pending or self._updates or self._waiters or self._creates:
+                while self._queued():
                     # One turn of the loop before each group: the tasks woken with this one (a
                     # run's task that goes on to its terminal event) queue their events into
                     # the same group, and, as a small group commits without suspending (the
@@ -285,7 +285,8 @@ class GroupCommitter:
                     # wait for them (committed) before they are published.
                     await asyncio.sleep(0)
                     await self._gather()
-                    await self._commit_one_group()
+                    if self._queued():  # not if a run lost meanwhile took all of it (drop)
+                        await self._commit_one_group()
                 self._writing = False
                 if self._closing:
                     return
@@ -325,6 +326,10 @@ class GroupCommitter:
             await asyncio.sleep(0)
             if len(self._pending) == before or self._awaited() or time.monotonic() >= deadline:
                 return
+
+    def _queued(self) -> bool:
+        """Whether anything waits for a group: events, updates, flushes, new runs."""
+        return bool(self._pending or self._updates or self._waiters or self._creates)
 
     def _awaited(self) -> bool:
         """Whether anyone waits for the next group: a flush, a create, a run for one of its

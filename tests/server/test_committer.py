@@ -477,3 +477,30 @@ async def test_nothing_anyone_waits_for_lingers(tmp_path: Path) -> None:
     await asyncio.wait_for(committer.flush(), 10)
     await committer.aclose()
     await store.close()
+
+
+async def test_a_run_dropped_while_its_group_lingers_costs_no_empty_transaction(
+    tmp_path: Path,
+) -> None:
+    """A run lost while the next group gathers takes its queued events away: with nothing left
+    to write, the committer goes back to sleep instead of committing an empty transaction."""
+    store = ScriptedStore(f"sqlite+aiosqlite:///{tmp_path}/c.db")
+    await store.open()
+    await store.create_run(run_record("r"))
+    buffers = EventBuffer(Settings().buffer)
+    buffers.open("r")
+    settings = Settings(commit_linger=60.0, max_batch_events=2_000_000).commit
+    committer = GroupCommitter(store, buffers, settings, owner="test")
+    committer.start()
+    stop = asyncio.Event()
+    streaming = asyncio.ensure_future(_stream(committer, "r", 1_000_000, 1, stop))
+    await asyncio.sleep(0.05)  # groups of "r" follow each other, lingering
+    stop.set()
+    committer.drop("r")
+    await streaming
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert not committer.writing
+    assert store.batches and 0 not in store.batches, store.batches
+    await committer.aclose()
+    await store.close()
