@@ -2,7 +2,8 @@
 
 Runs hand their events to the :class:`GroupCommitter`; one background task writes whatever has
 gathered in one transaction, then publishes those events to the buffer (and so to subscribers),
-then wakes anyone waiting for a flush. While one group commits, the next one gathers::
+then wakes anyone waiting for a flush. While one group commits, the next one gathers, and
+while groups commit back to back it may linger a few milliseconds more to grow (``_gather``)::
 
     run tasks ──put()──▶ pending ──┐                ┌──▶ EventBuffer.publish ──▶ subscribers
                                     ├─ store.commit ─┤
