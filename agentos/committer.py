@@ -325,7 +325,7 @@ class GroupCommitter:
         while len(self._pending) < limit:
             before = len(self._pending)
             await asyncio.sleep(0)
-            if len(self._pending) == before or self._awaited() or time.monotonic() >= deadline:
+            if len(self._pending) <= before or self._awaited() or time.monotonic() >= deadline:
                 return
 
     def _queued(self) -> bool:
