@@ -3,7 +3,8 @@
 Runs hand their events to the :class:`GroupCommitter`; one background task writes whatever has
 gathered in one transaction, then publishes those events to the buffer (and so to subscribers),
 then wakes anyone waiting for a flush. While one group commits, the next one gathers, and
-while groups commit back to back it may linger a few milliseconds more to grow (``_gather``)::
+with ``AGENTOS_COMMIT_LINGER`` set, while groups commit back to back it may linger a few
+milliseconds more to grow (``_gather``)::
 
     run tasks ──put()──▶ pending ──┐                ┌──▶ EventBuffer.publish ──▶ subscribers
                                     ├─ store.commit ─┤
@@ -314,7 +315,9 @@ class GroupCommitter:
         than ``linger`` ago), the loop turns again as long as each turn brings more events, up
         to ``max_batch_events`` or ``linger`` seconds. Nothing waits that something waits for:
         a run's first events, a flush, a create, a shutdown end it at once, and so does a quiet
-        committer (the first group after a pause commits at once).
+        committer (the first group after a pause commits at once). Off by default: with 3 ms,
+        a new run's first event still waited longer behind a flooding run (scenario 7, p99
+        5.6 -> 20 ms), for a cause not found yet (bench/NOTES.md, session 7).
         """
         linger = self._settings.linger
         now = time.monotonic()
