@@ -9,7 +9,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -278,20 +278,12 @@ async def test_event_groups_go_back_to_rows_of_one_event_and_come_back(fresh_url
     finally:
         await store.close()
 
-    def downgrade(sync: sa.Connection) -> list[tuple[str, int, str, bool, str]]:
+    def check(sync: sa.Connection) -> None:
         counts = "SELECT count(*), count(layout) FROM agentos_events"
         rows, grouped = sync.execute(sa.text(counts)).one()
         assert rows < len(group) and grouped > 1  # rows of several events, up to 16 KiB each
-        command.downgrade(schema._config(sync), "0006")
-        query = "SELECT run_id, event_index, name, terminal, data FROM agentos_events"
-        return [(r[0], r[1], r[2], bool(r[3]), r[4]) for r in sync.execute(sa.text(query))]
 
-    engine = create_async_engine(fresh_url)
-    try:
-        async with engine.begin() as conn:
-            rows = await conn.run_sync(downgrade)
-    finally:
-        await engine.dispose()
+    rows = await _downgraded_rows(fresh_url, check)
     assert sorted(rows) == sorted(
         (run, e.index, e.name, e.terminal, e.data) for run in "ab" for e in expected[run]
     )
@@ -320,22 +312,34 @@ async def test_the_downgrade_splits_hundreds_of_rows_of_several_runs(fresh_url: 
     finally:
         await store.close()
 
-    def downgrade(sync: sa.Connection) -> list[tuple[str, int, str, bool, str]]:
+    def check(sync: sa.Connection) -> None:
         grouped = sync.execute(sa.text("SELECT count(layout) FROM agentos_events")).scalar()
         assert grouped > 300  # (a pair may straddle two slices of 256 events)
+
+    rows = await _downgraded_rows(fresh_url, check)
+    assert sorted(rows) == sorted(
+        (run_id, e.index, e.name, e.terminal, e.data) for run_id in events for e in events[run_id]
+    )
+
+
+async def _downgraded_rows(
+    url: str, check: Callable[[sa.Connection], None]
+) -> list[tuple[str, int, str, bool, str]]:
+    """``check`` the database at HEAD, downgrade it to 0006, and return its event rows (run id,
+    index, name, terminal, data), one per event in that revision."""
+
+    def downgrade(sync: sa.Connection) -> list[tuple[str, int, str, bool, str]]:
+        check(sync)
         command.downgrade(schema._config(sync), "0006")
         query = "SELECT run_id, event_index, name, terminal, data FROM agentos_events"
         return [(r[0], r[1], r[2], bool(r[3]), r[4]) for r in sync.execute(sa.text(query))]
 
-    engine = create_async_engine(fresh_url)
+    engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
-            rows = await conn.run_sync(downgrade)
+            return await conn.run_sync(downgrade)
     finally:
         await engine.dispose()
-    assert sorted(rows) == sorted(
-        (run_id, e.index, e.name, e.terminal, e.data) for run_id in events for e in events[run_id]
-    )
 
 
 def test_the_readme_names_every_revision() -> None:
